@@ -9,11 +9,10 @@ RUN_NB ?= nbs/run_toy.ipynb
 ARGS ?=
 NBDEV_WORKERS ?= 2
 
-.PHONY: run test nbtest pytest docs lock venv clean-venv
+.PHONY: run test nbtest pytest docs readme lock venv clean-venv
 
 $(STAMP): requirements.lock.txt setup.py settings.ini
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --upgrade --quiet "pip>=24"
 	$(BIN)/python -m pip install --quiet -r requirements.lock.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
@@ -33,8 +32,11 @@ nbtest: $(STAMP)
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-docs: $(STAMP)
+docs: $(STAMP) readme
 	$(BIN)/python tools/build_docs.py
+
+readme: $(STAMP)
+	$(BIN)/python tools/make_readme.py
 
 lock:
 	@command -v uv >/dev/null || $(BIN)/python -m pip install --quiet uv

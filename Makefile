@@ -9,7 +9,7 @@ RUN_NB ?= nbs/run_toy.ipynb
 ARGS ?=
 NBDEV_WORKERS ?= 2
 
-.PHONY: run test nbtest pytest docs readme lock venv clean-venv
+.PHONY: run test nbtest pytest docs readme outputs lock venv clean-venv
 
 $(STAMP): requirements.lock.txt setup.py settings.ini
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ pytest: $(STAMP)
 
 docs: $(STAMP) readme
 	$(BIN)/python tools/build_docs.py
+
+# re-execute the library notebooks so the committed outputs (small figures, tables) are current
+outputs: $(STAMP)
+	$(BIN)/python tools/run_nbs.py
+	$(BIN)/nbdev_clean
 
 readme: $(STAMP)
 	$(BIN)/python tools/make_readme.py

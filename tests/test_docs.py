@@ -16,18 +16,22 @@ def _load_build_docs():
     return mod
 
 
+def _build(bd, nbs, out) -> int:
+    "Run build_docs on `nbs` into `out` from the repository root; its exit code."
+    mp = pytest.MonkeyPatch()
+    mp.chdir(ROOT)
+    try:
+        return bd.main(["--nbs", str(nbs), "--out", str(out)])
+    finally:
+        mp.undo()
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory):
     "Build the fixture site once, in this process (the heavy imports are paid once)."
     bd = _load_build_docs()
     out = tmp_path_factory.mktemp("site")
-    mp = pytest.MonkeyPatch()
-    mp.chdir(ROOT)
-    try:
-        rc = bd.main(["--nbs", str(FIXTURE), "--out", str(out)])
-    finally:
-        mp.undo()
-    assert rc == 0
+    assert _build(bd, FIXTURE, out) == 0
     return bd, out
 
 
@@ -110,12 +114,7 @@ def test_bad_latex_fails_naming_the_notebook(site, tmp_path, capsys):
                    {"cell_type": "markdown", "metadata": {}, "source": "See $\\notacommand{x}$."}]
     (nbs / "07_broken.ipynb").write_text(json.dumps(nb))
     out = tmp_path / "site"
-    mp = pytest.MonkeyPatch()
-    mp.chdir(ROOT)
-    try:
-        rc = bd.main(["--nbs", str(nbs), "--out", str(out)])
-    finally:
-        mp.undo()
+    rc = _build(bd, nbs, out)
     err = capsys.readouterr().err
     assert rc == 1
     assert "07_broken.ipynb" in err and "\\notacommand" in err

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from .drift import TAUS, drift_loss
@@ -28,16 +29,17 @@ def patch_stats(f: Tensor,  # [B, C, H, W] a feature map
     if f.dim() != 4: raise ValueError(f"a feature map must be [B, C, H, W], got shape {tuple(f.shape)}")
     B, C, H, W = f.shape
     f = f.float()
-    if p is None:
-        v = f.flatten(2)[:, :, None, :]  # [B, C, 1, H*W]
+    if p is None: ph, pw = H, W  # one patch: the whole map
     else:
         if H % p or W % p:
             raise ValueError(f"map of size {H}x{W} is not divisible into {p}x{p} patches; use sizes that are multiples of {p}")
-        v = f.reshape(B, C, H // p, p, W // p, p).permute(0, 1, 2, 4, 3, 5)  # [B, C, H/p, W/p, p, p]
-        v = v.reshape(B, C, (H // p) * (W // p), p * p)  # [B, C, P, p*p]
-    mean = v.mean(-1)  # [B, C, P]
-    std = (v.var(-1, unbiased=False) + STD_EPS).sqrt()  # [B, C, P]
-    return mean.transpose(1, 2), std.transpose(1, 2)  # [B, P, C] each
+        ph = pw = p
+    mean = F.avg_pool2d(f, (ph, pw))  # [B, C, H/p, W/p]
+    dev = f.reshape(B, C, H // ph, ph, W // pw, pw) - mean[:, :, :, None, :, None]  # two-pass variance, as jnp.var
+    var = F.avg_pool2d(dev.reshape(B, C, H, W).square(), (ph, pw))  # [B, C, H/p, W/p]
+    std = (var + STD_EPS).sqrt()
+    return mean.flatten(2).transpose(1, 2), std.flatten(2).transpose(1, 2)  # [B, P, C] each, patches row-major
+
 
 # %% ../nbs/03_features.ipynb #270630f7
 def feature_inventory(activations: dict,  # name -> [B, C_i, H_i, W_i] feature maps of the frozen encoder

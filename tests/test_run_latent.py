@@ -1,0 +1,158 @@
+"""The main job end to end: `run_latent` through papermill with tiny parameters, resume from its bundle, refusals
+that leave earlier bundles untouched, and a training process killed with SIGKILL that resumes to the same weights
+as an uninterrupted run."""
+import hashlib, json, os, signal, subprocess, sys, textwrap, time
+from pathlib import Path
+
+import nbformat
+import papermill as pm
+import pytest
+import torch
+
+from drifting.builtin_vae import BuiltinRecipe, builtin_key, builtin_vae
+from drifting.bundle import validate_bundle
+
+NB = Path(__file__).resolve().parents[1] / "nbs" / "run_latent.ipynb"
+QUICK_VAE = BuiltinRecipe(steps=3, batch_size=16, scale_items=256, eval_items=64)  # plumbing only
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    "A cache folder with a quick built-in VAE, the tiny parameters, and one completed tiny run."
+    root = tmp_path_factory.mktemp("latent")
+    cache = root / "cache"
+    builtin_vae(cache / "vae", recipe=QUICK_VAE, progress=False)
+    vae_dir = cache / "vae" / builtin_key(recipe=QUICK_VAE)
+    tiny = dict(preset="tiny", steps=4, ckpt_every=2, vae=str(vae_dir), mae_preset="tiny", mae_steps=3,
+                alpha_eval="1,2", eval_per_class=3, fid_n=0, num_threads=1, progress=False, runs_dir=str(root / "runs"))
+    os.environ["DRIFTING_CACHE"] = str(cache)  # classifier and MAE caches of the kernels go here
+    return dict(root=root, tiny=tiny, runs=root / "runs")
+
+
+def _papermill(env, out, **params):
+    p = dict(env["tiny"], **params)
+    args = [a for k, v in p.items() for a in ("-p", k, str(v))]
+    e = dict(os.environ, DRIFTING_NO_WATCH="1")
+    return subprocess.run([str(Path(sys.executable).parent / "papermill"), str(NB), str(out), *args, "--no-progress-bar"],
+                          cwd=env["root"], env=e, capture_output=True, text=True, timeout=900)
+
+
+def _bundles(runs):
+    return sorted((runs / "latent").iterdir()) if (runs / "latent").exists() else []
+
+
+def _tree_hash(d: Path) -> dict:
+    return {str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(d.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def first(env):
+    r = _papermill(env, env["root"] / "first.ipynb")
+    assert r.returncode == 0, r.stderr[-4000:]
+    (bundle,) = _bundles(env["runs"])
+    return bundle
+
+
+def test_parameters_cell_is_tagged():
+    nb = nbformat.read(NB, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", [])
+    assert "steps = 700" in code[0].source and 'dataset = "mnist5k"' in code[0].source
+
+
+def test_run_latent_tiny_bundle(first):
+    validate_bundle(first)
+    man = json.loads((first / "run_manifest.json").read_text())
+    assert man["status"] == "completed"
+    ck = sorted(p.name for p in (first / "artifacts" / "checkpoints").iterdir())
+    assert ck == ["last.pt", "step_2.pt", "step_4.pt"]
+    state = torch.load(first / "artifacts" / "checkpoints" / "last.pt", weights_only=True)
+    assert state["step"] == 4 and state["config"]["n_c"] == 2 and set(state["rng"]) >= {"run", "torch", "numpy", "python"}
+    assert int(state["queues"]["unc.count"][0]) == 16  # four pushes of 8 into a global queue of 16
+    steps = [json.loads(l) for l in (first / "logs" / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4]
+    assert {"global", "norm_x", "layer1", "conv1_mean"} <= set(steps[0]["v2"]) and all(len(v) == 3 for v in steps[0]["v2"].values())
+    meta = json.loads((first / "artifacts" / "predictions" / "metadata.json").read_text())
+    assert [s["id"] for s in meta["samples"]] == ["alpha_1", "alpha_2"] and all(s["n"] == 30 for s in meta["samples"])
+    ev = json.loads((first / "artifacts" / "eval_alpha.json").read_text())
+    assert [r["alpha"] for r in ev["rows"]] == [1.0, 2.0]
+    assert all(0 <= r["class_accuracy"] <= 1 and r["frechet"] > 0 for r in ev["rows"])
+    scal = json.loads((first / "metrics.json").read_text())["scalars"]
+    assert scal["steps"] == 4 and "best_class_accuracy" in scal
+    assert sorted(p.name for p in (first / "artifacts" / "figures").iterdir()) == ["samples_by_alpha.png", "training_curves.png"]
+    cfg = json.loads((first / "provenance" / "repro.json").read_text())["config"]
+    assert cfg["steps"] == 4 and cfg["train"]["generator"] == "tiny"
+
+
+def test_resume_continues_and_mismatch_is_refused(env, first):
+    before = _tree_hash(first)
+    # a different learning rate: refused before any bundle exists, the first bundle untouched
+    r = _papermill(env, env["root"] / "bad.ipynb", resume=str(first), steps=6, lr=0.5)
+    assert r.returncode != 0 and "lr: 0.001 (checkpoint) -> 0.5 (now)" in r.stderr + r.stdout
+    assert _bundles(env["runs"]) == [first] and _tree_hash(first) == before
+    # the same setup continues from step 4 to 6 in a new bundle
+    r = _papermill(env, env["root"] / "resumed.ipynb", resume=str(first), steps=6)
+    assert r.returncode == 0, r.stderr[-4000:]
+    new = [b for b in _bundles(env["runs"]) if b != first]
+    assert len(new) == 1 and _tree_hash(first) == before
+    steps = [json.loads(l)["step"] for l in (new[0] / "logs" / "steps.jsonl").read_text().splitlines()]
+    assert steps == [5, 6]
+    events = [json.loads(l) for l in (new[0] / "provenance" / "events.jsonl").read_text().splitlines()]
+    assert any(e["event"] == "resume" and e["step"] == 4 for e in events)
+    manifest = json.loads((new[0] / "run_manifest.json").read_text())
+    assert manifest["resume_from"]["step"] == 4
+
+
+@pytest.mark.parametrize("params, msg", [
+    (dict(steps=-5), "steps must be a positive int"),
+    (dict(preset="XXL"), "unknown preset 'XXL'"),
+    (dict(dataset="/no/such/folder"), "neither a built-in"),
+    (dict(alpha_eval="0.5,2"), "must be ≥ 1"),
+    (dict(n_pos=20, strict_queues=True), "n_pos=20 > queue_per_class=8"),
+])
+def test_bad_parameters_fail_before_work(env, first, params, msg):
+    before = {b.name: _tree_hash(b) for b in _bundles(env["runs"])}
+    with pytest.raises(pm.PapermillExecutionError, match=msg):
+        pm.execute_notebook(str(NB), str(env["root"] / "bad.ipynb"), parameters=dict(env["tiny"], **params),
+                            cwd=str(env["root"]), progress_bar=False)
+    assert {b.name: _tree_hash(b) for b in _bundles(env["runs"])} == before  # nothing new, nothing changed
+
+
+KILLED = textwrap.dedent('''
+    import sys, time, torch
+    sys.path.insert(0, {tests!r})
+    from _tiny_trainer import tiny_trainer
+    from drifting.provenance import start_run
+    torch.set_num_threads(1)
+    tr = tiny_trainer()
+    run = start_run("killed", dict(x=1), runs_dir={runs!r}, smoke=False)
+    print(run.dir, flush=True)
+    tr.fit(1000, run=run, ckpt_every=1, progress=False, callback=lambda t, m: time.sleep(0.05))
+''')
+
+
+def test_killed_training_resumes_to_the_same_weights(tmp_path):
+    "SIGKILL at an arbitrary moment: the latest checkpoint loads, and resuming gives the uninterrupted run's weights."
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _tiny_trainer import tiny_trainer
+    from drifting.provenance import load_checkpoint
+    p = subprocess.Popen([sys.executable, "-c", KILLED.format(tests=str(Path(__file__).parent), runs=str(tmp_path))],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, DRIFTING_NO_WATCH="1"))
+    bundle = Path(p.stdout.readline().strip())
+    ck = bundle / "artifacts" / "checkpoints"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (ck / "step_5.pt").exists(): time.sleep(0.05)
+    time.sleep(0.13)  # somewhere inside a later step or checkpoint write
+    p.send_signal(signal.SIGKILL); p.wait()
+    state = load_checkpoint(ck / "last.pt")  # never a torn file
+    k = state["step"]
+    assert k >= 5
+    torch.set_num_threads(1)
+    resumed = tiny_trainer(); resumed.load_state_dict(state); h2 = resumed.fit(k + 4, progress=False)
+    straight = tiny_trainer(); h = straight.fit(k + 4, progress=False)
+    logged = [json.loads(l) for l in (bundle / "logs" / "steps.jsonl").read_text().splitlines()][:k]
+    assert [r["loss"] for r in logged] == h["loss"][:k]  # the killed process took the same steps
+    assert h2["loss"] == h["loss"][k:]
+    for name in ("gen", "ema"):
+        a, b = getattr(straight, name).state_dict(), getattr(resumed, name).state_dict()
+        assert all(torch.equal(a[key], b[key]) for key in a), name

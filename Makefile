@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.drifting-installed
 # the main job: the run notebook and its papermill parameters (e.g. make run ARGS="-p steps 50")
-RUN_NB ?= nbs/run_toy.ipynb
+RUN_NB ?= nbs/run_latent.ipynb
 ARGS ?=
 NBDEV_WORKERS ?= 2
 

@@ -17,7 +17,8 @@ from .provenance import load_checkpoint
 from .train import TRAIN_FORMAT
 
 # %% auto #0
-__all__ = ['load_generator', 'generate', 'class_labels', 'to_uint8', 'alpha_grid_figure', 'sweep_alpha']
+__all__ = ['load_generator', 'training_run_config', 'generate', 'class_labels', 'to_uint8', 'alpha_grid_figure',
+           'feature_metrics', 'sweep_alpha']
 
 # %% ../nbs/12_sample.ipynb #0be40c44
 def load_generator(ckpt: str | os.PathLike | dict,  # a checkpoint path, a bundle folder (its last.pt) or a state dict
@@ -36,7 +37,23 @@ def load_generator(ckpt: str | os.PathLike | dict,  # a checkpoint path, a bundl
     model.load_state_dict(ckpt["ema" if ema else "model"])
     return model.to(device).eval()
 
-# %% ../nbs/12_sample.ipynb #5cff139b
+# %% ../nbs/12_sample.ipynb #ea04b658
+def training_run_config(checkpoint: str | os.PathLike | None,  # a run bundle folder or a checkpoint file
+                        ) -> tuple[Path, dict, dict]:  # (checkpoint file, the run's config or {}, its dataset record or {})
+    "The checkpoint file to evaluate, and the config and data record of the run that wrote it; clear errors for bad paths."
+    import json
+    if checkpoint is None: raise ValueError("checkpoint is not set: pass a run bundle folder or a .pt file (-p checkpoint <path>)")
+    p = Path(str(checkpoint)).expanduser()
+    if p.is_dir(): p = p / "artifacts" / "checkpoints" / "last.pt"
+    if not p.is_file(): raise FileNotFoundError(f"no checkpoint at {p}: pass a run bundle folder or a .pt file")
+    sd = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    if not isinstance(sd, dict) or sd.get("format") != TRAIN_FORMAT or "generator_config" not in sd:
+        raise ValueError(f"{p} is not a drifting.train checkpoint")
+    repro = p.parent.parent.parent / "provenance" / "repro.json"
+    rec = json.loads(repro.read_text()) if repro.is_file() else {}
+    return p, rec.get("config") or {}, rec.get("dataset") or {}
+
+# %% ../nbs/12_sample.ipynb #0d0cca2f
 @torch.no_grad()
 def generate(model: Generator,  # a generator (eval mode)
              labels: Tensor,  # [N] class indices
@@ -71,7 +88,7 @@ def to_uint8(images: Tensor,  # [N, C, H, W] in [-1, 1]
     "Quantise images in [-1, 1] to uint8 channels-last."
     return ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
-# %% ../nbs/12_sample.ipynb #cdb1fe22
+# %% ../nbs/12_sample.ipynb #7d05e51d
 def alpha_grid_figure(images: dict,  # {α: [K*n, C, H, W] in [-1, 1], class-major}
                       per_class: int,  # n: columns per class block
                       title: str = "",
@@ -89,7 +106,26 @@ def alpha_grid_figure(images: dict,  # {α: [K*n, C, H, W] in [-1, 1], class-maj
     fig.tight_layout()
     return fig
 
-# %% ../nbs/12_sample.ipynb #5bf3027d
+# %% ../nbs/12_sample.ipynb #3c74c6b0
+def feature_metrics(net,  # a `drifting.metrics.FeatureNet`
+                    images: Tensor,  # [N, C, H, W] generated images in [-1, 1]
+                    ref_feats: Tensor,  # [M, D] the network's features of the reference images
+                    ref_stats,  # the network's `FeatureStats` of the reference images
+                    seed: int = 0,  # subset draws of KID and the IS split order
+                    ) -> dict:  # fid, kid_mean, kid_std, (is_mean, is_std), precision, recall, metric_net, n
+    "FID, KID, IS (with logits) and precision/recall of generated images in one feature network."
+    from drifting.metrics import compute_fid, compute_kid, extract_features, inception_score, precision_recall
+    feats, logits = extract_features(net, images, logits=True) if net.has_logits else (extract_features(net, images), None)
+    out = dict(metric_net=net.name, n=len(images), fid=compute_fid(feats, ref_stats, net)["fid"])
+    kid = compute_kid(feats, ref_feats, subset_size=1000, n_subsets=100, seed=seed)
+    out.update(kid_mean=kid["kid_mean"], kid_std=kid["kid_std"], kid_subset=kid["subset_size"])
+    if logits is not None and len(images) >= 10:
+        iscore = inception_score(logits, splits=10, seed=seed); out.update(is_mean=iscore["is_mean"], is_std=iscore["is_std"])
+    if len(images) > 3 and len(ref_feats) > 3:
+        pr = precision_recall(ref_feats, feats, k=3); out.update(precision=pr["precision"], recall=pr["recall"])
+    return out
+
+# %% ../nbs/12_sample.ipynb #fb2b3092
 def sweep_alpha(model: Generator,  # the generator (EMA weights for the paper's numbers)
                 alphas,  # CFG scales to evaluate
                 per_class: int,  # samples per class at each α
@@ -98,10 +134,15 @@ def sweep_alpha(model: Generator,  # the generator (EMA weights for the paper's 
                 train=None, heldout=None,  # `ImageDataset` splits for the Fréchet reference (with a classifier)
                 seed: int = 0,  # noise draw (shared by all α)
                 progress: bool = True,
+                metric_net=None,  # a `FeatureNet` for FID/KID/IS/precision-recall (e.g. TF-Inception), or None
+                ref_feats: Tensor | None = None,  # [M, D] its features of the reference images
+                ref_stats=None,  # its `FeatureStats` of the reference (e.g. `reference_stats(net, heldout)`)
                 ) -> tuple[list, dict, dict]:  # (rows of metrics per α, {α: images}, {α: raw samples})
-    "Samples of every class at each α, decoded, with class accuracy and held-out Fréchet distance when possible."
+    "Samples of every class at each α, decoded, with class accuracy, held-out Fréchet and feature metrics when possible."
     from tqdm.auto import tqdm
     from drifting.metrics_nets import class_accuracy, heldout_frechet
+    if metric_net is not None and (ref_feats is None or ref_stats is None):
+        raise ValueError("metric_net needs ref_feats and ref_stats of the reference images")
     labels = class_labels(model.cfg.num_classes, per_class)
     rows, images, raw = [], {}, {}
     for a in tqdm(list(alphas), desc="α sweep", disable=not progress):
@@ -113,5 +154,6 @@ def sweep_alpha(model: Generator,  # the generator (EMA weights for the paper's 
             if train is not None and heldout is not None:
                 fd = heldout_frechet(classifier, x, train, heldout, seed=seed)
                 row.update(frechet=fd["fd"], frechet_real_vs_real=fd["fd_real_vs_real"], frechet_net=fd["feature_net"])
+        if metric_net is not None: row.update(feature_metrics(metric_net, x, ref_feats, ref_stats, seed=seed))
         rows.append(row); images[float(a)] = x; raw[float(a)] = z
     return rows, images, raw

@@ -156,3 +156,56 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path):
     for name in ("gen", "ema"):
         a, b = getattr(straight, name).state_dict(), getattr(resumed, name).state_dict()
         assert all(torch.equal(a[key], b[key]) for key in a), name
+
+
+EVAL_NB = NB.parent / "run_eval.ipynb"
+
+
+def test_run_eval_on_the_tiny_run(env, first):
+    "run_eval reads the training bundle, sweeps α, and leaves a bundle with the table, plots, samples and protocol."
+    out = env["root"] / "eval.ipynb"
+    params = dict(checkpoint=str(first), alphas="1,2", n_per_class=3, metric_net="auto", num_threads=1, progress=False,
+                  runs_dir=str(env["runs"]))
+    args = [a for k, v in params.items() for a in ("-p", k, str(v))]
+    r = subprocess.run([str(Path(sys.executable).parent / "papermill"), str(EVAL_NB), str(out), *args, "--no-progress-bar"],
+                       cwd=env["root"], env=dict(os.environ, DRIFTING_NO_WATCH="1"), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    (bundle,) = sorted((env["runs"] / "eval").iterdir())
+    validate_bundle(bundle)
+    ev = json.loads((bundle / "artifacts" / "eval.json").read_text())
+    assert [row["alpha"] for row in ev["rows"]] == [1.0, 2.0]
+    for row in ev["rows"]:
+        assert {"fid", "kid_mean", "is_mean", "precision", "recall", "class_accuracy"} <= set(row) and row["n"] == 30
+    pr = ev["protocol"]
+    assert pr["n_per_alpha"] == 30 and pr["ema"] is True and pr["seed"] == 0 and pr["nfe"] == 1 and pr["train_step"] == 4
+    assert pr["checkpoint_sha256"] == hashlib.sha256((first / "artifacts" / "checkpoints" / "last.pt").read_bytes()).hexdigest()
+    assert pr["metric_net"]["name"].startswith("mnist5k-classifier") and len(pr["metric_net"]["protocol_hash"]) == 64
+    assert pr["reference"]["split"]["split"] == "heldout" and pr["reference"]["n"] == 500 and pr["reference"]["stats_key"]
+    figs = sorted(p.name for p in (bundle / "artifacts" / "figures").iterdir())
+    assert figs == ["metrics_vs_alpha.png", "nearest_neighbours.png", "samples_by_alpha.png"]
+    meta = json.loads((bundle / "artifacts" / "predictions" / "metadata.json").read_text())
+    assert len(meta["samples"]) == 2 and meta["samples"][0]["model"]["checkpoint_sha256"] == pr["checkpoint_sha256"]
+
+
+@pytest.mark.parametrize("params, msg", [(dict(checkpoint="/no/such/run"), "no checkpoint at"),
+                                         (dict(alphas="0.9"), "must be ≥ 1"),
+                                         (dict(metric_net="clip"), "metric_net must be")])
+def test_run_eval_bad_parameters(env, first, params, msg):
+    runs = env["root"] / "eval_bad_runs"
+    with pytest.raises(pm.PapermillExecutionError, match=msg):
+        pm.execute_notebook(str(EVAL_NB), str(env["root"] / "bad_eval.ipynb"),
+                            parameters=dict(dict(checkpoint=str(first), progress=False, runs_dir=str(runs)), **params),
+                            cwd=str(env["root"]), progress_bar=False)
+    assert not runs.exists() or not any(runs.rglob("run_manifest.json"))
+
+
+def test_run_eval_refuses_another_decoder(env, first):
+    "A decoder whose weights differ from the training run's is refused before an evaluation bundle exists."
+    other = BuiltinRecipe(steps=2, batch_size=16, scale_items=256, eval_items=64)
+    builtin_vae(env["root"] / "vae2", recipe=other, progress=False)
+    runs = env["root"] / "eval_vae_runs"
+    with pytest.raises(pm.PapermillExecutionError, match="the training run used"):
+        pm.execute_notebook(str(EVAL_NB), str(env["root"] / "bad_vae.ipynb"), cwd=str(env["root"]), progress_bar=False,
+                            parameters=dict(checkpoint=str(first), vae=str(env["root"] / "vae2" / builtin_key(recipe=other)),
+                                            progress=False, runs_dir=str(runs)))
+    assert not runs.exists() or not any(runs.rglob("run_manifest.json"))

@@ -1,0 +1,81 @@
+"""Speed of one training step of the `cpu` preset (the default `run_latent` job) and where its time goes.
+
+Prints seconds per step, generated samples per second, a breakdown by phase, and, as a reference measured in the
+same run, the patch statistics by average pooling (what `drifting.features.patch_stats` does) against the
+reshape + `var` form it replaced. Run on an idle machine:
+
+    .venv/bin/python bench/train_step.py [--threads 2] [--steps 10]
+"""
+import argparse, time
+
+import torch
+import torch.nn.functional as F
+
+from drifting.data import ImageDataset
+from drifting.features import feature_drift_loss, group_by_class, patch_stats
+from drifting.mae import MAE, mae_config
+from drifting.train import DataStream, FeatureSpace, Trainer, train_config
+
+
+def reshape_var_stats(f, p):  # the previous implementation, kept here as the reference
+    B, C, H, W = f.shape
+    v = f.reshape(B, C, H // p, p, W // p, p).permute(0, 1, 2, 4, 3, 5).reshape(B, C, (H // p) * (W // p), p * p)
+    return v.mean(-1).transpose(1, 2), (v.var(-1, unbiased=False) + 1e-6).sqrt().transpose(1, 2)
+
+
+def timed(fn, n):
+    fn(); t = time.perf_counter()
+    for _ in range(n): fn()
+    return (time.perf_counter() - t) / n
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, default=10)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    g = torch.Generator().manual_seed(0)
+    ds = ImageDataset(torch.randn(4500, 4, 8, 8, generator=g), torch.arange(4500) % 10, [str(i) for i in range(10)], "rand", "fp")
+    cfg = train_config("cpu")
+    enc = MAE(mae_config("small", in_channels=4, num_classes=10)).encoder
+    fs = FeatureSpace(enc, cfg.every_k_block)
+    tr = Trainer(cfg, DataStream(ds, cfg.push_per_step), fs, "cpu")
+    for _ in range(3): tr.step()
+    t = time.perf_counter()
+    for _ in range(a.steps): tr.step()
+    dt = (time.perf_counter() - t) / a.steps
+    B = cfg.n_c * cfg.n_neg
+    print(f"cpu preset, {a.threads} threads: {dt:.3f} s/step, {B / dt:.0f} generated samples/s; "
+          f"700 steps = {700 * dt / 60:.1f} min")
+
+    # phases of one step (same shapes as the trainer)
+    n, gen = cfg.n_c, tr.gen
+    lab = torch.arange(n).repeat_interleave(cfg.n_neg); eps = torch.randn(B, 4, 8, 8, generator=g)
+    pos, unc = torch.randn(n * cfg.n_pos, 4, 8, 8, generator=g), torch.randn(n * cfg.n_unc, 4, 8, 8, generator=g)
+    w = torch.rand(n, generator=g)
+    T = dict(gen_fwd=0.0, features_gen=0.0, features_real=0.0, drift_fwd=0.0, backward=0.0)
+    for i in range(a.steps + 2):
+        t0 = time.perf_counter(); x = gen(eps, lab, 1.5); t1 = time.perf_counter()
+        fg = group_by_class(fs(x), n); t2 = time.perf_counter()
+        with torch.no_grad(): fp, fu = group_by_class(fs(pos), n), group_by_class(fs(unc), n)
+        t3 = time.perf_counter(); loss = feature_drift_loss(fg, fp, fu, w=w)[0]; t4 = time.perf_counter()
+        loss.backward(); t5 = time.perf_counter()
+        if i >= 2:
+            for k, d in zip(T, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)): T[k] += d / a.steps
+    tot = sum(T.values())
+    print("phase breakdown: " + ", ".join(f"{k} {v:.3f}s ({v / tot:.0%})" for k, v in T.items()) + f"; {len(fg)} feature keys")
+
+    # reference in the same run: patch statistics, pooled (ours) vs reshape + var (previous)
+    for shape, p in (((B, 32, 8, 8), 2), ((B, 32, 8, 8), 4), ((B, 64, 4, 4), 2)):
+        f = torch.randn(*shape, generator=g).requires_grad_()
+        def run(fn):
+            m, s = fn(f, p); (m.sum() + s.sum()).backward()
+        ours, ref = timed(lambda: run(patch_stats), 5), timed(lambda: run(reshape_var_stats), 5)
+        err = max((x - y).abs().max().item() for x, y in zip(patch_stats(f, p), reshape_var_stats(f, p)))
+        print(f"patch stats {list(shape)} p={p}: pooled {ours * 1e3:.1f} ms, reshape+var {ref * 1e3:.1f} ms, "
+              f"speed-up {ref / ours:.2f}x, max difference {err:.1e}")
+
+
+if __name__ == "__main__":
+    main()

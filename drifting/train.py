@@ -218,8 +218,10 @@ class FeatureSpace(nn.Module):
 
     def fingerprint(self) -> str:
         "A hash of the encoder's weights and the key options (a resume refuses another feature space)."
-        enc = module_sha256(self.encoder) if self.encoder is not None else "none"
-        return f"{enc}:{self.every_k_block}:{list(self.patch_sizes)}:{int(self.norm_x)}:{int(self.raw_key)}"
+        if getattr(self, "_fp", None) is None:  # the encoder is frozen: hash its weights once, not at every checkpoint
+            enc = module_sha256(self.encoder) if self.encoder is not None else "none"
+            self._fp = f"{enc}:{self.every_k_block}:{list(self.patch_sizes)}:{int(self.norm_x)}:{int(self.raw_key)}"
+        return self._fp
 
 # %% ../nbs/11_train.ipynb #6ed90d98
 def latent_mae_encoder(x: Tensor,  # [N, C, H, W] training latents (or pixels)
@@ -470,7 +472,7 @@ class Trainer:
             if log is not None: log.close()
         return hist
 
-# %% ../nbs/11_train.ipynb #2b39bbbd
+# %% ../nbs/11_train.ipynb #135b6333
 def parse_alphas(alpha_eval) -> list[float]:
     if isinstance(alpha_eval, str): alpha_eval = [a for a in alpha_eval.replace(",", " ").split() if a]
     if isinstance(alpha_eval, (int, float)): alpha_eval = [alpha_eval]

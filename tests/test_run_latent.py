@@ -209,3 +209,21 @@ def test_run_eval_refuses_another_decoder(env, first):
                             parameters=dict(checkpoint=str(first), vae=str(env["root"] / "vae2" / builtin_key(recipe=other)),
                                             progress=False, runs_dir=str(runs)))
     assert not runs.exists() or not any(runs.rglob("run_manifest.json"))
+
+
+def test_run_latent_on_a_latent_cache(env, first):
+    "The ImageNet path in miniature: train from an exported latent cache (stored flips); a wrong decoder is refused."
+    from drifting.tokenizer import export_latent_cache, load_vae
+    cache = export_latent_cache("mnist5k", load_vae(env["tiny"]["vae"]), env["root"] / "lat_cache", resolution=32,
+                                progress=False)
+    r = _papermill(env, env["root"] / "cache_run.ipynb", dataset=str(cache), steps=2, ckpt_every=2, project="latcache")
+    assert r.returncode == 0, r.stderr[-4000:]
+    (bundle,) = sorted((env["runs"] / "latcache").iterdir())
+    validate_bundle(bundle)
+    ev = json.loads((bundle / "artifacts" / "eval_alpha.json").read_text())
+    assert ev["classifier"] is None and all("class_accuracy" not in row for row in ev["rows"])  # not the built-in digits
+    other = BuiltinRecipe(steps=1, batch_size=16, scale_items=256, eval_items=64)
+    builtin_vae(env["root"] / "vae3", recipe=other, progress=False)
+    r = _papermill(env, env["root"] / "cache_bad.ipynb", dataset=str(cache), steps=2, project="latcache",
+                   vae=str(env["root"] / "vae3" / builtin_key(recipe=other)))
+    assert r.returncode != 0 and "was encoded by" in r.stderr + r.stdout

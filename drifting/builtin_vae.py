@@ -5,7 +5,7 @@
 # %% ../nbs/08a_builtin_vae.ipynb #bacf169e
 from __future__ import annotations
 
-import json, math, os, shutil, tempfile, time
+import json, math, os, time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import torch
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
-from .core import atomic_write_text, cache_root
+from .core import atomic_folder, atomic_write_text, cache_root
 from .data import batches, load_dataset, sha256_json
 from .tokenizer import Tokenizer
 
@@ -133,14 +133,7 @@ def builtin_vae(cache_dir: str | os.PathLike | None = None,  # cache root (see `
     final = root / key
     if (final / "training.json").exists(): return _load_cached(final, key, device, batch_size)
     vae, record = train_builtin_vae(config, recipe, progress)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{key}-"))
-    try:
+    with atomic_folder(final, "training.json") as tmp:
         vae.save_pretrained(tmp)
         _write_record(tmp, dict(record, key=key))  # written last: its presence marks a complete folder
-        try: os.rename(tmp, final)
-        except OSError:  # another process renamed its folder first
-            if not (final / "training.json").exists(): raise
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp)
     return _load_cached(final, key, device, batch_size)

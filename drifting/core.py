@@ -5,7 +5,7 @@
 # %% ../nbs/00_core.ipynb #56048743
 from __future__ import annotations
 
-import os, random, tempfile, contextlib
+import os, random, shutil, tempfile, contextlib
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +13,7 @@ import torch
 
 # %% auto #0
 __all__ = ['seed_everything', 'default_device', 'autocast', 'atomic_open', 'atomic_write_bytes', 'atomic_write_text',
-           'atomic_torch_save', 'hash_array_into', 'cache_root']
+           'atomic_torch_save', 'hash_array_into', 'cache_root', 'atomic_folder']
 
 # %% ../nbs/00_core.ipynb #b5f57977
 def seed_everything(seed: int,  # the seed for `random`, NumPy and torch
@@ -102,3 +102,20 @@ def cache_root(kind: str,  # the kind of artefact, e.g. 'vae', 'classifier', 're
     if cache_dir is not None: return Path(cache_dir).expanduser()
     if os.environ.get("DRIFTING_CACHE"): return Path(os.environ["DRIFTING_CACHE"]).expanduser() / kind
     return Path.home() / ".cache" / "drifting" / kind
+
+# %% ../nbs/00_core.ipynb #db1e0c7b
+@contextlib.contextmanager
+def atomic_folder(final: str | os.PathLike,  # the folder to create
+                  marker: str,  # a file written last inside it: its presence means the folder is complete
+                  ):
+    "Yield a temporary folder beside `final`; when the block succeeds, rename it to `final` (a complete one there wins)."
+    final = Path(final); final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
+    try:
+        yield tmp
+        if not (tmp / marker).exists(): raise FileNotFoundError(f"{marker} was not written into {tmp}: the folder is incomplete")
+        try: os.rename(tmp, final)
+        except OSError:  # another process renamed its complete folder first
+            if not (final / marker).exists(): raise
+    finally:
+        if tmp.exists(): shutil.rmtree(tmp)

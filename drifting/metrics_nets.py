@@ -5,7 +5,7 @@
 # %% ../nbs/09a_metrics_nets.ipynb #a28e67d4
 from __future__ import annotations
 
-import importlib.util, json, os, shutil, tempfile, time
+import importlib.util, json, os, time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import atomic_write_text, seed_everything, cache_root
+from .core import atomic_folder, atomic_write_text, seed_everything, cache_root
 from .data import ImageDataset, load_dataset, sha256_json
 from .fingerprint import sha256_file
 from .metrics import FeatureNet, FeatureStats, extract_features, frechet_distance
@@ -207,16 +207,9 @@ def small_classifier(cfg: ClassifierConfig = ClassifierConfig(),  # recipe (defa
     final = root / key
     if not (final / "record.json").exists():
         model, record = train_classifier(cfg)
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".tmp-{key}-"))
-        try:
+        with atomic_folder(final, "record.json") as tmp:
             torch.save(model.state_dict(), tmp / "model.pt")
             atomic_write_text(tmp / "record.json", json.dumps(dict(record, key=key), indent=1))  # last: marks complete
-            try: os.rename(tmp, final)
-            except OSError:  # another process finished first
-                if not (final / "record.json").exists(): raise
-        finally:
-            if tmp.exists(): shutil.rmtree(tmp)
     record = json.loads((final / "record.json").read_text())
     if record.get("key") != key: raise ValueError(f"{final} holds classifier {record.get('key')!r}, not {key!r}: remove it")
     model = SmallCNN(1, cfg.resolution, cfg.width, cfg.feature_dim, 10)

@@ -177,6 +177,7 @@ def test_run_eval_on_the_tiny_run(env, first):
     for row in ev["rows"]:
         assert {"fid", "kid_mean", "is_mean", "precision", "recall", "class_accuracy"} <= set(row) and row["n"] == 30
     pr = ev["protocol"]
+    assert pr["fid_real_vs_real"]["n"] == 30 and pr["fid_real_vs_real"]["fid"] > 0
     assert pr["n_per_alpha"] == 30 and pr["ema"] is True and pr["seed"] == 0 and pr["nfe"] == 1 and pr["train_step"] == 4
     assert pr["checkpoint_sha256"] == hashlib.sha256((first / "artifacts" / "checkpoints" / "last.pt").read_bytes()).hexdigest()
     assert pr["metric_net"]["name"].startswith("mnist5k-classifier") and len(pr["metric_net"]["protocol_hash"]) == 64

@@ -14,7 +14,7 @@ from torch import Tensor
 
 from .generator import Generator, GeneratorConfig
 from .provenance import load_checkpoint
-from .train import TRAIN_FORMAT
+from .train import TRAIN_FORMAT, checkpoint_file
 
 # %% auto #0
 __all__ = ['load_generator', 'training_run_config', 'generate', 'class_labels', 'to_uint8', 'alpha_grid_figure',
@@ -26,11 +26,7 @@ def load_generator(ckpt: str | os.PathLike | dict,  # a checkpoint path, a bundl
                    device: torch.device | str = "cpu",
                    ) -> Generator:
     "Rebuild the generator of a training checkpoint in eval mode."
-    if not isinstance(ckpt, dict):
-        p = Path(ckpt)
-        if p.is_dir(): p = p / "artifacts" / "checkpoints" / "last.pt"
-        if not p.is_file(): raise FileNotFoundError(f"no checkpoint at {p}: pass a .pt file or a run bundle folder")
-        ckpt = load_checkpoint(p)
+    if not isinstance(ckpt, dict): ckpt = load_checkpoint(checkpoint_file(ckpt))
     if ckpt.get("format") != TRAIN_FORMAT or "generator_config" not in ckpt:
         raise ValueError("not a drifting.train checkpoint (it needs 'format', 'generator_config', 'model', 'ema')")
     model = Generator(GeneratorConfig(**ckpt["generator_config"]))
@@ -43,9 +39,7 @@ def training_run_config(checkpoint: str | os.PathLike | None,  # a run bundle fo
     "The checkpoint file to evaluate, and the config and data record of the run that wrote it; clear errors for bad paths."
     import json
     if checkpoint is None: raise ValueError("checkpoint is not set: pass a run bundle folder or a .pt file (-p checkpoint <path>)")
-    p = Path(str(checkpoint)).expanduser()
-    if p.is_dir(): p = p / "artifacts" / "checkpoints" / "last.pt"
-    if not p.is_file(): raise FileNotFoundError(f"no checkpoint at {p}: pass a run bundle folder or a .pt file")
+    p = checkpoint_file(checkpoint)
     sd = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
     if not isinstance(sd, dict) or sd.get("format") != TRAIN_FORMAT or "generator_config" not in sd:
         raise ValueError(f"{p} is not a drifting.train checkpoint")

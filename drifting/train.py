@@ -34,8 +34,8 @@ from .queues import CFG_PRESETS, SampleQueues, sample_alpha, uncond_weight
 
 # %% auto #0
 __all__ = ['TRAIN_PRESETS', 'TRAIN_FORMAT', 'TrainConfig', 'train_config', 'DataStream', 'FeatureSpace', 'latent_mae_encoder',
-           'rng_states', 'set_rng_states', 'ConfigMismatch', 'config_diff', 'describe_diff', 'Trainer', 'parse_alphas',
-           'check_run_params']
+           'rng_states', 'set_rng_states', 'checkpoint_file', 'ConfigMismatch', 'config_diff', 'describe_diff',
+           'Trainer', 'parse_alphas', 'check_run_params']
 
 # %% ../nbs/11_train.ipynb #a94e2aee
 @dataclass
@@ -281,6 +281,14 @@ def set_rng_states(s: dict):
     np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
     random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
 
+def checkpoint_file(path: str | os.PathLike,  # a checkpoint file, or a run bundle folder
+                    ) -> Path:  # the file (a bundle's `artifacts/checkpoints/last.pt`)
+    "The checkpoint file that `path` names, or a clear error when there is none."
+    p = Path(str(path)).expanduser()
+    if p.is_dir(): p = p / "artifacts" / "checkpoints" / "last.pt"
+    if not p.is_file(): raise FileNotFoundError(f"no checkpoint at {p}: pass a .pt file or a run bundle folder (its last.pt)")
+    return p
+
 class ConfigMismatch(ValueError):
     "A checkpoint was written with another configuration, feature space or data."
 
@@ -303,6 +311,9 @@ class Trainer:
         self.cfg = cfg.check()
         self.dev = dev = torch.device(device) if device is not None else default_device()
         self.data, self.features = data, features.to(dev)
+        if data.batch_size != cfg.push_per_step:
+            raise ValueError(f"the data stream pushes {data.batch_size} samples a step but push_per_step={cfg.push_per_step}: "
+                             "build it as DataStream(ds, cfg.push_per_step, cfg.seed, cfg.flip)")
         C, H, W = data.item_shape
         if H != W: raise ValueError(f"the generator makes square samples; the data items are {H}×{W}")
         self.gen_cfg = generator_config(cfg.generator, **dict(dict(num_classes=data.num_classes, in_channels=C,
@@ -456,8 +467,7 @@ class Trainer:
                     if run is not None:
                         saved.append(run.save_checkpoint(self.state_dict(), self.step_count))
                         if keep_checkpoints and len(saved) > keep_checkpoints:
-                            old = saved.pop(0)
-                            if old.name != "last.pt": old.unlink(missing_ok=True)
+                            saved.pop(0).unlink(missing_ok=True)  # last.pt is a link to the newest, untouched
         finally:
             bar.close()
             if log is not None: log.close()
@@ -496,9 +506,7 @@ def check_run_params(preset: str, steps: int, dataset, alpha_eval, resume=None, 
     cfg = train_config(preset, **{k: v for k, v in overrides.items() if v is not None})
     alphas = parse_alphas(alpha_eval)
     if resume is not None:  # refuse another configuration now, before a bundle exists (weights are memory-mapped, not read)
-        rp = Path(str(resume)).expanduser()
-        rp = rp / "artifacts" / "checkpoints" / "last.pt" if rp.is_dir() else rp
-        if not rp.is_file(): raise FileNotFoundError(f"no checkpoint at {rp}: give a .pt file or a bundle with a last.pt")
+        rp = checkpoint_file(resume)
         sd = torch.load(rp, map_location="cpu", weights_only=True, mmap=True)
         if not isinstance(sd, dict) or sd.get("format") != TRAIN_FORMAT:
             raise ValueError(f"{rp} is not a drifting.train checkpoint (format {TRAIN_FORMAT})")

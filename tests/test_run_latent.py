@@ -228,3 +228,16 @@ def test_run_latent_on_a_latent_cache(env, first):
     r = _papermill(env, env["root"] / "cache_bad.ipynb", dataset=str(cache), steps=2, project="latcache",
                    vae=str(env["root"] / "vae3" / builtin_key(recipe=other)))
     assert r.returncode != 0 and "was encoded by" in r.stderr + r.stdout
+
+
+def test_keep_checkpoints_prunes_old_step_files(tmp_path):
+    "keep_checkpoints=2 leaves the two newest step files; last.pt is the newest, byte for byte."
+    sys.path.insert(0, str(Path(__file__).parent))
+    from _tiny_trainer import tiny_trainer
+    from drifting.provenance import start_run
+    run = start_run("keep", dict(x=1), runs_dir=tmp_path, smoke=False)
+    tiny_trainer().fit(5, run=run, ckpt_every=1, keep_checkpoints=2, progress=False)
+    run.finish()
+    ck = run.dir / "artifacts" / "checkpoints"
+    assert sorted(p.name for p in ck.iterdir()) == ["last.pt", "step_4.pt", "step_5.pt"]
+    assert (ck / "last.pt").read_bytes() == (ck / "step_5.pt").read_bytes()

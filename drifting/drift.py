@@ -230,6 +230,7 @@ def normalized_drift(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated featu
                      max_chunk_elems: int = MAX_CHUNK_ELEMS,  # elements of each temporary of one block (see `_chunk_sizes`)
                      max_cache_elems: int = MAX_CACHE_ELEMS,  # keep the first pass's distances if G*N_gen*M fits
                      low_memory: bool = False,  # recompute the forces instead of keeping n_tau x [G, N_gen, S] of them
+                     all_reduce=None,  # Tensor -> Tensor summed over ranks: this call is one shard of a global call (None: alone)
                      ) -> tuple:  # (V~ [G, N_gen, S] or [N_gen, S] in normalised units, s_in 0-d tensor, info dict)
     "The normalised multi-temperature drift V~ of the release, its input scale s_in and diagnostics, exactly, in bounded memory."
     x, pos, neg, w, taus, unbatched = _prepare(gen, pos, neg, w_gen, w_pos, w_neg, taus, kernel_norm)
@@ -249,7 +250,9 @@ def normalized_drift(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated featu
                 d = _dist(T[:, :N], T[:, tlo:tlo + tc], tlo)  # [g, N, m]
                 num[lo:lo + gc] += (d.sum(1).double() * w[lo:lo + gc, tlo:tlo + tc]).sum(-1)
                 if cache is not None: cache.append(d)
-        scale = (num.sum() / (N * w.sum(dtype=torch.float64))).to(x.dtype)
+        tot = torch.stack([num.sum(), N * w.sum(dtype=torch.float64)])  # [sum dist*w, N sum w] of this call's groups
+        if all_reduce is not None: tot = all_reduce(tot)  # ... of every rank's groups: the global batch's scale
+        scale = (tot[0] / tot[1]).to(x.dtype)
         s_in = (scale / math.sqrt(S)).clamp(min=SCALE_FLOOR)  # input scale: mean distance becomes sqrt(S)
         inv = 1.0 / max(scale.item(), SCALE_FLOOR)
         def forces(i, lo, out=None):  # the forces F_tau [g, N, S] of groups lo:lo+gc, in normalised units
@@ -267,8 +270,11 @@ def normalized_drift(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated featu
         else:  # pass 2 only sums squares; pass 3 recomputes the forces once lambda_tau is known
             for i, lo in enumerate(range(0, G, gc)):
                 for t, f in enumerate(forces(i, lo)): sumsq[t] += torch.dot(f.reshape(-1), f.reshape(-1))
+        count = sumsq.new_tensor(float(x.numel()))  # entries of the forces the means run over
+        if all_reduce is not None:  # the global batch's sums of F_tau^2 and its count
+            red = all_reduce(torch.cat([sumsq, count[None]])); sumsq, count = red[:-1], red[-1]
         for t, tau in enumerate(taus):
-            info[f"loss_{tau}"] = (sumsq[t] / x.numel()).to(x.dtype)  # raw mean(F_tau^2): the number that falls in training
+            info[f"loss_{tau}"] = (sumsq[t] / count).to(x.dtype)  # raw mean(F_tau^2): the number that falls in training
         inv_lam = [1.0 / info[f"loss_{tau}"].clamp(min=FORCE_FLOOR).sqrt().item() for tau in taus]  # 1 / lambda_tau
         if not low_memory:
             V = F[0].mul_(inv_lam[0])  # [G, N, S]  V~ = sum_tau F_tau / lambda_tau, accumulated in the first buffer

@@ -9,33 +9,27 @@ import dataclasses
 import json
 import math
 import os
-import random
 import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn as nn
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .core import atomic_folder, atomic_torch_save, autocast, cache_root, default_device
-from .data import ImageDataset, batches, hflip, sha256_arrays, sha256_json
+from .core import atomic_torch_save, default_device, ema_copy, ema_update, lr_at, rng_states, set_rng_states
+from .data import ImageDataset, hflip
 from .drift import TAUS
-from .features import AGGREGATES, PATCH_SIZES, feature_drift_loss, feature_inventory, group_by_class
+from .features import AGGREGATES, PATCH_SIZES, FeatureSpace, feature_drift_loss, group_by_class
 from .generator import GENERATOR_PRESETS, Generator, generator_config
-from .mae import MAE, load_encoder, mae_config, save_encoder
-from .mae_train import MAETrainConfig, ema_copy, ema_update, lr_at, train_mae
-from .metrics import module_sha256
+from .provenance import checkpoint_file
 from .queues import CFG_PRESETS, SampleQueues, sample_alpha, uncond_weight
 
 # %% auto #0
-__all__ = ['TRAIN_PRESETS', 'TRAIN_FORMAT', 'TrainConfig', 'train_config', 'DataStream', 'FeatureSpace', 'latent_mae_encoder',
-           'rng_states', 'set_rng_states', 'checkpoint_file', 'ConfigMismatch', 'config_diff', 'describe_diff',
-           'Trainer', 'parse_alphas', 'check_run_params']
+__all__ = ['TRAIN_PRESETS', 'TRAIN_FORMAT', 'TrainConfig', 'train_config', 'DataStream', 'train_checkpoint', 'ConfigMismatch',
+           'config_diff', 'describe_diff', 'Trainer', 'parse_alphas', 'check_run_params']
 
 # %% ../nbs/11_train.ipynb #a94e2aee
 @dataclass
@@ -192,102 +186,18 @@ class DataStream:
     def state_dict(self) -> dict: return dict(cursor=self.cursor, fingerprint=self.ds.fingerprint, n=len(self.ds))
     def load_state_dict(self, sd: dict): self.cursor = int(sd["cursor"])
 
-# %% ../nbs/11_train.ipynb #59af532f
-class FeatureSpace(nn.Module):
-    "The frozen encoder and the feature keys of spec §2.4: x [B, C, H, W] → {key: [B, L, D] float32}."
-    def __init__(self, encoder: nn.Module | None,  # frozen feature encoder with `get_activations(x, every_k_block)`, or None
-                 every_k_block: int = 2, patch_sizes=PATCH_SIZES, norm_x: bool = True, raw_key: bool = True,
-                 bf16: bool = True):
-        super().__init__()
-        if encoder is None and not raw_key and not norm_x:
-            raise ValueError("with no encoder, keep raw_key=True (the vanilla drift loss) or norm_x=True")
-        self.encoder = encoder.requires_grad_(False).eval() if encoder is not None else None
-        self.every_k_block, self.patch_sizes, self.norm_x, self.raw_key, self.bf16 = every_k_block, tuple(patch_sizes), norm_x, raw_key, bf16
-
-    def train(self, mode: bool = True): return super().train(False)  # the encoder stays in eval mode
-
-    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
-        acts = OrderedDict()
-        if self.encoder is not None:
-            with autocast(x.device, self.bf16):
-                acts = self.encoder.get_activations(x, self.every_k_block)
-            acts = OrderedDict((k, v.float()) for k, v in acts.items())
-        return feature_inventory(acts, x if self.norm_x else None, x if self.raw_key else None, self.patch_sizes)
-
-    def fingerprint(self) -> str:
-        "A hash of the encoder's weights and the key options (a resume refuses another feature space)."
-        if getattr(self, "_fp", None) is None:  # the encoder is frozen: hash its weights once, not at every checkpoint
-            enc = module_sha256(self.encoder) if self.encoder is not None else "none"
-            self._fp = f"{enc}:{self.every_k_block}:{list(self.patch_sizes)}:{int(self.norm_x)}:{int(self.raw_key)}"
-        return self._fp
-
-# %% ../nbs/11_train.ipynb #6ed90d98
-def latent_mae_encoder(x: Tensor,  # [N, C, H, W] training latents (or pixels)
-                       y: Tensor,  # [N] int64 labels (the MAE head is unused without a fine-tune)
-                       preset: str = "small",  # a MAE_PRESETS name
-                       steps: int = 300,  # optimiser steps (paper: 30k at batch 8192)
-                       batch_size: int = 64,
-                       recipe: MAETrainConfig | None = None,  # default: release recipe, warm-up 50, EMA 0.99, no fine-tune
-                       seed: int = 0,
-                       cache_dir: str | os.PathLike | None = None,  # default: cache_root("mae")
-                       device: torch.device | str | None = None,
-                       progress: bool = True,
-                       ) -> tuple[nn.Module, dict]:  # (frozen encoder in eval mode on `device`, its record)
-    "The EMA encoder of a latent-MAE pre-trained on `x`: from the cache, or trained now and cached."
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1: raise ValueError(f"MAE steps must be an int ≥ 1, got {steps!r}")
-    recipe = recipe or MAETrainConfig(warmup=50, ema_decay=0.99, finetune_last_steps=0)
-    num_classes = max(int(y.max()) + 1, 1)
-    mcfg = mae_config(preset, in_channels=x.shape[1], num_classes=num_classes)
-    rec_cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(recipe).items()}
-    key = sha256_json(dict(data=sha256_arrays(x, y), model=dataclasses.asdict(mcfg), recipe=rec_cfg, steps=steps,
-                           batch_size=batch_size, seed=seed))[:16]
-    root = cache_root("mae", cache_dir); final = root / key
-    if not (final / "record.json").exists():
-        dev = torch.device(device) if device is not None else default_device()
-        g = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed); model = MAE(mcfg)
-        ds = ImageDataset(x.float(), y, [str(i) for i in range(num_classes)], "latents", "mae-input", kind="latents")
-        t0 = time.perf_counter()
-        ema, hist = train_mae(model, batches(ds, min(batch_size, len(ds)), g), steps, recipe, seed=seed, device=dev, progress=progress)
-        rec = dict(key=key, preset=preset, model=dataclasses.asdict(mcfg), recipe=rec_cfg, steps=steps, batch_size=batch_size,
-                   seed=seed, n=len(x), seconds=round(time.perf_counter() - t0, 2), weights="ema",
-                   recon_loss_first=hist["recon_loss"][0], recon_loss_last10=float(np.mean(hist["recon_loss"][-10:])))
-        with atomic_folder(final, "record.json") as tmp:
-            save_encoder(ema, tmp, info=rec)
-            (tmp / "record.json").write_text(json.dumps(rec, indent=1))  # written last: marks a complete folder
-    rec = json.loads((final / "record.json").read_text())
-    enc = load_encoder(final, expect=mcfg, device=device if device is not None else default_device())
-    return enc, dict(rec, path=str(final))
-
 # %% ../nbs/11_train.ipynb #793c2f10
 TRAIN_FORMAT = 1  # bump when the checkpoint layout changes
 
-def rng_states() -> dict:
-    "The global RNG states (torch CPU and CUDA, NumPy, Python) as checkpoint-safe values."
-    np_state = np.random.get_state()
-    py = random.getstate()
-    return dict(torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                numpy=dict(name=np_state[0], keys=torch.from_numpy(np_state[1].astype(np.int64)), pos=int(np_state[2]),
-                           has_gauss=int(np_state[3]), cached_gaussian=float(np_state[4])),
-                python=[py[0], list(py[1]), py[2]])
-
-def set_rng_states(s: dict):
-    "Restore what `rng_states` returned."
-    torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
-    n = s["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
-
-def checkpoint_file(path: str | os.PathLike,  # a checkpoint file, or a run bundle folder
-                    ) -> Path:  # the file (a bundle's `artifacts/checkpoints/last.pt`)
-    "The checkpoint file that `path` names, or a clear error when there is none."
-    p = Path(str(path)).expanduser()
-    if p.is_dir(): p = p / "artifacts" / "checkpoints" / "last.pt"
-    if not p.is_file(): raise FileNotFoundError(f"no checkpoint at {p}: pass a .pt file or a run bundle folder (its last.pt)")
-    return p
+def train_checkpoint(sd,  # what `torch.load` returned
+                     where: str = "the checkpoint",  # names the file in the error
+                     ) -> dict:
+    "`sd` if it is a training checkpoint of this format (weights, EMA, config, generator config), else a clear error."
+    if not isinstance(sd, dict) or sd.get("format") != TRAIN_FORMAT or "generator_config" not in sd:
+        got = sd.get("format") if isinstance(sd, dict) else type(sd).__name__
+        raise ValueError(f"{where} is not a drifting.train checkpoint of format {TRAIN_FORMAT} (got format {got!r}): "
+                         "give a file written by `Trainer` (run_latent), or its run bundle folder")
+    return sd
 
 class ConfigMismatch(ValueError):
     "A checkpoint was written with another configuration, feature space or data."
@@ -407,9 +317,7 @@ class Trainer:
                         allow_changes: bool = False,  # accept a different config / feature space / data, and say so
                         ) -> dict:  # what differed: {field: (checkpoint, now)}
         "Continue from a checkpoint; refuse one written with another config, feature space or data unless allowed."
-        if not isinstance(sd, dict) or sd.get("format") != TRAIN_FORMAT:
-            raise ValueError(f"not a drifting.train checkpoint of format {TRAIN_FORMAT} (got format "
-                             f"{sd.get('format') if isinstance(sd, dict) else type(sd).__name__!r})")
+        train_checkpoint(sd)
         diff = config_diff(sd["config"], self.cfg.to_dict())
         if sd["features"] != self.features.fingerprint(): diff["feature_space"] = (sd["features"], self.features.fingerprint())
         if sd["data"]["fingerprint"] != self.data.ds.fingerprint:
@@ -507,9 +415,7 @@ def check_run_params(preset: str, steps: int, dataset, alpha_eval, resume=None, 
     alphas = parse_alphas(alpha_eval)
     if resume is not None:  # refuse another configuration now, before a bundle exists (weights are memory-mapped, not read)
         rp = checkpoint_file(resume)
-        sd = torch.load(rp, map_location="cpu", weights_only=True, mmap=True)
-        if not isinstance(sd, dict) or sd.get("format") != TRAIN_FORMAT:
-            raise ValueError(f"{rp} is not a drifting.train checkpoint (format {TRAIN_FORMAT})")
+        sd = train_checkpoint(torch.load(rp, map_location="cpu", weights_only=True, mmap=True), str(rp))
         diff = config_diff(sd["config"], cfg.to_dict())
         if diff and not allow_changes:
             raise ConfigMismatch(f"{rp} (step {sd['step']}) was written with a different configuration:\n{describe_diff(diff)}\n"

@@ -5,7 +5,7 @@
 # %% ../nbs/00_core.ipynb #56048743
 from __future__ import annotations
 
-import contextlib, copy, hashlib, io, json, os, random, shutil, tempfile
+import contextlib, copy, dataclasses, hashlib, io, json, os, random, shutil, tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ import torch.nn as nn
 __all__ = ['seed_everything', 'default_device', 'autocast', 'atomic_open', 'atomic_write_bytes', 'atomic_write_text',
            'atomic_torch_save', 'hash_array_into', 'sha256_arrays', 'sha256_json', 'sha256_bytes', 'sha256_file',
            'module_sha256', 'cache_root', 'atomic_folder', 'rng_states', 'set_rng_states', 'ema_copy', 'ema_update',
-           'lr_at', 'save_figure']
+           'lr_at', 'save_figure', 'PresetError', 'from_preset']
 
 # %% ../nbs/00_core.ipynb #b5f57977
 def seed_everything(seed: int,  # the seed for `random`, NumPy and torch
@@ -208,3 +208,21 @@ def save_figure(fig,  # a matplotlib figure
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
+
+# %% ../nbs/00_core.ipynb #3bff8532
+class PresetError(ValueError):
+    "An unknown preset name, or an override that is not a field of the preset's config."
+
+def from_preset(presets: dict,  # name -> config dataclass (e.g. `GENERATOR_PRESETS`)
+                preset,  # a name in `presets`, or a config of that type (used as is)
+                what: str,  # what the registry holds, for the error message ('generator', 'MAE', 'training')
+                **overrides,  # fields to replace
+                ):
+    "The preset `preset` (or the given config) with `overrides` applied; a `PresetError` lists the valid choices."
+    if dataclasses.is_dataclass(preset) and not isinstance(preset, type): cfg = preset
+    elif isinstance(preset, str) and preset in presets: cfg = presets[preset]
+    else: raise PresetError(f"unknown {what} preset {preset!r}; choose one of {sorted(presets)}")
+    names = [f.name for f in dataclasses.fields(cfg)]
+    bad = sorted(set(overrides) - set(names))
+    if bad: raise PresetError(f"unknown {type(cfg).__name__} field(s) {bad}; valid: {names}")
+    return dataclasses.replace(cfg, **overrides)

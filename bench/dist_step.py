@@ -14,7 +14,8 @@ import torch
 from drifting.data import ImageDataset
 from drifting.distributed import fit_worker, launch, save_job
 from drifting.mae import ResNetEncoder
-from drifting.train import DataStream, FeatureSpace, Trainer, train_config
+from drifting.features import FeatureSpace
+from drifting.train import DataStream, Trainer, train_config
 
 
 def build(n_c):

@@ -216,7 +216,8 @@ def build_trainer(folder: str | os.PathLike):
     "The trainer `save_job` described, on this rank's device (cuda:LOCAL_RANK with NCCL, else the CPU)."
     from drifting.data import ImageDataset
     from drifting.mae import load_encoder
-    from drifting.train import DataStream, FeatureSpace, Trainer, TrainConfig
+    from drifting.features import FeatureSpace
+    from drifting.train import DataStream, Trainer, TrainConfig
     d = Path(folder); spec = json.loads((d / "job.json").read_text())
     dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if default_backend() == "nccl" else torch.device("cpu")
     if dev.type == "cpu":  # share the cores between the local workers

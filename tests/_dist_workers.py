@@ -5,7 +5,7 @@ import os
 import torch
 
 from drifting.distributed import attach, init_distributed, teardown
-from drifting.drift import drift_loss
+from drifting.drift_exact import drift_loss
 
 STEPS, HALF = 20, 10
 
@@ -51,7 +51,7 @@ def exactness(out: str):
             t = t.clone(); dist.all_reduce(t); return t
         loss, info = drift_loss(x, pos[sl], neg[sl], w_neg=w[sl], all_reduce=all_sum)
         loss.mean().div(world).backward()  # the mean over all groups, as DDP-averaged gradients see it
-        res["drift"] = dict(loss=loss.detach(), grad=x.grad, scale=info["scale"], v2=[info[f"loss_{t}"] for t in (0.02, 0.05, 0.2)])
+        res["drift"] = dict(loss=loss.detach(), grad=x.grad, scale=info.scale, v2=info.force_sq)
         # 2. training, exact mode: one step, to HALF (checkpoint), one more step, to STEPS
         t = trainer(); attach(t, "exact")
         res["step1"] = one_step(t)

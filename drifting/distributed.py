@@ -20,7 +20,8 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['MODES', 'default_backend', 'init_distributed', 'teardown', 'Comm', 'attach', 'WorkerFailed', 'launch',
-           'bundle_writer', 'fit_worker', 'save_job', 'build_trainer', 'fit_local', 'main']
+           'bundle_writer', 'fit_worker', 'save_job', 'build_trainer', 'fit_local', 'main', 'share', 'gather_rows',
+           'generate_sharded']
 
 # %% ../nbs/14_distributed.ipynb #3a084126
 MODES = ("exact", "per_rank")  # global-batch statistics (the release) | each rank's own statistics (most ports)
@@ -175,7 +176,7 @@ def bundle_writer(bundle: str | os.PathLike):
     man = json.loads((d / "run_manifest.json").read_text())
     return Run(d, man.get("project_name", d.parent.name), man, {}, {})
 
-def fit_worker(job: dict,  # build, kwargs, steps; optional: mode, resume, bundle, save, ckpt_every, keep_checkpoints, callback, backend
+def fit_worker(job: dict,  # build, kwargs, steps; optional: mode, resume, bundle | runs_dir (+ project), save, ckpt_every, keep_checkpoints, callback, backend
                ) -> dict:  # rank, world_size, backend, mode, step, hist, bytes, calls, comm_seconds, seconds
     "One rank of a distributed training job (run by `launch` or torchrun)."
     created = init_distributed(job.get("backend"))
@@ -186,14 +187,28 @@ def fit_worker(job: dict,  # build, kwargs, steps; optional: mode, resume, bundl
             from drifting.provenance import load_checkpoint
             trainer.load_state_dict(load_checkpoint(job["resume"]), allow_changes=job.get("allow_changes", False))
         comm = attach(trainer, job.get("mode", "exact"))
-        run = bundle_writer(job["bundle"]) if job.get("bundle") is not None and comm.rank == 0 else None
+        run, own = None, False
+        if comm.rank == 0 and job.get("bundle") is not None: run = bundle_writer(job["bundle"])
+        elif comm.rank == 0 and job.get("runs_dir") is not None:  # rank 0 creates the bundle and closes it
+            from drifting.provenance import start_run
+            run, own = start_run(job.get("project", "latent"), dict(train=trainer.cfg.to_dict(), job=job), runs_dir=job["runs_dir"],
+                                 seed=trainer.cfg.seed, resume_from=job.get("resume")), True
+            run.manifest.update(world_size=comm.world_size, distributed=dict(comm.info(), launcher="torchrun"))
         cb = _resolve(job["callback"]) if job.get("callback") else None
-        hist = trainer.fit(job["steps"], run=run, ckpt_every=job.get("ckpt_every"), keep_checkpoints=job.get("keep_checkpoints"),
-                           progress=job.get("progress", False) and comm.rank == 0, callback=cb)
+        try:
+            hist = trainer.fit(job["steps"], run=run, ckpt_every=job.get("ckpt_every"), keep_checkpoints=job.get("keep_checkpoints"),
+                               progress=job.get("progress", False) and comm.rank == 0, callback=cb)
+        except BaseException as e:
+            if own: run.fail(e)
+            raise
+        if own:
+            run.log_series("loss", hist["loss"], hist["step"])
+            run.finish(steps=trainer.step_count, final_loss=hist["loss"][-1] if hist["loss"] else None)
         if job.get("save") is not None and comm.rank == 0: trainer.save(job["save"])
         comm.barrier()
         return dict(comm.info(), rank=comm.rank, step=trainer.step_count, hist=hist, bytes=dict(comm.bytes),
-                    calls=dict(comm.calls), comm_seconds=dict(comm.seconds), seconds=time.perf_counter() - t0)
+                    calls=dict(comm.calls), comm_seconds=dict(comm.seconds), seconds=time.perf_counter() - t0,
+                    bundle=None if run is None else str(run.dir))
     finally:
         if created: teardown()
 
@@ -268,7 +283,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(prog="python -m drifting.distributed", description="one rank of a distributed training job (run it under torchrun)")
     p.add_argument("job", help="a job folder written by drifting.distributed.save_job")
     p.add_argument("--steps", type=int, required=True, help="train until this many steps in total")
-    p.add_argument("--bundle", default=None, help="run bundle folder rank 0 writes checkpoints and logs into")
+    p.add_argument("--bundle", default=None, help="an existing run bundle rank 0 writes checkpoints and logs into")
+    p.add_argument("--runs-dir", default=None, help="rank 0 creates a new bundle under <runs-dir>/<project>/ (instead of --bundle)")
+    p.add_argument("--project", default="latent")
     p.add_argument("--resume", default=None, help="checkpoint or bundle to continue from (default: the job's resume.pt, if any)")
     p.add_argument("--mode", default="exact", choices=MODES)
     p.add_argument("--ckpt-every", type=int, default=None)
@@ -278,10 +295,38 @@ def main(argv=None):
     if not (job / "job.json").is_file(): p.error(f"{job} is not a job folder (no job.json): write one with drifting.distributed.save_job")
     resume = a.resume or (str(job / "resume.pt") if (job / "resume.pt").is_file() else None)
     r = fit_worker(dict(build="drifting.distributed:build_trainer", kwargs=dict(folder=str(job)), steps=a.steps, mode=a.mode,
-                        resume=resume, bundle=a.bundle, ckpt_every=a.ckpt_every, keep_checkpoints=a.keep_checkpoints,
-                        progress=True))
-    if r["rank"] == 0: print(json.dumps({k: r[k] for k in ("world_size", "backend", "mode", "step", "bytes", "seconds")}))
+                        resume=resume, bundle=a.bundle, runs_dir=a.runs_dir, project=a.project, ckpt_every=a.ckpt_every,
+                        keep_checkpoints=a.keep_checkpoints, progress=True))
+    if r["rank"] == 0: print(json.dumps({k: r[k] for k in ("world_size", "backend", "mode", "step", "bytes", "seconds", "bundle")}))
 
 # %% ../nbs/14_distributed.ipynb #8271c651
 #| eval: false
 if __name__ == "__main__": main()
+
+# %% ../nbs/14_distributed.ipynb #5ecf4818
+def share(n: int,  # items in all
+          rank: int, world_size: int,
+          ) -> slice:  # this rank's contiguous share (sizes differ by at most one)
+    "Rank `rank`'s share of `n` items."
+    return slice(n * rank // world_size, n * (rank + 1) // world_size)
+
+def gather_rows(t: Tensor,  # [n_r, ...] this rank's rows
+                group=None,
+                ) -> Tensor:  # [sum n_r, ...] every rank's rows in rank order, on every rank (on t's device)
+    "Concatenate the ranks' rows in rank order (shares may differ in size)."
+    w = dist.get_world_size(group)
+    dev = torch.device("cuda", torch.cuda.current_device()) if str(dist.get_backend(group)) == "nccl" else torch.device("cpu")
+    sizes = [None] * w; dist.all_gather_object(sizes, int(t.shape[0]), group=group)
+    pad = t.new_zeros(max(sizes), *t.shape[1:], device=dev); pad[:t.shape[0]] = t
+    out = [torch.empty_like(pad) for _ in range(w)]
+    dist.all_gather(out, pad, group=group)
+    return torch.cat([o[:s] for o, s in zip(out, sizes)]).to(t.device)
+
+def generate_sharded(model,  # a generator (eval mode), the same on every rank
+                     labels: Tensor, alpha=1.0, seed: int = 0, batch_size: int = 512, group=None,
+                     ) -> Tensor:  # [N, C, H, W] all the samples, on every rank
+    "`drifting.sample.generate` with each rank making its share of the samples."
+    from drifting.sample import generate
+    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    rows = share(len(labels), dist.get_rank(group), dist.get_world_size(group))
+    return gather_rows(generate(model, labels, alpha, seed, batch_size, rows=rows), group)

@@ -35,6 +35,24 @@ def one_step(t):
     return dict(loss=m["loss"], grad=[p.grad.clone() for p in t.gen.parameters()], model=_state(t.gen))
 
 
+def sample_setup():
+    "A tiny generator, 11 labels (an uneven split over 2 ranks) and a fixed random projection as the feature net."
+    from drifting.generator import Generator, generator_config
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(3); model = Generator(generator_config("tiny")).eval()
+    proj = torch.randn(2 * 8 * 8, 6, generator=torch.Generator().manual_seed(9))
+    return model, torch.arange(11) % 5, proj
+
+
+def sharded_samples():
+    from drifting.distributed import gather_rows, generate_sharded, share
+    import torch.distributed as dist
+    model, labels, proj = sample_setup()
+    with torch.no_grad(): x = generate_sharded(model, labels, 1.5, seed=4, batch_size=3)
+    mine = x[share(len(x), dist.get_rank(), dist.get_world_size())]
+    return x, gather_rows(mine.flatten(1) @ proj)  # each rank's features of its share, gathered
+
+
 def exactness(out: str):
     "Every check of tests/test_distributed.py that needs 2 ranks, in one job (starting workers is the slow part)."
     torch.set_num_threads(1)
@@ -68,6 +86,8 @@ def exactness(out: str):
         attach(t, "exact"); res["from_1p"] = one_step(t)
         # 5. per-rank statistics (what most ports do)
         t = trainer(); attach(t, "per_rank"); res["per_rank"] = one_step(t)
+        # 6. sampling and features split over the ranks
+        res["samples"], res["feats"] = sharded_samples()
         if rank: del res["ck_half"]
         torch.save(res, os.path.join(out, f"rank{rank}.pt"))
     finally:

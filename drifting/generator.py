@@ -5,7 +5,6 @@
 # %% ../nbs/05_generator.ipynb #4ca5e69a
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +12,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .core import autocast
+from .core import autocast, from_preset
 from .generator_blocks import (patchify, unpatchify, sincos_2d, AlphaEmbedder, rope_tables, Block,
                                        FinalLayer, swiglu_hidden, fp32_region)
 
@@ -84,12 +83,7 @@ def generator_config(name: str,  # a key of `GENERATOR_PRESETS`
                      **overrides,  # fields of `GeneratorConfig` to change
                      ) -> GeneratorConfig:
     "The preset `name`, with `overrides` applied."
-    if name not in GENERATOR_PRESETS:
-        raise KeyError(f"unknown generator preset {name!r}; choose one of {sorted(GENERATOR_PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(GeneratorConfig)}
-    bad = sorted(set(overrides) - fields)
-    if bad: raise TypeError(f"unknown GeneratorConfig field(s) {bad}; valid fields: {sorted(fields)}")
-    return dataclasses.replace(GENERATOR_PRESETS[name], **overrides)
+    return from_preset(GENERATOR_PRESETS, name, "generator", **overrides)
 
 # %% ../nbs/05_generator.ipynb #bf20816f
 class Generator(nn.Module):

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json, os
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import atomic_torch_save, atomic_write_text
+from .core import atomic_torch_save, atomic_write_text, from_preset
 
 # %% auto #0
 __all__ = ['MAE_PRESETS', 'ENCODER_FORMAT', 'MAEConfig', 'mae_config', 'gn_groups', 'group_norm', 'BasicBlock', 'patchify',
@@ -75,12 +75,7 @@ def mae_config(preset: str | MAEConfig = "latent-256",  # a name in MAE_PRESETS 
                **overrides,  # fields to replace, e.g. in_channels=1, num_classes=10
                ) -> MAEConfig:
     "A preset by name with some fields replaced."
-    if isinstance(preset, MAEConfig): cfg = preset
-    elif preset in MAE_PRESETS: cfg = MAE_PRESETS[preset]
-    else: raise ValueError(f"unknown MAE preset {preset!r}; choose one of {sorted(MAE_PRESETS)}")
-    bad = set(overrides) - {f.name for f in fields(MAEConfig)}
-    if bad: raise ValueError(f"unknown MAEConfig fields {sorted(bad)}; valid: {[f.name for f in fields(MAEConfig)]}")
-    return replace(cfg, **overrides)
+    return from_preset(MAE_PRESETS, preset, "MAE", **overrides)
 
 # %% ../nbs/04_mae.ipynb #15cc1030
 def gn_groups(channels: int,  # channels to normalise

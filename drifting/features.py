@@ -13,7 +13,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .core import autocast, module_sha256
-from .drift import TAUS, drift_loss
+from .drift import TAUS
+from .drift_exact import drift_loss
 
 # %% auto #0
 __all__ = ['PATCH_SIZES', 'STD_EPS', 'NORM_X_EPS', 'AGGREGATES', 'patch_stats', 'feature_inventory', 'group_by_class',
@@ -91,7 +92,7 @@ def feature_drift_loss(gen_feats: dict,  # key -> [N_c, N_gen, L, D] generated f
                        taus=TAUS,  # temperatures (App. A.6)
                        aggregate: str = "official",  # "official": mean over (class, location); "paper": sum over locations, mean over classes
                        **drift_kwargs,  # passed to `drift_loss`: chunk_groups, chunk_targets, max_chunk_elems, low_memory, ...
-                       ) -> tuple:  # (total 0-d, {key: loss 0-d}, {key: drift_loss info})
+                       ) -> tuple:  # (total 0-d, {key: loss 0-d}, {key: DriftStats of drift_loss})
     "Sum over keys of one `drift_loss` per key on (class × location) groups (spec §2.5, §5.4)."
     if aggregate not in AGGREGATES: raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
     for name, d in (("pos_feats", pos_feats), ("unc_feats", unc_feats)):

@@ -16,7 +16,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .core import seed_everything, default_device
-from .drift import drift_field
+from .drift_exact import drift_field
 
 # %% auto #0
 __all__ = ['CHECKER_NOISE', 'SWISS_NOISE', 'RING8_RADIUS', 'RING8_STD', 'BIMODAL_CENTERS', 'BIMODAL_STD', 'TARGETS',

@@ -361,7 +361,7 @@ class Trainer:
                                               1.0 / cfg.grad_accum)
             tot += loss.item() / cfg.grad_accum
             for k, inf in infos.items():
-                v = [inf[f"loss_{t}"].item() / cfg.grad_accum for t in cfg.taus]
+                v = [f / cfg.grad_accum for f in inf.force_sq.tolist()]  # one per tau, in order
                 v2[k] = [a + b for a, b in zip(v2[k], v)] if k in v2 else v
         gn = torch.nn.utils.clip_grad_norm_(self.gen.parameters(), cfg.clip)
         self.opt.step()

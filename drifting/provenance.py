@@ -11,17 +11,18 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import atomic_open, atomic_torch_save, atomic_write_text
+import psutil
+
+from .core import atomic_open, atomic_torch_save, atomic_write_text, sha256_bytes, sha256_file
 from .fingerprint import (ConfigError, canonical_json, codebase_fingerprint, compose_config, config_yaml,
-    KEY_PACKAGES, env_fingerprint, env_snapshot, git_state, jsonable, redact_env, redact_obj, resolve_config,
-    scrub, sha256_bytes, sha256_file)
+    KEY_PACKAGES, env_fingerprint, env_snapshot, git_state, jsonable, redact_env, redact_obj, resolve_config, scrub)
 from .smoke import SmokeGateError, failed_checks, project_root, smoke_test
 from .bundle import run_md
-from .cli import papermill_invocation
 
 # %% auto #0
 __all__ = ['SCHEMA_VERSION', 'CONTRACT_VERSION', 'BUNDLE_DIRS', 'BundleError', 'check_name', 'default_runs_dir', 'check_writable',
-           'new_run_dir', 'check_state', 'load_checkpoint', 'Run', 'attach_notebook', 'start_run']
+           'new_run_dir', 'check_state', 'CheckpointNotFound', 'checkpoint_file', 'load_checkpoint', 'Run',
+           'parse_papermill_argv', 'papermill_invocation', 'attach_notebook', 'start_run']
 
 # %% ../nbs/10_provenance.ipynb #47899e2d
 SCHEMA_VERSION = "1"
@@ -83,12 +84,21 @@ def check_state(obj, where: str = "state"):
         raise TypeError(f"checkpoint value at {where} is a {type(obj).__module__}.{type(obj).__name__}: store state dicts "
                         "(module.state_dict(), optimizer.state_dict()), tensors and plain numbers only")
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
+class CheckpointNotFound(BundleError, FileNotFoundError):
+    "No checkpoint where one was named."
+
+def checkpoint_file(path: str | os.PathLike,  # a checkpoint file, or a run bundle folder
+                    ) -> Path:  # the file (a bundle's `artifacts/checkpoints/last.pt`)
+    "The checkpoint file that `path` names (a bundle means its `last.pt`), or a clear error when there is none."
+    p = Path(str(path)).expanduser()
+    if p.is_dir(): p = p / "artifacts" / "checkpoints" / "last.pt"
+    if not p.is_file(): raise CheckpointNotFound(f"no checkpoint at {p} (not found): pass a .pt file or a run bundle folder (its last.pt)")
+    return p
+
+def load_checkpoint(path: str | os.PathLike,  # a checkpoint file, or a run bundle folder (its last.pt)
+                    ) -> dict:
     "Load a checkpoint on CPU with `weights_only=True` (no code from the file is run)."
-    path = Path(path)
-    if path.is_dir(): path = path / "artifacts" / "checkpoints" / "last.pt"
-    if not path.is_file(): raise BundleError(f"checkpoint {str(path)!r} not found: give a .pt file or a run bundle folder")
-    return torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(checkpoint_file(path), map_location="cpu", weights_only=True)
 
 def _readable(path: Path) -> Path:
     "Give a bundle file the usual rw-r--r-- mode (the atomic writers create private 0600 temp files)."
@@ -246,6 +256,36 @@ class Run:
         else: self.finish()
         return False
 
+# %% ../nbs/10_provenance.ipynb #786cbacd
+_PM_VALUE_OPTS = {"-f", "--parameters_file", "-y", "--parameters_yaml", "-b", "--parameters_base64", "--engine",
+                  "--autosave-cell-every", "-k", "--kernel", "-l", "--language", "--cwd", "--stdout-file",
+                  "--stderr-file", "--log-level", "--start-timeout", "--start_timeout", "--execution-timeout",
+                  "--execution_timeout"}
+
+def parse_papermill_argv(argv: list[str], cwd: str) -> dict | None:
+    "Input/output notebook (absolute) and arguments from a papermill command line, or None if it is not one."
+    i = next((k for k, a in enumerate(argv) if Path(a).name == "papermill" or (a == "papermill" and k and argv[k - 1] == "-m")), None)
+    if i is None: return None
+    args, pos, k = argv[i + 1:], [], 0
+    while k < len(args):
+        a = args[k]
+        if a in ("-p", "--parameters", "-r", "--parameters_raw"): k += 3; continue
+        if a in _PM_VALUE_OPTS: k += 2; continue
+        if not a.startswith("-"): pos.append(a)
+        k += 1
+    if not pos: return None
+    res = lambda p: str(Path(cwd, p).resolve()) if "://" not in p else p
+    return dict(argv=list(argv), args=list(args), cwd=cwd, input=res(pos[0]), output=res(pos[1]) if len(pos) > 1 else None)
+
+def papermill_invocation() -> dict | None:
+    "The papermill command that started this kernel (via `JPY_PARENT_PID`), or None."
+    try:
+        p = psutil.Process(int(os.environ["JPY_PARENT_PID"]))
+        info = parse_papermill_argv(p.cmdline(), p.cwd())
+    except (KeyError, ValueError, psutil.Error): return None
+    if info: info.update(pid=p.pid, create_time=p.create_time())
+    return info
+
 # %% ../nbs/10_provenance.ipynb #73ce7ebb
 def attach_notebook(bundle: str | os.PathLike,  # the run folder
                     src: str | os.PathLike,  # the executed notebook (papermill's output)
@@ -329,7 +369,7 @@ def start_run(project: str,  # folder name under runs/, e.g. 'toy'
     runs = check_writable(Path(runs_dir) if runs_dir is not None else default_runs_dir(root))
     resume_state = resume = None
     if resume_from is not None:
-        rp = Path(resume_from); rp = rp / "artifacts" / "checkpoints" / "last.pt" if rp.is_dir() else rp
+        rp = checkpoint_file(resume_from)
         resume_state = load_checkpoint(rp)
         resume = dict(path=str(rp.resolve()), sha256=sha256_file(rp), step=resume_state.get("step") if isinstance(resume_state, dict) else None)
     git = git_state(root); code = codebase_fingerprint(root / package, git)

@@ -8,6 +8,9 @@ STAMP := $(VENV)/.drifting-installed
 RUN_NB ?= nbs/run_latent.ipynb
 ARGS ?=
 NBDEV_WORKERS ?= 2
+# extra nbdev test flags: `make test FLAGS="slow"` also runs the cells gated with `#| slow` (gpu, net likewise)
+FLAGS ?=
+NBFLAGS := $(if $(FLAGS),--flags "$(FLAGS)")
 
 .PHONY: run test nbtest pytest docs readme outputs lock venv clean-venv
 
@@ -23,11 +26,11 @@ run: $(STAMP)
 	$(BIN)/drifting run $(RUN_NB) $(ARGS)
 
 test: $(STAMP)
-	$(BIN)/nbdev_test --n_workers $(NBDEV_WORKERS) --timing
+	$(BIN)/nbdev_test --n_workers $(NBDEV_WORKERS) --timing $(NBFLAGS)
 	$(BIN)/python -m pytest -q
 
 nbtest: $(STAMP)
-	$(BIN)/nbdev_test --n_workers $(NBDEV_WORKERS) --timing
+	$(BIN)/nbdev_test --n_workers $(NBDEV_WORKERS) --timing $(NBFLAGS)
 
 pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -43,12 +46,12 @@ outputs: $(STAMP)
 readme: $(STAMP)
 	$(BIN)/python tools/make_readme.py
 
-# --upgrade-package torch: the old lock's label-free `torch==2.13.0` must not act as a preference, or uv takes the
-# CUDA wheel (+ nvidia-*) from PyPI instead of the local CPU build
 lock:
 	@command -v uv >/dev/null || $(BIN)/python -m pip install --quiet uv
+	# the CPU torch wheel comes from the machine's own wheel folder when its pip config names one (PIP_FIND_LINKS;
+	# uv also reads UV_FIND_LINKS): the recipe names no machine folder
 	$$(command -v uv || echo $(BIN)/uv) pip compile requirements.in -o requirements.lock.txt --python-version 3.11 \
-	    --no-header --upgrade-package torch $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
+	    --no-header --upgrade-package torch $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
 	# the CPU wheel carries a local label; pin the public version so a GPU machine gets the CUDA build of the same release
 	sed -i 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' requirements.lock.txt
 

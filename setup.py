@@ -12,7 +12,7 @@ c = cfg["DEFAULT"]
 licenses = {"apache2": "Apache-2.0"}  # SPDX expression (license classifiers are deprecated)
 statuses = ["1 - Planning", "2 - Pre-Alpha", "3 - Alpha", "4 - Beta", "5 - Production/Stable"]
 lic_name = licenses[c["license"]]
-py_versions = ["3.10", "3.11", "3.12"]
+py_versions = ["3.11", "3.12"]
 min_python = c["min_python"]
 
 setuptools.setup(

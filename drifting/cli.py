@@ -32,7 +32,8 @@ def run_notebook(notebook: str, output: str | None = None, papermill_args: list[
         env = dict(os.environ, DRIFTING_RUN_POINTER=str(pointer), DRIFTING_CWD=os.getcwd(),
                    DRIFTING_COMMAND=command or shlex.join(["drifting", "run", notebook, *([output] if output else []), *papermill_args]))
         if not output: env["DRIFTING_TEMP_OUTPUT"] = str(out.resolve())
-        rc = subprocess.run([sys.executable, "-m", "papermill", str(nb), str(out), *papermill_args], env=env).returncode
+        log = [] if "--log-output" in papermill_args else ["--log-output"]  # cell output (progress lines) to the terminal
+        rc = subprocess.run([sys.executable, "-m", "papermill", str(nb), str(out), *log, *papermill_args], env=env).returncode
         bundles = [Path(l) for l in pointer.read_text().splitlines() if l.strip()] if pointer.exists() else []
         for b in bundles:
             if out.is_file(): attach_notebook(b, out)

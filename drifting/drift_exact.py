@@ -15,12 +15,17 @@ from .drift import (AFFINITY_FLOOR, ALG2_SELF_MASK, FORCE_FLOOR, SCALE_FLOOR, SE
                             DriftStats, _check_kernel_norm, _check_shapes, _check_tau, _compute_dtype, _prepare)
 
 # %% auto #0
-__all__ = ['MAX_CHUNK_ELEMS', 'MAX_CACHE_ELEMS', 'drift_field', 'normalized_drift', 'drift_loss']
+__all__ = ['MAX_CHUNK_ELEMS', 'CACHE_BLOCK_ELEMS', 'MAX_CACHE_ELEMS', 'LOGIT_CUT', 'FLOORED', 'drift_field', 'normalized_drift',
+           'drift_loss']
 
 # %% ../nbs/01a_drift_exact.ipynb #757e372c
 MAX_CHUNK_ELEMS = 2**20  # default budget: elements of each temporary of one block of groups (4 MB in fp32); blocks stay
 # below glibc's mmap threshold, so they are not page-faulted afresh on every call (measured best on an idle 2-core CPU)
+CACHE_BLOCK_ELEMS = 2**18  # groups per block are also chosen so that a [g, N, m] temporary stays within this (1 MB): the
+# affinity passes then run in a core's L2 cache (10-20% faster than 2**20 on this CPU, D-perf-5); one group may exceed it
 MAX_CACHE_ELEMS = 2**24  # default budget: distances kept between the two passes of `drift_loss` (64 MB in fp32)
+LOGIT_CUT = 30.0  # logits more than this below their row's (column's) maximum count as this in a log-sum-exp ...
+FLOORED = 1e-12  # ... when the affinity floor is at least this: their affinity is the floor either way (see below)
 
 def _dist(x: Tensor,  # [g, N, S] centred generated samples
           y: Tensor,  # [g, m, S] centred targets
@@ -37,9 +42,10 @@ def _dist(x: Tensor,  # [g, N, S] centred generated samples
 
 def _centred_targets(c: Tensor,  # [g, 1, S] centre of each group
                      *parts: Tensor,  # [g, m_k, S] target sets, in column order
+                     out: Tensor | None = None,  # [g, M, S] where to write them (a workspace), or None
                      ) -> Tensor:  # [g, M, S] the centred targets
     "Concatenate and centre the targets in one pass."
-    T = c.new_empty(c.shape[0], sum(p.shape[1] for p in parts), c.shape[2])
+    T = c.new_empty(c.shape[0], sum(p.shape[1] for p in parts), c.shape[2]) if out is None else out
     lo = 0
     for p in parts:
         torch.sub(p, c, out=T[:, lo:lo + p.shape[1]]); lo += p.shape[1]
@@ -52,10 +58,62 @@ def _chunk_sizes(G, N, M, S, n_copies, chunk_groups, chunk_targets, max_chunk_el
             raise ValueError(f"{name} must be a positive int or None, got {v!r}")
     if chunk_targets is None: chunk_targets = M if N * M <= max_chunk_elems else max(1, max_chunk_elems // N)
     if chunk_groups is None:  # per group: a block of affinities (~4 live at once); centred targets (+ forces) copied once
-        chunk_groups = max(1, max_chunk_elems // max(N * min(chunk_targets, M), (M + n_copies * N) * S // 4))
+        chunk_groups = max(1, min(min(max_chunk_elems, CACHE_BLOCK_ELEMS) // (N * min(chunk_targets, M)),
+                                  max_chunk_elems // max(1, (M + n_copies * N) * S // 4)))
     return min(chunk_groups, G), min(chunk_targets, M)
 
-# %% ../nbs/01a_drift_exact.ipynb #65d375cc
+# %% ../nbs/01a_drift_exact.ipynb #63b4bb3f
+def _buf(ws: dict, name: str, shape: tuple, like: Tensor) -> Tensor:
+    "A [shape] view of the workspace buffer `name`, (re)allocated only when it is too small."
+    n = math.prod(shape)
+    if name not in ws or ws[name].numel() < n: ws[name] = like.new_empty(n)
+    return ws[name][:n].view(shape)
+
+def _softmax_(t: Tensor, dim: int) -> Tensor:
+    "Softmax in place (the CPU kernels read each row before writing it; elsewhere through a temporary)."
+    if t.device.type == "cpu": return torch.ops.aten._softmax.out(t, dim, False, out=t)
+    return t.copy_(t.softmax(dim))
+
+def _coefficients(d: Tensor,  # [g, N, m] normalised distances (self-mask added)
+                  C: Tensor,  # [n_tau, g, N, m] buffer: receives the coefficients
+                  Q: Tensor | None,  # [n_tau, g, N, m] scratch for the softmax over rows ("both"), else None
+                  taus, n_neg: int, attraction: float, repulsion: float, kernel_norm: str,
+                  w: Tensor | None,  # [g, c1-c0] weights of target columns c0:c1 (the others weigh 1), or None
+                  c0: int,
+                  out_scale: float,  # multiplies the coefficients (1 / s_in for normalised units)
+                  x_diag: bool,  # the first N targets are the generated samples: fold the x term into C
+                  affinity_floor: float,  # floor of softmax_row * softmax_col ("both" only)
+                  ) -> tuple:  # (C, s_pos [n_tau, g, N, 1], s_neg [n_tau, g, N, 1])
+    "Coefficients C_tau of all temperatures of one block of groups: F_tau = C_tau @ T (- x term if not x_diag)."
+    k = d.new_tensor([-1.0 / t for t in taus])[:, None, None, None]  # [n_tau, 1, 1, 1]
+    if kernel_norm == "both" and affinity_floor >= FLOORED:  # A = max(exp(L - (r_i + c_j) / 2), sqrt(floor))
+        def lse(dim):  # [n_tau, g, N, 1] (dim 3) or [n_tau, g, 1, m] (dim 2) log-sum-exp of the logits L = k d
+            top = d.amin(dim - 1, keepdim=True)[None] * k  # the largest logit of each row / column: a stable shift
+            e = torch.mul(d[None], k, out=Q).sub_(top).clamp_(min=-LOGIT_CUT).exp_()  # (terms < e^-30 of the top: nil)
+            return e.sum(dim, keepdim=True).log_().add_(top)
+        r, c = lse(3), lse(2)
+        torch.mul(d[None], k, out=C).sub_(r.mul_(0.5)).sub_(c.mul_(0.5))  # log of sqrt(softmax_row * softmax_col)
+        C.clamp_(min=0.5 * math.log(affinity_floor)).exp_()  # the floor, taken before exp: no denormal ever
+    else:
+        torch.mul(d[None], k, out=C)  # [n_tau, g, N, m] logits
+        if kernel_norm == "none": C.exp_()  # the raw kernel
+        else:
+            if Q is not None: torch.ops.aten._softmax.out(C, 2, False, out=Q)  # softmax over the generated rows
+            _softmax_(C, -1)  # softmax over the targets
+            if Q is not None:  # A = sqrt(max(softmax_row * softmax_col, floor))
+                C.mul_(Q)
+                if affinity_floor > 0: C.clamp_(min=affinity_floor)
+                C.sqrt_()
+    if w is not None: C[..., c0:c0 + w.shape[1]].mul_(w[None, :, None, :])  # weights after the softmax
+    s_neg, s_pos = C[..., :n_neg].sum(-1, keepdim=True), C[..., n_neg:].sum(-1, keepdim=True)  # [n_tau, g, N, 1]
+    C[..., :n_neg].mul_(s_pos * (-repulsion * out_scale))  # coeff- = -r (sum A+) A-
+    C[..., n_neg:].mul_(s_neg * (attraction * out_scale))  # coeff+ = a (sum A-) A+
+    if x_diag and attraction != repulsion:  # - (a - r)(sum A+)(sum A-) x_i, with x_i = y_i
+        N = C.shape[2]
+        C[..., :N].diagonal(dim1=-2, dim2=-1).sub_((s_pos * s_neg)[..., 0] * ((attraction - repulsion) * out_scale))
+    return C, s_pos, s_neg
+
+# %% ../nbs/01a_drift_exact.ipynb #c66c2dcd
 def _forces(T: Tensor,  # [g, M, S] centred targets [negatives | positives] (`_centred_targets`)
             N: int,  # generated samples: x = T[:, :N] if self_mask is not None, else given by `xc`
             n_neg: int,  # the first n_neg columns of T are negatives
@@ -70,11 +128,14 @@ def _forces(T: Tensor,  # [g, M, S] centred targets [negatives | positives] (`_c
             dist: Tensor | None = None,  # [g, N, M] raw distances if already computed (single block only)
             out: list | None = None,  # n_tau tensors [g, N, S] where to write the result
             out_scale: float = 1.0,  # multiplies the result (1 / s_in for normalised units)
+            ws: dict | None = None,  # workspace buffers, reused across calls (see `_buf`)
             ) -> list:  # n_tau tensors [g, N, S]: the field / forces per temperature
     "The drift per temperature of a chunk of groups, accumulated over blocks of targets."
     g, M, S = T.shape
+    cut = kernel_norm == "both" and affinity_floor >= FLOORED  # logits far below a row's / column's maximum: cut
     if xc is None: xc = T[:, :N]
     if out is None: out = [T.new_empty(g, N, S) for _ in taus]
+    ws = {} if ws is None else ws
     blocks = [(lo, min(lo + chunk_targets, M)) for lo in range(0, M, chunk_targets)]
     def ndist(lo, hi):  # [g, N, hi-lo] normalised distances with the self-mask
         if dist is not None and len(blocks) == 1: d = dist
@@ -87,8 +148,13 @@ def _forces(T: Tensor,  # [g, M, S] centred targets [negatives | positives] (`_c
         L = d * (-1.0 / tau)  # [g, N, m] logits
         if kernel_norm == "none": A = L.exp_()  # the raw kernel
         else:
-            Q = L.softmax(1) if kernel_norm == "both" else None  # [g, N, m] softmax over the generated rows
-            A = L.softmax(-1) if lse_row is None else L.sub_(lse_row[t][:, :, None]).exp_()  # softmax over targets
+            Q = None
+            if kernel_norm == "both":  # [g, N, m] softmax over the generated rows
+                Q = (torch.maximum(L, d.amin(1, keepdim=True) * (-1.0 / tau) - LOGIT_CUT) if cut else L).softmax(1)
+            if lse_row is None: A = L.softmax(-1)  # softmax over targets
+            else:
+                A = L.sub_(lse_row[t][:, :, None])
+                A = (A.clamp_(min=-LOGIT_CUT) if cut else A).exp_()
             if Q is not None:  # A = sqrt(max(softmax_row * softmax_col, floor))
                 A.mul_(Q)
                 if affinity_floor > 0: A.clamp_(min=affinity_floor)
@@ -99,21 +165,26 @@ def _forces(T: Tensor,  # [g, M, S] centred targets [negatives | positives] (`_c
         return A
     def x_term(t, s_pos, s_neg):  # the -(a - r)(sum A+)(sum A-) x term of the Tab. 1 ablations
         if attraction != repulsion: out[t].addcmul_(s_pos * s_neg, xc, value=-(attraction - repulsion) * out_scale)
-    if len(blocks) == 1:  # one block: scale A's columns into the coefficients and make one product per temperature
-        d = ndist(0, M)
-        for t, tau in enumerate(taus):
-            A = affinity(d, 0, M, t, tau, None)
-            s_neg, s_pos = A[:, :, :n_neg].sum(-1, keepdim=True), A[:, :, n_neg:].sum(-1, keepdim=True)  # [g, N, 1]
-            A[:, :, :n_neg].mul_(s_pos * (-repulsion * out_scale))  # coeff- = -r (sum A+) A-
-            A[:, :, n_neg:].mul_(s_neg * (attraction * out_scale))  # coeff+ = a (sum A-) A+
-            torch.bmm(A, T, out=out[t])  # [g, N, S] = sum_j coeff_j y_j
-            x_term(t, s_pos, s_neg)
+    if len(blocks) == 1:  # one block: all temperatures' coefficients at once, one product per temperature
+        shape = (len(taus), g, N, M)
+        C = _buf(ws, "C", shape, T)
+        Q = _buf(ws, "Q", shape, T) if kernel_norm == "both" else None
+        x_diag = self_mask is not None
+        _, s_pos, s_neg = _coefficients(ndist(0, M), C, Q, taus, n_neg, attraction, repulsion, kernel_norm, w, c0,
+                                        out_scale, x_diag, affinity_floor)
+        for t in range(len(taus)):
+            torch.bmm(C[t], T, out=out[t])  # [g, N, S] = sum_j coeff_j y_j
+            if not x_diag: x_term(t, s_pos[t], s_neg[t])
         return out
     lse_row = T.new_full((len(taus), g, N), -math.inf)  # extra pass: log-sum-exp of each row over all targets
     if kernel_norm != "none":
         for lo, hi in blocks:
             d = ndist(lo, hi)
-            for t, tau in enumerate(taus): torch.logaddexp(lse_row[t], (d * (-1.0 / tau)).logsumexp(-1), out=lse_row[t])
+            m = d.amin(-1, keepdim=True)  # [g, N, 1] the block's largest logit is -m / tau: a stable shift
+            e = d - m  # [g, N, m] >= 0
+            for t, tau in enumerate(taus):  # (terms below exp(-LOGIT_CUT) of the block maximum change nothing in fp32)
+                lse = torch.mul(e, -1.0 / tau, out=_buf(ws, "lse", e.shape, e)).clamp_(min=-LOGIT_CUT).exp_().sum(-1).log_()
+                torch.logaddexp(lse_row[t], lse.sub_(m[..., 0], alpha=1.0 / tau), out=lse_row[t])
     acc = T.new_zeros(len(taus), 2, g, N, S)  # [tau, (A+ y+, A- y-), g, N, S]
     sums = T.new_zeros(len(taus), 2, g, N, 1)  # [tau, (sum A+, sum A-), g, N, 1]
     for lo, hi in blocks:
@@ -129,7 +200,7 @@ def _forces(T: Tensor,  # [g, M, S] centred targets [negatives | positives] (`_c
         x_term(t, sums[t, 0], sums[t, 1])
     return out
 
-# %% ../nbs/01a_drift_exact.ipynb #f6214af8
+# %% ../nbs/01a_drift_exact.ipynb #6c574a1f
 def drift_field(gen: Tensor,  # [N, D] or [G, N, D] generated samples x
                 pos: Tensor,  # [N_pos, D] or [G, N_pos, D] positives y+ (data)
                 neg: Tensor | None = None,  # [N_neg, D] or [G, N_neg, D] negatives y-; None: the generated samples (self-masked)
@@ -160,7 +231,7 @@ def drift_field(gen: Tensor,  # [N, D] or [G, N, D] generated samples x
     V = V.to(gen.dtype)
     return V[0] if unbatched else V
 
-# %% ../nbs/01a_drift_exact.ipynb #8b086a68
+# %% ../nbs/01a_drift_exact.ipynb #1eee3a1a
 def _reduced(stats: Tensor,  # [k] float64 partial sums over the local groups
              all_reduce: Callable[[Tensor], Tensor] | None,
              ) -> Tensor:  # [k] the sums over every process
@@ -192,17 +263,21 @@ def normalized_drift(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated featu
                      ) -> tuple:  # (V~ [G, N_gen, S] or [N_gen, S] in normalised units, s_in 0-d, DriftStats)
     "`drifting.drift.release_drift` exactly, in bounded memory: V~, its input scale s_in and the diagnostics."
     x, pos, neg, w, taus, unbatched = _prepare(gen, pos, neg, w_gen, w_pos, w_neg, taus, kernel_norm)
-    G, N, S = x.shape; M = w.shape[1]; n_neg = N + neg.shape[1]
-    gc, tc = _chunk_sizes(G, N, M, S, len(taus) if low_memory else 0, chunk_groups, chunk_targets, max_chunk_elems)
-    block = lambda lo: _centred_targets(x[lo:lo + gc].mean(1, keepdim=True), x[lo:lo + gc], neg[lo:lo + gc],
-                                        pos[lo:lo + gc])  # [g, M, S] targets of groups lo:lo+gc, centred per group
+    G, N, S = x.shape; M = w.shape[1]; n_neg = N + neg.shape[1]; nt = len(taus)
+    gc, tc = _chunk_sizes(G, N, M, S, nt if low_memory else 0, chunk_groups, chunk_targets, max_chunk_elems)
+    ws = {}  # workspace buffers, reused by every block of this call
+    def block(lo):  # [g, M, S] targets of groups lo:lo+gc, centred per group, in the workspace
+        g = min(gc, G - lo)
+        return _centred_targets(x[lo:lo + g].mean(1, keepdim=True), x[lo:lo + g], neg[lo:lo + g], pos[lo:lo + g],
+                                out=_buf(ws, "T", (g, M, S), x))
     one_block = gc == G and tc == M
     cache = [] if tc == M and G * N * M <= max_cache_elems and not low_memory else None  # pass-1 distances, for pass 2
     weighted = (w != 1).any(0).nonzero()[:, 0]  # target columns whose weight is not 1 (the others skip the product)
     c0, c1 = (int(weighted[0]), int(weighted[-1]) + 1) if len(weighted) else (0, 0)
+    starts = range(0, G, gc)
     with torch.no_grad():
         num = x.new_zeros(G, dtype=torch.float64)  # pass 1: the feature scale S over all groups
-        for lo in range(0, G, gc):  # (float64 sums per group: the same S, to the bit, whatever the chunking)
+        for lo in starts:  # (float64 sums per group: the same S, to the bit, whatever the chunking)
             T = block(lo)
             for tlo in range(0, M, tc):
                 d = _dist(T[:, :N], T[:, tlo:tlo + tc], tlo)  # [g, N, m]
@@ -215,34 +290,34 @@ def normalized_drift(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated featu
         def forces(i, lo, out=None):  # the forces F_tau [g, N, S] of groups lo:lo+gc, in normalised units
             return _forces(T if one_block else block(lo), N, n_neg, inv, taus, attraction, repulsion, kernel_norm,
                            self_mask, affinity_floor, tc, w[lo:lo + gc, c0:c1] if c1 else None, c0,
-                           dist=None if cache is None else cache[i], out=out, out_scale=1.0 / s_in.item())
-        sumsq = x.new_zeros(len(taus) + 1, dtype=torch.float64)  # [sum F_tau^2 per tau..., count]
+                           dist=None if cache is None else cache[i], out=out, out_scale=1.0 / s_in.item(), ws=ws)
+        sumsq = x.new_zeros(nt + 1, dtype=torch.float64)  # [sum F_tau^2 per tau..., count]
         sumsq[-1] = x.numel()
         if not low_memory:  # pass 2: keep every chunk's forces, then combine
             F = [torch.empty_like(x) for _ in taus]  # n_tau x [G, N, S]
-            for i, lo in enumerate(range(0, G, gc)):
+            for i, lo in enumerate(starts):
                 forces(i, lo, [f[lo:lo + gc] for f in F])
                 if cache is not None: cache[i] = None  # free as we go
             for t, f in enumerate(F): sumsq[t] = torch.dot(f.reshape(-1), f.reshape(-1))
         else:  # pass 2 only sums squares; pass 3 recomputes the forces once lambda_tau is known
-            for i, lo in enumerate(range(0, G, gc)):
+            for i, lo in enumerate(starts):
                 for t, f in enumerate(forces(i, lo)): sumsq[t] += torch.dot(f.reshape(-1), f.reshape(-1))
         sumsq = _reduced(sumsq, all_reduce)
         force_sq = (sumsq[:-1] / sumsq[-1]).to(x.dtype)  # [n_tau] raw mean(F_tau^2): the number that falls in training
         inv_lam = (1.0 / force_sq.clamp(min=FORCE_FLOOR).sqrt()).tolist()  # 1 / lambda_tau
         if not low_memory:
             V = F[0].mul_(inv_lam[0])  # [G, N, S]  V~ = sum_tau F_tau / lambda_tau, accumulated in the first buffer
-            for t in range(1, len(taus)): V.add_(F[t], alpha=inv_lam[t])
+            for t in range(1, nt): V.add_(F[t], alpha=inv_lam[t])
             del F
         else:
             V = torch.empty_like(x)  # [G, N, S]
-            for i, lo in enumerate(range(0, G, gc)):
+            for i, lo in enumerate(starts):
                 Fc = forces(i, lo)
                 V[lo:lo + gc] = Fc[0].mul_(inv_lam[0])
-                for t in range(1, len(taus)): V[lo:lo + gc].add_(Fc[t], alpha=inv_lam[t])
+                for t in range(1, nt): V[lo:lo + gc].add_(Fc[t], alpha=inv_lam[t])
     return (V[0] if unbatched else V), s_in, DriftStats(scale, s_in, force_sq)
 
-# %% ../nbs/01a_drift_exact.ipynb #52eb522b
+# %% ../nbs/01a_drift_exact.ipynb #95db1449
 class _DriftMSE(torch.autograd.Function):
     "mean over (N, S) of (x/s_in - sg(x/s_in + V))^2: value mean(V^2), gradient -2 V / (N S s_in), no [G, N, S] temporaries."
     @staticmethod
@@ -250,9 +325,9 @@ class _DriftMSE(torch.autograd.Function):
         ctx.save_for_backward(V); ctx.s_in = s_in
         return torch.linalg.vector_norm(V, dim=(-2, -1)).square_() / (V.shape[-1] * V.shape[-2])  # [...]
     @staticmethod
-    def backward(ctx, grad):  # grad [...]
+    def backward(ctx, grad):  # grad [...]; the gradient is written over V (no fresh [G, N, S] tensor): one backward only
         V, = ctx.saved_tensors
-        return V * (grad * (-2.0 / (V.shape[-1] * V.shape[-2] * ctx.s_in)))[..., None, None], None, None
+        return V.mul_((grad * (-2.0 / (V.shape[-1] * V.shape[-2] * ctx.s_in)))[..., None, None]), None, None
 
 def drift_loss(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated features, with gradient
                pos: Tensor,  # [G, N_pos, S] or [N_pos, S] positives

@@ -5,22 +5,340 @@
 # %% ../nbs/13_runs.ipynb #004310b6
 from __future__ import annotations
 
-import os
+import math, os, time
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import matplotlib.pyplot as plt
 import torch
 
 from .builtin_vae import builtin_vae
-from .tokenizer import Tokenizer, load_vae
+from .core import default_device
+from .data import BUILTIN_DATASETS, ImageDataset, load_dataset
+from .features import FeatureSpace
+from .mae import load_encoder
+from .mae_train import latent_mae_encoder
+from .metrics import FeatureNet, compute_fid, extract_features, reference_key, reference_stats
+from .provenance import checkpoint_file
+from .sample import sweep_alpha, training_run_config
+from .tokenizer import Tokenizer, item_seeds, load_vae
+from .train import ConfigMismatch, TrainConfig, config_diff, describe_diff, train_checkpoint, train_config
 
 # %% auto #0
-__all__ = ['get_vae']
+__all__ = ['METRIC_NETS', 'check_int', 'parse_alphas', 'machine', 'check_latent_run', 'EvalPlan', 'check_eval_run',
+           'check_mae_run', 'LatentData', 'get_vae', 'encode_latents', 'is_latent_cache', 'latent_data',
+           'feature_space', 'is_builtin_digits', 'metric_net_kind', 'metric_net', 'digit_classifier', 'evaluate_alphas',
+           'fid_at_alpha', 'reference_protocol', 'nn_audit', 'training_curves_figure', 'metrics_vs_alpha_figure']
 
-# %% ../nbs/13_runs.ipynb #7e450415
+# %% ../nbs/13_runs.ipynb #4923967c
+def check_int(v,  # the value given
+              name: str,  # the parameter's name, for the message
+              lo: int = 1,  # the smallest allowed value
+              none_ok: bool = False,  # None is allowed (it keeps a default)
+              ):
+    "`v` if it is an int ≥ `lo` (or None when allowed), else a `ValueError` naming the parameter."
+    if v is None and none_ok: return v
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+        raise ValueError(f"{name} must be {'None or ' if none_ok else ''}an int ≥ {lo}, got {v!r}")
+    return v
+
+def parse_alphas(alpha_eval,  # CFG scales: a list of numbers or a string such as '1, 1.5, 2'
+                 ) -> list[float]:
+    "The CFG grid as floats, each ≥ 1 (α = 1/(1-γ), Eq. 16)."
+    if isinstance(alpha_eval, str): alpha_eval = [a for a in alpha_eval.replace(",", " ").split() if a]
+    if isinstance(alpha_eval, (int, float)): alpha_eval = [alpha_eval]
+    try: alphas = [float(a) for a in alpha_eval]
+    except (TypeError, ValueError): raise ValueError(f"alpha_eval must be a list of numbers ≥ 1 (or '1,1.5,2'), got {alpha_eval!r}") from None
+    if not alphas: raise ValueError("alpha_eval is empty: give at least one CFG scale, e.g. [1.0]")
+    bad = [a for a in alphas if not (math.isfinite(a) and a >= 1)]
+    if bad: raise ValueError(f"alpha_eval values must be ≥ 1 (α = 1/(1-γ), Eq. 16), got {bad}")
+    return alphas
+
+def machine(device: str | None = None,  # None: the best available; or 'cpu', 'cuda'
+            num_threads: int | None = None,  # torch CPU threads; None keeps torch's default
+            ) -> torch.device:
+    "Check and apply the machine parameters of a run; return its device."
+    check_int(num_threads, "num_threads", 1, none_ok=True)
+    dev = default_device(device)
+    if num_threads is not None: torch.set_num_threads(num_threads)
+    return dev
+
+# %% ../nbs/13_runs.ipynb #0a0ca45d
+def check_latent_run(preset: str,  # a TRAIN_PRESETS name
+                     steps: int,  # optimiser steps of the whole run (a resume continues to it)
+                     dataset,  # a built-in name, a class-folder directory or a latent cache
+                     alpha_eval,  # CFG scales to evaluate
+                     resume=None,  # a checkpoint or a run bundle folder
+                     ckpt_every=None, eval_per_class: int = 100, fid_n: int = 0, keep_checkpoints=None, log_every: int = 1,
+                     allow_changes: bool = False,  # accept a resume whose configuration differs
+                     **overrides,  # TrainConfig fields; None keeps the preset's
+                     ) -> tuple[TrainConfig, list[float]]:  # (checked config, α grid)
+    "Validate a training run's parameters before any work; return its config and the α grid."
+    cfg = train_config(preset, steps=steps, **{k: v for k, v in overrides.items() if v is not None})
+    if str(dataset) not in BUILTIN_DATASETS and not Path(str(dataset)).expanduser().exists():
+        raise FileNotFoundError(f"dataset {dataset!r} is neither a built-in ({sorted(BUILTIN_DATASETS)}) nor an existing "
+                                "path (a class-folder directory or a latent cache); check the path")
+    if resume is not None and not Path(str(resume)).expanduser().exists():
+        raise FileNotFoundError(f"resume={resume!r} does not exist: give a checkpoint file or a run bundle folder")
+    check_int(ckpt_every, "ckpt_every", 1, none_ok=True); check_int(keep_checkpoints, "keep_checkpoints", 1, none_ok=True)
+    check_int(eval_per_class, "eval_per_class", 2); check_int(fid_n, "fid_n", 0); check_int(log_every, "log_every")
+    alphas = parse_alphas(alpha_eval)
+    if resume is not None:
+        rp = checkpoint_file(resume)
+        sd = train_checkpoint(torch.load(rp, map_location="cpu", weights_only=True, mmap=True), str(rp))
+        diff = config_diff(sd["config"], cfg.to_dict())
+        if diff and not allow_changes:
+            raise ConfigMismatch(f"{rp} (step {sd['step']}) was written with a different configuration:\n{describe_diff(diff)}\n"
+                                 "resume with the same settings, or set allow_config_change=True to continue anyway")
+        if sd["step"] >= steps: raise ValueError(f"the checkpoint is at step {sd['step']} ≥ steps={steps}: raise steps to train on")
+    return cfg, alphas
+
+# %% ../nbs/13_runs.ipynb #382a5156
+@dataclass
+class EvalPlan:
+    "What an evaluation run measures, resolved from its parameters and the training run's records."
+    checkpoint: Path  # the checkpoint file
+    alphas: list  # CFG scales
+    dataset: object  # the reference data (images)
+    resolution: int | None
+    vae: object  # the decoder spec, or None for a pixel-space generator
+    net_kind: str  # 'classifier' or 'inception'
+    trained_data: dict  # the training run's dataset record (its tokenizer's fingerprint)
+
+    def decoder(self, device=None, progress: bool = True) -> Tokenizer | None:
+        "The VAE that decodes the generator's samples (None for a pixel generator), checked against the training run's."
+        if self.vae is None: return None
+        tok = get_vae(self.vae, device=device, progress=progress)
+        want = (self.trained_data.get("tokenizer") or {}).get("encoder_fingerprint")
+        if want and want != tok.fingerprint():
+            raise ValueError(f"the decoder {self.vae!r} has weights {tok.fingerprint()[:16]}…, the training run used "
+                             f"{want[:16]}… (another cache or a retrained built-in VAE); pass vae=<the run's VAE folder>")
+        return tok
+
+def check_eval_run(checkpoint,  # a run bundle folder, a checkpoint file, or a released model name ('latent_L_sota')
+                   alphas, n_per_class: int, nn_pool: int, metric_net: str,
+                   dataset=None, resolution=None, vae=None,  # None: the training run's
+                   ) -> EvalPlan:
+    "Validate an evaluation run's parameters before any work; fill the data, resolution and VAE from the training run."
+    from drifting.pipeline import resolve_checkpoint
+    ck, trained, trained_data = training_run_config(resolve_checkpoint(checkpoint))  # a released model: its converted bundle
+    alpha_list = parse_alphas(alphas)
+    check_int(n_per_class, "n_per_class", 2); check_int(nn_pool, "nn_pool", 3)
+    if metric_net not in METRIC_NETS: raise ValueError(f"metric_net must be 'auto', 'classifier' or 'inception', got {metric_net!r}")
+    data = dataset if dataset is not None else trained.get("dataset")
+    res = resolution if resolution is not None else trained.get("resolution")
+    if data is None: raise ValueError("the training run records no dataset; pass dataset=<name or path>")
+    if is_latent_cache(data):
+        raise ValueError(f"the reference {data!r} is a latent cache, not images: pass dataset=<the image folder or "
+                         "built-in name> (and resolution) so the metrics compare generated images with real ones")
+    return EvalPlan(ck, alpha_list, data, res, vae if vae is not None else trained.get("vae"),
+                    metric_net_kind(metric_net, data, res), trained_data)
+
+def check_mae_run(preset: str, width: int | None, steps: int, batch_size: int, seed: int, out_dir: str,
+                  **recipe,  # MAETrainConfig fields (lr, warmup, ema_decay, finetune_*)
+                  ):
+    "Validate an MAE pre-training run's parameters; return its recipe and model config (channels and classes to fill)."
+    from drifting.mae import mae_config
+    from drifting.mae_train import MAETrainConfig
+    check_int(steps, "steps"); check_int(batch_size, "batch_size"); check_int(seed, "seed", 0); check_int(width, "width", 1, none_ok=True)
+    if not isinstance(out_dir, str) or not out_dir.strip(): raise ValueError(f"out_dir must be a non-empty path string, got {out_dir!r}")
+    tcfg = MAETrainConfig(**recipe)
+    cfg = mae_config(preset, **({} if width is None else dict(width=width)))  # checks the preset name
+    if tcfg.finetune_last_steps >= steps:
+        print(f"note: finetune_last_steps={tcfg.finetune_last_steps} ≥ steps={steps}: the whole run is the cls fine-tune")
+    return tcfg, cfg
+
+# %% ../nbs/13_runs.ipynb #561a11fa
+@dataclass
+class LatentData:
+    "A dataset's splits and the latents a run trains on."
+    train: ImageDataset  # the training split as loaded (pixels or latents)
+    heldout: ImageDataset  # the held-out split as loaded
+    latents: ImageDataset  # the training split in the generator's space
+    tokenizer: Tokenizer | None  # the VAE (None: no encoding)
+    heldout_latents: ImageDataset | None = None  # the held-out split encoded (when asked)
+    seconds: float = 0.0  # time spent encoding
+    describe: dict = field(default_factory=dict)  # what the run bundle records about the data
+
 def get_vae(spec: str | os.PathLike,  # 'builtin', a hub id/alias, or a save_pretrained directory
             device: torch.device | str | None = None,  # where it runs
             progress: bool = True,  # the built-in VAE's training bar (when it is not cached yet)
             **kwargs,  # passed on to `builtin_vae` or `load_vae`
             ) -> Tokenizer:
-    "The VAE named by `spec` as a `Tokenizer`."
+    "The VAE named by `spec` as a `Tokenizer`: 'builtin' is the small autoencoder of `08a_builtin_vae`, else `load_vae`."
     if str(spec) == "builtin": return builtin_vae(device=device, progress=progress, **kwargs)
     return load_vae(spec, device=device, **kwargs)
+
+def encode_latents(ds: ImageDataset,  # pixel data
+                   tok: Tokenizer,  # the VAE
+                   seed: int = 0,  # item i uses the noise item_seeds(seed, offset + i)
+                   offset: int = 0,  # index of the first item in the seed stream
+                   ) -> ImageDataset:
+    "The posterior-sampled, scaled latents of `ds` as a dataset of kind 'latents'."
+    z = tok.encode(ds.images, sample=True, seeds=item_seeds(seed, torch.arange(len(ds)) + offset))  # [N, c, h, w]
+    return ImageDataset(z.cpu(), ds.labels, ds.class_names, ds.name, f"{ds.fingerprint}|{tok.fingerprint()}|s{seed}",
+                        ds.split, kind="latents")
+
+def is_latent_cache(dataset) -> bool:
+    "Whether `dataset` names a latent cache (a .npz file or a folder with a manifest.json)."
+    p = Path(str(dataset)).expanduser()
+    return p.suffix == ".npz" or (p / "manifest.json").exists()
+
+def latent_data(dataset,  # a built-in name, a class-folder directory or a latent cache
+                resolution: int | None,  # pixel side of images (ignored for a latent cache)
+                vae: str | os.PathLike | None,  # the VAE spec (`get_vae`); None: keep the data as they are
+                seed: int = 0,  # posterior-sample seed
+                device=None, progress: bool = True,
+                heldout_frac: float = 0.1,  # stratified held-out share (split seed 0)
+                encode_heldout: bool = False,  # also encode the held-out split (items continue the seed stream)
+                decoder: bool = True,  # for a latent cache: also load (and check) the VAE that decodes it
+                ) -> LatentData:
+    "Load a dataset's splits and its training latents (encoded now, or read from a latent cache)."
+    res = None if is_latent_cache(dataset) else resolution
+    train = load_dataset(dataset, split="train", resolution=res, heldout_frac=heldout_frac, seed=0)
+    held = load_dataset(dataset, split="heldout", resolution=res, heldout_frac=heldout_frac, seed=0)
+    tok = None if vae is None or (train.kind == "latents" and not decoder) else get_vae(vae, device=device, progress=progress)
+    lat, lat_held, t0 = train, None, time.perf_counter()
+    if tok is not None and train.kind == "pixels":
+        lat = encode_latents(train, tok, seed)
+        if encode_heldout: lat_held = encode_latents(held, tok, seed, offset=len(train))
+    elif tok is not None:
+        enc_fp = (train.meta or {}).get("encoder_fingerprint")  # recorded by export_latent_cache
+        if enc_fp and enc_fp != tok.fingerprint():
+            raise ValueError(f"the latent cache {dataset} was encoded by {train.meta.get('encoder')!r} (weights "
+                             f"{enc_fp[:12]}…), but vae={vae!r} has weights {tok.fingerprint()[:12]}…: pass the VAE that "
+                             "encoded the cache, e.g. -p vae stabilityai/sd-vae-ft-mse, or samples will decode wrongly")
+    if encode_heldout and lat_held is None: lat_held = held
+    desc = dict(name=str(dataset), fingerprint=train.fingerprint, split=train.split, n_train=len(train), n_heldout=len(held),
+                latents=lat.fingerprint, tokenizer=None if tok is None else tok.describe())
+    return LatentData(train, held, lat, tok, lat_held, time.perf_counter() - t0, desc)
+
+# %% ../nbs/13_runs.ipynb #82db89ec
+def feature_space(cfg: TrainConfig,  # the run's config (feature-space fields)
+                  data: ImageDataset,  # the training latents (what a built-in encoder is pre-trained on)
+                  device=None, progress: bool = True,
+                  ) -> tuple[FeatureSpace, dict]:  # (the feature space, what the bundle records about its encoder)
+    "The feature space a config names, with its encoder trained, loaded or absent."
+    if cfg.feature_encoder == "builtin":
+        encoder, info = latent_mae_encoder(data.images, data.labels, cfg.mae_preset, cfg.mae_steps, seed=cfg.seed,
+                                           device=device, progress=progress)
+    elif cfg.feature_encoder is None: encoder, info = None, dict(kind="none (raw drift loss only)")
+    else: encoder, info = load_encoder(cfg.feature_encoder, device=device), dict(path=str(cfg.feature_encoder))
+    fs = FeatureSpace(encoder, cfg.every_k_block, cfg.patch_sizes, cfg.norm_x, cfg.raw_key, cfg.bf16)
+    return fs, {k: v for k, v in info.items() if k in ("key", "path", "seconds", "steps", "preset", "kind")}
+
+# %% ../nbs/13_runs.ipynb #15a99456
+METRIC_NETS = ("auto", "classifier", "inception")
+
+def is_builtin_digits(dataset, resolution) -> bool:
+    "Whether the data are the built-in MNIST-5k digits at 32×32 (what the small classifier was trained on)."
+    return str(dataset) == "mnist5k" and resolution == 32
+
+def metric_net_kind(name: str,  # one of METRIC_NETS
+                    dataset, resolution,  # the reference data
+                    ) -> str:
+    "'classifier' or 'inception' for `name` on this data; a clear error when it cannot be used."
+    if name not in METRIC_NETS: raise ValueError(f"metric_net must be 'auto', 'classifier' or 'inception', got {name!r}")
+    kind = ("classifier" if is_builtin_digits(dataset, resolution) else "inception") if name == "auto" else name
+    if kind == "classifier" and not is_builtin_digits(dataset, resolution):
+        raise ValueError("metric_net='classifier' is the MNIST-5k classifier: it needs dataset='mnist5k' at resolution 32")
+    if kind == "inception":
+        from drifting.metrics_nets import find_inception_weights
+        find_inception_weights()  # raises with the offline recipe when missing
+    return kind
+
+def metric_net(kind: str,  # 'classifier' or 'inception' (`metric_net_kind`)
+               device=None) -> FeatureNet:
+    "The metric network of that kind."
+    if kind == "classifier":
+        from drifting.metrics_nets import small_classifier
+        return small_classifier(device=device)
+    from drifting.metrics_nets import find_inception_weights, tf_inception
+    return tf_inception(find_inception_weights(), device=device)
+
+def digit_classifier(dataset, resolution, device=None) -> FeatureNet | None:
+    "The small classifier when the data are the built-in digits it knows, else None (no class accuracy)."
+    return metric_net("classifier", device) if is_builtin_digits(dataset, resolution) else None
+
+# %% ../nbs/13_runs.ipynb #8c1bc7bd
+def evaluate_alphas(model, alphas, per_class: int,
+                    decode=None,  # latents -> images (the VAE's decode); None: samples are images
+                    classifier: FeatureNet | None = None,  # `digit_classifier(...)`: class accuracy and Fréchet distance
+                    train: ImageDataset | None = None, heldout: ImageDataset | None = None,  # image splits (Fréchet reference)
+                    seed: int = 0, progress: bool = True,
+                    ) -> tuple[list, dict, dict, dict]:  # (rows per α, {α: images}, {α: raw samples}, best row)
+    "Sample every class at each α; the best α by Fréchet distance with a classifier, else the first."
+    rows, images, raw = sweep_alpha(model, alphas, per_class, decode=decode, classifier=classifier, train=train,
+                                    heldout=heldout, seed=seed, progress=progress)
+    best = min(rows, key=lambda r: r["frechet"]) if classifier is not None and "frechet" in rows[0] else rows[0]
+    return rows, images, raw, best
+
+def fid_at_alpha(model, alpha: float, n: int,  # samples (rounded down to whole classes, ≥ 1 per class)
+                 heldout: ImageDataset,  # the reference images
+                 decode=None, seed: int = 0, device=None,
+                 ) -> tuple[dict | None, str]:  # (FID record or None, what happened)
+    "FID (TF-Inception) of `n` samples at one α against the held-out images, when it can be computed here."
+    if n <= 0: return None, "FID not asked for (fid_n = 0)"
+    if heldout.kind != "pixels":
+        return None, ("FID skipped: the data is a latent cache, so there are no reference images here; run "
+                      "nbs/run_eval.ipynb with dataset=<the image folder> for FID against real images")
+    from drifting.metrics_nets import find_inception_weights, tf_inception
+    try: w = find_inception_weights()
+    except FileNotFoundError as e: return None, "FID skipped: " + str(e).split(". ")[0]
+    net = tf_inception(w, device=device)
+    k = max(1, n // model.cfg.num_classes)
+    x = sweep_alpha(model, [alpha], k, decode=decode, seed=seed, progress=False)[1][float(alpha)]
+    fid = dict(compute_fid(extract_features(net, x), reference_stats(net, heldout), net), alpha=float(alpha))
+    return fid, f"FID@{fid['n_gen']} vs held-out ({fid['n_ref']}) at α={alpha}: {fid['fid']:.2f}"
+
+def reference_protocol(net: FeatureNet, train: ImageDataset, heldout: ImageDataset,
+                       n: int,  # samples per α: the real-vs-real floor uses as many training images
+                       seed: int = 0,
+                       ) -> tuple[dict, object, torch.Tensor]:  # (protocol fields, reference stats, reference features)
+    "The metric network's reference (held-out) statistics and features, and the FID floor of real images at the same N."
+    ref_stats, ref_feats = reference_stats(net, heldout), extract_features(net, heldout.images)
+    sub = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:min(n, len(train))]
+    floor = dict(fid=compute_fid(extract_features(net, train.images[sub]), ref_stats, net)["fid"], n=len(sub),
+                 source="random subset of the training split")
+    protocol = dict(metric_net=dict(net.protocol, protocol_hash=net.protocol_hash),
+                    reference=dict(ref_stats.source, n=ref_stats.n, stats_key=reference_key(net, heldout)),
+                    fid_real_vs_real=floor)
+    return protocol, ref_stats, ref_feats
+
+def nn_audit(net: FeatureNet, samples: torch.Tensor,  # [N, C, H, W] images at one α
+             train: ImageDataset, pool: int, seed: int = 0, n_show: int = 6):
+    "Nearest training images (in `net`'s features) of a few samples: (figure, record of the distances)."
+    from drifting.metrics import nearest_neighbours, nn_figure
+    pick = torch.arange(0, len(samples), max(1, len(samples) // n_show))[:n_show]
+    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:pool].sort().values
+    d, ix = nearest_neighbours(extract_features(net, samples[pick]), extract_features(net, train.images[idx]), k=3)
+    fig = nn_figure(samples[pick], train.images, d, idx[ix], title=f"nearest training images in {net.name} features")
+    return fig, dict(pool=len(idx), min_distance=float(d[:, 0].min()), median_distance=float(d[:, 0].median()))
+
+# %% ../nbs/13_runs.ipynb #e0153687
+def training_curves_figure(hist: dict,  # `Trainer.fit` history
+                           taus) -> plt.Figure | None:
+    "Loss, raw E‖V‖² per τ, gradient norm and learning rate against step (None when no step was taken)."
+    if not hist["loss"]: return None
+    fig, ax = plt.subplots(1, 3, figsize=(10, 2.8), dpi=70)
+    ax[0].plot(hist["step"], hist["loss"], lw=0.8); ax[0].set_title("loss", fontsize=9)
+    for t, tau in enumerate(taus): ax[1].plot(hist["step"], [v[t] for v in hist["v2_total"]], lw=0.8, label=f"τ={tau}")
+    ax[1].set_yscale("log"); ax[1].legend(fontsize=7); ax[1].set_title("raw E‖V‖², Σ keys", fontsize=9)
+    ax[2].plot(hist["step"], hist["grad_norm"], lw=0.8, label="grad norm"); ax[2].set_yscale("log")
+    ax2 = ax[2].twinx(); ax2.plot(hist["step"], hist["lr"], color="grey", lw=0.8, ls="--"); ax2.set_ylabel("lr", fontsize=8)
+    ax[2].set_title("grad norm (before clip), lr", fontsize=9)
+    for a in ax: a.set_xlabel("step", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+def metrics_vs_alpha_figure(rows: list, floor: float, net_name: str, title: str) -> plt.Figure:
+    "FID (and IS when the network has logits) against α, with the real-vs-real FID at the same N."
+    fig, ax = plt.subplots(1, 2 if "is_mean" in rows[0] else 1, figsize=(7, 2.6), dpi=70, squeeze=False)
+    a = [r["alpha"] for r in rows]
+    ax[0, 0].plot(a, [r["fid"] for r in rows], "o-"); ax[0, 0].set_xlabel("α"); ax[0, 0].set_ylabel(f"FID ({net_name})", fontsize=8)
+    ax[0, 0].axhline(floor, color="grey", ls="--", lw=0.8, label="real vs real, same N"); ax[0, 0].legend(fontsize=7)
+    if "is_mean" in rows[0]:
+        ax[0, 1].errorbar(a, [r["is_mean"] for r in rows], [r["is_std"] for r in rows], fmt="o-")
+        ax[0, 1].set_xlabel("α"); ax[0, 1].set_ylabel(f"IS ({net_name})", fontsize=8)
+    fig.suptitle(title, fontsize=9); fig.tight_layout()
+    return fig

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
@@ -17,6 +16,7 @@ from pathlib import Path
 
 import torch
 from torch import Tensor
+from tqdm import tqdm as text_tqdm  # plain text: what a log and papermill --log-output show
 from tqdm.auto import tqdm
 
 from .core import atomic_torch_save, default_device, ema_copy, from_preset, ema_update, lr_at, rng_states, set_rng_states
@@ -24,13 +24,12 @@ from .data import ImageDataset, hflip
 from .drift import TAUS
 from .features import AGGREGATES, PATCH_SIZES, FeatureSpace, feature_drift_loss, group_by_class
 from .generator import GENERATOR_PRESETS, Generator, generator_config
-from .provenance import checkpoint_file
 from .mae import MAE_PRESETS
 from .queues import SampleQueues, sample_alpha, uncond_weight
 
 # %% auto #0
 __all__ = ['TRAIN_PRESETS', 'TRAIN_FORMAT', 'RESUME_MAY_CHANGE', 'TrainConfig', 'train_config', 'DataStream', 'train_checkpoint',
-           'ConfigMismatch', 'config_diff', 'describe_diff', 'Trainer', 'parse_alphas', 'check_run_params']
+           'ConfigMismatch', 'config_diff', 'describe_diff', 'StepLog', 'progress_bar', 'Trainer']
 
 # %% ../nbs/11_train.ipynb #a94e2aee
 @dataclass
@@ -226,6 +225,59 @@ def describe_diff(diff: dict) -> str:
     "One line per changed field: `name: old (checkpoint) -> new (now)`."
     return "\n".join(f"  {k}: {a!r} (checkpoint) -> {b!r} (now)" for k, (a, b) in diff.items())
 
+# %% ../nbs/11_train.ipynb #01877f59
+class StepLog:
+    "The step records of a run: `logs/steps.jsonl` every `log_every` steps, and the same scalars to TensorBoard when asked."
+    def __init__(self, run,  # a `drifting.provenance.Run`
+                 log_every: int = 1,  # steps between records (the last step is always written)
+                 tensorboard: bool = False,  # also write TensorBoard scalars into logs/tensorboard/
+                 ):
+        if not isinstance(log_every, int) or isinstance(log_every, bool) or log_every < 1:
+            raise ValueError(f"log_every must be an int ≥ 1, got {log_every!r}")
+        self.log_every, self.file, self.tb = log_every, open(run.path("logs", "steps.jsonl"), "a", encoding="utf-8"), None
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package (in the lock)
+            self.tb = SummaryWriter(str(run.path("logs", "tensorboard")))
+
+    @staticmethod
+    def record(m: dict) -> dict:
+        "The JSON record of one step's metrics (`Trainer.step()`)."
+        rec = {k: m[k] for k in ("step", "loss", "lr", "grad_norm", "alpha_mean", "samples_per_s")}
+        rec["v2"] = {k: [float(f"{x:.4g}") for x in v] for k, v in m["v2"].items()}
+        return rec
+
+    def write(self, m: dict, taus, force: bool = False):
+        "Write the record of step metrics `m` if its step is due (or `force`)."
+        if not force and m["step"] % self.log_every: return
+        rec = self.record(m)
+        self.file.write(json.dumps(rec) + "\n"); self.file.flush()
+        if self.tb is not None:
+            s = rec["step"]
+            for k in ("loss", "lr", "grad_norm", "alpha_mean", "samples_per_s"): self.tb.add_scalar(k, rec[k], s)
+            for t, tau in enumerate(taus):
+                self.tb.add_scalar(f"v2_total/tau{tau}", sum(v[t] for v in rec["v2"].values()), s)
+                for key, v in rec["v2"].items(): self.tb.add_scalar(f"v2/{key}/tau{tau}", v[t], s)
+            self.tb.flush()
+
+    def close(self):
+        self.file.close()
+        if self.tb is not None: self.tb.close()
+
+class _SparseBar(text_tqdm):
+    "A tqdm bar that, off a terminal, spaces its lines so a whole run writes about `lines` of them."
+    def __init__(self, *args, lines: int = 40, **kw):
+        super().__init__(*args, **kw); self.lines, self._t0, self._n0 = lines, time.perf_counter(), self.n
+    def update(self, n=1):
+        done = self.n + n - self._n0
+        if done > 0 and self.total:  # estimated seconds of the whole call / lines, never below 15 s
+            self.mininterval = max(15.0, (time.perf_counter() - self._t0) / done * (self.total - self._n0) / self.lines)
+        return super().update(n)
+
+def progress_bar(total: int, initial: int = 0, enable: bool = True):
+    "The training bar: twice a second in a terminal; elsewhere (logs, notebooks) a line every ≥ 15 s, ~40 per run."
+    if sys.stderr.isatty(): return tqdm(total=total, initial=initial, disable=not enable, desc="train", dynamic_ncols=True, mininterval=0.5)
+    return _SparseBar(total=total, initial=initial, disable=not enable, desc="train", mininterval=15, ascii=True)
+
 # %% ../nbs/11_train.ipynb #451ae50f
 class Trainer:
     "Generator + EMA + AdamW + queues + data stream + RNG, with the official step, checkpoints and exact resume."
@@ -369,6 +421,8 @@ class Trainer:
             keep_checkpoints: int | None = None,  # keep only the newest step_<n>.pt files (None: all)
             progress: bool = True,  # tqdm bar with ETA
             callback=None,  # called as callback(trainer, metrics) after each step
+            log_every: int = 1,  # write the step record (logs/steps.jsonl, TensorBoard) every so many steps, and at the end
+            tensorboard: bool = False,  # also write the step records as TensorBoard scalars (logs/tensorboard/ of the bundle)
             ) -> dict:  # history: lists of loss, lr, grad_norm, alpha_mean, seconds, v2_total (per τ), and v2 per key
         "Train to `steps`, logging every step and checkpointing atomically; returns the history of this call."
         if steps is not None: self.cfg = dataclasses.replace(self.cfg, steps=steps).check()  # the checkpoint records it
@@ -381,22 +435,18 @@ class Trainer:
             n = self.prefill()
             if run is not None: run.event("prefill", batches=n)
         hist = dict(step=[], loss=[], lr=[], grad_norm=[], alpha_mean=[], seconds=[], v2_total=[], v2={})
-        log = open(run.path("logs", "steps.jsonl"), "a", encoding="utf-8") if run is not None else None
-        bar = tqdm(total=steps, initial=self.step_count, disable=not progress, desc="train", dynamic_ncols=True,
-                   mininterval=0.5 if sys.stderr.isatty() else 15)  # a log or notebook gets a line every 15 s, not per step
+        log = StepLog(run, log_every, tensorboard) if run is not None else None
+        bar = progress_bar(steps, self.step_count, progress)
         saved = []
         try:
             while self.step_count < steps:
                 m = self.step()
                 for k in ("step", "loss", "lr", "grad_norm", "alpha_mean", "seconds", "v2_total"): hist[k].append(m[k])
                 for k, v in m["v2"].items(): hist["v2"].setdefault(k, []).append(v)
-                if log is not None:
-                    rec = {k: m[k] for k in ("step", "loss", "lr", "grad_norm", "alpha_mean", "samples_per_s")}
-                    rec["v2"] = {k: [float(f"{x:.4g}") for x in v] for k, v in m["v2"].items()}
-                    log.write(json.dumps(rec) + "\n"); log.flush()
+                at_end = self.step_count == steps
+                if log is not None: log.write(m, self.cfg.taus, force=at_end)
                 bar.update(1); bar.set_postfix(loss=f"{m['loss']:.4g}", v2=f"{m['v2_total'][0]:.3g}", refresh=False)
                 if callback is not None: callback(self, m)
-                at_end = self.step_count == steps
                 if (ckpt_every and self.step_count % ckpt_every == 0) or at_end:
                     if run is not None:
                         saved.append(run.save_checkpoint(self.state_dict(), self.step_count))
@@ -406,42 +456,3 @@ class Trainer:
             bar.close()
             if log is not None: log.close()
         return hist
-
-# %% ../nbs/11_train.ipynb #135b6333
-def parse_alphas(alpha_eval) -> list[float]:
-    if isinstance(alpha_eval, str): alpha_eval = [a for a in alpha_eval.replace(",", " ").split() if a]
-    if isinstance(alpha_eval, (int, float)): alpha_eval = [alpha_eval]
-    try: alphas = [float(a) for a in alpha_eval]
-    except (TypeError, ValueError): raise ValueError(f"alpha_eval must be a list of numbers ≥ 1 (or '1,1.5,2'), got {alpha_eval!r}") from None
-    if not alphas: raise ValueError("alpha_eval is empty: give at least one CFG scale, e.g. [1.0]")
-    bad = [a for a in alphas if not (math.isfinite(a) and a >= 1)]
-    if bad: raise ValueError(f"alpha_eval values must be ≥ 1 (α = 1/(1-γ), Eq. 16), got {bad}")
-    return alphas
-
-def check_run_params(preset: str, steps: int, dataset, alpha_eval, resume=None, ckpt_every=None,
-                     eval_per_class: int = 100,
-                     **overrides,  # TrainConfig fields (None keeps the preset's); allow_changes=True accepts a resume's changes
-                     ) -> tuple[TrainConfig, list[float]]:  # (checked config, α grid)
-    "Validate a training run's parameters before any work; return its config and the α grid."
-    from drifting.data import BUILTIN_DATASETS
-    cfg = train_config(preset, steps=steps, **{k: v for k, v in overrides.items() if v is not None and k != "allow_changes"})
-    if str(dataset) not in BUILTIN_DATASETS and not Path(str(dataset)).expanduser().exists():
-        raise FileNotFoundError(f"dataset {dataset!r} is neither a built-in ({sorted(BUILTIN_DATASETS)}) nor an existing "
-                                "path (a class-folder directory or a latent cache); check the path")
-    if resume is not None and not Path(str(resume)).expanduser().exists():
-        raise FileNotFoundError(f"resume={resume!r} does not exist: give a checkpoint file or a run bundle folder")
-    if ckpt_every is not None and (not isinstance(ckpt_every, int) or isinstance(ckpt_every, bool) or ckpt_every < 1):
-        raise ValueError(f"ckpt_every must be None or a positive int, got {ckpt_every!r}")
-    if not isinstance(eval_per_class, int) or isinstance(eval_per_class, bool) or eval_per_class < 2:
-        raise ValueError(f"eval_per_class must be an int ≥ 2, got {eval_per_class!r}")
-    allow_changes = overrides.get("allow_changes", False)
-    alphas = parse_alphas(alpha_eval)
-    if resume is not None:  # refuse another configuration now, before a bundle exists (weights are memory-mapped, not read)
-        rp = checkpoint_file(resume)
-        sd = train_checkpoint(torch.load(rp, map_location="cpu", weights_only=True, mmap=True), str(rp))
-        diff = config_diff(sd["config"], cfg.to_dict())
-        if diff and not allow_changes:
-            raise ConfigMismatch(f"{rp} (step {sd['step']}) was written with a different configuration:\n{describe_diff(diff)}\n"
-                                 "resume with the same settings, or set allow_config_change=True to continue anyway")
-        if sd["step"] >= steps: raise ValueError(f"the checkpoint is at step {sd['step']} ≥ steps={steps}: raise steps to train on")
-    return cfg, alphas

@@ -59,3 +59,33 @@ def test_fixture_copies_equal_the_shared_fixtures():
         pytest.skip(f"no {shared} beside this clone: cannot compare the copies with the shared originals")
     assert files == sorted(p.relative_to(shared) for p in shared.rglob("*") if p.is_file())
     for f in files: assert (FIX / f).read_bytes() == (shared / f).read_bytes(), f
+
+
+@pytest.mark.slow
+def test_run_eval_accepts_a_released_model_name(tmp_path):
+    "run_eval -p checkpoint hf://<name>: the released generator (here the fixture, placed by hand) is converted and evaluated."
+    import json, os, subprocess, sys
+    from drifting.builtin_vae import BuiltinRecipe, builtin_key, builtin_vae
+    from drifting.bundle import validate_bundle
+    from drifting.pipeline import OFFICIAL_REVISION
+    cache = tmp_path / "cache"
+    manual = cache / "official" / "manual" / "models" / "gen" / "jax" / "ablation"
+    manual.mkdir(parents=True)
+    for f in ("metadata.json", "ema_params.msgpack"):
+        (manual / f).write_bytes((FIX / "models" / "gen" / "jax" / "tiny-shared" / f).read_bytes())
+    quick = BuiltinRecipe(steps=3, batch_size=16, scale_items=256, eval_items=64)  # a 4×8×8-latent decoder, plumbing only
+    builtin_vae(cache / "vae", recipe=quick, progress=False)
+    params = dict(checkpoint="hf://ablation", alphas="1,2", n_per_class=2, dataset="mnist5k", resolution=32,
+                  vae=str(cache / "vae" / builtin_key(recipe=quick)), metric_net="classifier", nn_audit=False,
+                  num_threads=1, progress=False, runs_dir=str(tmp_path / "runs"))
+    args = [a for k, v in params.items() for a in ("-p", k, str(v))]
+    r = subprocess.run([str(Path(sys.executable).parent / "papermill"), str(ROOT / "nbs" / "run_eval.ipynb"),
+                        str(tmp_path / "eval.ipynb"), *args, "--no-progress-bar"], cwd=tmp_path, capture_output=True,
+                       text=True, timeout=900, env=dict(os.environ, DRIFTING_CACHE=str(cache), DRIFTING_NO_WATCH="1"))
+    assert r.returncode == 0, r.stderr[-4000:]
+    (bundle,) = sorted((tmp_path / "runs" / "eval").iterdir())
+    validate_bundle(bundle)
+    ev = json.loads((bundle / "artifacts" / "eval.json").read_text())
+    assert [row["alpha"] for row in ev["rows"]] == [1.0, 2.0] and ev["protocol"]["n_per_alpha"] == 2 * 11
+    conv = cache / "official" / "eval" / f"ablation@{OFFICIAL_REVISION[:12]}" / "artifacts" / "checkpoints" / "last.pt"
+    assert ev["protocol"]["checkpoint"] == str(conv)

@@ -176,7 +176,8 @@ def bundle_writer(bundle: str | os.PathLike):
     man = json.loads((d / "run_manifest.json").read_text())
     return Run(d, man.get("project_name", d.parent.name), man, {}, {})
 
-def fit_worker(job: dict,  # build, kwargs, steps; optional: mode, resume, bundle | runs_dir (+ project), save, ckpt_every, keep_checkpoints, callback, backend
+def fit_worker(job: dict,  # build, kwargs, steps; optional: mode, resume, bundle | runs_dir (+ project), save, ckpt_every,
+                           # keep_checkpoints, log_every, tensorboard, callback, backend
                ) -> dict:  # rank, world_size, backend, mode, step, hist, bytes, calls, comm_seconds, seconds
     "One rank of a distributed training job (run by `launch` or torchrun)."
     created = init_distributed(job.get("backend"))
@@ -197,7 +198,8 @@ def fit_worker(job: dict,  # build, kwargs, steps; optional: mode, resume, bundl
         cb = _resolve(job["callback"]) if job.get("callback") else None
         try:
             hist = trainer.fit(job["steps"], run=run, ckpt_every=job.get("ckpt_every"), keep_checkpoints=job.get("keep_checkpoints"),
-                               progress=job.get("progress", False) and comm.rank == 0, callback=cb)
+                               progress=job.get("progress", False) and comm.rank == 0, callback=cb,
+                               log_every=job.get("log_every", 1), tensorboard=job.get("tensorboard", False))
         except BaseException as e:
             if own: run.fail(e)
             raise
@@ -251,6 +253,7 @@ def fit_local(nproc: int,  # worker processes on this machine
               run=None,  # the run bundle (`drifting.provenance.Run`) rank 0 writes into
               mode: str = "exact",  # see `MODES`
               ckpt_every: int | None = None, keep_checkpoints: int | None = None, progress: bool = True,
+              log_every: int = 1, tensorboard: bool = False,  # as `Trainer.fit` (rank 0 writes them)
               ) -> dict:  # rank 0's history (as `Trainer.fit` returns)
     "Train `trainer` to `steps` on `nproc` local workers (exact by default); the notebook's trainer ends in the trained state."
     import tempfile
@@ -267,7 +270,8 @@ def fit_local(nproc: int,  # worker processes on this machine
         d = save_job(tmp, trainer)
         job = dict(build="drifting.distributed:build_trainer", kwargs=dict(folder=str(d)), steps=steps, mode=mode,
                    resume=str(d / "resume.pt") if trainer.step_count > 0 else None, ckpt_every=ckpt_every,
-                   keep_checkpoints=keep_checkpoints, progress=progress, bundle=None if run is None else str(run.dir),
+                   keep_checkpoints=keep_checkpoints, progress=progress, log_every=log_every, tensorboard=tensorboard,
+                   bundle=None if run is None else str(run.dir),
                    save=str(d / "final.pt"))
         try: res = launch(fit_worker, nproc, job, log_dir=None if run is None else run.dir / "logs" / "ranks")
         except WorkerFailed as e:

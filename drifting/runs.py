@@ -27,8 +27,9 @@ from .train import ConfigMismatch, TrainConfig, config_diff, describe_diff, trai
 # %% auto #0
 __all__ = ['METRIC_NETS', 'check_int', 'parse_alphas', 'machine', 'check_latent_run', 'EvalPlan', 'check_eval_run',
            'check_mae_run', 'LatentData', 'get_vae', 'encode_latents', 'is_latent_cache', 'latent_data',
-           'feature_space', 'is_builtin_digits', 'metric_net_kind', 'metric_net', 'digit_classifier', 'evaluate_alphas',
-           'fid_at_alpha', 'reference_protocol', 'nn_audit', 'training_curves_figure', 'metrics_vs_alpha_figure']
+           'feature_space', 'is_builtin_digits', 'metric_net_kind', 'build_metric_net', 'digit_classifier',
+           'evaluate_alphas', 'fid_at_alpha', 'reference_protocol', 'nn_audit_figure', 'training_curves_figure',
+           'metrics_vs_alpha_figure']
 
 # %% ../nbs/13_runs.ipynb #4923967c
 def check_int(v,  # the value given
@@ -247,7 +248,7 @@ def metric_net_kind(name: str,  # one of METRIC_NETS
         find_inception_weights()  # raises with the offline recipe when missing
     return kind
 
-def metric_net(kind: str,  # 'classifier' or 'inception' (`metric_net_kind`)
+def build_metric_net(kind: str,  # 'classifier' or 'inception' (`metric_net_kind`)
                device=None) -> FeatureNet:
     "The metric network of that kind."
     if kind == "classifier":
@@ -258,7 +259,7 @@ def metric_net(kind: str,  # 'classifier' or 'inception' (`metric_net_kind`)
 
 def digit_classifier(dataset, resolution, device=None) -> FeatureNet | None:
     "The small classifier when the data are the built-in digits it knows, else None (no class accuracy)."
-    return metric_net("classifier", device) if is_builtin_digits(dataset, resolution) else None
+    return build_metric_net("classifier", device) if is_builtin_digits(dataset, resolution) else None
 
 # %% ../nbs/13_runs.ipynb #8c1bc7bd
 def evaluate_alphas(model, alphas, per_class: int,
@@ -305,7 +306,7 @@ def reference_protocol(net: FeatureNet, train: ImageDataset, heldout: ImageDatas
                     fid_real_vs_real=floor)
     return protocol, ref_stats, ref_feats
 
-def nn_audit(net: FeatureNet, samples: torch.Tensor,  # [N, C, H, W] images at one α
+def nn_audit_figure(net: FeatureNet, samples: torch.Tensor,  # [N, C, H, W] images at one α
              train: ImageDataset, pool: int, seed: int = 0, n_show: int = 6):
     "Nearest training images (in `net`'s features) of a few samples: (figure, record of the distances)."
     from drifting.metrics import nearest_neighbours, nn_figure

@@ -49,8 +49,7 @@ readme: $(STAMP)
 lock:
 	@command -v uv >/dev/null || $(BIN)/python -m pip install --quiet uv
 	# the CPU torch wheel comes from the machine's own wheel folder when its pip config names one (PIP_FIND_LINKS;
-	# uv also reads UV_FIND_LINKS); the recipe names no machine folder. `--upgrade-package torch`: the sed below
-	# leaves `torch==2.13.0` in the lock, which must not steer uv to the PyPI (CUDA) build on the next run
+	# uv also reads UV_FIND_LINKS): the recipe names no machine folder
 	$$(command -v uv || echo $(BIN)/uv) pip compile requirements.in -o requirements.lock.txt --python-version 3.11 \
 	    --no-header --upgrade-package torch $(if $(PIP_FIND_LINKS),--find-links $(PIP_FIND_LINKS))
 	# the CPU wheel carries a local label; pin the public version so a GPU machine gets the CUDA build of the same release

@@ -27,8 +27,9 @@ from .train import ConfigMismatch, TrainConfig, config_diff, describe_diff, trai
 # %% auto #0
 __all__ = ['METRIC_NETS', 'check_int', 'parse_alphas', 'machine', 'check_latent_run', 'EvalPlan', 'check_eval_run',
            'check_mae_run', 'LatentData', 'get_vae', 'encode_latents', 'is_latent_cache', 'latent_data',
-           'feature_space', 'is_builtin_digits', 'metric_net_kind', 'metric_net', 'digit_classifier', 'evaluate_alphas',
-           'fid_at_alpha', 'reference_protocol', 'nn_audit', 'training_curves_figure', 'metrics_vs_alpha_figure']
+           'feature_space', 'is_builtin_digits', 'metric_net_kind', 'build_metric_net', 'digit_classifier',
+           'evaluate_alphas', 'fid_at_alpha', 'reference_protocol', 'nn_audit_figure', 'training_curves_figure',
+           'metrics_vs_alpha_figure']
 
 # %% ../nbs/13_runs.ipynb #4923967c
 def check_int(v,  # the value given
@@ -115,12 +116,13 @@ class EvalPlan:
                              f"{want[:16]}… (another cache or a retrained built-in VAE); pass vae=<the run's VAE folder>")
         return tok
 
-def check_eval_run(checkpoint,  # a run bundle folder or a checkpoint file
+def check_eval_run(checkpoint,  # a run bundle folder, a checkpoint file, or a released model name ('latent_L_sota')
                    alphas, n_per_class: int, nn_pool: int, metric_net: str,
                    dataset=None, resolution=None, vae=None,  # None: the training run's
                    ) -> EvalPlan:
     "Validate an evaluation run's parameters before any work; fill the data, resolution and VAE from the training run."
-    ck, trained, trained_data = training_run_config(checkpoint)
+    from drifting.pipeline import resolve_checkpoint
+    ck, trained, trained_data = training_run_config(resolve_checkpoint(checkpoint))  # a released model: its converted bundle
     alpha_list = parse_alphas(alphas)
     check_int(n_per_class, "n_per_class", 2); check_int(nn_pool, "nn_pool", 3)
     if metric_net not in METRIC_NETS: raise ValueError(f"metric_net must be 'auto', 'classifier' or 'inception', got {metric_net!r}")
@@ -246,7 +248,7 @@ def metric_net_kind(name: str,  # one of METRIC_NETS
         find_inception_weights()  # raises with the offline recipe when missing
     return kind
 
-def metric_net(kind: str,  # 'classifier' or 'inception' (`metric_net_kind`)
+def build_metric_net(kind: str,  # 'classifier' or 'inception' (`metric_net_kind`)
                device=None) -> FeatureNet:
     "The metric network of that kind."
     if kind == "classifier":
@@ -257,7 +259,7 @@ def metric_net(kind: str,  # 'classifier' or 'inception' (`metric_net_kind`)
 
 def digit_classifier(dataset, resolution, device=None) -> FeatureNet | None:
     "The small classifier when the data are the built-in digits it knows, else None (no class accuracy)."
-    return metric_net("classifier", device) if is_builtin_digits(dataset, resolution) else None
+    return build_metric_net("classifier", device) if is_builtin_digits(dataset, resolution) else None
 
 # %% ../nbs/13_runs.ipynb #8c1bc7bd
 def evaluate_alphas(model, alphas, per_class: int,
@@ -304,7 +306,7 @@ def reference_protocol(net: FeatureNet, train: ImageDataset, heldout: ImageDatas
                     fid_real_vs_real=floor)
     return protocol, ref_stats, ref_feats
 
-def nn_audit(net: FeatureNet, samples: torch.Tensor,  # [N, C, H, W] images at one α
+def nn_audit_figure(net: FeatureNet, samples: torch.Tensor,  # [N, C, H, W] images at one α
              train: ImageDataset, pool: int, seed: int = 0, n_show: int = 6):
     "Nearest training images (in `net`'s features) of a few samples: (figure, record of the distances)."
     from drifting.metrics import nearest_neighbours, nn_figure

@@ -50,6 +50,7 @@ def generate(model: Generator,  # a generator (eval mode)
              alpha: float | Tensor = 1.0,  # CFG scale(s) ≥ 1: a float or [N]
              seed: int = 0,  # noise and style draw
              batch_size: int = 512,  # samples per forward pass
+             rows: slice | None = None,  # only these samples of the call (one process's share), with the same noise
              ) -> Tensor:  # [N, C, H, W] float32 samples on the CPU (latents for a latent generator)
     "1-NFE samples for `labels` at CFG scale `alpha`; the same seed gives the same samples for any batch size."
     cfg, dev = model.cfg, next(model.parameters()).device
@@ -59,6 +60,8 @@ def generate(model: Generator,  # a generator (eval mode)
     eps = torch.randn(n, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g)  # [N, C, H, W]
     style = model.sample_style(n, g, "cpu")  # [N, n_style]
     alpha = torch.as_tensor(alpha, dtype=torch.float32).expand(n) if not isinstance(alpha, Tensor) or alpha.ndim == 0 else alpha
+    if rows is not None:  # the noise of the whole call is drawn first, so a share is the same for any split
+        eps, style, labels, alpha = eps[rows], style[rows], labels[rows], alpha[rows]; n = labels.shape[0]
     out = []
     for i in range(0, n, batch_size):
         sl = slice(i, i + batch_size)

@@ -307,6 +307,7 @@ class Trainer:
                                    device=dev, strict=cfg.strict_queues)
         self.rng = torch.Generator(dev).manual_seed(cfg.seed + 1)
         self.step_count = 0
+        self.comm = None  # a `drifting.distributed.Comm` when this is one rank of a torch.distributed job
 
     # -- one step ----------------------------------------------------------------------------------------------
     def prefill(self, max_batches: int = 10_000) -> int:
@@ -320,19 +321,18 @@ class Trainer:
         raise RuntimeError(f"the queues were still short after {max_batches} pushed batches: a class has fewer than "
                            f"n_pos={cfg.n_pos} samples in the data")
 
-    def _micro(self, labels: Tensor, alpha: Tensor, w: Tensor | None, scale: float) -> tuple:
-        "Forward and backward of one micro-batch of labels; returns (loss, {key: loss}, {key: info})."
-        cfg, g = self.cfg, self.rng
-        n = labels.shape[0]
-        eps = torch.randn(n * cfg.n_neg, *self.data.item_shape, generator=g, device=self.dev)  # [n*N_neg, C, H, W]
-        x = self.gen(eps, labels.repeat_interleave(cfg.n_neg), alpha.repeat_interleave(cfg.n_neg), generator=g)
-        pos, _ = self.queues.sample_pos(labels, cfg.n_pos, g)  # [n, N_pos, C, H, W]
-        unc = self.queues.sample_unc(n, cfg.n_unc, g)[0] if cfg.n_unc else None  # [n, N_unc, C, H, W]
+    def _micro(self, labels: Tensor, alpha: Tensor, w: Tensor | None, eps: Tensor, style: Tensor, pos: Tensor,
+               unc: Tensor | None, scale: float) -> tuple:
+        "Forward and backward of one micro-batch of labels and its draws; returns (loss, {key: loss}, {key: info})."
+        cfg, n = self.cfg, labels.shape[0]
+        x = self.gen(eps, labels.repeat_interleave(cfg.n_neg), alpha.repeat_interleave(cfg.n_neg), style)
         f_gen = group_by_class(self.features(x), n)  # key -> [n, N_neg, L, D]
         with torch.no_grad():
             f_pos = group_by_class(self.features(pos.flatten(0, 1)), n)
             f_unc = group_by_class(self.features(unc.flatten(0, 1)), n) if unc is not None else None
-        loss, losses, infos = feature_drift_loss(f_gen, f_pos, f_unc, w=w, taus=cfg.taus, aggregate=cfg.aggregate)
+        reduce = self.comm.stat_reduce if self.comm is not None else None  # global-batch statistics across ranks
+        loss, losses, infos = feature_drift_loss(f_gen, f_pos, f_unc, w=w, taus=cfg.taus, aggregate=cfg.aggregate,
+                                                 **({} if reduce is None else dict(all_reduce=reduce)))
         if not torch.isfinite(loss):
             raise FloatingPointError(f"the drift loss is {loss.item()} at step {self.step_count}; the weights and the "
                                      "last checkpoint are unchanged (lower lr, check the data for NaN/inf)")
@@ -353,16 +353,26 @@ class Trainer:
             alpha = sample_alpha(cfg.n_c, cfg.cfg_k, cfg.no_cfg_frac, cfg.alpha_max, generator=g, device=self.dev)
             w = uncond_weight(alpha, cfg.n_neg, cfg.n_unc)  # [N_c]
         else: alpha, w = torch.ones(cfg.n_c, device=self.dev), None
+        B = cfg.n_c * cfg.n_neg  # the global batch's draws, whole and in one order on every rank (D-dist-2)
+        eps = torch.randn(B, *self.data.item_shape, generator=g, device=self.dev)  # [N_c*N_neg, C, H, W]
+        style = self.gen.sample_style(B, g, self.dev)  # [N_c*N_neg, n_style]
+        pos, _ = self.queues.sample_pos(labels, cfg.n_pos, g)  # [N_c, N_pos, C, H, W]
+        unc = self.queues.sample_unc(cfg.n_c, cfg.n_unc, g)[0] if cfg.n_unc else None  # [N_c, N_unc, C, H, W]
         self.opt.zero_grad(set_to_none=True)
-        m = cfg.n_c // cfg.grad_accum
+        rank, world = (self.comm.rank, self.comm.world_size) if self.comm is not None else (0, 1)
+        m = cfg.n_c // cfg.grad_accum; k = m // world  # labels per micro-batch, this rank's share of them
         tot, v2 = 0.0, OrderedDict()
         for i in range(0, cfg.n_c, m):
-            loss, losses, infos = self._micro(labels[i:i + m], alpha[i:i + m], None if w is None else w[i:i + m],
-                                              1.0 / cfg.grad_accum)
+            a, b = i + rank * k, i + (rank + 1) * k  # this rank's labels of the micro-batch i:i+m
+            loss, losses, infos = self._micro(labels[a:b], alpha[a:b], None if w is None else w[a:b],
+                                              eps[a * cfg.n_neg:b * cfg.n_neg], style[a * cfg.n_neg:b * cfg.n_neg],
+                                              pos[a:b], None if unc is None else unc[a:b], 1.0 / cfg.grad_accum)
             tot += loss.item() / cfg.grad_accum
-            for k, inf in infos.items():
+            for key, inf in infos.items():
                 v = [f / cfg.grad_accum for f in inf.force_sq.tolist()]  # one per tau, in order
-                v2[k] = [a + b for a, b in zip(v2[k], v)] if k in v2 else v
+                v2[key] = [x + y for x, y in zip(v2[key], v)] if key in v2 else v
+        if self.comm is not None:  # gradients and logged numbers: the mean over ranks
+            self.comm.average_gradients(self.gen.parameters()); tot, v2 = self.comm.mean_metrics(tot, v2)
         gn = torch.nn.utils.clip_grad_norm_(self.gen.parameters(), cfg.clip)
         self.opt.step()
         ema_update(self.ema, self.gen, cfg.ema_decay)

@@ -241,3 +241,22 @@ def test_keep_checkpoints_prunes_old_step_files(tmp_path):
     ck = run.dir / "artifacts" / "checkpoints"
     assert sorted(p.name for p in ck.iterdir()) == ["last.pt", "step_4.pt", "step_5.pt"]
     assert (ck / "last.pt").read_bytes() == (ck / "step_5.pt").read_bytes()
+
+
+def test_run_latent_two_processes(env, first):
+    "-p nproc 2: two workers through torch's elastic launcher, rank 0 writes the bundle, all ranks' logs kept."
+    runs = env["root"] / "runs_dist"
+    r = _papermill(env, env["root"] / "dist.ipynb", nproc=2, runs_dir=str(runs))
+    assert r.returncode == 0, r.stderr[-4000:]
+    (bundle,) = sorted((runs / "latent").iterdir())
+    validate_bundle(bundle)
+    man = json.loads((bundle / "run_manifest.json").read_text())
+    assert man["status"] == "completed" and man["world_size"] == 2
+    assert man["distributed"]["mode"] == "exact" and man["distributed"]["backend"] == "gloo"
+    assert sorted(p.name for p in (bundle / "artifacts" / "checkpoints").iterdir()) == ["last.pt", "step_2.pt", "step_4.pt"]
+    logs = sorted(p.parent.name for p in (bundle / "logs" / "ranks").rglob("stderr.log"))
+    assert logs == ["0", "1"]
+    steps = [json.loads(l) for l in (bundle / "logs" / "steps.jsonl").read_text().splitlines()]
+    one = [json.loads(l) for l in (first / "logs" / "steps.jsonl").read_text().splitlines()]
+    assert [s["step"] for s in steps] == [1, 2, 3, 4]
+    assert abs(steps[0]["loss"] - one[0]["loss"]) <= 1e-6 * abs(one[0]["loss"])  # the same first step as one process

@@ -41,7 +41,9 @@ _VALUE_PATTERNS = [re.compile(p) for p in (
     r"-----BEGIN[A-Z ]*PRIVATE KEY-----[\s\S]*?-----END[A-Z ]*PRIVATE KEY-----",
 )]
 _URL_PASSWORD = re.compile(r"(?P<pre>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]+:)(?P<pw>[^\s@/]+)(?P<post>@)")
-_CONN_FIELD = re.compile(r"(?P<pre>(?i:AccountKey|SharedAccessKey|SharedAccessSignature|Password|Pwd|Secret)=)(?P<pw>[^;\s\"']+)")
+# connection-string fields: the key names are unambiguous, or (Password/Pwd) follow a ';' as inside a connection string
+_CONN_FIELD = re.compile(r"(?P<pre>(?:(?<![A-Za-z_])(?i:AccountKey|SharedAccessKey|SharedAccessSignature)|;\s*(?i:Password|Pwd))=)"
+                         r"(?P<pw>[^;\s\"']+)")
 _TOKEN = re.compile(r"[A-Za-z0-9+_-]{32,}={0,2}")  # no '/': path segments are split apart and rarely this long
 _HEX40 = re.compile(r"^[0-9a-fA-F]{40}$")  # a bare 40-hex value given as a parameter (W&B-style API key)
 _TB = r"(?<![A-Za-z0-9_+/=-]){}(?![A-Za-z0-9_+/=-])"  # a secret value counts only as a whole token

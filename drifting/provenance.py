@@ -361,7 +361,7 @@ def attach_notebook(bundle: str | os.PathLike,  # the run folder
     bundle, src = Path(bundle), Path(src)
     text = src.read_text(encoding="utf-8"); nb = json.loads(text)  # a complete notebook only
     man = json.loads((bundle / "run_manifest.json").read_text())
-    if bundle.name not in text:  # start_run prints the bundle path: another run's notebook does not name this bundle
+    if not re.search(re.escape(bundle.name) + r"(?![\w.-])", text):  # start_run prints the bundle path (`…_abc1234-2` is another run)
         if (bundle / "notebook.ipynb").is_symlink(): (bundle / "notebook.ipynb").unlink()
         man["notebook"] = None
         _readable(atomic_write_text(bundle / "run_manifest.json", canonical_json(redact_obj(man, entropy=False))))

@@ -378,9 +378,15 @@ def attach_notebook(bundle: str | os.PathLike,  # the run folder
 def _append_event(bundle: Path, kind: str, **data):
     "An event line written by a process that holds no `Run` (the CLI, the watcher, whoever closes a crashed run)."
     line = json.dumps(redact_obj(dict(time=_iso(_utc()), event=kind, **jsonable(data))), sort_keys=True, ensure_ascii=False)
-    f = Path(bundle) / "provenance" / "events.jsonl"
-    cut = f.is_file() and f.stat().st_size and not f.read_bytes().endswith(b"\n")  # a line cut short by a kill
-    with open(f, "a", encoding="utf-8") as g: g.write(("\n" if cut else "") + line + "\n")
+    f = Path(bundle) / "provenance" / "events.jsonl"; _trim_partial(f)
+    with open(f, "a", encoding="utf-8") as g: g.write(line + "\n")
+
+def _trim_partial(f: Path):
+    "Drop a last line that a kill cut short (no newline: it was never complete) from a JSON-lines file."
+    if not f.is_file(): return
+    data = f.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(f, "r+b") as g: g.truncate(data.rfind(b"\n") + 1)
 
 def _last_step(bundle: Path) -> int | None:
     "The last step `logs/steps.jsonl` completed (a line cut short by a kill is ignored)."
@@ -400,6 +406,7 @@ def close_stale(bundle: str | os.PathLike,  # a run folder
     try: man = json.loads((b / "run_manifest.json").read_text())
     except (OSError, ValueError): return None
     if man.get("status") != "running" or (not force and writer_alive(man) is not False): return None
+    _trim_partial(b / "logs" / "steps.jsonl")
     cks = [e for e in read_events(b) if e.get("event") == "checkpoint"]
     step, ck = _last_step(b), (cks[-1] if cks else None)
     w = man.get("writer") or {}

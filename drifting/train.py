@@ -37,7 +37,7 @@ from .queues import CFG_PRESETS, SampleQueues, sample_alpha, uncond_weight
 __all__ = ['TRAIN_PRESETS', 'TRAIN_FORMAT', 'TrainConfig', 'train_config', 'DataStream', 'FeatureSpace', 'latent_mae_encoder',
            'rng_states', 'set_rng_states', 'checkpoint_file', 'finite_clip_', 'check_keep_checkpoints', 'check_flag',
            'check_resume_params', 'ConfigMismatch', 'config_diff', 'describe_diff', 'Trainer', 'parse_alphas',
-           'check_run_params']
+           'check_dataset_arg', 'check_run_params']
 
 # %% ../nbs/11_train.ipynb #a94e2aee
 @dataclass
@@ -540,18 +540,23 @@ def parse_alphas(alpha_eval) -> list[float]:
     if bad: raise ValueError(f"alpha_eval values must be ≥ 1 (α = 1/(1-γ), Eq. 16), got {bad}")
     return alphas
 
+def check_dataset_arg(dataset) -> str:
+    "A `dataset` parameter must be a built-in name or an existing path; refused before a bundle exists."
+    from drifting.data import BUILTIN_DATASETS
+    if str(dataset) not in BUILTIN_DATASETS and not Path(str(dataset)).expanduser().exists():
+        raise FileNotFoundError(f"dataset {dataset!r} is neither a built-in ({sorted(BUILTIN_DATASETS)}) nor an existing "
+                                "path (a class-folder directory or a latent cache); check the path")
+    return str(dataset)
+
 def check_run_params(preset: str, steps: int, dataset, alpha_eval, resume=None, ckpt_every=None,
                      eval_per_class: int = 100,
                      **overrides,  # TrainConfig fields (None keeps the preset's); allow_changes=True accepts a resume's changes
                      ) -> tuple[TrainConfig, list[float]]:  # (checked config, α grid)
     "Validate a training run's parameters before any work; return its config and the α grid."
-    from drifting.data import BUILTIN_DATASETS
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
         raise ValueError(f"steps must be a positive int, got {steps!r}")
     if preset not in TRAIN_PRESETS: raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}")
-    if str(dataset) not in BUILTIN_DATASETS and not Path(str(dataset)).expanduser().exists():
-        raise FileNotFoundError(f"dataset {dataset!r} is neither a built-in ({sorted(BUILTIN_DATASETS)}) nor an existing "
-                                "path (a class-folder directory or a latent cache); check the path")
+    check_dataset_arg(dataset)
     if resume is not None and not Path(str(resume)).expanduser().exists():
         raise FileNotFoundError(f"resume={resume!r} does not exist: give a checkpoint file or a run bundle folder")
     if ckpt_every is not None and (not isinstance(ckpt_every, int) or isinstance(ckpt_every, bool) or ckpt_every < 1):

@@ -207,3 +207,14 @@ def test_concurrent_runs_get_their_own_folders(repo, tmp_path):
     runs = tmp_path / "runs"; a, b = quick_run(repo, runs), quick_run(repo, runs)
     assert a.dir != b.dir and a.dir.parent == b.dir.parent
     a.finish(); b.finish(); assert validate_bundle(a.dir) == [] == validate_bundle(b.dir); audit(runs)
+
+
+def test_atomic_write_fsyncs_the_file_and_its_folder(tmp_path, monkeypatch):
+    "item 10: after the atomic rename the folder is fsynced too (else the rename may not survive a power cut)."
+    import stat
+    import drifting.core as core
+    seen, real = [], os.fsync
+    monkeypatch.setattr(core.os, "fsync", lambda fd: (seen.append(stat.S_ISDIR(os.fstat(fd).st_mode)), real(fd))[1])
+    core.atomic_write_text(tmp_path / "a.txt", "x")
+    assert seen == [False, True] and (tmp_path / "a.txt").read_text() == "x"
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]  # no temp file left

@@ -218,3 +218,24 @@ def test_atomic_write_fsyncs_the_file_and_its_folder(tmp_path, monkeypatch):
     core.atomic_write_text(tmp_path / "a.txt", "x")
     assert seen == [False, True] and (tmp_path / "a.txt").read_text() == "x"
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]  # no temp file left
+
+
+@pytest.mark.slow  # one papermill kernel: ~10 s on an idle 2-core machine
+def test_drifting_run_closes_the_bundle_of_a_killed_kernel(repo, tmp_path, capsys):
+    "item 5: the kernel dies by SIGKILL (as under OOM) after start_run: `drifting run` closes the bundle as crashed."
+    import nbformat
+    from drifting.cli import run_notebook
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("runs_dir = None", metadata={"tags": ["parameters"]}),
+                nbformat.v4.new_code_cell(f"import os, signal\nfrom drifting.provenance import start_run\n"
+                                          f"run = start_run('toy', {{'seed': 0}}, code_root={str(repo)!r}, package='pkg', smoke=False, runs_dir=runs_dir)\n"
+                                          "run.log_metrics(step=1, loss=1.0)\nos.kill(os.getpid(), signal.SIGKILL)")]
+    nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
+                   "language_info": {"name": "python"}}
+    nbformat.write(nb, tmp_path / "killer.ipynb")
+    rc, bundles = run_notebook(str(tmp_path / "killer.ipynb"), None, ["-p", "runs_dir", str(tmp_path / "runs")])
+    assert rc != 0 and len(bundles) == 1
+    m = manifest(bundles[0])
+    assert m["status"] == "crashed" and "papermill exit code" in m["error"]["message"], m
+    assert "closed as crashed" in capsys.readouterr().err and validate_bundle(bundles[0]) == []
+    audit(bundles[0])

@@ -43,10 +43,12 @@ outputs: $(STAMP)
 readme: $(STAMP)
 	$(BIN)/python tools/make_readme.py
 
+# --upgrade-package torch: the old lock's label-free `torch==2.13.0` must not act as a preference, or uv takes the
+# CUDA wheel (+ nvidia-*) from PyPI instead of the local CPU build
 lock:
 	@command -v uv >/dev/null || $(BIN)/python -m pip install --quiet uv
 	$$(command -v uv || echo $(BIN)/uv) pip compile requirements.in -o requirements.lock.txt --python-version 3.11 \
-	    --no-header $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
+	    --no-header --upgrade-package torch $(if $(wildcard /opt/wheels),--find-links /opt/wheels)
 	# the CPU wheel carries a local label; pin the public version so a GPU machine gets the CUDA build of the same release
 	sed -i 's/^torch==\([0-9.]*\)+cpu$$/torch==\1/' requirements.lock.txt
 

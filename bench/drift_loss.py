@@ -1,10 +1,11 @@
-"""Benchmark of `drifting.drift.drift_loss` (forward + backward) against a plain translation of the release.
+"""Benchmark of `drifting.drift_exact.drift_loss` (forward + backward) against the plain form of the release's loss,
+`drifting.drift.release_drift_loss` (the equations as code, whole batch at once, fp32), measured in the same run.
 
 Usage (the machine should be otherwise idle: a foreign busy core slows a 2-thread run several-fold):
 
-    .venv/bin/python bench/drift_loss.py                 # all shapes, 5 timed repetitions each
+    .venv/bin/python bench/drift_loss.py                 # all shapes (~2-3 minutes on an idle 2-core CPU)
     .venv/bin/python bench/drift_loss.py --quick         # groups / 8, 2 repetitions: a smoke run
-    .venv/bin/python bench/drift_loss.py --shapes 0 1 --reps 3 --impl ours
+    .venv/bin/python bench/drift_loss.py --shapes 0 1 --reps 3
 
 Every (shape, implementation) runs in its own subprocess, so that the peak memory is that run's alone. Peak memory is
 the process's resident-set high-water mark (VmHWM, which sees torch's allocations), reset after the inputs are created
@@ -17,43 +18,16 @@ from __future__ import annotations
 
 import argparse, json, os, resource, subprocess, sys, time
 
-SHAPES = [  # (G, N_gen, N_pos, N_unc, D)
+SHAPES = [  # (G, N_gen, N_pos, N_unc, D): S1 ... S5 of issue 15
     (1024, 64, 64, 16, 256),
     (64, 64, 64, 16, 4096),
     (4096, 64, 64, 16, 64),
+    (1, 2048, 2048, 0, 2),
     (8, 512, 512, 128, 1024),
 ]
+TARGETS = (4.5, 3.2, 6.8, 3.5, 2.0)  # issue 15: 1.5x the official JAX release, expressed against the plain form
 TAUS = (0.02, 0.05, 0.2)
 W_UNC = 3.0  # unconditional weight
-
-
-def plain_drift_loss(gen, pos, neg, w_neg, taus=TAUS):
-    "The release's algorithm translated directly (fp32, whole batch at once): the baseline."
-    import torch
-    B, C_g, S = gen.shape
-    gen, pos, neg = gen.float(), pos.float(), neg.float()
-    w = torch.cat([gen.new_ones(B, C_g), w_neg.float().expand(B, neg.shape[1]), gen.new_ones(B, pos.shape[1])], 1)
-    old = gen.detach()
-    T = torch.cat([old, neg, pos], 1)  # [B, M, S]
-    with torch.no_grad():
-        sq = (old * old).sum(-1)[:, :, None] + (T * T).sum(-1)[:, None, :] - 2 * torch.einsum("bnd,bmd->bnm", old, T)
-        dist = sq.clamp(min=1e-8).sqrt()  # [B, N, M]
-        scale = (dist * w[:, None, :]).mean() / w.mean()
-        s_in = (scale / S ** 0.5).clamp(min=1e-3)
-        old_s, T_s = old / s_in, T / s_in
-        dn = dist / scale.clamp(min=1e-3)
-        dn = dn + 100.0 * torch.nn.functional.pad(torch.eye(C_g), (0, T.shape[1] - C_g))[None]
-        total = torch.zeros_like(old_s)
-        split = C_g + neg.shape[1]
-        for tau in taus:
-            L = -dn / tau
-            A = (L.softmax(-1) * L.softmax(-2)).clamp(min=1e-6).sqrt() * w[:, None, :]
-            An, Ap = A[:, :, :split], A[:, :, split:]
-            coeff = torch.cat([-An * Ap.sum(-1, keepdim=True), Ap * An.sum(-1, keepdim=True)], 2)
-            F = torch.einsum("bit,bts->bis", coeff, T_s) - coeff.sum(-1)[..., None] * old_s
-            total = total + F / (F ** 2).mean().clamp(min=1e-8).sqrt()
-        goal = old_s + total
-    return ((gen / s_in - goal) ** 2).mean((-1, -2))
 
 
 def _reset_peak():
@@ -91,10 +65,11 @@ def worker(impl, shape, reps, threads, seed=0):
     rss_inputs = psutil.Process().memory_info().rss
     hwm_reset = _reset_peak()  # so that the peak below is this computation's, not the imports'
     if impl.startswith("ours"):
-        from drifting.drift import drift_loss
+        from drifting.drift_exact import drift_loss
         fn = lambda x: drift_loss(x, pos, neg, w_neg=w_neg[:, 0], taus=TAUS, low_memory=impl == "ours-lowmem")[0]
     else:
-        fn = lambda x: plain_drift_loss(x, pos, neg, w_neg)
+        from drifting.drift import release_drift_loss
+        fn = lambda x: release_drift_loss(x, pos, neg, w_neg=w_neg[:, 0], taus=TAUS)[0]
     times = []
     for r in range(reps + 1):  # the first call is a warm-up
         x = gen.clone().requires_grad_()
@@ -109,13 +84,14 @@ def worker(impl, shape, reps, threads, seed=0):
 def check_same(grad=False, shape=(16, 32, 32, 8, 64)):
     "The two implementations compute the same loss and gradient."
     import torch
-    from drifting.drift import drift_loss
+    from drifting.drift import release_drift_loss
+    from drifting.drift_exact import drift_loss
     G, N, Np, Nu, D = shape
     g = torch.Generator().manual_seed(1)
     gen, pos, neg = torch.randn(G, N, D, generator=g), torch.randn(G, Np, D, generator=g) + .3, torch.randn(G, Nu, D, generator=g)
     w = torch.full((G, 1), W_UNC)
     x1, x2 = gen.clone().requires_grad_(), gen.clone().requires_grad_()
-    l1, l2 = plain_drift_loss(x1, pos, neg, w), drift_loss(x2, pos, neg, w_neg=w[:, 0], taus=TAUS)[0]
+    l1, l2 = release_drift_loss(x1, pos, neg, w_neg=w[:, 0], taus=TAUS)[0], drift_loss(x2, pos, neg, w_neg=w[:, 0], taus=TAUS)[0]
     if not grad: return ((l1 - l2).abs().max() / l1.abs().max()).item()
     l1.sum().backward(); l2.sum().backward()
     return ((x1.grad - x2.grad).abs().max() / x1.grad.abs().max()).item()
@@ -133,47 +109,60 @@ def _timed(f):
     t0 = time.perf_counter(); f(); return time.perf_counter() - t0
 
 
+def _run_worker(impl, shape, reps, threads):
+    out = subprocess.run([sys.executable, __file__, "--worker", impl, *map(str, shape), str(reps), str(threads)],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        print(f"{impl} failed on {shape}:\n{out.stderr[-2000:]}"); return None
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--shapes", type=int, nargs="*", default=None, help="indices into SHAPES (default: all)")
-    ap.add_argument("--reps", type=int, default=5, help="timed repetitions per run (best and median reported)")
-    ap.add_argument("--impl", nargs="*", default=["ours", "plain"], choices=["ours", "ours-lowmem", "plain"],
-                    help="ours-lowmem: drift_loss(..., low_memory=True)")
+    ap.add_argument("--reps", type=int, default=3, help="timed repetitions per worker process (after one warm-up)")
+    ap.add_argument("--rounds", type=int, default=2, help="worker processes per implementation, alternated with the "
+                    "reference's, so that a burst of foreign load hits both; the best time of all rounds is reported")
+    ap.add_argument("--impl", default="ours", choices=["ours", "ours-lowmem"], help="ours-lowmem: drift_loss(..., low_memory=True)")
     ap.add_argument("--group-div", type=int, default=1, help="divide G by this (smaller, faster runs)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 is steadier on a busy machine")
-    ap.add_argument("--quick", action="store_true", help="shorthand for --group-div 8 --reps 2")
+    ap.add_argument("--quick", action="store_true", help="shorthand for --group-div 8 --reps 2 --rounds 1")
     ap.add_argument("--worker", nargs=8, metavar=("IMPL", "G", "N", "NP", "NU", "D", "REPS", "THREADS"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
     if a.worker:
         impl, *nums = a.worker
         nums = [int(v) for v in nums]
         return worker(impl, tuple(nums[:5]), nums[5], nums[6])
-    if a.quick: a.group_div, a.reps = 8, 2
+    if a.quick: a.group_div, a.reps, a.rounds = 8, 2, 1
     import torch
     if a.threads > 0: torch.set_num_threads(a.threads)
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, "
-          f"load average {' '.join(f'{v:.1f}' for v in os.getloadavg())} (should be ~0 for meaningful numbers)")
+    load0 = os.getloadavg()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, load average at start "
+          f"{' '.join(f'{v:.1f}' for v in load0)} (should be ~0 for meaningful absolute numbers; ratios are same-run)")
     print(f"ours vs plain on a small problem (relative max difference): loss, gradient = {check_same():.1e}, {check_same(True):.1e}")
     roof = matmul_gflops()
     print(f"fp32 matmul roofline (2048^3 torch.mm, best of 5): {roof:.1f} GFLOP/s")
-    hdr = f"{'G':>5} {'N':>4} {'Np':>4} {'Nu':>4} {'D':>5} | {'impl':>11} {'ms':>8} {'med ms':>8} {'GFLOP/s':>8} {'roof %':>6} {'peak MB':>8} {'extra MB':>8} | {'speed-up':>8}"
+    hdr = (f"{'':3} {'G, N_gen, N_pos, N_unc, D':>26} | {'plain ms':>9} {a.impl + ' ms':>9} | {'ratio':>6} {'target':>6} | "
+           f"{'roof %':>6} | {'extra MB plain':>14} {'extra MB ours':>13}")
     print(hdr); print("-" * len(hdr))
     for i in (a.shapes if a.shapes is not None else range(len(SHAPES))):
         G, N, Np, Nu, D = SHAPES[i]
         shape = (max(1, G // a.group_div), N, Np, Nu, D)
-        res = {}
-        for impl in a.impl:
-            out = subprocess.run([sys.executable, __file__, "--worker", impl, *map(str, shape), str(a.reps), str(a.threads)],
-                                 capture_output=True, text=True)
-            if out.returncode != 0:
-                print(f"{impl} failed on {shape}:\n{out.stderr[-2000:]}"); continue
-            res[impl] = json.loads(out.stdout.strip().splitlines()[-1])
-        for impl, r in res.items():
-            gf = flops(*shape) / (r["ms"] / 1e3) / 1e9
-            sp = f"{res['plain']['ms'] / r['ms']:8.2f}" if "plain" in res else f"{'':>8}"
-            print(f"{shape[0]:5d} {N:4d} {Np:4d} {Nu:4d} {D:5d} | {impl:>11} {r['ms']:8.1f} {r['ms_median']:8.1f} {gf:8.1f} "
-                  f"{100 * gf / roof:6.1f} {r['peak_mb']:8.0f} {r['extra_mb']:8.0f} | {sp}")
+        runs = {"plain": [], a.impl: []}
+        for _ in range(a.rounds):
+            for impl in runs:
+                r = _run_worker(impl, shape, a.reps, a.threads)
+                if r is not None: runs[impl].append(r)
+        if not all(runs.values()): continue
+        best = {k: min(v, key=lambda r: r["ms"]) for k, v in runs.items()}
+        extra = {k: max(r["extra_mb"] for r in v) for k, v in runs.items()}
+        p, o = best["plain"]["ms"], best[a.impl]["ms"]
+        roof_pct = 100 * flops(*shape) / (o / 1e3) / 1e9 / roof
+        shp = ", ".join(map(str, shape))
+        print(f"S{i + 1:<2} {shp:>26} | {p:9.1f} {o:9.1f} | {p / o:5.2f}x {TARGETS[i]:5.1f}x | {roof_pct:6.1f} | "
+              f"{extra['plain']:14.0f} {extra[a.impl]:13.0f}")
         sys.stdout.flush()
+    print(f"load average at the end {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 
 if __name__ == "__main__":

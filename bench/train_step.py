@@ -14,7 +14,8 @@ import torch.nn.functional as F
 from drifting.data import ImageDataset
 from drifting.features import feature_drift_loss, group_by_class, patch_stats
 from drifting.mae import MAE, mae_config
-from drifting.train import DataStream, FeatureSpace, Trainer, train_config
+from drifting.features import FeatureSpace
+from drifting.train import DataStream, Trainer, train_config
 
 
 def reshape_var_stats(f, p):  # the previous implementation, kept here as the reference

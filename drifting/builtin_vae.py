@@ -13,8 +13,8 @@ import torch
 from diffusers import AutoencoderKL
 from tqdm.auto import tqdm
 
-from .core import atomic_folder, atomic_write_text, cache_root
-from .data import batches, load_dataset, sha256_json
+from .core import atomic_folder, atomic_write_text, cache_root, sha256_json
+from .data import batches, load_dataset
 from .tokenizer import Tokenizer
 
 # %% auto #0

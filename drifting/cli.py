@@ -8,40 +8,8 @@ from __future__ import annotations
 import argparse, json, os, shlex, shutil, subprocess, sys, tempfile
 from pathlib import Path
 
-import psutil
-
 # %% auto #0
-__all__ = ['parse_papermill_argv', 'papermill_invocation', 'UsageError', 'split_run_args', 'run_notebook', 'main']
-
-# %% ../nbs/10d_cli.ipynb #42856f9a
-_PM_VALUE_OPTS = {"-f", "--parameters_file", "-y", "--parameters_yaml", "-b", "--parameters_base64", "--engine",
-                  "--autosave-cell-every", "-k", "--kernel", "-l", "--language", "--cwd", "--stdout-file",
-                  "--stderr-file", "--log-level", "--start-timeout", "--start_timeout", "--execution-timeout",
-                  "--execution_timeout"}
-
-def parse_papermill_argv(argv: list[str], cwd: str) -> dict | None:
-    "Input/output notebook (absolute) and arguments from a papermill command line, or None if it is not one."
-    i = next((k for k, a in enumerate(argv) if Path(a).name == "papermill" or (a == "papermill" and k and argv[k - 1] == "-m")), None)
-    if i is None: return None
-    args, pos, k = argv[i + 1:], [], 0
-    while k < len(args):
-        a = args[k]
-        if a in ("-p", "--parameters", "-r", "--parameters_raw"): k += 3; continue
-        if a in _PM_VALUE_OPTS: k += 2; continue
-        if not a.startswith("-"): pos.append(a)
-        k += 1
-    if not pos: return None
-    res = lambda p: str(Path(cwd, p).resolve()) if "://" not in p else p
-    return dict(argv=list(argv), args=list(args), cwd=cwd, input=res(pos[0]), output=res(pos[1]) if len(pos) > 1 else None)
-
-def papermill_invocation() -> dict | None:
-    "The papermill command that started this kernel (via `JPY_PARENT_PID`), or None."
-    try:
-        p = psutil.Process(int(os.environ["JPY_PARENT_PID"]))
-        info = parse_papermill_argv(p.cmdline(), p.cwd())
-    except (KeyError, ValueError, psutil.Error): return None
-    if info: info.update(pid=p.pid, create_time=p.create_time())
-    return info
+__all__ = ['UsageError', 'split_run_args', 'run_notebook', 'main']
 
 # %% ../nbs/10d_cli.ipynb #eb21e1c7
 class UsageError(ValueError):

@@ -5,15 +5,18 @@
 # %% ../nbs/00_core.ipynb #56048743
 from __future__ import annotations
 
-import os, random, shutil, tempfile, contextlib
+import contextlib, copy, dataclasses, hashlib, io, json, os, random, shutil, tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn as nn
 
 # %% auto #0
 __all__ = ['seed_everything', 'default_device', 'autocast', 'fsync_dir', 'atomic_open', 'atomic_write_bytes', 'atomic_write_text',
-           'atomic_torch_save', 'hash_array_into', 'cache_root', 'atomic_folder']
+           'atomic_torch_save', 'hash_array_into', 'sha256_arrays', 'sha256_json', 'sha256_bytes', 'sha256_file',
+           'module_sha256', 'cache_root', 'atomic_folder', 'rng_states', 'set_rng_states', 'ema_copy', 'ema_update',
+           'lr_at', 'save_figure', 'PresetError', 'from_preset']
 
 # %% ../nbs/00_core.ipynb #b5f57977
 def seed_everything(seed: int,  # the seed for `random`, NumPy and torch
@@ -103,6 +106,35 @@ def hash_array_into(h,  # a `hashlib` object, updated in place
     h.update(f"{a.dtype.str}{a.shape}".encode()); h.update(a.tobytes())
     return a
 
+# %% ../nbs/00_core.ipynb #78f988c3
+def sha256_arrays(*arrays: np.ndarray | torch.Tensor) -> str:
+    "sha256 over the dtype, shape and C-order bytes of each array, in order."
+    h = hashlib.sha256()
+    for a in arrays: hash_array_into(h, a)
+    return h.hexdigest()
+
+def sha256_json(obj) -> str:
+    "sha256 of the canonical JSON text of `obj` (sorted keys, no spaces)."
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+def sha256_bytes(data: bytes) -> str: return hashlib.sha256(data).hexdigest()
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    "SHA-256 of a file's bytes, read in chunks."
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while b := f.read(chunk): h.update(b)
+    return h.hexdigest()
+
+def module_sha256(*modules: nn.Module | None) -> str:
+    "sha256 over the names, dtypes, shapes and bytes of the modules' state_dicts (parameters and buffers), in order."
+    h = hashlib.sha256()
+    for m in modules:
+        if m is None: continue
+        for k, v in m.state_dict().items():
+            h.update(k.encode()); h.update(sha256_arrays(v).encode())
+    return h.hexdigest()
+
 # %% ../nbs/00_core.ipynb #cacccb9d
 def cache_root(kind: str,  # the kind of artefact, e.g. 'vae', 'classifier', 'ref_stats'
                cache_dir: str | os.PathLike | None = None,  # an explicit folder (wins over everything)
@@ -128,3 +160,78 @@ def atomic_folder(final: str | os.PathLike,  # the folder to create
             if not (final / marker).exists(): raise
     finally:
         if tmp.exists(): shutil.rmtree(tmp)
+
+# %% ../nbs/00_core.ipynb #94322704
+def rng_states() -> dict:
+    "The global RNG states (torch CPU and CUDA, NumPy, Python) as checkpoint-safe values."
+    np_state = np.random.get_state()
+    py = random.getstate()
+    return dict(torch=torch.get_rng_state(),
+                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+                numpy=dict(name=np_state[0], keys=torch.from_numpy(np_state[1].astype(np.int64)), pos=int(np_state[2]),
+                           has_gauss=int(np_state[3]), cached_gaussian=float(np_state[4])),
+                python=[py[0], list(py[1]), py[2]])
+
+def set_rng_states(s: dict):
+    "Restore what `rng_states` returned."
+    torch.set_rng_state(s["torch"])
+    if s["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
+    n = s["numpy"]
+    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
+
+# %% ../nbs/00_core.ipynb #a4380f34
+def ema_copy(model: nn.Module) -> nn.Module:
+    "A frozen deep copy of `model` to hold its EMA (starts equal to the model)."
+    return copy.deepcopy(model).requires_grad_(False)
+
+@torch.no_grad()
+def ema_update(ema_model: nn.Module,  # the EMA copy, updated in place
+               model: nn.Module,  # the trained model
+               decay: float,  # β: weight of the old average
+               ) -> None:
+    "θ_ema ← β·θ_ema + (1-β)·θ over parameters and float buffers; other buffers are copied."
+    if not 0 <= decay <= 1: raise ValueError(f"EMA decay must be in [0, 1], got {decay!r}")
+    pe, pm = list(ema_model.parameters()), list(model.parameters())
+    if len(pe) != len(pm): raise ValueError(f"EMA model has {len(pe)} parameters, the model {len(pm)}: not the same net")
+    for e, p in zip(pe, pm): e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
+    for e, b in zip(ema_model.buffers(), model.buffers()):
+        if e.is_floating_point(): e.lerp_(b.to(e.dtype), 1.0 - decay)
+        else: e.copy_(b)
+
+def lr_at(step: int,  # 0-based optimiser step
+          recipe,  # anything with `lr`, `lr_init` and `warmup` (TrainConfig, MAETrainConfig)
+          ) -> float:
+    "Linear warm-up from `lr_init` to `lr` over `warmup` steps, then constant."
+    if recipe.warmup == 0: return recipe.lr
+    return recipe.lr_init + (recipe.lr - recipe.lr_init) * min(1.0, step / recipe.warmup)
+
+# %% ../nbs/00_core.ipynb #4a74b991
+def save_figure(fig,  # a matplotlib figure
+                path: str | os.PathLike,  # destination .png
+                dpi: int = 90,
+                ) -> Path:
+    "Write `fig` as a PNG to `path` atomically and close it."
+    import matplotlib.pyplot as plt  # here, not at import time: most users of core draw nothing
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+# %% ../nbs/00_core.ipynb #3bff8532
+class PresetError(ValueError):
+    "An unknown preset name, or an override that is not a field of the preset's config."
+
+def from_preset(presets: dict,  # name -> config dataclass (e.g. `GENERATOR_PRESETS`)
+                preset,  # a name in `presets`, or a config of that type (used as is)
+                what: str,  # what the registry holds, for the error message ('generator', 'MAE', 'training')
+                **overrides,  # fields to replace
+                ):
+    "The preset `preset` (or the given config) with `overrides` applied; a `PresetError` lists the valid choices."
+    if dataclasses.is_dataclass(preset) and not isinstance(preset, type): cfg = preset
+    elif isinstance(preset, str) and preset in presets: cfg = presets[preset]
+    else: raise PresetError(f"unknown {what} preset {preset!r}; choose one of {sorted(presets)}")
+    names = [f.name for f in dataclasses.fields(cfg)]
+    bad = sorted(set(overrides) - set(names))
+    if bad: raise PresetError(f"unknown {type(cfg).__name__} field(s) {bad}; valid: {names}")
+    return dataclasses.replace(cfg, **overrides)

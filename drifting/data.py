@@ -5,7 +5,7 @@
 # %% ../nbs/07_data.ipynb #5fffd052
 from __future__ import annotations
 
-import hashlib, json, os
+import hashlib, os
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -15,24 +15,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from .core import hash_array_into
+from .core import sha256_arrays, sha256_json
+from .latent_cache import load_latent_cache
 
 # %% auto #0
-__all__ = ['BUILTIN_DATASETS', 'IMAGE_EXTENSIONS', 'sha256_arrays', 'sha256_json', 'ImageDataset', 'stratified_split',
-           'resize_images', 'load_builtin', 'load_dataset', 'center_crop_adm', 'hflip', 'pil_to_tensor',
-           'scan_image_folder', 'load_image', 'load_image_folder', 'batches', 'image_grid', 'show_grid']
+__all__ = ['BUILTIN_DATASETS', 'IMAGE_EXTENSIONS', 'ImageDataset', 'stratified_split', 'resize_images', 'load_builtin',
+           'load_dataset', 'center_crop_adm', 'hflip', 'pil_to_tensor', 'latent_dataset', 'scan_image_folder',
+           'load_image', 'load_image_folder', 'batches', 'image_grid', 'show_grid']
 
 # %% ../nbs/07_data.ipynb #42465559
-def sha256_arrays(*arrays: np.ndarray | torch.Tensor) -> str:
-    "sha256 over the dtype, shape and C-order bytes of each array, in order."
-    h = hashlib.sha256()
-    for a in arrays: hash_array_into(h, a)
-    return h.hexdigest()
-
-def sha256_json(obj) -> str:
-    "sha256 of the canonical JSON text of `obj` (sorted keys, no spaces)."
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
 @dataclass
 class ImageDataset:
     "Images (or latents) with labels, the class names, and the hashes that identify data, preprocessing and split."
@@ -166,7 +157,6 @@ def load_dataset(name_or_path: str | os.PathLike = "mnist5k",  # built-in name, 
                                     "directory, a .npz latent cache or a cache directory)")
         if p.suffix == ".npz" or (p.is_dir() and (p / "manifest.json").exists()):
             if resolution is not None: raise ValueError("resolution does not apply to a latent cache")
-            from drifting.latent_cache import latent_dataset  # lazy: latent_cache builds on this module
             ds = latent_dataset(p, **kwargs)
         else: ds = load_image_folder(p, resolution, **kwargs)
     return _select_split(ds, split, heldout_frac, seed)
@@ -192,6 +182,20 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:  # [3, H, W] float32 in [-1
     "An image as an RGB tensor in [-1, 1] (any PIL mode is converted to RGB)."
     a = np.asarray(img.convert("RGB"), dtype=np.float32)  # [H, W, 3] in 0..255
     return torch.from_numpy(a).permute(2, 0, 1) / 127.5 - 1.0
+
+# %% ../nbs/07_data.ipynb #bac09b45
+def latent_dataset(path: str | os.PathLike,  # a .npz cache or a sharded cache directory
+                   allow_incomplete: bool = False,  # accept an unfinished sharded export
+                   ) -> ImageDataset:
+    "A verified latent cache as an `ImageDataset` (kind 'latents'; all items, no split applied)."
+    c = load_latent_cache(path, allow_incomplete)
+    man = c.manifest
+    names = man.get("class_names") or [str(i) for i in range(int(c.labels.max()) + 1)]
+    shas = [s["sha256"] for s in man["shards"]] if "shards" in man else man["sha256"]
+    fp = sha256_json(dict(cache=shas, source=man["source_fingerprint"], encoder=man["encoder"],
+                          scaling_factor=man["scaling_factor"]))
+    return ImageDataset(c.latents, c.labels, list(names), Path(path).stem, fp, kind="latents",
+                        flipped=c.latents_flip, meta=man)
 
 # %% ../nbs/07_data.ipynb #28b695bc
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")  # compared case-insensitively (.JPEG is ImageNet's)

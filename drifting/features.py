@@ -8,14 +8,17 @@ from __future__ import annotations
 from collections import OrderedDict
 
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .drift import TAUS, drift_loss
+from .core import autocast, module_sha256
+from .drift import TAUS
+from .drift_exact import drift_loss
 
 # %% auto #0
 __all__ = ['PATCH_SIZES', 'STD_EPS', 'NORM_X_EPS', 'AGGREGATES', 'patch_stats', 'feature_inventory', 'group_by_class',
-           'feature_drift_loss']
+           'feature_drift_loss', 'FeatureSpace']
 
 # %% ../nbs/03_features.ipynb #89843f5e
 PATCH_SIZES = (2, 4)  # release patch_mean_size = patch_std_size = [2, 4] (App. A.5 (c), (d))
@@ -89,7 +92,7 @@ def feature_drift_loss(gen_feats: dict,  # key -> [N_c, N_gen, L, D] generated f
                        taus=TAUS,  # temperatures (App. A.6)
                        aggregate: str = "official",  # "official": mean over (class, location); "paper": sum over locations, mean over classes
                        **drift_kwargs,  # passed to `drift_loss`: chunk_groups, chunk_targets, max_chunk_elems, low_memory, ...
-                       ) -> tuple:  # (total 0-d, {key: loss 0-d}, {key: drift_loss info})
+                       ) -> tuple:  # (total 0-d, {key: loss 0-d}, {key: DriftStats of drift_loss})
     "Sum over keys of one `drift_loss` per key on (class × location) groups (spec §2.5, §5.4)."
     if aggregate not in AGGREGATES: raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
     for name, d in (("pos_feats", pos_feats), ("unc_feats", unc_feats)):
@@ -115,3 +118,32 @@ def feature_drift_loss(gen_feats: dict,  # key -> [N_c, N_gen, L, D] generated f
         losses[k] = loss.mean() if aggregate == "official" else loss.view(n_c, L).sum(1).mean()
         infos[k] = info
     return torch.stack(list(losses.values())).sum(), losses, infos
+
+# %% ../nbs/03_features.ipynb #17243b5c
+class FeatureSpace(nn.Module):
+    "The frozen encoder and the feature keys of spec §2.4: x [B, C, H, W] → {key: [B, L, D] float32}."
+    def __init__(self, encoder: nn.Module | None,  # frozen feature encoder with `get_activations(x, every_k_block)`, or None
+                 every_k_block: int = 2, patch_sizes=PATCH_SIZES, norm_x: bool = True, raw_key: bool = True,
+                 bf16: bool = True):
+        super().__init__()
+        if encoder is None and not raw_key and not norm_x:
+            raise ValueError("with no encoder, keep raw_key=True (the vanilla drift loss) or norm_x=True")
+        self.encoder = encoder.requires_grad_(False).eval() if encoder is not None else None
+        self.every_k_block, self.patch_sizes, self.norm_x, self.raw_key, self.bf16 = every_k_block, tuple(patch_sizes), norm_x, raw_key, bf16
+
+    def train(self, mode: bool = True): return super().train(False)  # the encoder stays in eval mode
+
+    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        acts = OrderedDict()
+        if self.encoder is not None:
+            with autocast(x.device, self.bf16):
+                acts = self.encoder.get_activations(x, self.every_k_block)
+            acts = OrderedDict((k, v.float()) for k, v in acts.items())
+        return feature_inventory(acts, x if self.norm_x else None, x if self.raw_key else None, self.patch_sizes)
+
+    def fingerprint(self) -> str:
+        "A hash of the encoder's weights and the key options (a resume refuses another feature space)."
+        if getattr(self, "_fp", None) is None:  # the encoder is frozen: hash its weights once, not at every checkpoint
+            enc = module_sha256(self.encoder) if self.encoder is not None else "none"
+            self._fp = f"{enc}:{self.every_k_block}:{list(self.patch_sizes)}:{int(self.norm_x)}:{int(self.raw_key)}"
+        return self._fp

@@ -14,14 +14,14 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from .core import hash_array_into
+from .core import hash_array_into, sha256_bytes, sha256_file
 
 # %% auto #0
 __all__ = ['REDACTED', 'SECRET_NAME', 'KEY_PACKAGES', 'is_secret_name', 'redact_text', 'find_secrets', 'register_secrets',
-           'secret_values', 'scrub', 'redact_obj', 'redact_env', 'jsonable', 'canonical_json', 'sha256_bytes',
-           'sha256_file', 'ConfigError', 'compose_config', 'resolve_config', 'config_yaml', 'source_like', 'git_state',
-           'codebase_fingerprint', 'norm_name', 'installed_packages', 'package_versions', 'device_info', 'env_snapshot',
-           'env_fingerprint', 'data_fingerprint']
+           'secret_values', 'scrub', 'redact_obj', 'redact_env', 'jsonable', 'canonical_json', 'ConfigError',
+           'compose_config', 'resolve_config', 'config_yaml', 'source_like', 'git_state', 'codebase_fingerprint',
+           'norm_name', 'installed_packages', 'package_versions', 'device_info', 'env_snapshot', 'env_fingerprint',
+           'data_fingerprint']
 
 # %% ../nbs/10a_fingerprint.ipynb #e8969592
 REDACTED = "<redacted>"
@@ -136,14 +136,7 @@ def canonical_json(obj) -> str:
     "Deterministic JSON text of `obj`: sorted keys, 2-space indent, trailing newline."
     return json.dumps(jsonable(obj), sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
-def sha256_bytes(data: bytes) -> str: return hashlib.sha256(data).hexdigest()
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
-    "SHA-256 of a file's bytes, read in chunks."
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while b := f.read(chunk): h.update(b)
-    return h.hexdigest()
 
 # %% ../nbs/10a_fingerprint.ipynb #c0e4ce5b
 _OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_0-9][A-Za-z0-9_]*)*=")

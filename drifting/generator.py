@@ -5,7 +5,6 @@
 # %% ../nbs/05_generator.ipynb #4ca5e69a
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -13,7 +12,7 @@ import torch.nn as nn
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
-from .core import autocast
+from .core import autocast, from_preset
 from .generator_blocks import (patchify, unpatchify, sincos_2d, AlphaEmbedder, rope_tables, Block,
                                        FinalLayer, swiglu_hidden, fp32_region)
 
@@ -43,11 +42,24 @@ class GeneratorConfig:
     use_bf16: bool = True  # bf16 autocast on CUDA (release `use_bf16`); no effect on CPU
     checkpointing: bool = False  # activation checkpointing per block while training (release `use_remat`: pixel models)
     check_inputs: bool = True  # check label/style/α values (one host sync per call on a GPU)
+    # options of the official `DitGen` that the paper's models do not use (for loading any released checkpoint)
+    qk_norm: bool = True  # official `use_qknorm`
+    norm: str = "rms"  # official `use_rmsnorm`: "rms", or "layer" (LayerNorm)
+    mlp: str = "swiglu"  # official `use_swiglu`: "swiglu", or "gelu" (fc1-GELU-fc2, hidden int(mlp_ratio·D))
+    rope: bool = True  # official `use_rope`
+    out_channels: int | None = None  # official `out_channels`; None: = in_channels
+    mlp_hidden: int | None = None  # explicit FFN width; None: from mlp_ratio (swiglu_hidden, or int(mlp_ratio·D))
 
     @property
     def n_patches(self) -> int: return (self.input_size // self.patch_size) ** 2
     @property
     def seq_len(self) -> int: return self.n_register + self.n_patches
+    @property
+    def out_ch(self) -> int: return self.in_channels if self.out_channels is None else self.out_channels
+    @property
+    def ffn_hidden(self) -> int:
+        if self.mlp_hidden is not None: return self.mlp_hidden
+        return swiglu_hidden(self.hidden_size, self.mlp_ratio) if self.mlp == "swiglu" else int(self.hidden_size * self.mlp_ratio)
 
 _B = dict(hidden_size=768, depth=12, num_heads=12)  # Tab. 8 "B"
 _L = dict(hidden_size=1024, depth=24, num_heads=16)  # Tab. 8 "L"
@@ -71,12 +83,7 @@ def generator_config(name: str,  # a key of `GENERATOR_PRESETS`
                      **overrides,  # fields of `GeneratorConfig` to change
                      ) -> GeneratorConfig:
     "The preset `name`, with `overrides` applied."
-    if name not in GENERATOR_PRESETS:
-        raise KeyError(f"unknown generator preset {name!r}; choose one of {sorted(GENERATOR_PRESETS)}")
-    fields = {f.name for f in dataclasses.fields(GeneratorConfig)}
-    bad = sorted(set(overrides) - fields)
-    if bad: raise TypeError(f"unknown GeneratorConfig field(s) {bad}; valid fields: {sorted(fields)}")
-    return dataclasses.replace(GENERATOR_PRESETS[name], **overrides)
+    return from_preset(GENERATOR_PRESETS, name, "generator", **overrides)
 
 # %% ../nbs/05_generator.ipynb #bf20816f
 class Generator(nn.Module):
@@ -97,9 +104,10 @@ class Generator(nn.Module):
         self.alpha_embed = AlphaEmbedder(D, cfg.alpha_freq_dim, cfg.alpha_scale, cfg.norm_eps)
         self.register_proj = nn.Linear(D, D)  # register token = W_r c + b_r + u_j
         self.register_embed = nn.Parameter(torch.empty(1, cfg.n_register, D))  # u_j
-        hidden = swiglu_hidden(D, cfg.mlp_ratio)
-        self.blocks = nn.ModuleList(Block(D, cfg.num_heads, hidden, cfg.norm_eps, cfg.attn_fp32) for _ in range(cfg.depth))
-        self.final = FinalLayer(D, p * p * C, cfg.norm_eps)
+        hidden = cfg.ffn_hidden
+        self.blocks = nn.ModuleList(Block(D, cfg.num_heads, hidden, cfg.norm_eps, cfg.attn_fp32, cfg.qk_norm, cfg.norm,
+                                          cfg.mlp, cfg.rope) for _ in range(cfg.depth))
+        self.final = FinalLayer(D, p * p * cfg.out_ch, cfg.norm_eps, cfg.norm)
         self.register_buffer("style_offsets", torch.empty(cfg.n_style, dtype=torch.long), persistent=False)
         self.register_buffer("rope_cos", torch.empty(cfg.seq_len, D // cfg.num_heads), persistent=False)
         self.register_buffer("rope_sin", torch.empty(cfg.seq_len, D // cfg.num_heads), persistent=False)
@@ -112,7 +120,9 @@ class Generator(nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Linear):  # DiT's basic init
                 nn.init.xavier_uniform_(m.weight); nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.RMSNorm): nn.init.ones_(m.weight)
+            elif isinstance(m, (nn.RMSNorm, nn.LayerNorm)) and m.weight is not None:
+                nn.init.ones_(m.weight)
+                if getattr(m, "bias", None) is not None: nn.init.zeros_(m.bias)
         self.pos_embed.copy_(sincos_2d(D, self.grid)[None])  # constants are computed on the CPU and copied over
         for w in (self.class_embed.weight, self.style_embed.weight, self.register_embed):
             nn.init.normal_(w, std=0.02)
@@ -162,7 +172,7 @@ class Generator(nn.Module):
                 if ckpt: x = checkpoint(blk, x, c, self.rope_cos, self.rope_sin, use_reentrant=False)
                 else: x = blk(x, c, self.rope_cos, self.rope_sin)  # [B, R+N, D]
             out = self.final(x[:, cfg.n_register:], c)  # registers dropped: [B, N, p*p*C]
-        return unpatchify(out.float(), cfg.patch_size, cfg.in_channels, cfg.input_size, cfg.input_size)
+        return unpatchify(out.float(), cfg.patch_size, cfg.out_ch, cfg.input_size, cfg.input_size)
 
     def _check(self, eps, labels, alpha, style) -> Tensor:
         "Check shapes (always) and values (unless compiling, on meta, or `check_inputs=False`); return α as [B]."

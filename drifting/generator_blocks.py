@@ -14,8 +14,8 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['patchify', 'unpatchify', 'sincos_1d', 'sincos_2d', 'timestep_embedding', 'AlphaEmbedder', 'rope_tables',
-           'rotate_half', 'apply_rope', 'fp32_region', 'Attention', 'swiglu_hidden', 'SwiGLU', 'modulate', 'ada_params',
-           'Block', 'FinalLayer']
+           'rotate_half', 'apply_rope', 'fp32_region', 'make_norm', 'Attention', 'swiglu_hidden', 'SwiGLU', 'GeluMLP',
+           'modulate', 'ada_params', 'Block', 'FinalLayer']
 
 # %% ../nbs/05a_generator_blocks.ipynb #73ac8ffd
 def patchify(x: Tensor,  # [B, C, H, W] images or latents
@@ -122,19 +122,32 @@ def fp32_region(x: Tensor):
     if x.device.type in ("cuda", "cpu", "xpu", "mps"): return torch.autocast(x.device.type, enabled=False)
     return contextlib.nullcontext()
 
+def make_norm(kind: str,  # "rms": RMSNorm with a learnable scale; "layer": LayerNorm
+              dim: int,  # normalised width
+              eps: float = 1e-6,
+              affine: bool = True,  # LayerNorm only: learnable scale and bias
+              ) -> nn.Module:
+    "The normalisation layer of kind `kind` (the official `use_rmsnorm` switch)."
+    if kind == "rms": return nn.RMSNorm(dim, eps=eps)
+    if kind == "layer": return nn.LayerNorm(dim, eps=eps, elementwise_affine=affine)
+    raise ValueError(f"norm must be 'rms' or 'layer', got {kind!r}")
+
 class Attention(nn.Module):
     "Multi-head self-attention with QK-RMSNorm and RoPE."
     def __init__(self, dim: int,  # model width D
                  num_heads: int,  # H; D must be divisible by H
                  eps: float = 1e-6,  # QK-RMSNorm epsilon
                  fp32: bool = False,  # run q·k, softmax and ·v in float32
+                 qk_norm: bool = True,  # per-head norm of q and k (official `use_qknorm`)
+                 norm: str = "rms",  # "layer": q/k LayerNorm with scale and bias (official `use_rmsnorm=False`)
+                 rope: bool = True,  # rotate q and k (official `use_rope`)
                  ):
         super().__init__()
         if dim % num_heads: raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads, self.head_dim, self.fp32 = num_heads, dim // num_heads, fp32
+        self.num_heads, self.head_dim, self.fp32, self.rope = num_heads, dim // num_heads, fp32, rope
         self.qkv = nn.Linear(dim, 3 * dim)  # qkv bias, as in the release
-        self.q_norm = nn.RMSNorm(self.head_dim, eps=eps)
-        self.k_norm = nn.RMSNorm(self.head_dim, eps=eps)
+        self.q_norm = make_norm(norm, self.head_dim, eps) if qk_norm else nn.Identity()
+        self.k_norm = make_norm(norm, self.head_dim, eps) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor,  # [B, L, D]
@@ -145,6 +158,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, self.head_dim)  # [B, L, 3, H, d_h]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × [B, H, L, d_h]
         q, k = self.q_norm(q), self.k_norm(k)  # per-head RMSNorm over d_h
+        if not self.rope: cos, sin = torch.ones_like(cos), torch.zeros_like(sin)  # rotation by 0: the identity
         if self.fp32:
             with fp32_region(x):
                 q, k, v = q.float(), k.float(), v.float()
@@ -175,6 +189,16 @@ class SwiGLU(nn.Module):
                 ) -> Tensor:  # [B, L, D]
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
 
+class GeluMLP(nn.Module):
+    "fc1 → exact GELU → fc2: the official MLP when `use_swiglu` is off (hidden = int(mlp_ratio·D))."
+    def __init__(self, dim: int, hidden: int):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor,  # [B, L, D]
+                ) -> Tensor:  # [B, L, D]
+        return self.fc2(F.gelu(self.fc1(x)))
+
 # %% ../nbs/05a_generator_blocks.ipynb #bb35eaca
 def modulate(x: Tensor,  # [B, L, D]
              shift: Tensor,  # [B, 1, D]
@@ -199,11 +223,16 @@ class Block(nn.Module):
                  mlp_hidden: int,  # SwiGLU hidden width
                  eps: float = 1e-6,  # RMSNorm epsilon
                  attn_fp32: bool = False,  # float32 attention core
+                 qk_norm: bool = True,  # official `use_qknorm`
+                 norm: str = "rms",  # "layer": LayerNorm without affine here (official `use_rmsnorm=False`)
+                 mlp: str = "swiglu",  # "gelu": fc1-GELU-fc2 (official `use_swiglu=False`)
+                 rope: bool = True,  # official `use_rope`
                  ):
         super().__init__()
-        self.norm1, self.norm2 = nn.RMSNorm(dim, eps=eps), nn.RMSNorm(dim, eps=eps)
-        self.attn = Attention(dim, num_heads, eps=eps, fp32=attn_fp32)
-        self.mlp = SwiGLU(dim, mlp_hidden)
+        self.norm1, self.norm2 = make_norm(norm, dim, eps, affine=False), make_norm(norm, dim, eps, affine=False)
+        self.attn = Attention(dim, num_heads, eps=eps, fp32=attn_fp32, qk_norm=qk_norm, norm=norm, rope=rope)
+        if mlp not in ("swiglu", "gelu"): raise ValueError(f"mlp must be 'swiglu' or 'gelu', got {mlp!r}")
+        self.mlp = SwiGLU(dim, mlp_hidden) if mlp == "swiglu" else GeluMLP(dim, mlp_hidden)
         self.adaLN = nn.Linear(dim, 6 * dim)  # shift, scale, gate for attention then for the MLP
 
     def forward(self, x: Tensor,  # [B, L, D]
@@ -217,9 +246,11 @@ class Block(nn.Module):
 
 class FinalLayer(nn.Module):
     "RMSNorm → adaLN (shift, scale) → Linear to p²·C values per token."
-    def __init__(self, dim: int, out_dim: int, eps: float = 1e-6):
+    def __init__(self, dim: int, out_dim: int, eps: float = 1e-6,
+                 norm: str = "rms",  # "layer": LayerNorm without affine (official `use_rmsnorm=False`)
+                 ):
         super().__init__()
-        self.norm = nn.RMSNorm(dim, eps=eps)
+        self.norm = make_norm(norm, dim, eps, affine=False)
         self.adaLN = nn.Linear(dim, 2 * dim)
         self.linear = nn.Linear(dim, out_dim)
 

@@ -12,12 +12,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .core import atomic_open, atomic_write_text
-from .data import ImageDataset, sha256_arrays, sha256_json
+from .core import atomic_open, atomic_write_text, sha256_arrays
 
 # %% auto #0
 __all__ = ['CACHE_FORMAT', 'CACHE_VERSION', 'REQUIRED_MANIFEST_KEYS', 'LatentCache', 'save_latent_cache', 'load_latent_cache',
-           'LatentCacheWriter', 'latent_dataset']
+           'LatentCacheWriter']
 
 # %% ../nbs/07a_latent_cache.ipynb #be1cbc6c
 CACHE_FORMAT, CACHE_VERSION = "drifting-latent-cache", 1
@@ -163,17 +162,3 @@ def _load_sharded(path: Path, allow_incomplete: bool) -> LatentCache:
         parts.append(c)
     cat = lambda k: None if getattr(parts[0], k) is None else torch.cat([getattr(p, k) for p in parts])
     return LatentCache(cat("latents"), cat("labels"), cat("latents_flip"), man)
-
-# %% ../nbs/07a_latent_cache.ipynb #e707fa15
-def latent_dataset(path: str | os.PathLike,  # a .npz cache or a sharded cache directory
-                   allow_incomplete: bool = False,  # accept an unfinished sharded export
-                   ) -> ImageDataset:
-    "A verified latent cache as an `ImageDataset` (kind 'latents'; all items, no split applied)."
-    c = load_latent_cache(path, allow_incomplete)
-    man = c.manifest
-    names = man.get("class_names") or [str(i) for i in range(int(c.labels.max()) + 1)]
-    shas = [s["sha256"] for s in man["shards"]] if "shards" in man else man["sha256"]
-    fp = sha256_json(dict(cache=shas, source=man["source_fingerprint"], encoder=man["encoder"],
-                          scaling_factor=man["scaling_factor"]))
-    return ImageDataset(c.latents, c.labels, list(names), Path(path).stem, fp, kind="latents",
-                        flipped=c.latents_flip, meta=man)

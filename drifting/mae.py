@@ -7,14 +7,14 @@ from __future__ import annotations
 
 import json, os
 from collections import OrderedDict
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import atomic_torch_save, atomic_write_text
+from .core import atomic_torch_save, atomic_write_text, from_preset
 
 # %% auto #0
 __all__ = ['MAE_PRESETS', 'ENCODER_FORMAT', 'MAEConfig', 'mae_config', 'gn_groups', 'group_norm', 'BasicBlock', 'patchify',
@@ -33,6 +33,7 @@ class MAEConfig:
     num_classes: int = 1000  # classes of the linear head used only by the cls fine-tune (ImageNet)
     mask_ratio: float = 0.5  # probability that a mask patch is zeroed (App. A.3; release mask_ratio_min=max=0.5)
     mask_patch: int = 2  # side of the square mask patches on the (patchified) grid (release patch_size: 2)
+    gn_eps: float = 1e-5  # GroupNorm ε (PyTorch's default); the official Flax models use Flax's 1e-6 (drifting.official)
 
     def __post_init__(self):
         object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
@@ -55,8 +56,10 @@ class MAEConfig:
         return self.in_channels * self.input_patch ** 2
     def encoder_dict(self) -> dict:
         "The fields that determine the encoder (what an encoder export records)."
-        return dict(in_channels=self.in_channels, width=self.width, blocks=list(self.blocks),
-                    input_patch=self.input_patch, gn_max_groups=self.gn_max_groups)
+        d = dict(in_channels=self.in_channels, width=self.width, blocks=list(self.blocks),
+                 input_patch=self.input_patch, gn_max_groups=self.gn_max_groups)
+        if self.gn_eps != 1e-5: d["gn_eps"] = self.gn_eps  # only when set: default exports are unchanged
+        return d
 
 MAE_PRESETS = {
     "latent-256": MAEConfig(width=256),  # ablation encoder, HF `mae_latent_256` (Tab. 8)
@@ -72,12 +75,7 @@ def mae_config(preset: str | MAEConfig = "latent-256",  # a name in MAE_PRESETS 
                **overrides,  # fields to replace, e.g. in_channels=1, num_classes=10
                ) -> MAEConfig:
     "A preset by name with some fields replaced."
-    if isinstance(preset, MAEConfig): cfg = preset
-    elif preset in MAE_PRESETS: cfg = MAE_PRESETS[preset]
-    else: raise ValueError(f"unknown MAE preset {preset!r}; choose one of {sorted(MAE_PRESETS)}")
-    bad = set(overrides) - {f.name for f in fields(MAEConfig)}
-    if bad: raise ValueError(f"unknown MAEConfig fields {sorted(bad)}; valid: {[f.name for f in fields(MAEConfig)]}")
-    return replace(cfg, **overrides)
+    return from_preset(MAE_PRESETS, preset, "MAE", **overrides)
 
 # %% ../nbs/04_mae.ipynb #15cc1030
 def gn_groups(channels: int,  # channels to normalise
@@ -86,20 +84,20 @@ def gn_groups(channels: int,  # channels to normalise
     "The largest divisor of `channels` that is ≤ `max_groups`."
     return max(g for g in range(1, min(channels, max_groups) + 1) if channels % g == 0)
 
-def group_norm(channels: int, max_groups: int = 32) -> nn.GroupNorm:
-    "GroupNorm with `gn_groups(channels, max_groups)` groups (ε 1e-5, affine)."
-    return nn.GroupNorm(gn_groups(channels, max_groups), channels)
+def group_norm(channels: int, max_groups: int = 32, eps: float = 1e-5) -> nn.GroupNorm:
+    "GroupNorm with `gn_groups(channels, max_groups)` groups (ε 1e-5 unless given, affine)."
+    return nn.GroupNorm(gn_groups(channels, max_groups), channels, eps=eps)
 
 # %% ../nbs/04_mae.ipynb #5e42d789
 class BasicBlock(nn.Module):
     "conv3×3(stride)–GN–ReLU–conv3×3–GN plus a (1×1 conv + GN) shortcut when the shape changes; ReLU of the sum."
-    def __init__(self, c_in: int, c_out: int, stride: int = 1, max_groups: int = 32):
+    def __init__(self, c_in: int, c_out: int, stride: int = 1, max_groups: int = 32, eps: float = 1e-5):
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.gn1 = group_norm(c_out, max_groups)
+        self.gn1 = group_norm(c_out, max_groups, eps)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.gn2 = group_norm(c_out, max_groups)
-        self.proj = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), group_norm(c_out, max_groups))
+        self.gn2 = group_norm(c_out, max_groups, eps)
+        self.proj = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), group_norm(c_out, max_groups, eps))
                      if stride != 1 or c_in != c_out else nn.Identity())
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, c_in, H, W] -> [B, c_out, H/s, W/s]
         y = self.gn2(self.conv2(F.relu(self.gn1(self.conv1(x)))))
@@ -128,20 +126,20 @@ def unpatchify(x: torch.Tensor,  # [B, C·p·p, h, w]
 class ResNetEncoder(nn.Module):
     "The MAE encoder: GN stem and 4 stages of basic blocks, each stage output GN-normalised (`layer{i}_norm`)."
     def __init__(self, in_channels: int = 4, width: int = 256, blocks=(3, 4, 6, 3), input_patch: int = 1,
-                 gn_max_groups: int = 32):
+                 gn_max_groups: int = 32, gn_eps: float = 1e-5):
         super().__init__()
         self.config = MAEConfig(in_channels=in_channels, width=width, blocks=tuple(blocks), input_patch=input_patch,
-                                gn_max_groups=gn_max_groups).encoder_dict()
+                                gn_max_groups=gn_max_groups, gn_eps=gn_eps).encoder_dict()
         cs = (width, width, 2 * width, 4 * width, 8 * width)
         self.conv1 = nn.Conv2d(in_channels * input_patch ** 2, width, 3, 1, 1, bias=False)
-        self.gn1 = group_norm(width, gn_max_groups)
+        self.gn1 = group_norm(width, gn_max_groups, gn_eps)
         self.stages, self.stage_norms = nn.ModuleList(), nn.ModuleList()
         for i, n in enumerate(blocks):
             c_in, c = cs[i], cs[i + 1]
             s = 1 if i == 0 else 2  # stride 2 in the first block of stages 2–4
-            self.stages.append(nn.ModuleList([BasicBlock(c_in if b == 0 else c, c, s if b == 0 else 1, gn_max_groups)
+            self.stages.append(nn.ModuleList([BasicBlock(c_in if b == 0 else c, c, s if b == 0 else 1, gn_max_groups, gn_eps)
                                               for b in range(n)]))
-            self.stage_norms.append(group_norm(c, gn_max_groups))
+            self.stage_norms.append(group_norm(c, gn_max_groups, gn_eps))
     @classmethod
     def from_config(cls, cfg: MAEConfig) -> "ResNetEncoder": return cls(**cfg.encoder_dict())
 

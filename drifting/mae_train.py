@@ -5,19 +5,23 @@
 # %% ../nbs/04a_mae_train.ipynb #a0dca94d
 from __future__ import annotations
 
-import copy, math, time
+import dataclasses, json, math, os, time
 from dataclasses import dataclass
+
+import numpy as np
 
 import torch
 import torch.nn as nn
+from torch import Tensor
 from tqdm.auto import tqdm
 
-from .core import autocast
-from .mae import MAE, MAEConfig, mae_config, patch_mask, patchify
+from .core import (atomic_folder, autocast, cache_root, default_device, ema_copy, ema_update, lr_at,
+                           sha256_arrays, sha256_json)
+from .data import ImageDataset, batches
+from .mae import MAE, load_encoder, mae_config, patch_mask, patchify, save_encoder
 
 # %% auto #0
-__all__ = ['MAETrainConfig', 'lr_at', 'cls_lambda', 'ema_copy', 'ema_update', 'make_optimizer', 'mae_train_step', 'train_mae',
-           'evaluate_mae']
+__all__ = ['MAETrainConfig', 'cls_lambda', 'make_optimizer', 'mae_train_step', 'train_mae', 'evaluate_mae', 'latent_mae_encoder']
 
 # %% ../nbs/04a_mae_train.ipynb #fe7858f0
 @dataclass
@@ -46,13 +50,6 @@ class MAETrainConfig:
         if not 0 <= self.finetune_cls <= 1: raise ValueError(f"finetune_cls must be in [0, 1], got {self.finetune_cls!r}")
 
 # %% ../nbs/04a_mae_train.ipynb #4e785542
-def lr_at(step: int,  # 0-based optimiser step
-          tcfg: MAETrainConfig,  # recipe
-          ) -> float:
-    "Linear warm-up from `lr_init` to `lr` over `warmup` steps, then constant."
-    if tcfg.warmup == 0: return tcfg.lr
-    return tcfg.lr_init + (tcfg.lr - tcfg.lr_init) * min(1.0, step / tcfg.warmup)
-
 def cls_lambda(step: int,  # 0-based step
                total_steps: int,  # length of the run
                tcfg: MAETrainConfig,  # recipe
@@ -61,25 +58,6 @@ def cls_lambda(step: int,  # 0-based step
     start = total_steps - tcfg.finetune_last_steps
     if tcfg.finetune_last_steps == 0 or step < start: return 0.0
     return tcfg.finetune_cls * min(1.0, (step - start) / max(1, tcfg.finetune_warmup))
-
-# %% ../nbs/04a_mae_train.ipynb #3b8dce92
-def ema_copy(model: nn.Module) -> nn.Module:
-    "A frozen deep copy of `model` to hold its EMA (starts equal to the model)."
-    return copy.deepcopy(model).requires_grad_(False)
-
-@torch.no_grad()
-def ema_update(ema_model: nn.Module,  # the EMA copy, updated in place
-               model: nn.Module,  # the trained model
-               decay: float,  # β: weight of the old average
-               ) -> None:
-    "θ_ema ← β·θ_ema + (1-β)·θ over parameters and float buffers; other buffers are copied."
-    if not 0 <= decay <= 1: raise ValueError(f"EMA decay must be in [0, 1], got {decay!r}")
-    pe, pm = list(ema_model.parameters()), list(model.parameters())
-    if len(pe) != len(pm): raise ValueError(f"EMA model has {len(pe)} parameters, the model {len(pm)}: not the same net")
-    for e, p in zip(pe, pm): e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
-    for e, b in zip(ema_model.buffers(), model.buffers()):
-        if e.is_floating_point(): e.lerp_(b.to(e.dtype), 1.0 - decay)
-        else: e.copy_(b)
 
 # %% ../nbs/04a_mae_train.ipynb #a49a3424
 def make_optimizer(model: nn.Module, tcfg: MAETrainConfig) -> torch.optim.AdamW:
@@ -163,3 +141,42 @@ def evaluate_mae(model: MAE,  # model to evaluate (EMA or raw)
             res["accuracy_nomask"] = model(xb, yb, mask=torch.zeros_like(mask))[1]["accuracy"]
         for k, v in res.items(): sums[k] = sums.get(k, 0.0) + v.sum().item()
     return {k: v / len(x) for k, v in sums.items()}
+
+# %% ../nbs/04a_mae_train.ipynb #ca8457c8
+def latent_mae_encoder(x: Tensor,  # [N, C, H, W] training latents (or pixels)
+                       y: Tensor,  # [N] int64 labels (the MAE head is unused without a fine-tune)
+                       preset: str = "small",  # a MAE_PRESETS name
+                       steps: int = 300,  # optimiser steps (paper: 30k at batch 8192)
+                       batch_size: int = 64,
+                       recipe: MAETrainConfig | None = None,  # default: release recipe, warm-up 50, EMA 0.99, no fine-tune
+                       seed: int = 0,
+                       cache_dir: str | os.PathLike | None = None,  # default: cache_root("mae")
+                       device: torch.device | str | None = None,
+                       progress: bool = True,
+                       ) -> tuple[nn.Module, dict]:  # (frozen encoder in eval mode on `device`, its record)
+    "The EMA encoder of a latent-MAE pre-trained on `x`: from the cache, or trained now and cached."
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1: raise ValueError(f"MAE steps must be an int ≥ 1, got {steps!r}")
+    recipe = recipe or MAETrainConfig(warmup=50, ema_decay=0.99, finetune_last_steps=0)
+    num_classes = max(int(y.max()) + 1, 1)
+    mcfg = mae_config(preset, in_channels=x.shape[1], num_classes=num_classes)
+    rec_cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(recipe).items()}
+    key = sha256_json(dict(data=sha256_arrays(x, y), model=dataclasses.asdict(mcfg), recipe=rec_cfg, steps=steps,
+                           batch_size=batch_size, seed=seed))[:16]
+    root = cache_root("mae", cache_dir); final = root / key
+    if not (final / "record.json").exists():
+        dev = torch.device(device) if device is not None else default_device()
+        g = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed); model = MAE(mcfg)
+        ds = ImageDataset(x.float(), y, [str(i) for i in range(num_classes)], "latents", "mae-input", kind="latents")
+        t0 = time.perf_counter()
+        ema, hist = train_mae(model, batches(ds, min(batch_size, len(ds)), g), steps, recipe, seed=seed, device=dev, progress=progress)
+        rec = dict(key=key, preset=preset, model=dataclasses.asdict(mcfg), recipe=rec_cfg, steps=steps, batch_size=batch_size,
+                   seed=seed, n=len(x), seconds=round(time.perf_counter() - t0, 2), weights="ema",
+                   recon_loss_first=hist["recon_loss"][0], recon_loss_last10=float(np.mean(hist["recon_loss"][-10:])))
+        with atomic_folder(final, "record.json") as tmp:
+            save_encoder(ema, tmp, info=rec)
+            (tmp / "record.json").write_text(json.dumps(rec, indent=1))  # written last: marks a complete folder
+    rec = json.loads((final / "record.json").read_text())
+    enc = load_encoder(final, expect=mcfg, device=device if device is not None else default_device())
+    return enc, dict(rec, path=str(final))

@@ -5,7 +5,7 @@
 # %% ../nbs/09_metrics.ipynb #256b0b9d
 from __future__ import annotations
 
-import hashlib, json, os
+import json, os
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -13,25 +13,16 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .core import atomic_open, cache_root
-from .data import ImageDataset, sha256_arrays, sha256_json
+from .core import atomic_open, cache_root, module_sha256, sha256_json
+from .data import ImageDataset
 
 # %% auto #0
-__all__ = ['STATS_FORMAT', 'module_sha256', 'FeatureNet', 'extract_features', 'RunningStats', 'FeatureStats', 'frechet_distance',
+__all__ = ['STATS_FORMAT', 'FeatureNet', 'extract_features', 'RunningStats', 'FeatureStats', 'frechet_distance',
            'ProtocolMismatch', 'check_same_protocol', 'compute_fid', 'compute_kid', 'inception_score', 'knn_radii',
            'manifold_coverage', 'precision_recall', 'nearest_neighbours', 'nn_figure', 'stats_cache_root',
            'reference_key', 'reference_stats']
 
 # %% ../nbs/09_metrics.ipynb #be23dec8
-def module_sha256(*modules: nn.Module) -> str:
-    "sha256 over the names, dtypes, shapes and bytes of the modules' state_dicts (parameters and buffers), in order."
-    h = hashlib.sha256()
-    for m in modules:
-        if m is None: continue
-        for k, v in m.state_dict().items():
-            h.update(k.encode()); h.update(sha256_arrays(v).encode())
-    return h.hexdigest()
-
 class FeatureNet(nn.Module):
     "A frozen feature network with the protocol (name, weights hash, preprocessing, width) that identifies its features."
     def __init__(self, net: nn.Module,  # images (after `transform`) -> [N, D] features, or (features, logits)

@@ -13,9 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .core import atomic_folder, atomic_write_text, seed_everything, cache_root
-from .data import ImageDataset, load_dataset, sha256_json
-from .fingerprint import sha256_file
+from .core import atomic_folder, atomic_write_text, seed_everything, cache_root, sha256_file, sha256_json
+from .data import ImageDataset, load_dataset
 from .metrics import FeatureNet, FeatureStats, extract_features, frechet_distance
 
 # %% auto #0

@@ -14,19 +14,19 @@ import psutil
 import torch
 from omegaconf import OmegaConf
 
-from .core import atomic_open, atomic_torch_save, atomic_write_bytes, atomic_write_text
+from .core import atomic_open, atomic_torch_save, atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
 from .fingerprint import (ConfigError, canonical_json, codebase_fingerprint, compose_config, config_yaml,
     KEY_PACKAGES, env_fingerprint, env_snapshot, git_state, jsonable, redact_env, redact_obj, register_secrets,
-    resolve_config, scrub, sha256_bytes, sha256_file)
+    resolve_config, scrub)
 from .smoke import SmokeGateError, failed_checks, project_root, smoke_test
 from .bundle import run_md, writer_alive
-from .cli import papermill_invocation
 
 # %% auto #0
 __all__ = ['SCHEMA_VERSION', 'CONTRACT_VERSION', 'BUNDLE_DIRS', 'RESERVE', 'BundleError', 'check_name', 'default_runs_dir',
            'check_writable', 'new_run_dir', 'CheckpointError', 'check_state', 'nonfinite_paths', 'check_finite',
-           'recorded_hashes', 'read_events', 'resolve_checkpoint', 'load_checkpoint', 'Run', 'attach_notebook',
-           'close_stale', 'close_stale_runs', 'start_run']
+           'read_events', 'recorded_hashes', 'CheckpointNotFound', 'open_checkpoint', 'checkpoint_file',
+           'load_checkpoint', 'Run', 'parse_papermill_argv', 'papermill_invocation', 'attach_notebook', 'close_stale',
+           'close_stale_runs', 'start_run']
 
 # %% ../nbs/10_provenance.ipynb #47899e2d
 SCHEMA_VERSION = "1"
@@ -108,6 +108,16 @@ def check_finite(state: dict, what: str = "checkpoint"):
         raise FloatingPointError(f"refusing to write a {what} with NaN/inf values at {', '.join(bad[:5])}"
                                  f"{' …' if len(bad) > 5 else ''}; the earlier checkpoints are unchanged (lower lr, check the data)")
 
+def read_events(bundle: str | os.PathLike) -> list[dict]:
+    "The records of `provenance/events.jsonl`; a line cut short by a kill is skipped (it was never complete)."
+    f = Path(bundle) / "provenance" / "events.jsonl"
+    if not f.is_file(): return []
+    out = []
+    for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
+        try: out.append(json.loads(line))
+        except ValueError: continue
+    return out
+
 def recorded_hashes(bundle: str | os.PathLike) -> dict[str, str]:
     "{bundle-relative path: sha256} of every checkpoint file the bundle's events recorded (the latest record wins)."
     out = {}
@@ -115,16 +125,6 @@ def recorded_hashes(bundle: str | os.PathLike) -> dict[str, str]:
         if ev.get("event") == "checkpoint" and ev.get("sha256"):
             for p in [ev.get("path"), *ev.get("copies", [])]:
                 if p: out[p] = ev["sha256"]
-    return out
-
-def read_events(bundle: str | os.PathLike) -> list[dict]:
-    "The records of `provenance/events.jsonl`; a last line cut short by a kill is skipped (it was never complete)."
-    f = Path(bundle) / "provenance" / "events.jsonl"
-    if not f.is_file(): return []
-    out = []
-    for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
-        try: out.append(json.loads(line))
-        except ValueError: continue
     return out
 
 def _bundle_of(path: Path) -> Path | None:
@@ -142,33 +142,45 @@ def _load_verified(path: Path, mmap: bool = False) -> dict:
     except Exception as e:  # truncated zip, bad pickle, a foreign file: one clear message
         raise CheckpointError(f"{path} cannot be read as a checkpoint ({type(e).__name__}: {str(e)[:200]})") from e
 
-def resolve_checkpoint(path: str | os.PathLike,  # a .pt file or a run bundle folder (its last.pt)
-                       mmap: bool = False,  # memory-map tensors (a quick look at the config)
-                       ) -> tuple[Path, dict]:  # (the file actually loaded, its state)
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
+    "No checkpoint where one was named."
+
+def _step_files(ck: Path) -> list[Path]:
+    "The `step_N.pt` files of a checkpoint folder, newest step first."
+    return sorted(ck.glob("step_*.pt"), key=lambda p: int(p.stem[5:]) if p.stem[5:].isdigit() else -1, reverse=True)
+
+def open_checkpoint(path: str | os.PathLike,  # a .pt file or a run bundle folder (its last.pt)
+                    mmap: bool = False,  # memory-map tensors (a quick look at the config)
+                    ) -> tuple[Path, dict]:  # (the file actually loaded, its state)
     "Load a checkpoint, verified against its bundle's record; a bad `last.pt` falls back to the newest good `step_N.pt`."
     path = Path(str(path)).expanduser()
     if path.is_dir(): path = path / "artifacts" / "checkpoints" / "last.pt"
-    ck = path.parent
-    steps = sorted(ck.glob("step_*.pt"), key=lambda p: int(p.stem[5:]) if p.stem[5:].isdigit() else -1, reverse=True)
-    if not path.is_file() and not (path.name == "last.pt" and steps):
-        raise CheckpointError(f"checkpoint {str(path)!r} not found: give a .pt file or a run bundle folder")
+    steps = _step_files(path.parent) if path.name == "last.pt" else []
+    if not path.is_file() and not steps:
+        raise CheckpointNotFound(f"no checkpoint at {path} (not found): pass a .pt file or a run bundle folder (its last.pt)")
     try:
         if not path.is_file(): raise CheckpointError(f"{path} is missing")
         return path, _load_verified(path, mmap)
     except CheckpointError as e:
-        if path.name != "last.pt" or not steps: raise CheckpointError(f"{e}; no step_N.pt beside it to fall back to: "
-                                                                     "resume from another checkpoint or start afresh") from None
+        if not steps: raise CheckpointError(f"{e}; no step_N.pt beside it to fall back to: resume from another "
+                                            "checkpoint or start afresh") from None
         why = [str(e)]
         for s in steps:
             try: sd = _load_verified(s, mmap)
             except CheckpointError as e2: why.append(str(e2)); continue
             print(f"drifting: {why[0]}; using the newest good checkpoint {s.name} instead", file=sys.stderr)
             return s, sd
-        raise CheckpointError("no good checkpoint in " + str(ck) + ":\n  " + "\n  ".join(why)) from None
+        raise CheckpointError("no good checkpoint in " + str(path.parent) + ":\n  " + "\n  ".join(why)) from None
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    "Load a checkpoint on CPU with `weights_only=True` (no code from the file is run), verified (see `resolve_checkpoint`)."
-    return resolve_checkpoint(path)[1]
+def checkpoint_file(path: str | os.PathLike,  # a checkpoint file, or a run bundle folder
+                    ) -> Path:  # the file: a bundle's `last.pt`, or its newest good step file when last.pt is bad
+    "The checkpoint file that `path` names, verified against its bundle's record, or a clear error when there is none."
+    return open_checkpoint(path, mmap=True)[0]
+
+def load_checkpoint(path: str | os.PathLike,  # a checkpoint file, or a run bundle folder (its last.pt)
+                    ) -> dict:
+    "Load a checkpoint on CPU with `weights_only=True` (no code from the file is run), verified (see `open_checkpoint`)."
+    return open_checkpoint(path)[1]
 
 def _readable(path: Path) -> Path:
     "Give a bundle file the usual rw-r--r-- mode (the atomic writers create private 0600 temp files)."
@@ -342,6 +354,36 @@ class Run:
         if ev is not None: self.fail(ev)
         else: self.finish()
         return False
+
+# %% ../nbs/10_provenance.ipynb #786cbacd
+_PM_VALUE_OPTS = {"-f", "--parameters_file", "-y", "--parameters_yaml", "-b", "--parameters_base64", "--engine",
+                  "--autosave-cell-every", "-k", "--kernel", "-l", "--language", "--cwd", "--stdout-file",
+                  "--stderr-file", "--log-level", "--start-timeout", "--start_timeout", "--execution-timeout",
+                  "--execution_timeout"}
+
+def parse_papermill_argv(argv: list[str], cwd: str) -> dict | None:
+    "Input/output notebook (absolute) and arguments from a papermill command line, or None if it is not one."
+    i = next((k for k, a in enumerate(argv) if Path(a).name == "papermill" or (a == "papermill" and k and argv[k - 1] == "-m")), None)
+    if i is None: return None
+    args, pos, k = argv[i + 1:], [], 0
+    while k < len(args):
+        a = args[k]
+        if a in ("-p", "--parameters", "-r", "--parameters_raw"): k += 3; continue
+        if a in _PM_VALUE_OPTS: k += 2; continue
+        if not a.startswith("-"): pos.append(a)
+        k += 1
+    if not pos: return None
+    res = lambda p: str(Path(cwd, p).resolve()) if "://" not in p else p
+    return dict(argv=list(argv), args=list(args), cwd=cwd, input=res(pos[0]), output=res(pos[1]) if len(pos) > 1 else None)
+
+def papermill_invocation() -> dict | None:
+    "The papermill command that started this kernel (via `JPY_PARENT_PID`), or None."
+    try:
+        p = psutil.Process(int(os.environ["JPY_PARENT_PID"]))
+        info = parse_papermill_argv(p.cmdline(), p.cwd())
+    except (KeyError, ValueError, psutil.Error): return None
+    if info: info.update(pid=p.pid, create_time=p.create_time())
+    return info
 
 # %% ../nbs/10_provenance.ipynb #73ce7ebb
 def _injected_values(nb: dict) -> list[str]:
@@ -538,7 +580,7 @@ def start_run(project: str,  # folder name under runs/, e.g. 'toy'
     close_stale_runs(runs / project)  # runs of this project whose process died are closed as `crashed` now
     resume_state = resume = None
     if resume_from is not None:
-        rp, resume_state = resolve_checkpoint(resume_from)  # verified; a bad last.pt falls back to the newest good step
+        rp, resume_state = open_checkpoint(resume_from)  # verified; a bad last.pt falls back to the newest good step
         resume = dict(path=str(rp.resolve()), sha256=sha256_file(rp), step=resume_state.get("step") if isinstance(resume_state, dict) else None)
     git = git_state(root); code = codebase_fingerprint(root / package, git)
     snap = env_snapshot(); rec = smoke_test(root=root, manifest=manifest) if smoke else None

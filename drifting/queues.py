@@ -6,14 +6,13 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
 # %% auto #0
-__all__ = ['CFG_PRESETS', 'RingQueues', 'SampleQueues', 'sample_alpha', 'alpha_cdf', 'alpha_mean', 'uncond_weight', 'CFGConfig']
+__all__ = ['RingQueues', 'SampleQueues', 'sample_alpha', 'alpha_cdf', 'alpha_mean', 'uncond_weight']
 
 # %% ../nbs/06_queues.ipynb #cdecab3a
 class RingQueues(nn.Module):
@@ -177,33 +176,3 @@ def uncond_weight(alpha: Tensor | float,  # CFG scale(s) α ≥ 1
     "Weight of each unconditional negative that realises CFG scale α: w = (α−1)(N_neg−1)/N_unc."
     if n_unc < 1 or n_neg < 2: raise ValueError(f"need n_unc >= 1 and n_neg >= 2, got {n_unc}, {n_neg}")
     return (alpha - 1) * (n_neg - 1) / n_unc
-
-# %% ../nbs/06_queues.ipynb #921d9f62
-@dataclass(frozen=True)
-class CFGConfig:
-    "Training-time CFG and queue settings of one Tab. 8 column."
-    k: float  # α sampling exponent, p(α) ∝ α^-k (Tab. 8 "CFG α train"; release `neg_cfg_pw`)
-    no_cfg_frac: float = 0.0  # share of groups with α = 1 (Tab. 8; 0.5 for L/2)
-    alpha_max: float = 4.0  # α ∈ [1, 4] (Tab. 8)
-    n_neg: int = 64  # N_neg generated samples per class (Tab. 8)
-    n_unc: int = 32  # N_unc unconditional samples per class (Tab. 8)
-    n_pos: int = 64  # N_pos positives per class (release `pos_per_sample`, spec §5.2)
-    queue_per_class: int = 128  # App. A.8
-    queue_uncond: int = 1000  # App. A.8
-    push_per_step: int = 64  # real samples pushed per step and host (release, spec §5.3)
-
-    def sample_alpha(self, n: int, generator: torch.Generator | None = None, device=None) -> Tensor:
-        "n values of α for this column."
-        return sample_alpha(n, self.k, self.no_cfg_frac, self.alpha_max, generator, device)
-
-    def uncond_weight(self, alpha: Tensor | float) -> Tensor | float:
-        "w for this column's N_neg and N_unc."
-        return uncond_weight(alpha, self.n_neg, self.n_unc)
-
-CFG_PRESETS: dict[str, CFGConfig] = {
-    "ablation": CFGConfig(k=3, n_unc=16),
-    "B/2": CFGConfig(k=5, push_per_step=128),  # paper Tab. 8 N_pos 128; the release config uses 64 (spec §13 item 3)
-    "L/2": CFGConfig(k=3, no_cfg_frac=0.5),
-    "B/16": CFGConfig(k=5, n_pos=128, push_per_step=128),
-    "L/16": CFGConfig(k=5, n_pos=128, push_per_step=128),
-}

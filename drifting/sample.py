@@ -13,8 +13,8 @@ import torch
 from torch import Tensor
 
 from .generator import Generator, GeneratorConfig
-from .provenance import load_checkpoint
-from .train import TRAIN_FORMAT, checkpoint_file
+from .provenance import checkpoint_file, load_checkpoint
+from .train import train_checkpoint
 
 # %% auto #0
 __all__ = ['load_generator', 'training_run_config', 'generate', 'class_labels', 'to_uint8', 'alpha_grid_figure',
@@ -26,9 +26,7 @@ def load_generator(ckpt: str | os.PathLike | dict,  # a checkpoint path, a bundl
                    device: torch.device | str = "cpu",
                    ) -> Generator:
     "Rebuild the generator of a training checkpoint in eval mode."
-    if not isinstance(ckpt, dict): ckpt = load_checkpoint(checkpoint_file(ckpt))
-    if ckpt.get("format") != TRAIN_FORMAT or "generator_config" not in ckpt:
-        raise ValueError("not a drifting.train checkpoint (it needs 'format', 'generator_config', 'model', 'ema')")
+    ckpt = train_checkpoint(ckpt if isinstance(ckpt, dict) else load_checkpoint(ckpt), "the state dict" if isinstance(ckpt, dict) else str(ckpt))
     model = Generator(GeneratorConfig(**ckpt["generator_config"]))
     model.load_state_dict(ckpt["ema" if ema else "model"])
     return model.to(device).eval()
@@ -40,9 +38,7 @@ def training_run_config(checkpoint: str | os.PathLike | None,  # a run bundle fo
     import json
     if checkpoint is None: raise ValueError("checkpoint is not set: pass a run bundle folder or a .pt file (-p checkpoint <path>)")
     p = checkpoint_file(checkpoint)
-    sd = torch.load(p, map_location="cpu", weights_only=True, mmap=True)
-    if not isinstance(sd, dict) or sd.get("format") != TRAIN_FORMAT or "generator_config" not in sd:
-        raise ValueError(f"{p} is not a drifting.train checkpoint")
+    train_checkpoint(torch.load(p, map_location="cpu", weights_only=True, mmap=True), str(p))
     repro = p.parent.parent.parent / "provenance" / "repro.json"
     rec = json.loads(repro.read_text()) if repro.is_file() else {}
     return p, rec.get("config") or {}, rec.get("dataset") or {}

@@ -13,7 +13,8 @@ from diffusers import AutoencoderKL
 from diffusers.utils import is_accelerate_available
 from tqdm.auto import tqdm
 
-from .data import ImageDataset, hflip, load_dataset, sha256_arrays, sha256_json
+from .core import sha256_arrays, sha256_json
+from .data import ImageDataset, hflip, load_dataset
 from .latent_cache import LatentCacheWriter
 
 # %% auto #0
@@ -125,18 +126,18 @@ PINNED_REVISIONS = {SD_VAE_ID: "31f26fdeee1355a5c34592e401dd41e45d25a493"}  # hu
 VAE_ALIASES = {"sd-vae-ft-mse": SD_VAE_ID, "sd-vae": SD_VAE_ID}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
-def load_vae(spec: str | os.PathLike = "builtin",  # 'builtin', a hub id/alias, or a save_pretrained directory
+def load_vae(spec: str | os.PathLike,  # a hub id/alias, or a save_pretrained directory
              revision: str | None = None,  # hub commit; pinned by default for the SD-VAE, required for other ids
              device: torch.device | str | None = None,  # where to run (default: CPU, as loaded)
              batch_size: int = 64,  # items per forward pass
              subfolder: str | None = None,  # e.g. 'vae' inside a pipeline repository or directory
-             **kwargs,  # passed on: from_pretrained (cache_dir, local_files_only, torch_dtype) or `builtin_vae`
+             **kwargs,  # passed on to from_pretrained (cache_dir, local_files_only, torch_dtype)
              ) -> Tokenizer:
-    "Load an `AutoencoderKL` as a `Tokenizer` from the hub (pinned revision), a local directory or the built-in one."
+    "Load an `AutoencoderKL` as a `Tokenizer` from the hub (pinned revision) or a local directory."
     s = str(spec)
     if s == "builtin":
-        from drifting.builtin_vae import builtin_vae  # lazy: the built-in module builds on this one
-        return builtin_vae(device=device, batch_size=batch_size, **kwargs)
+        raise ValueError("the built-in VAE is `drifting.builtin_vae.builtin_vae()`; `drifting.runs.get_vae(spec)` "
+                         "takes 'builtin' as well as hub ids and directories")
     s = VAE_ALIASES.get(s, s)
     kwargs.setdefault("low_cpu_mem_usage", is_accelerate_available())  # without accelerate: no warning, same result
     p = Path(s).expanduser()

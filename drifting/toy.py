@@ -5,7 +5,7 @@
 # %% ../nbs/02_toy.ipynb #7c29b589
 from __future__ import annotations
 
-import io, math, time
+import math, time
 from typing import Callable
 
 import matplotlib.pyplot as plt
@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .core import seed_everything, default_device, atomic_write_bytes
-from .drift import drift_field
+from .core import seed_everything, default_device
+from .drift_exact import drift_field
 
 # %% auto #0
 __all__ = ['CHECKER_NOISE', 'SWISS_NOISE', 'RING8_RADIUS', 'RING8_STD', 'BIMODAL_CENTERS', 'BIMODAL_STD', 'TARGETS',
@@ -24,7 +24,7 @@ __all__ = ['CHECKER_NOISE', 'SWISS_NOISE', 'RING8_RADIUS', 'RING8_STD', 'BIMODAL
            'sample_checkerboard', 'sample_swiss_roll', 'ring8_centers', 'sample_ring8', 'sample_bimodal', 'get_sampler',
            'sample_target', 'ToyMLP', 'energy_distance', 'check_toy_params', 'train_toy', 'target_modes',
            'init_particles', 'mode_fractions', 'particle_dynamics', 'plot_samples', 'plot_particles', 'plot_loss',
-           'save_figure', 'evaluate_toy', 'antisymmetry_ablation', 'plot_ablation']
+           'evaluate_toy', 'antisymmetry_ablation', 'plot_ablation']
 
 # %% ../nbs/02_toy.ipynb #76b0b4a6
 CHECKER_NOISE = 0.05  # official toy notebook, sample_checkerboard(noise=0.05)
@@ -296,12 +296,6 @@ def plot_loss(curves: dict[str, list[float]],  # name → E|V|² per step
     if title: ax.set_title(title, fontsize=9)
     return ax
 
-def save_figure(fig, path, dpi: int = 90):
-    "Write `fig` as a PNG to `path` atomically and close it."
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
-    plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
 
 # %% ../nbs/02_toy.ipynb #6ce45ae0
 def evaluate_toy(model: ToyMLP, target: str | Callable,

@@ -9,40 +9,35 @@ import dataclasses
 import json
 import math
 import os
-import random
 import sys
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
-import torch.nn as nn
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .core import atomic_folder, atomic_torch_save, autocast, cache_root, default_device
-from .data import ImageDataset, batches, hflip, sha256_arrays, sha256_json
+from .core import atomic_torch_save, default_device, ema_copy, from_preset, ema_update, lr_at, rng_states, set_rng_states
+from .data import ImageDataset, hflip
 from .drift import TAUS
-from .features import AGGREGATES, PATCH_SIZES, feature_drift_loss, feature_inventory, group_by_class
+from .features import AGGREGATES, PATCH_SIZES, FeatureSpace, feature_drift_loss, group_by_class
 from .generator import GENERATOR_PRESETS, Generator, generator_config
-from .mae import MAE, load_encoder, mae_config, save_encoder
-from .mae_train import MAETrainConfig, ema_copy, ema_update, lr_at, train_mae
-from .metrics import module_sha256
-from .provenance import check_finite, resolve_checkpoint
-from .queues import CFG_PRESETS, SampleQueues, sample_alpha, uncond_weight
+from .provenance import check_finite, checkpoint_file, open_checkpoint
+from .mae import MAE_PRESETS
+from .queues import SampleQueues, sample_alpha, uncond_weight
 
 # %% auto #0
-__all__ = ['TRAIN_PRESETS', 'TRAIN_FORMAT', 'TrainConfig', 'train_config', 'DataStream', 'FeatureSpace', 'latent_mae_encoder',
-           'rng_states', 'set_rng_states', 'checkpoint_file', 'finite_clip_', 'check_keep_checkpoints', 'check_flag',
-           'check_resume_params', 'ConfigMismatch', 'config_diff', 'describe_diff', 'Trainer', 'parse_alphas',
-           'check_dataset_arg', 'check_run_params']
+__all__ = ['TRAIN_PRESETS', 'TRAIN_FORMAT', 'RESUME_MAY_CHANGE', 'TrainConfig', 'train_config', 'DataStream', 'train_checkpoint',
+           'finite_clip_', 'check_keep_checkpoints', 'check_flag', 'check_resume_params', 'ConfigMismatch',
+           'config_diff', 'describe_diff', 'Trainer', 'parse_alphas', 'check_dataset_arg', 'check_run_params']
 
 # %% ../nbs/11_train.ipynb #a94e2aee
 @dataclass
 class TrainConfig:
     "Every setting of a drifting training run (defaults: the Tab. 8 ablation column)."
+    steps: int = 30_000  # optimiser steps of the whole run, counted from step 0 (Tab. 8 "training steps"); a resume continues to it
     generator: str = "ablation"  # a GENERATOR_PRESETS name; num_classes, in_channels, input_size come from the data
     generator_overrides: dict = field(default_factory=dict)  # other GeneratorConfig fields to change
     n_c: int = 64  # N_c class labels per step (release `train_batch_size`)
@@ -65,6 +60,10 @@ class TrainConfig:
     clip: float = 2.0  # global gradient-norm clip (Tab. 8)
     ema_decay: float = 0.999  # Tab. 8 / release configs
     taus: tuple = TAUS  # temperatures (App. A.6)
+    # the feature space (Tab. 8 "feature encoder", App. A.5); the encoder's weights are hashed into every checkpoint
+    feature_encoder: str | None = "builtin"  # "builtin": a ResNet MAE pre-trained on the run's data (App. A.3); a save_encoder folder; None: raw drift loss only
+    mae_preset: str = "latent-256"  # the built-in encoder's architecture (MAE_PRESETS; Tab. 8 "MAE base width" 256 / 640)
+    mae_steps: int = 30_000  # its pre-training steps (spec §6.2: 30k for width 256, 200k for width 640)
     every_k_block: int = 2  # feature maps: every k-th block output of each stage (App. A.5)
     patch_sizes: tuple = PATCH_SIZES  # patch mean/std keys (App. A.5 (c), (d))
     norm_x: bool = True  # the input-RMS key (release `norm_x`)
@@ -98,7 +97,7 @@ class TrainConfig:
             need(isinstance(v, int) and not isinstance(v, bool) and v >= lo, f"TrainConfig.{k} must be an int ≥ {lo}, got {v!r}")
         need(self.generator in GENERATOR_PRESETS,
              f"unknown generator preset {self.generator!r}; choose one of {sorted(GENERATOR_PRESETS)}")
-        for k, lo in (("n_c", 1), ("n_pos", 1), ("n_neg", 2), ("n_unc", 0), ("push_per_step", 1),
+        for k, lo in (("steps", 1), ("mae_steps", 1), ("n_c", 1), ("n_pos", 1), ("n_neg", 2), ("n_unc", 0), ("push_per_step", 1),
                       ("queue_per_class", 1), ("queue_uncond", 1), ("warmup", 0), ("every_k_block", 1),
                       ("grad_accum", 1), ("seed", 0)):
             integer(k, lo)
@@ -124,40 +123,46 @@ class TrainConfig:
         need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1), got {self.betas!r}")
         need(len(self.taus) > 0 and all(t > 0 for t in self.taus), f"taus must be positive temperatures, got {self.taus!r}")
         need(self.aggregate in AGGREGATES, f"aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
+        need(self.mae_preset in MAE_PRESETS, f"unknown MAE preset {self.mae_preset!r}; choose one of {sorted(MAE_PRESETS)}")
+        need(self.feature_encoder is None or isinstance(self.feature_encoder, str),
+             f"feature_encoder must be 'builtin', an encoder folder or None, got {self.feature_encoder!r}")
         return self
 
 # %% ../nbs/11_train.ipynb #9fe437c5
-def _from_cfg(name: str, **kw) -> TrainConfig:  # a Tab. 8 column: queues/CFG from CFG_PRESETS, the rest given
-    c = CFG_PRESETS[name]
-    # one process holds all N_c labels, so it pushes at least N_c samples a step (the release: N_c/hosts per host, D-train-2)
-    return TrainConfig(n_pos=c.n_pos, n_neg=c.n_neg, n_unc=c.n_unc, push_per_step=max(c.push_per_step, kw["n_c"]),
-                       queue_per_class=c.queue_per_class, queue_uncond=c.queue_uncond, cfg_k=c.k,
-                       no_cfg_frac=c.no_cfg_frac, alpha_max=c.alpha_max, **kw)
-
+# One TrainConfig per Tab. 8 column (spec §6.1). B/2 keeps the release's N_pos 64 (the paper's table says 128, spec §13
+# item 3). One process holds all N_c labels, so it pushes at least N_c samples a step (the release pushes 64 or 128
+# per host for the N_c/hosts labels of that host, D-train-2).
 TRAIN_PRESETS: dict[str, TrainConfig] = {
-    "ablation": _from_cfg("ablation", generator="ablation", n_c=64, lr=2e-4, warmup=5000, weight_decay=0.01, flip=True),
-    "B/2": _from_cfg("B/2", generator="B/2", n_c=128, lr=4e-4, warmup=10000, weight_decay=0.0, flip=True),
-    "L/2": _from_cfg("L/2", generator="L/2", n_c=128, lr=4e-4, warmup=10000, weight_decay=0.01, flip=True),
-    "B/16": _from_cfg("B/16", generator="B/16", n_c=128, lr=2e-4, warmup=10000, weight_decay=0.01, flip=True),
-    "L/16": _from_cfg("L/16", generator="L/16", n_c=128, lr=4e-4, warmup=10000, weight_decay=0.01, flip=True),
+    "ablation": TrainConfig(steps=30_000, generator="ablation", n_c=64, n_pos=64, n_neg=64, n_unc=16, push_per_step=64,
+                            cfg_k=3, lr=2e-4, warmup=5000, weight_decay=0.01, flip=True,
+                            mae_preset="latent-256", mae_steps=30_000),
+    "B/2": TrainConfig(steps=200_000, generator="B/2", n_c=128, n_pos=64, n_neg=64, n_unc=32, push_per_step=128,
+                       cfg_k=5, lr=4e-4, warmup=10_000, weight_decay=0.0, flip=True,
+                       mae_preset="latent-640", mae_steps=200_000),
+    "L/2": TrainConfig(steps=200_000, generator="L/2", n_c=128, n_pos=64, n_neg=64, n_unc=32, push_per_step=128,
+                       cfg_k=3, no_cfg_frac=0.5, lr=4e-4, warmup=10_000, weight_decay=0.01, flip=True,
+                       mae_preset="latent-640", mae_steps=200_000),
+    # the pixel columns: the paper adds a ConvNeXt-V2 encoder to the pixel MAE, which this config does not name
+    "B/16": TrainConfig(steps=100_000, generator="B/16", n_c=128, n_pos=128, n_neg=64, n_unc=32, push_per_step=128,
+                        cfg_k=5, lr=2e-4, warmup=10_000, weight_decay=0.01, flip=True,
+                        mae_preset="pixel-640", mae_steps=200_000),
+    "L/16": TrainConfig(steps=100_000, generator="L/16", n_c=128, n_pos=128, n_neg=64, n_unc=32, push_per_step=128,
+                        cfg_k=5, lr=4e-4, warmup=10_000, weight_decay=0.01, flip=True,
+                        mae_preset="pixel-640", mae_steps=200_000),
     # ours: the built-in MNIST-5k latents (4×8×8) on a 2-core CPU; see D-train-3 in decisions.md
-    "cpu": TrainConfig(generator="cpu-latent", generator_overrides=dict(n_register=4), n_c=10, n_pos=32, n_neg=32,
-                       n_unc=16, push_per_step=64, lr=3e-3, warmup=50, ema_decay=0.99),
+    "cpu": TrainConfig(steps=700, generator="cpu-latent", generator_overrides=dict(n_register=4), n_c=10, n_pos=32,
+                       n_neg=32, n_unc=16, push_per_step=64, lr=3e-3, warmup=50, ema_decay=0.99,
+                       mae_preset="small", mae_steps=300),
     # ours: plumbing tests, seconds on a CPU
-    "tiny": TrainConfig(generator="tiny", n_c=2, n_pos=4, n_neg=4, n_unc=2, push_per_step=8, queue_per_class=8,
-                        queue_uncond=16, lr=1e-3, warmup=2, ema_decay=0.9),
+    "tiny": TrainConfig(steps=6, generator="tiny", n_c=2, n_pos=4, n_neg=4, n_unc=2, push_per_step=8, queue_per_class=8,
+                        queue_uncond=16, lr=1e-3, warmup=2, ema_decay=0.9, mae_preset="tiny", mae_steps=2),
 }
 
 def train_config(preset: str | TrainConfig = "ablation",  # a TRAIN_PRESETS name or a config
                  **overrides,  # TrainConfig fields to change
                  ) -> TrainConfig:
     "A checked preset with some fields replaced."
-    if isinstance(preset, TrainConfig): cfg = preset
-    elif preset in TRAIN_PRESETS: cfg = TRAIN_PRESETS[preset]
-    else: raise ValueError(f"unknown training preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}")
-    bad = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
-    if bad: raise ValueError(f"unknown TrainConfig field(s) {bad}; valid: {[f.name for f in dataclasses.fields(TrainConfig)]}")
-    return dataclasses.replace(cfg, **overrides).check()
+    return from_preset(TRAIN_PRESETS, preset, "training", **overrides).check()
 
 # %% ../nbs/11_train.ipynb #6a61b200
 class DataStream:
@@ -200,103 +205,18 @@ class DataStream:
     def state_dict(self) -> dict: return dict(cursor=self.cursor, fingerprint=self.ds.fingerprint, n=len(self.ds))
     def load_state_dict(self, sd: dict): self.cursor = int(sd["cursor"])
 
-# %% ../nbs/11_train.ipynb #59af532f
-class FeatureSpace(nn.Module):
-    "The frozen encoder and the feature keys of spec §2.4: x [B, C, H, W] → {key: [B, L, D] float32}."
-    def __init__(self, encoder: nn.Module | None,  # frozen feature encoder with `get_activations(x, every_k_block)`, or None
-                 every_k_block: int = 2, patch_sizes=PATCH_SIZES, norm_x: bool = True, raw_key: bool = True,
-                 bf16: bool = True):
-        super().__init__()
-        if encoder is None and not raw_key and not norm_x:
-            raise ValueError("with no encoder, keep raw_key=True (the vanilla drift loss) or norm_x=True")
-        self.encoder = encoder.requires_grad_(False).eval() if encoder is not None else None
-        self.every_k_block, self.patch_sizes, self.norm_x, self.raw_key, self.bf16 = every_k_block, tuple(patch_sizes), norm_x, raw_key, bf16
-
-    def train(self, mode: bool = True): return super().train(False)  # the encoder stays in eval mode
-
-    def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
-        acts = OrderedDict()
-        if self.encoder is not None:
-            with autocast(x.device, self.bf16):
-                acts = self.encoder.get_activations(x, self.every_k_block)
-            acts = OrderedDict((k, v.float()) for k, v in acts.items())
-        return feature_inventory(acts, x if self.norm_x else None, x if self.raw_key else None, self.patch_sizes)
-
-    def fingerprint(self) -> str:
-        "A hash of the encoder's weights and the key options (a resume refuses another feature space)."
-        if getattr(self, "_fp", None) is None:  # the encoder is frozen: hash its weights once, not at every checkpoint
-            enc = module_sha256(self.encoder) if self.encoder is not None else "none"
-            self._fp = f"{enc}:{self.every_k_block}:{list(self.patch_sizes)}:{int(self.norm_x)}:{int(self.raw_key)}"
-        return self._fp
-
-# %% ../nbs/11_train.ipynb #6ed90d98
-def latent_mae_encoder(x: Tensor,  # [N, C, H, W] training latents (or pixels)
-                       y: Tensor,  # [N] int64 labels (the MAE head is unused without a fine-tune)
-                       preset: str = "small",  # a MAE_PRESETS name
-                       steps: int = 300,  # optimiser steps (paper: 30k at batch 8192)
-                       batch_size: int = 64,
-                       recipe: MAETrainConfig | None = None,  # default: release recipe, warm-up 50, EMA 0.99, no fine-tune
-                       seed: int = 0,
-                       cache_dir: str | os.PathLike | None = None,  # default: cache_root("mae")
-                       device: torch.device | str | None = None,
-                       progress: bool = True,
-                       ) -> tuple[nn.Module, dict]:  # (frozen encoder in eval mode on `device`, its record)
-    "The EMA encoder of a latent-MAE pre-trained on `x`: from the cache, or trained now and cached."
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1: raise ValueError(f"MAE steps must be an int ≥ 1, got {steps!r}")
-    recipe = recipe or MAETrainConfig(warmup=50, ema_decay=0.99, finetune_last_steps=0)
-    num_classes = max(int(y.max()) + 1, 1)
-    mcfg = mae_config(preset, in_channels=x.shape[1], num_classes=num_classes)
-    rec_cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(recipe).items()}
-    key = sha256_json(dict(data=sha256_arrays(x, y), model=dataclasses.asdict(mcfg), recipe=rec_cfg, steps=steps,
-                           batch_size=batch_size, seed=seed))[:16]
-    root = cache_root("mae", cache_dir); final = root / key
-    if not (final / "record.json").exists():
-        dev = torch.device(device) if device is not None else default_device()
-        g = torch.Generator().manual_seed(seed)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed); model = MAE(mcfg)
-        ds = ImageDataset(x.float(), y, [str(i) for i in range(num_classes)], "latents", "mae-input", kind="latents")
-        t0 = time.perf_counter()
-        ema, hist = train_mae(model, batches(ds, min(batch_size, len(ds)), g), steps, recipe, seed=seed, device=dev, progress=progress)
-        rec = dict(key=key, preset=preset, model=dataclasses.asdict(mcfg), recipe=rec_cfg, steps=steps, batch_size=batch_size,
-                   seed=seed, n=len(x), seconds=round(time.perf_counter() - t0, 2), weights="ema",
-                   recon_loss_first=hist["recon_loss"][0], recon_loss_last10=float(np.mean(hist["recon_loss"][-10:])))
-        with atomic_folder(final, "record.json") as tmp:
-            save_encoder(ema, tmp, info=rec)
-            (tmp / "record.json").write_text(json.dumps(rec, indent=1))  # written last: marks a complete folder
-    rec = json.loads((final / "record.json").read_text())
-    enc = load_encoder(final, expect=mcfg, device=device if device is not None else default_device())
-    return enc, dict(rec, path=str(final))
-
 # %% ../nbs/11_train.ipynb #793c2f10
 TRAIN_FORMAT = 1  # bump when the checkpoint layout changes
 
-def rng_states() -> dict:
-    "The global RNG states (torch CPU and CUDA, NumPy, Python) as checkpoint-safe values."
-    np_state = np.random.get_state()
-    py = random.getstate()
-    return dict(torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                numpy=dict(name=np_state[0], keys=torch.from_numpy(np_state[1].astype(np.int64)), pos=int(np_state[2]),
-                           has_gauss=int(np_state[3]), cached_gaussian=float(np_state[4])),
-                python=[py[0], list(py[1]), py[2]])
-
-def set_rng_states(s: dict):
-    "Restore what `rng_states` returned."
-    torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
-    n = s["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
-    random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
-
-def checkpoint_file(path: str | os.PathLike,  # a checkpoint file, or a run bundle folder
-                    ) -> Path:  # the file (a bundle's `artifacts/checkpoints/last.pt`, or its newest good step file)
-    "The checkpoint file that `path` names, verified against its bundle's record, or a clear error when there is none."
-    p = Path(str(path)).expanduser()
-    if p.is_dir(): p = p / "artifacts" / "checkpoints" / "last.pt"
-    if not p.is_file() and not (p.name == "last.pt" and any(p.parent.glob("step_*.pt"))):
-        raise FileNotFoundError(f"no checkpoint at {p}: pass a .pt file or a run bundle folder (its last.pt)")
-    return resolve_checkpoint(p, mmap=True)[0]
+def train_checkpoint(sd,  # what `torch.load` returned
+                     where: str = "the checkpoint",  # names the file in the error
+                     ) -> dict:
+    "`sd` if it is a training checkpoint of this format (weights, EMA, config, generator config), else a clear error."
+    if not isinstance(sd, dict) or sd.get("format") != TRAIN_FORMAT or "generator_config" not in sd:
+        got = sd.get("format") if isinstance(sd, dict) else type(sd).__name__
+        raise ValueError(f"{where} is not a drifting.train checkpoint of format {TRAIN_FORMAT} (got format {got!r}): "
+                         "give a file written by `Trainer` (run_latent), or its run bundle folder")
+    return sd
 
 def finite_clip_(params,  # the parameters whose gradients are clipped in place
                  max_norm: float,  # the global-norm bound
@@ -341,9 +261,13 @@ def check_resume_params(resume,  # a checkpoint or bundle given as `resume`, or 
 class ConfigMismatch(ValueError):
     "A checkpoint was written with another configuration, feature space or data."
 
-def config_diff(old: dict, new: dict) -> dict:
+RESUME_MAY_CHANGE = ("steps",)  # a resume may lengthen the run; every other field must match
+
+def config_diff(old: dict, new: dict,
+                ignore: tuple = RESUME_MAY_CHANGE,  # fields not compared
+                ) -> dict:
     "{field: (old, new)} for every field whose value differs (missing fields count as None)."
-    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in ignore}
 
 def describe_diff(diff: dict) -> str:
     "One line per changed field: `name: old (checkpoint) -> new (now)`."
@@ -432,7 +356,7 @@ class Trainer:
                                               1.0 / cfg.grad_accum)
             tot += loss.item() / cfg.grad_accum
             for k, inf in infos.items():
-                v = [inf[f"loss_{t}"].item() / cfg.grad_accum for t in cfg.taus]
+                v = [f / cfg.grad_accum for f in inf.force_sq.tolist()]  # one per tau, in order
                 v2[k] = [a + b for a, b in zip(v2[k], v)] if k in v2 else v
         gn = finite_clip_(self.gen.parameters(), cfg.clip, self.step_count)  # NaN/inf: no optimiser step
         self.opt.step()
@@ -456,9 +380,7 @@ class Trainer:
                         allow_changes: bool = False,  # accept a different config / feature space / data, and say so
                         ) -> dict:  # what differed: {field: (checkpoint, now)}
         "Continue from a checkpoint; refuse one written with another config, feature space or data unless allowed."
-        if not isinstance(sd, dict) or sd.get("format") != TRAIN_FORMAT:
-            raise ValueError(f"not a drifting.train checkpoint of format {TRAIN_FORMAT} (got format "
-                             f"{sd.get('format') if isinstance(sd, dict) else type(sd).__name__!r})")
+        train_checkpoint(sd)
         diff = config_diff(sd["config"], self.cfg.to_dict())
         if sd["features"] != self.features.fingerprint(): diff["feature_space"] = (sd["features"], self.features.fingerprint())
         if sd["data"]["fingerprint"] != self.data.ds.fingerprint:
@@ -479,7 +401,7 @@ class Trainer:
         return atomic_torch_save(sd, path)
 
     # -- the loop ----------------------------------------------------------------------------------------------
-    def fit(self, steps: int,  # train until this many steps in total (a resumed trainer continues to it)
+    def fit(self, steps: int | None = None,  # train until this many steps in total (None: `cfg.steps`); a resumed trainer continues to it
             run=None,  # a `drifting.provenance.Run`: per-step log, checkpoints and events go into its bundle
             ckpt_every: int | None = None,  # checkpoint every so many steps (and always at the end); None: end only
             keep_checkpoints: int | None = None,  # keep only the newest step_<n>.pt files (None: all)
@@ -487,8 +409,8 @@ class Trainer:
             callback=None,  # called as callback(trainer, metrics) after each step
             ) -> dict:  # history: lists of loss, lr, grad_norm, alpha_mean, seconds, v2_total (per τ), and v2 per key
         "Train to `steps`, logging every step and checkpointing atomically; returns the history of this call."
-        if not isinstance(steps, int) or isinstance(steps, bool) or steps < 0:
-            raise ValueError(f"steps must be an int ≥ 0, got {steps!r}")
+        if steps is not None: self.cfg = dataclasses.replace(self.cfg, steps=steps).check()  # the checkpoint records it
+        steps = self.cfg.steps
         if steps < self.step_count:
             raise ValueError(f"steps={steps} is below the step this trainer is at ({self.step_count}); nothing to do")
         if ckpt_every is not None and (not isinstance(ckpt_every, int) or ckpt_every < 1):
@@ -553,9 +475,8 @@ def check_run_params(preset: str, steps: int, dataset, alpha_eval, resume=None, 
                      **overrides,  # TrainConfig fields (None keeps the preset's); allow_changes=True accepts a resume's changes
                      ) -> tuple[TrainConfig, list[float]]:  # (checked config, α grid)
     "Validate a training run's parameters before any work; return its config and the α grid."
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        raise ValueError(f"steps must be a positive int, got {steps!r}")
-    if preset not in TRAIN_PRESETS: raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(TRAIN_PRESETS)}")
+    cfg = train_config(preset, steps=steps, **{k: v for k, v in overrides.items()
+                                               if v is not None and k not in ("allow_changes", "keep_checkpoints")})
     check_dataset_arg(dataset)
     if resume is not None and not Path(str(resume)).expanduser().exists():
         raise FileNotFoundError(f"resume={resume!r} does not exist: give a checkpoint file or a run bundle folder")
@@ -563,14 +484,12 @@ def check_run_params(preset: str, steps: int, dataset, alpha_eval, resume=None, 
         raise ValueError(f"ckpt_every must be None or a positive int, got {ckpt_every!r}")
     if not isinstance(eval_per_class, int) or isinstance(eval_per_class, bool) or eval_per_class < 2:
         raise ValueError(f"eval_per_class must be an int ≥ 2, got {eval_per_class!r}")
-    allow_changes = check_flag("allow_config_change", overrides.pop("allow_changes", False))
-    check_keep_checkpoints(overrides.pop("keep_checkpoints", None))
-    cfg = train_config(preset, **{k: v for k, v in overrides.items() if v is not None})
+    allow_changes = check_flag("allow_config_change", overrides.get("allow_changes", False))
+    check_keep_checkpoints(overrides.get("keep_checkpoints"))
     alphas = parse_alphas(alpha_eval)
     if resume is not None:  # refuse another configuration now, before a bundle exists (weights are memory-mapped, not read)
-        rp, sd = resolve_checkpoint(checkpoint_file(resume), mmap=True)  # verified; a bad last.pt falls back, and says so
-        if not isinstance(sd, dict) or sd.get("format") != TRAIN_FORMAT:
-            raise ValueError(f"{rp} is not a drifting.train checkpoint (format {TRAIN_FORMAT})")
+        rp, sd = open_checkpoint(resume, mmap=True)  # verified; a bad last.pt falls back to the newest good step, and says so
+        sd = train_checkpoint(sd, str(rp))
         diff = config_diff(sd["config"], cfg.to_dict())
         if diff and not allow_changes:
             raise ConfigMismatch(f"{rp} (step {sd['step']}) was written with a different configuration:\n{describe_diff(diff)}\n"

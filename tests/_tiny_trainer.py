@@ -3,7 +3,8 @@ import torch
 
 from drifting.data import ImageDataset
 from drifting.mae import ResNetEncoder
-from drifting.train import DataStream, FeatureSpace, Trainer, train_config
+from drifting.features import FeatureSpace
+from drifting.train import DataStream, Trainer, train_config
 
 
 def tiny_trainer(**overrides) -> Trainer:

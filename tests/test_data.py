@@ -6,7 +6,8 @@ import pytest
 import torch
 from PIL import Image
 
-from drifting.data import (ImageDataset, batches, load_dataset, scan_image_folder, stratified_split, sha256_arrays)
+from drifting.core import sha256_arrays
+from drifting.data import ImageDataset, batches, load_dataset, scan_image_folder, stratified_split
 from drifting.latent_cache import LatentCacheWriter, load_latent_cache, save_latent_cache
 
 MAN = dict(source_fingerprint="f" * 64, encoder="test-ae", scaling_factor=0.25)

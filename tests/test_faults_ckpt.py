@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from drifting.bundle import validate_bundle
-from drifting.provenance import CheckpointError, load_checkpoint, resolve_checkpoint
+from drifting.provenance import CheckpointError, load_checkpoint, open_checkpoint
 from drifting.train import check_run_params, checkpoint_file, train_config
 from _faults import audit, events, manifest, quick_run, snapshot, tiny_repo
 from _tiny_trainer import tiny_trainer
@@ -47,7 +47,7 @@ def test_bad_last_pt_falls_back_to_newest_good_step(repo, tmp_path, capsys, dama
     if damage == "bitflip": _flip_byte(last)
     elif damage == "truncate": last.write_bytes(last.read_bytes()[:200])
     else: last.unlink()
-    path, sd = resolve_checkpoint(run.dir)
+    path, sd = open_checkpoint(run.dir)
     assert path.name == "step_3.pt" and sd["step"] == 3 and torch.equal(sd["w"], torch.full((64,), 3.0))
     err = capsys.readouterr().err
     assert "using the newest good checkpoint step_3.pt instead" in err

@@ -5,13 +5,14 @@ import torch
 
 from drifting.core import atomic_torch_save, seed_everything
 from drifting.generator import Generator, GeneratorConfig, build_generator
-from drifting.queues import CFG_PRESETS, SampleQueues
+from drifting.queues import SampleQueues, sample_alpha
+from drifting.train import TRAIN_PRESETS
 
 
 def _step(g, opt, q, cfg, gen):
     "One miniature training step: draw α, positives and noise from the state, move the generator towards positives."
     labels = torch.tensor([0, 3])
-    alpha = cfg.sample_alpha(2, gen)
+    alpha = sample_alpha(2, cfg.cfg_k, cfg.no_cfg_frac, cfg.alpha_max, generator=gen)
     pos, _ = q.sample_pos(labels, 4, gen)  # [2, 4, 4, 8, 8]
     eps = torch.randn(2, 4, 4, 8, 8, generator=gen)
     x = g(eps.flatten(0, 1), labels.repeat_interleave(4), alpha.repeat_interleave(4), generator=gen)
@@ -23,7 +24,7 @@ def _step(g, opt, q, cfg, gen):
 
 def test_checkpoint_resume_is_exact(tmp_path):
     seed_everything(0)
-    cfg = CFG_PRESETS["ablation"]
+    cfg = TRAIN_PRESETS["ablation"]
     g = build_generator("cpu-latent", depth=1, hidden_size=32, num_heads=2)
     opt = torch.optim.Adam(g.parameters(), lr=1e-3)
     q = SampleQueues(10, (4, 8, 8), per_class=8, uncond=16)

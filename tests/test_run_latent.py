@@ -104,8 +104,8 @@ def test_resume_continues_and_mismatch_is_refused(env, first):
 
 
 @pytest.mark.parametrize("params, msg", [
-    (dict(steps=-5), "steps must be a positive int"),
-    (dict(preset="XXL"), "unknown preset 'XXL'"),
+    (dict(steps=-5), "steps must be an int ≥ 1"),
+    (dict(preset="XXL"), "unknown training preset 'XXL'"),
     (dict(dataset="/no/such/folder"), "neither a built-in"),
     (dict(alpha_eval="0.5,2"), "must be ≥ 1"),
     (dict(n_pos=20, strict_queues=True), "n_pos=20 > queue_per_class=8"),

@@ -8,6 +8,7 @@ import drifting.builtin_vae as bv
 from drifting.builtin_vae import BuiltinRecipe, builtin_key, builtin_vae
 from drifting.data import batches, load_dataset
 from drifting.latent_cache import LatentCacheWriter, load_latent_cache
+from drifting.runs import get_vae
 from drifting.tokenizer import export_latent_cache, load_vae
 
 QUICK = BuiltinRecipe(steps=3, batch_size=16, scale_items=256, eval_items=64)  # plumbing only: seconds, not a model
@@ -52,9 +53,9 @@ def test_builtin_folder_roundtrips_bit_exactly(cache):
     assert plain.fingerprint() == tok.fingerprint()
 
 
-def test_env_var_and_load_vae_builtin(tmp_path, monkeypatch):
+def test_env_var_and_get_vae_builtin(tmp_path, monkeypatch):
     monkeypatch.setenv("DRIFTING_CACHE", str(tmp_path))
-    tok = load_vae("builtin", recipe=QUICK, progress=False)
+    tok = get_vae("builtin", recipe=QUICK, progress=False)
     assert (tmp_path / "vae" / builtin_key(recipe=QUICK) / "training.json").exists()
     assert tok.latent_shape((1, 32, 32)) == (4, 8, 8)
 

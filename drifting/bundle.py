@@ -154,11 +154,12 @@ def validate_bundle(path: str | os.PathLike,  # a run folder
     for s in (docs.get("artifacts/predictions/metadata.json") or {}).get("samples", []):
         f = d / "artifacts/predictions" / s["file"]
         if not f.is_file(): bad.append(f"predictions {s['file']} listed but missing"); continue
-        with np.load(f, allow_pickle=False) as z:
-            im, lb = z.get("images"), z.get("labels")
-            if im is None or im.dtype != np.uint8 or im.ndim != 4: bad.append(f"{s['file']}: images must be uint8 [N,H,W,C]")
-            if lb is None or lb.dtype != np.int64 or lb.ndim != 1 or (im is not None and len(lb) != len(im)):
-                bad.append(f"{s['file']}: labels must be int64 [N]")
+        try:
+            with np.load(f, allow_pickle=False) as z: im, lb = z.get("images"), z.get("labels")
+        except (OSError, ValueError, EOFError) as e: bad.append(f"{s['file']}: cannot be read as .npz ({type(e).__name__})"); continue
+        if im is None or im.dtype != np.uint8 or im.ndim != 4: bad.append(f"{s['file']}: images must be uint8 [N,H,W,C]")
+        if lb is None or lb.dtype != np.int64 or lb.ndim != 1 or (im is not None and len(lb) != len(im)):
+            bad.append(f"{s['file']}: labels must be int64 [N]")
     return bad
 
 # %% ../nbs/10c_bundle.ipynb #823e9aad

@@ -143,3 +143,10 @@ def test_validate_checks_prediction_and_notebook_hashes(repo, tmp_path):
     (run.dir / "notebook.ipynb").write_text((run.dir / "notebook.ipynb").read_text().replace("markdown", "raw"))
     probs = validate_bundle(run.dir)
     assert any("samples_s0.npz: sha256 does not match" in p for p in probs) and any("notebook.ipynb: sha256" in p for p in probs)
+
+
+def test_validate_survives_an_unreadable_predictions_file(repo, tmp_path):
+    run = quick_run(repo, tmp_path / "runs"); run.save_predictions(np.zeros((2, 4, 4, 1), np.uint8), [0, 1], "s0"); run.finish()
+    (run.dir / "artifacts/predictions/samples_s0.npz").write_bytes(b"x" * 10)
+    probs = validate_bundle(run.dir)
+    assert "samples_s0.npz: cannot be read as .npz" in " ".join(probs) and "sha256 does not match" in " ".join(probs)

@@ -637,7 +637,7 @@ def start_run(project: str,  # folder name under runs/, e.g. 'toy'
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             raise BundleError(f"the disk under {runs} is full: no run bundle was kept (free space and start again)") from e
         raise
-    print(f"drifting: run bundle {d}")  # also how `attach_notebook` knows an executed notebook belongs to this run
+    print(f"drifting: run bundle {d}", file=sys.stderr)  # also how `attach_notebook` knows an executed notebook belongs to this run
     if inv.get("DRIFTING_RUN_POINTER"):
         with open(inv["DRIFTING_RUN_POINTER"], "a") as f: f.write(f"{d.resolve()}\n")
     elif manifest_["notebook"] and not os.environ.get("DRIFTING_NO_WATCH"): _watch_papermill(d, pm)

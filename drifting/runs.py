@@ -116,13 +116,12 @@ class EvalPlan:
                              f"{want[:16]}… (another cache or a retrained built-in VAE); pass vae=<the run's VAE folder>")
         return tok
 
-def check_eval_run(checkpoint,  # a run bundle folder, a checkpoint file, or a released model name ('latent_L_sota')
+def check_eval_run(checkpoint,  # a run bundle folder or a checkpoint file (`pipeline.resolve_checkpoint` maps a released model name to one)
                    alphas, n_per_class: int, nn_pool: int, metric_net: str,
                    dataset=None, resolution=None, vae=None,  # None: the training run's
                    ) -> EvalPlan:
     "Validate an evaluation run's parameters before any work; fill the data, resolution and VAE from the training run."
-    from drifting.pipeline import resolve_checkpoint
-    ck, trained, trained_data = training_run_config(resolve_checkpoint(checkpoint))  # a released model: its converted bundle
+    ck, trained, trained_data = training_run_config(checkpoint)
     alpha_list = parse_alphas(alphas)
     check_int(n_per_class, "n_per_class", 2); check_int(nn_pool, "nn_pool", 3)
     if metric_net not in METRIC_NETS: raise ValueError(f"metric_net must be 'auto', 'classifier' or 'inception', got {metric_net!r}")

@@ -72,6 +72,8 @@ def check_latent_run(preset: str,  # a TRAIN_PRESETS name
                      resume=None,  # a checkpoint or a run bundle folder
                      ckpt_every=None, eval_per_class: int = 100, fid_n: int = 0, keep_checkpoints=None, log_every: int = 1,
                      allow_changes: bool = False,  # accept a resume whose configuration differs
+                     nproc: int = 1,  # training processes (torch.distributed); each takes whole label groups
+                     dist_mode: str = "exact",  # 'exact' (global-batch statistics, the release) or 'per_rank'
                      **overrides,  # TrainConfig fields; None keeps the preset's
                      ) -> tuple[TrainConfig, list[float]]:  # (checked config, α grid)
     "Validate a training run's parameters before any work; return its config and the α grid."
@@ -83,6 +85,11 @@ def check_latent_run(preset: str,  # a TRAIN_PRESETS name
         raise FileNotFoundError(f"resume={resume!r} does not exist: give a checkpoint file or a run bundle folder")
     check_int(ckpt_every, "ckpt_every", 1, none_ok=True); check_int(keep_checkpoints, "keep_checkpoints", 1, none_ok=True)
     check_int(eval_per_class, "eval_per_class", 2); check_int(fid_n, "fid_n", 0); check_int(log_every, "log_every")
+    check_int(nproc, "nproc")
+    if nproc > 1 and cfg.n_c % (cfg.grad_accum * nproc):
+        raise ValueError(f"n_c={cfg.n_c} does not split into equal whole-class shares over nproc={nproc} (grad_accum="
+                         f"{cfg.grad_accum}): make n_c a multiple of {cfg.grad_accum * nproc}, e.g. -p n_c {cfg.grad_accum * nproc}")
+    if dist_mode not in ("exact", "per_rank"): raise ValueError(f"dist_mode must be 'exact' or 'per_rank', got {dist_mode!r}")
     alphas = parse_alphas(alpha_eval)
     if resume is not None:
         rp = checkpoint_file(resume)

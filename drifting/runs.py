@@ -81,6 +81,8 @@ def check_latent_run(preset: str,  # a TRAIN_PRESETS name
                      ckpt_every=None, eval_per_class: int = 100, fid_n: int = 0, keep_checkpoints=None, log_every: int = 1,
                      allow_changes: bool = False,  # accept a resume whose configuration differs
                      vae=None,  # the VAE spec (`get_vae`), checked without loading; None: not checked
+                     nproc: int = 1,  # training processes (torch.distributed); each takes whole label groups
+                     dist_mode: str = "exact",  # 'exact' (global-batch statistics, the release) or 'per_rank'
                      **overrides,  # TrainConfig fields; None keeps the preset's
                      ) -> tuple[TrainConfig, list[float]]:  # (checked config, α grid)
     "Validate a training run's parameters before any work; return its config and the α grid."
@@ -93,6 +95,11 @@ def check_latent_run(preset: str,  # a TRAIN_PRESETS name
         raise FileNotFoundError(f"resume={resume!r} does not exist: give a checkpoint file or a run bundle folder")
     check_int(ckpt_every, "ckpt_every", 1, none_ok=True); check_keep_checkpoints(keep_checkpoints)
     check_int(eval_per_class, "eval_per_class", 2); check_int(fid_n, "fid_n", 0); check_int(log_every, "log_every")
+    check_int(nproc, "nproc")
+    if nproc > 1 and cfg.n_c % (cfg.grad_accum * nproc):
+        raise ValueError(f"n_c={cfg.n_c} does not split into equal whole-class shares over nproc={nproc} (grad_accum="
+                         f"{cfg.grad_accum}): make n_c a multiple of {cfg.grad_accum * nproc}, e.g. -p n_c {cfg.grad_accum * nproc}")
+    if dist_mode not in ("exact", "per_rank"): raise ValueError(f"dist_mode must be 'exact' or 'per_rank', got {dist_mode!r}")
     alphas = parse_alphas(alpha_eval)
     if resume is not None:  # refused now, before a bundle exists: another run's inputs, then another configuration
         check_resume_params(resume, allow_changes, dataset=str(dataset), vae=str(vae),
@@ -135,13 +142,12 @@ class EvalPlan:
                              f"{want[:16]}… (another cache or a retrained built-in VAE); pass vae=<the run's VAE folder>")
         return tok
 
-def check_eval_run(checkpoint,  # a run bundle folder, a checkpoint file, or a released model name ('latent_L_sota')
+def check_eval_run(checkpoint,  # a run bundle folder or a checkpoint file (`pipeline.resolve_checkpoint` maps a released model name to one)
                    alphas, n_per_class: int, nn_pool: int, metric_net: str,
                    dataset=None, resolution=None, vae=None,  # None: the training run's
                    ) -> EvalPlan:
     "Validate an evaluation run's parameters before any work; fill the data, resolution and VAE from the training run."
-    from drifting.pipeline import resolve_checkpoint
-    ck, trained, trained_data = training_run_config(resolve_checkpoint(checkpoint))  # a released model: its converted bundle
+    ck, trained, trained_data = training_run_config(checkpoint)
     alpha_list = parse_alphas(alphas)
     check_int(n_per_class, "n_per_class", 2); check_int(nn_pool, "nn_pool", 3)
     if metric_net not in METRIC_NETS: raise ValueError(f"metric_net must be 'auto', 'classifier' or 'inception', got {metric_net!r}")

@@ -5,11 +5,12 @@
 # %% ../nbs/10c_bundle.ipynb #aef68aad
 from __future__ import annotations
 
-import json, os, shlex
+import hashlib, json, os, re, shlex, socket
 from pathlib import Path
 
 import jsonschema
 import numpy as np
+import psutil
 from omegaconf import OmegaConf
 
 from .fingerprint import config_yaml
@@ -17,7 +18,7 @@ from .fingerprint import config_yaml
 # %% auto #0
 __all__ = ['REQUIRED_FILES', 'REQUIRED_DIRS', 'RUN_MANIFEST_SCHEMA', 'REPRO_SCHEMA', 'CODEBASE_FINGERPRINT_SCHEMA',
            'ENV_FINGERPRINT_SCHEMA', 'ENV_SNAPSHOT_SCHEMA', 'METRICS_SCHEMA', 'EVENT_SCHEMA',
-           'PREDICTIONS_METADATA_SCHEMA', 'SCHEMAS', 'validate_bundle', 'run_md']
+           'PREDICTIONS_METADATA_SCHEMA', 'SCHEMAS', 'writer_alive', 'validate_bundle', 'run_md']
 
 # %% ../nbs/10c_bundle.ipynb #9c3d0728
 REQUIRED_FILES = ("config.yaml", "config_resolved.yaml", "run_manifest.json", "metrics.json", "RUN.md",
@@ -35,7 +36,7 @@ RUN_MANIFEST_SCHEMA = {"$schema": _DRAFT, "title": "run_manifest.json", "type": 
     "required": ["schema_version", "project_name", "run_id", "status", "created", "git_hash", "git_dirty",
                  "package_versions", "torch_version", "cuda_version", "device", "command", "cwd", "notebook", "python"],
     "properties": {"schema_version": _S, "project_name": _S, "run_id": _S, "created": _S, "ended": _SN,
-        "status": {"enum": ["running", "completed", "failed", "aborted"]}, "git_hash": _SN, "git_dirty": {"type": ["boolean", "null"]},
+        "status": {"enum": ["running", "completed", "failed", "aborted", "crashed"]}, "git_hash": _SN, "git_dirty": {"type": ["boolean", "null"]},
         "package_versions": {"type": "object", "additionalProperties": _SN, "required": ["torch", "numpy"]},
         "torch_version": _S, "cuda_version": _SN, "cudnn_version": {"type": ["integer", "null"]}, "python": _S,
         "device": {"type": "object", "required": ["type", "count"], "properties": {"type": _S, "name": _SN, "count": {"type": "integer"}}},
@@ -85,9 +86,39 @@ SCHEMAS = {"run_manifest.json": RUN_MANIFEST_SCHEMA, "metrics.json": METRICS_SCH
            "provenance/repro.json": REPRO_SCHEMA, "artifacts/predictions/metadata.json": PREDICTIONS_METADATA_SCHEMA}
 
 # %% ../nbs/10c_bundle.ipynb #67153bd0
+def writer_alive(manifest: dict) -> bool | None:
+    "Is the process that writes this bundle still running? None when it cannot be told (another host, no record)."
+    w = manifest.get("writer") or {}
+    if not w.get("pid") or w.get("host") != socket.gethostname(): return None
+    try: return abs(psutil.Process(int(w["pid"])).create_time() - float(w["create_time"])) < 1e-2
+    except psutil.NoSuchProcess: return False
+    except psutil.Error: return None
+
+def _sha256(p: Path) -> str:
+    h = hashlib.sha256()
+    with open(p, "rb") as f:
+        while b := f.read(1 << 20): h.update(b)
+    return h.hexdigest()
+
+def _hash_problems(d: Path, docs: dict, events: list[dict]) -> list[str]:
+    "Every recorded sha256 (checkpoints, predictions, the attached notebook) checked against the bytes on disk."
+    want = {}
+    for ev in events:
+        if ev.get("event") == "checkpoint" and ev.get("sha256"):
+            for p in [ev.get("path"), *ev.get("copies", [])]:
+                if p: want[p] = ev["sha256"]
+    for s in (docs.get("artifacts/predictions/metadata.json") or {}).get("samples", []):
+        want[f"artifacts/predictions/{s['file']}"] = s.get("sha256")
+    nb = (docs.get("run_manifest.json") or {}).get("notebook") or {}
+    if nb.get("kind") == "copy" and nb.get("sha256"): want[nb["path"]] = nb["sha256"]
+    # a step_N.pt pruned by keep_checkpoints is gone on purpose; last.pt, best.pt and any other recorded file must be there
+    return [f"{rel}: sha256 does not match the record (corrupted or replaced)" if (d / rel).is_file() else f"{rel}: recorded but missing"
+            for rel, h in sorted(want.items()) if h and ((d / rel).is_file() or not re.search(r"/step_\d+\.pt$", rel))
+            and (not (d / rel).is_file() or _sha256(d / rel) != h)]
+
 def validate_bundle(path: str | os.PathLike,  # a run folder
                     ) -> list[str]:
-    "Every way the bundle at `path` breaks the layout or the schemas (empty when it is valid)."
+    "Every way the bundle at `path` breaks the layout, the schemas or its recorded hashes, or lies about its state (empty when valid)."
     d, bad = Path(path), []
     bad += [f"missing file {f}" for f in REQUIRED_FILES if not (d / f).is_file()]
     bad += [f"missing folder {f}/" for f in REQUIRED_DIRS if not (d / f).is_dir()]
@@ -98,13 +129,21 @@ def validate_bundle(path: str | os.PathLike,  # a run folder
         except ValueError as e: bad.append(f"{rel}: not valid JSON ({e})"); continue
         bad += [f"{rel}: {'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
                 for e in jsonschema.Draft202012Validator(schema).iter_errors(docs[rel])]
+    events = []
     if (d / "provenance/events.jsonl").is_file():
         lines = (d / "provenance/events.jsonl").read_text().splitlines()
         for i, l in enumerate(lines, 1):
             try: ev = json.loads(l)
             except ValueError: bad.append(f"events.jsonl line {i}: not JSON"); continue
+            events.append(ev)
             bad += [f"events.jsonl line {i}: {e.message}" for e in jsonschema.Draft202012Validator(EVENT_SCHEMA).iter_errors(ev)]
-        if not lines or json.loads(lines[0]).get("event") != "start": bad.append("events.jsonl: the first event is not 'start'")
+        if not events or events[0].get("event") != "start": bad.append("events.jsonl: the first event is not 'start'")
+    man = docs.get("run_manifest.json") or {}
+    if man.get("status") == "running" and writer_alive(man) is False:
+        w = man.get("writer") or {}
+        bad.append(f"status is 'running' but its process (pid {w.get('pid')}) is gone: the run crashed and nobody closed it "
+                   "(`drifting validate` closes it as crashed)")
+    bad += _hash_problems(d, docs, events)
     if (d / "config_resolved.yaml").is_file():
         txt = (d / "config_resolved.yaml").read_text()
         if "${" in txt: bad.append("config_resolved.yaml still holds ${...} interpolations")
@@ -115,14 +154,19 @@ def validate_bundle(path: str | os.PathLike,  # a run folder
     for s in (docs.get("artifacts/predictions/metadata.json") or {}).get("samples", []):
         f = d / "artifacts/predictions" / s["file"]
         if not f.is_file(): bad.append(f"predictions {s['file']} listed but missing"); continue
-        with np.load(f, allow_pickle=False) as z:
-            im, lb = z.get("images"), z.get("labels")
-            if im is None or im.dtype != np.uint8 or im.ndim != 4: bad.append(f"{s['file']}: images must be uint8 [N,H,W,C]")
-            if lb is None or lb.dtype != np.int64 or lb.ndim != 1 or (im is not None and len(lb) != len(im)):
-                bad.append(f"{s['file']}: labels must be int64 [N]")
+        try:
+            with np.load(f, allow_pickle=False) as z: im, lb = z.get("images"), z.get("labels")
+        except (OSError, ValueError, EOFError) as e: bad.append(f"{s['file']}: cannot be read as .npz ({type(e).__name__})"); continue
+        if im is None or im.dtype != np.uint8 or im.ndim != 4: bad.append(f"{s['file']}: images must be uint8 [N,H,W,C]")
+        if lb is None or lb.dtype != np.int64 or lb.ndim != 1 or (im is not None and len(lb) != len(im)):
+            bad.append(f"{s['file']}: labels must be int64 [N]")
     return bad
 
 # %% ../nbs/10c_bundle.ipynb #823e9aad
+def _fence(text: str) -> str:
+    "A code fence longer than any run of backticks in `text`, so no value (a parameter holding ``` and a newline) closes it."
+    return "`" * max(3, 1 + max((len(r) for r in re.findall(r"`+", text)), default=0))
+
 def _fmt(v) -> str: return f"{v:.6g}" if isinstance(v, float) else str(v)
 
 _MAP = (("config.yaml", "config as composed (may hold `${...}`)"), ("config_resolved.yaml", "config fully resolved"),
@@ -152,11 +196,13 @@ def run_md(m: dict,  # run_manifest.json
              f"device {m['device']['type']}" + (f" ({m['device']['name']})" if m["device"].get("name") else "") + f"; smoke gate {smoke}"]
     if nb: lines.append(f"- **notebook:** `notebook.ipynb` = `{nb.get('input')}` as executed"
                         + (f" (papermill output `{nb['output']}`)" if nb.get("output") else ""))
-    lines += ["", "## Re-run", "", "```bash", f"cd {shlex.quote(m['cwd'])}", m["command"], "```", "",
+    rerun = f"cd {shlex.quote(m['cwd'])}\n{m['command']}"; fr = _fence(rerun)
+    yml = config_yaml(config).rstrip(); fy = _fence(yml)
+    lines += ["", "## Re-run", "", fr + "bash", rerun, fr, "",
               "To rebuild the exact code and environment first:", "", "```bash",
               f"git checkout {code['commit']}" + ("  &&  git apply <this bundle>/provenance/git.diff" if code["dirty"] else ""),
               "pip install --no-deps -r requirements.lock.txt && pip install --no-deps -e .", "```", "",
-              "## Parameters (`config_resolved.yaml`)", "", "```yaml", config_yaml(config).rstrip(), "```", "", "## Headline metrics", ""]
+              "## Parameters (`config_resolved.yaml`)", "", fy + "yaml", yml, fy, "", "## Headline metrics", ""]
     scal = dict(metrics["scalars"])
     scal.update({f"{k} (step {v[-1]['step']})": v[-1]["value"] for k, v in metrics["series"].items() if v})
     lines += (["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in scal.items()]) if scal else ["(none recorded)"]

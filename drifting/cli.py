@@ -23,7 +23,9 @@ def split_run_args(args: list[str]) -> tuple[str, str | None, list[str]]:
 
 def run_notebook(notebook: str, output: str | None = None, papermill_args: list[str] = (), command: str | None = None) -> tuple[int, list[Path]]:
     "Execute `notebook` with papermill; copy the executed notebook into every bundle the run made. Returns (exit code, bundles)."
-    from drifting.provenance import attach_notebook
+    from drifting.provenance import BundleError, attach_notebook, close_stale
+    from drifting.fingerprint import register_secrets
+    register_secrets(papermill_args)  # a token given as `-p` never reaches this command's own messages either
     nb = Path(notebook)
     if not nb.is_file(): raise UsageError(f"drifting run: notebook {notebook!r} not found (give the path of a run notebook, e.g. nbs/run_toy.ipynb)")
     with tempfile.TemporaryDirectory(prefix="drifting-run-") as tmp:
@@ -36,7 +38,13 @@ def run_notebook(notebook: str, output: str | None = None, papermill_args: list[
         rc = subprocess.run([sys.executable, "-m", "papermill", str(nb), str(out), *log, *papermill_args], env=env).returncode
         bundles = [Path(l) for l in pointer.read_text().splitlines() if l.strip()] if pointer.exists() else []
         for b in bundles:
-            if out.is_file(): attach_notebook(b, out)
+            try:
+                if out.is_file(): attach_notebook(b, out)
+            except (BundleError, OSError, ValueError) as e: print(f"drifting run: {e}", file=sys.stderr)
+            # the kernel is gone now: a bundle still `running` died with it (killed, out of memory, papermill stopped)
+            if close_stale(b, reason=f"the notebook process ended (papermill exit code {rc}) while the run was still "
+                                     "running: killed, out of memory or stopped", force=True):
+                print(f"drifting run: {b} was left running by a dead kernel; closed as crashed", file=sys.stderr)
         if not bundles and out.is_file() and not output:
             keep = Path(f"{nb.stem}.executed.ipynb"); shutil.copyfile(out, keep)
             print(f"drifting run: the notebook made no run bundle (it never called start_run); executed notebook kept at {keep}", file=sys.stderr)
@@ -70,7 +78,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"smoke gate {'passed' if rec['ok'] else 'FAILED'} in {rec['seconds']} s")
         return 0 if rec["ok"] else 1
     from drifting.bundle import validate_bundle
+    from drifting.provenance import close_stale
+    closed = close_stale(a.bundle)  # a `running` bundle whose process is gone is closed as crashed, then checked
+    if closed: print(f"closed a stale run as crashed: {closed['error']['message']}")
     probs = validate_bundle(a.bundle)
     for pr in probs: print(pr)
-    print(f"{a.bundle}: {'valid' if not probs else f'{len(probs)} problem(s)'}")
+    try: m = json.loads((Path(a.bundle) / "run_manifest.json").read_text())
+    except (OSError, ValueError): m = {}
+    st = m.get("status", "unknown") + (f" ({m['error']['type']}: {m['error']['message'][:160]})" if m.get("error") else "")
+    print(f"{a.bundle}: {'valid' if not probs else f'{len(probs)} problem(s)'}; status {st}")
     return 0 if not probs else 1

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 # %% auto #0
-__all__ = ['seed_everything', 'default_device', 'autocast', 'atomic_open', 'atomic_write_bytes', 'atomic_write_text',
+__all__ = ['seed_everything', 'default_device', 'autocast', 'fsync_dir', 'atomic_open', 'atomic_write_bytes', 'atomic_write_text',
            'atomic_torch_save', 'hash_array_into', 'sha256_arrays', 'sha256_json', 'sha256_bytes', 'sha256_file',
            'module_sha256', 'cache_root', 'atomic_folder', 'rng_states', 'set_rng_states', 'ema_copy', 'ema_update',
            'lr_at', 'save_figure', 'PresetError', 'from_preset']
@@ -55,6 +55,14 @@ def autocast(device: torch.device | str,  # the device the computation runs on
 # %% ../nbs/00_core.ipynb #e78ecc2e
 _UMASK = os.umask(0); os.umask(_UMASK)  # the process umask (read once: reading it means setting it)
 
+def fsync_dir(d: str | os.PathLike):
+    "Flush a folder's entries (a new or renamed file in it) to disk; a no-op where folders cannot be opened."
+    try: fd = os.open(d, os.O_RDONLY)
+    except OSError: return
+    try: os.fsync(fd)
+    except OSError: pass
+    finally: os.close(fd)
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike,  # destination file
                 ):
@@ -69,6 +77,7 @@ def atomic_open(path: str | os.PathLike,  # destination file
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)  # the rename itself survives a power cut only once the folder is on disk
     except BaseException:
         with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
         raise

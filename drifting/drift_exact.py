@@ -150,7 +150,7 @@ def _forces(T: Tensor,  # [g, M, S] centred targets [negatives | positives] (`_c
         else:
             Q = None
             if kernel_norm == "both":  # [g, N, m] softmax over the generated rows
-                Q = (torch.maximum(L, d.amin(1, keepdim=True) * (-1.0 / tau) - LOGIT_CUT) if cut else L).softmax(1)
+                Q = _softmax_(torch.maximum(L, d.amin(1, keepdim=True) * (-1.0 / tau) - LOGIT_CUT), 1) if cut else L.softmax(1)
             if lse_row is None: A = L.softmax(-1)  # softmax over targets
             else:
                 A = L.sub_(lse_row[t][:, :, None])
@@ -181,10 +181,11 @@ def _forces(T: Tensor,  # [g, M, S] centred targets [negatives | positives] (`_c
         for lo, hi in blocks:
             d = ndist(lo, hi)
             m = d.amin(-1, keepdim=True)  # [g, N, 1] the block's largest logit is -m / tau: a stable shift
-            e = d - m  # [g, N, m] >= 0
             for t, tau in enumerate(taus):  # (terms below exp(-LOGIT_CUT) of the block maximum change nothing in fp32)
-                lse = torch.mul(e, -1.0 / tau, out=_buf(ws, "lse", e.shape, e)).clamp_(min=-LOGIT_CUT).exp_().sum(-1).log_()
+                e = torch.sub(d, m, out=_buf(ws, "lse", d.shape, d)).mul_(-1.0 / tau)  # [g, N, m] <= 0
+                lse = e.clamp_(min=-LOGIT_CUT).exp_().sum(-1).log_()
                 torch.logaddexp(lse_row[t], lse.sub_(m[..., 0], alpha=1.0 / tau), out=lse_row[t])
+        ws.pop("lse", None)
     acc = T.new_zeros(len(taus), 2, g, N, S)  # [tau, (A+ y+, A- y-), g, N, S]
     sums = T.new_zeros(len(taus), 2, g, N, 1)  # [tau, (sum A+, sum A-), g, N, 1]
     for lo, hi in blocks:

@@ -122,7 +122,7 @@ def feature_drift_loss(gen_feats: dict,  # key -> [N_c, N_gen, L, D] generated f
 # %% ../nbs/03_features.ipynb #17243b5c
 class FeatureSpace(nn.Module):
     "The frozen encoder and the feature keys of spec §2.4: x [B, C, H, W] → {key: [B, L, D] float32}."
-    def __init__(self, encoder: nn.Module | None,  # frozen feature encoder with `get_activations(x, every_k_block)`, or None
+    def __init__(self, encoder: nn.Module | None,  # frozen encoder: `get_activations(x, every_k_block)` (feature maps, keyed here by spec §2.4) or `activations(x)` (keys already [B, T, D], e.g. `official.FeatureStack` of MAE + ConvNeXt-V2), or None
                  every_k_block: int = 2, patch_sizes=PATCH_SIZES, norm_x: bool = True, raw_key: bool = True,
                  bf16: bool = True):
         super().__init__()
@@ -134,6 +134,14 @@ class FeatureSpace(nn.Module):
     def train(self, mode: bool = True): return super().train(False)  # the encoder stays in eval mode
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
+        if self.encoder is not None and hasattr(self.encoder, "activations"):  # keyed networks: already {key: [B, T, D]}
+            out = feature_inventory(OrderedDict(), x if self.norm_x else None, x if self.raw_key else None, self.patch_sizes)
+            with autocast(x.device, self.bf16):
+                keyed = self.encoder.activations(x)
+            for k, v in keyed.items():
+                if k in out: raise ValueError(f"feature key {k!r} is produced twice (the encoder and the raw/norm_x keys)")
+                out[k] = v.float()
+            return out
         acts = OrderedDict()
         if self.encoder is not None:
             with autocast(x.device, self.bf16):

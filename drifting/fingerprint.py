@@ -17,29 +17,40 @@ from omegaconf.errors import OmegaConfBaseException
 from .core import hash_array_into, sha256_bytes, sha256_file
 
 # %% auto #0
-__all__ = ['REDACTED', 'SECRET_NAME', 'KEY_PACKAGES', 'is_secret_name', 'redact_text', 'secret_values', 'scrub', 'redact_obj',
-           'redact_env', 'jsonable', 'canonical_json', 'ConfigError', 'compose_config', 'resolve_config', 'config_yaml',
-           'git_state', 'codebase_fingerprint', 'norm_name', 'installed_packages', 'package_versions', 'device_info',
-           'env_snapshot', 'env_fingerprint', 'data_fingerprint']
+__all__ = ['REDACTED', 'SECRET_NAME', 'KEY_PACKAGES', 'is_secret_name', 'redact_text', 'find_secrets', 'register_secrets',
+           'secret_values', 'scrub', 'redact_obj', 'redact_env', 'jsonable', 'canonical_json', 'ConfigError',
+           'compose_config', 'resolve_config', 'config_yaml', 'source_like', 'git_state', 'codebase_fingerprint',
+           'norm_name', 'installed_packages', 'package_versions', 'device_info', 'env_snapshot', 'env_fingerprint',
+           'data_fingerprint']
 
 # %% ../nbs/10a_fingerprint.ipynb #e8969592
 REDACTED = "<redacted>"
-SECRET_NAME = re.compile(r"TOKEN|SECRET|KEY|PASSWORD|PASSWD|PASSPHRASE|CREDENTIAL|AUTH|PRIVATE|SESSION|COOKIE|"
-                         r"SIGNATURE|SALT|DSN", re.I)
+# names of environment variables whose values are secrets (never config keys: `raw_key`, `monkey` are data)
+SECRET_NAME = re.compile(r"TOKEN|SECRET|KEY|PASS|PWD|CREDENTIAL|AUTH|PRIVATE|SESSION|COOKIE|SIGNATURE|SALT|DSN|"
+                         r"WEBHOOK|DATABASE_URL|DB_URL|CONNECTION_STRING|CONN_STR", re.I)
 _VALUE_PATTERNS = [re.compile(p) for p in (
     r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{16,}",                       # Hugging Face
     r"(?<![A-Za-z0-9])(?:AKIA|ASIA)[0-9A-Z]{16}",                 # AWS access key id
     r"(?<![A-Za-z0-9])(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})",  # GitHub
+    r"(?<![A-Za-z0-9])glpat-[A-Za-z0-9_-]{16,}",                  # GitLab
+    r"(?<![A-Za-z0-9])[sr]k_(?:live|test)_[A-Za-z0-9]{10,}",      # Stripe
     r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{16,}",                     # OpenAI-style
-    r"(?<![A-Za-z0-9])xox[abprs]-[A-Za-z0-9-]{10,}",              # Slack
+    r"(?<![A-Za-z0-9])xox[abprs]-[A-Za-z0-9-]{10,}",              # Slack token
+    r"https://hooks\.slack\.com/services/[A-Za-z0-9/_-]+",         # Slack webhook
     r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",  # JWT
     r"-----BEGIN[A-Z ]*PRIVATE KEY-----[\s\S]*?-----END[A-Z ]*PRIVATE KEY-----",
 )]
-_URL_PASSWORD = re.compile(r"(?P<pre>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]+:)[^\s@/]+(?P<post>@)")
+_URL_PASSWORD = re.compile(r"(?P<pre>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]+:)(?P<pw>[^\s@/]+)(?P<post>@)")
+# connection-string fields: the key names are unambiguous, or (Password/Pwd) follow a ';' as inside a connection string
+_CONN_FIELD = re.compile(r"(?P<pre>(?:(?<![A-Za-z_])(?i:AccountKey|SharedAccessKey|SharedAccessSignature)|;\s*(?i:Password|Pwd))=)"
+                         r"(?P<pw>[^;\s\"']+)")
 _TOKEN = re.compile(r"[A-Za-z0-9+_-]{32,}={0,2}")  # no '/': path segments are split apart and rarely this long
+_HEX40 = re.compile(r"^[0-9a-fA-F]{40}$")  # a bare 40-hex value given as a parameter (W&B-style API key)
+_TB = r"(?<![A-Za-z0-9_+/=-]){}(?![A-Za-z0-9_+/=-])"  # a secret value counts only as a whole token
+_REGISTERED: set[str] = set()  # literal secrets found in this process's parameters and command line
 
 def is_secret_name(name: str) -> bool:
-    "True when a variable or key name says its value is a secret."
+    "True when an environment variable's name says its value is a secret (`PWD`/`OLDPWD` are the working folder)."
     return bool(SECRET_NAME.search(str(name))) and str(name).upper() not in ("PWD", "OLDPWD")
 
 def _entropy(s: str) -> float:
@@ -53,29 +64,54 @@ def _high_entropy(tok: str) -> bool:
 def redact_text(text: str,  # any text
                 entropy: bool = False,  # also replace long high-entropy tokens (env values, command lines, errors)
                 ) -> str:
-    "Replace credential-looking substrings of `text` with `<redacted>`."
+    "Replace credential-looking substrings of `text` with `<redacted>` (token shapes, URL and connection-string passwords)."
     for p in _VALUE_PATTERNS: text = p.sub(REDACTED, text)
     text = _URL_PASSWORD.sub(lambda m: m["pre"] + REDACTED + m["post"], text)
+    text = _CONN_FIELD.sub(lambda m: m["pre"] + REDACTED, text)
     if entropy: text = _TOKEN.sub(lambda m: REDACTED if _high_entropy(m[0]) else m[0], text)
     return text
 
+def find_secrets(values,  # strings a user supplied: parameters, command-line words, environment values
+                 ) -> list[str]:
+    "The literal secrets inside `values`: whole token-shaped values (40-hex, high-entropy) and every pattern match."
+    out = set()
+    for v in values:
+        if not isinstance(v, str) or len(v) < 8: continue
+        if _HEX40.match(v) or (_TOKEN.fullmatch(v) and _high_entropy(v)): out.add(v)
+        for p in _VALUE_PATTERNS: out.update(m[0] for m in p.finditer(v))
+        for p in (_URL_PASSWORD, _CONN_FIELD): out.update(m["pw"] for m in p.finditer(v) if len(m["pw"]) >= 4)
+        out.update(m[0] for m in _TOKEN.finditer(v) if _high_entropy(m[0]))
+    return sorted(out, key=len, reverse=True)
+
+def register_secrets(values) -> list[str]:
+    "Remember the literal secrets in `values` (see `find_secrets`): every later `scrub` in this process removes them."
+    found = find_secrets(values); _REGISTERED.update(found); return found
+
 def secret_values(environ: dict | None = None) -> list[str]:
-    "Current values (6+ chars) of secret-named environment variables, longest first."
+    "Values (8+ chars, not a path) of secret-named environment variables plus registered secrets, longest first."
     env = os.environ if environ is None else environ
-    return sorted({v for k, v in env.items() if is_secret_name(k) and len(v) >= 6}, key=len, reverse=True)
+    vals = {v for k, v in env.items() if is_secret_name(k) and len(v) >= 8 and not v.startswith(("/", "~", "."))}
+    return sorted(vals | _REGISTERED, key=len, reverse=True)
+
+def _whole_secrets(environ: dict | None = None) -> set[str]:
+    "Values (6+ chars) a string must not equal: shorter secrets are only ever removed as whole values."
+    env = os.environ if environ is None else environ
+    return {v for k, v in env.items() if is_secret_name(k) and len(v) >= 6} | _REGISTERED
 
 def scrub(text: str, entropy: bool = False) -> str:
-    "`redact_text` plus removal of every current secret environment value: applied to all text a bundle gets."
-    for v in secret_values(): text = text.replace(v, REDACTED)
+    "Remove every known secret value (as a whole token) and every credential pattern from `text`."
+    for v in secret_values(): text = re.sub(_TB.format(re.escape(v)), REDACTED, text)
     return redact_text(text, entropy=entropy)
 
 def redact_obj(obj, entropy: bool = True):
-    "A copy of a JSON-like `obj` with secret-named keys and credential-looking strings redacted."
-    if isinstance(obj, dict):
-        return {k: (REDACTED if is_secret_name(k) and v not in (None, "") else redact_obj(v, entropy)) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)): return [redact_obj(v, entropy) for v in obj]
-    if isinstance(obj, str): return scrub(obj, entropy=entropy)
-    return obj
+    "A copy of a JSON-like `obj` with secret string values redacted; keys and numbers are data and stay as they are."
+    whole = _whole_secrets()
+    def walk(o):
+        if isinstance(o, dict): return {k: walk(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)): return [walk(v) for v in o]
+        if isinstance(o, str): return REDACTED if o in whole else scrub(o, entropy=entropy)
+        return o
+    return walk(obj)
 
 def redact_env(environ: dict | None = None) -> str:
     "The environment as `NAME=value` lines sorted by name, secrets redacted (the bundle's `provenance/env.txt`)."
@@ -144,6 +180,14 @@ def _git(root, *args, check=True) -> str:
     if check and r.returncode != 0: raise RuntimeError(r.stderr.strip())
     return r.stdout
 
+_SOURCE_SUFFIXES = (".py", ".ipynb", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".md", ".txt", ".in", ".sh")
+_SECRET_FILE = re.compile(r"(^|/)(\.env(\..*)?|\.netrc|\.pgpass|\.pypirc|\.git-credentials|kaggle\.json|"
+                          r"credentials[^/]*|secrets?[^/]*|id_(rsa|dsa|ecdsa|ed25519)[^/]*|[^/]*\.(pem|key|p12|pfx|jks|keystore))$", re.I)
+
+def source_like(rel: str) -> bool:
+    "True for an untracked file whose text belongs in `git.diff`: source or config by suffix, never a secret file's name."
+    return rel.lower().endswith(_SOURCE_SUFFIXES) and not _SECRET_FILE.search(rel)
+
 def git_state(root: str | os.PathLike,  # a directory inside the work tree
               max_untracked_bytes: int = 1 << 20,  # untracked files larger than this are listed, not diffed
               ) -> dict:
@@ -157,10 +201,10 @@ def git_state(root: str | os.PathLike,  # a directory inside the work tree
     for rel in sorted(p for p in _git(top, "ls-files", "--others", "--exclude-standard", "-z").split("\0") if p):
         f = Path(top) / rel
         if not f.is_file(): continue
-        untracked.append(dict(path=rel, sha256=sha256_file(f), bytes=f.stat().st_size))
-        if f.stat().st_size <= max_untracked_bytes:
-            diff += _git(top, "diff", "--no-index", "--binary", "/dev/null", rel, check=False)
-    return dict(commit=commit, short=commit[:7], dirty=bool(diff or untracked), diff=diff, untracked=untracked)
+        src = source_like(rel) and f.stat().st_size <= max_untracked_bytes
+        untracked.append(dict(path=rel, sha256=sha256_file(f), bytes=f.stat().st_size, diffed=src))
+        if src: diff += _git(top, "diff", "--no-index", "/dev/null", rel, check=False)
+    return dict(commit=commit, short=commit[:7], dirty=bool(diff or untracked), diff=scrub(diff, entropy=True), untracked=untracked)
 
 def codebase_fingerprint(package_dir: str | os.PathLike,  # the package folder whose files are hashed
                          git: dict | None = None,  # `git_state(...)` of its tree (computed when None)

@@ -19,7 +19,7 @@ from .core import atomic_torch_save, atomic_write_text, from_preset
 # %% auto #0
 __all__ = ['MAE_PRESETS', 'ENCODER_FORMAT', 'MAEConfig', 'mae_config', 'gn_groups', 'group_norm', 'BasicBlock', 'patchify',
            'unpatchify', 'ResNetEncoder', 'conv_gn_relu', 'UpBlock', 'UNetDecoder', 'patch_mask', 'masked_l2', 'MAE',
-           'mae_param_counts', 'save_encoder', 'load_encoder']
+           'mae_param_counts', 'save_encoder', 'load_encoder', 'check_encoder_spec']
 
 # %% ../nbs/04_mae.ipynb #552c3e44
 @dataclass(frozen=True)
@@ -318,3 +318,21 @@ def load_encoder(path: str | os.PathLike,  # folder written by `save_encoder`
         raise ValueError(f"the weights in {d}/encoder.pt do not fit the config in config.json {cfg}: {e}") from None
     enc.info = meta.get("info", {})
     return enc.to(device).eval().requires_grad_(not frozen)
+
+# %% ../nbs/04_mae.ipynb #02513bdc
+def check_encoder_spec(feature_encoder,  # None, 'builtin' or an export folder (the `feature_encoder` parameter of a run)
+                       mae_preset: str = "small",  # the built-in latent-MAE's architecture
+                       ):
+    "Refuse a `feature_encoder` / `mae_preset` that would fail later, reading at most a config.json (nothing is loaded)."
+    if feature_encoder is None: return
+    if str(feature_encoder) == "builtin":
+        if mae_preset not in MAE_PRESETS: raise ValueError(f"unknown mae_preset {mae_preset!r}; choose one of {sorted(MAE_PRESETS)}")
+        return
+    d = Path(str(feature_encoder)).expanduser()
+    if not (d / "config.json").is_file() or not (d / "encoder.pt").is_file():
+        raise FileNotFoundError(f"feature_encoder={str(feature_encoder)!r} is not None, 'builtin' or an encoder export "
+                                "(a folder with config.json and encoder.pt written by drifting.mae.save_encoder)")
+    try: meta = json.loads((d / "config.json").read_text())
+    except ValueError as e: raise ValueError(f"{d}/config.json is not JSON ({e})") from None
+    if meta.get("format") != ENCODER_FORMAT or meta.get("kind") != "drifting.mae.ResNetEncoder":
+        raise ValueError(f"{d} is not a drifting.mae.ResNetEncoder export of format {ENCODER_FORMAT}")

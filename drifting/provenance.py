@@ -5,24 +5,28 @@
 # %% ../nbs/10_provenance.ipynb #6c2ba719
 from __future__ import annotations
 
-import atexit, datetime as dt, json, os, re, shlex, subprocess, sys, tempfile, time, traceback
+import ast, atexit, datetime as dt, errno, json, math, os, re, shlex, shutil, signal, socket, subprocess, sys, tempfile
+import threading, time, traceback
 from pathlib import Path
 
 import numpy as np
-import torch
-
 import psutil
+import torch
+from omegaconf import OmegaConf
 
-from .core import atomic_open, atomic_torch_save, atomic_write_text, sha256_bytes, sha256_file
+from .core import atomic_open, atomic_torch_save, atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
 from .fingerprint import (ConfigError, canonical_json, codebase_fingerprint, compose_config, config_yaml,
-    KEY_PACKAGES, env_fingerprint, env_snapshot, git_state, jsonable, redact_env, redact_obj, resolve_config, scrub)
+    KEY_PACKAGES, env_fingerprint, env_snapshot, git_state, jsonable, redact_env, redact_obj, register_secrets,
+    resolve_config, scrub)
 from .smoke import SmokeGateError, failed_checks, project_root, smoke_test
-from .bundle import run_md
+from .bundle import run_md, writer_alive
 
 # %% auto #0
-__all__ = ['SCHEMA_VERSION', 'CONTRACT_VERSION', 'BUNDLE_DIRS', 'BundleError', 'check_name', 'default_runs_dir', 'check_writable',
-           'new_run_dir', 'check_state', 'CheckpointNotFound', 'checkpoint_file', 'load_checkpoint', 'Run',
-           'parse_papermill_argv', 'papermill_invocation', 'attach_notebook', 'start_run']
+__all__ = ['SCHEMA_VERSION', 'CONTRACT_VERSION', 'BUNDLE_DIRS', 'RESERVE', 'BundleError', 'check_name', 'default_runs_dir',
+           'check_writable', 'new_run_dir', 'CheckpointError', 'check_state', 'nonfinite_paths', 'check_finite',
+           'read_events', 'recorded_hashes', 'CheckpointNotFound', 'open_checkpoint', 'checkpoint_file',
+           'load_checkpoint', 'Run', 'parse_papermill_argv', 'papermill_invocation', 'attach_notebook', 'close_stale',
+           'close_stale_runs', 'start_run']
 
 # %% ../nbs/10_provenance.ipynb #47899e2d
 SCHEMA_VERSION = "1"
@@ -72,6 +76,9 @@ def new_run_dir(runs_dir: Path, project: str, short_hash: str, now: dt.datetime)
 # %% ../nbs/10_provenance.ipynb #d262b9b7
 _OK_LEAVES = (torch.Tensor, int, float, bool, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
 
+class CheckpointError(BundleError):
+    "A checkpoint that cannot be trusted: missing, truncated, not the bytes its bundle recorded, or non-finite."
+
 def check_state(obj, where: str = "state"):
     "Raise `TypeError` naming the first value in `obj` that is not a tensor/number/string/container of them."
     if isinstance(obj, dict):
@@ -84,44 +91,121 @@ def check_state(obj, where: str = "state"):
         raise TypeError(f"checkpoint value at {where} is a {type(obj).__module__}.{type(obj).__name__}: store state dicts "
                         "(module.state_dict(), optimizer.state_dict()), tensors and plain numbers only")
 
-class CheckpointNotFound(BundleError, FileNotFoundError):
+def nonfinite_paths(obj, where: str = "state") -> list[str]:
+    "Where `obj` (a state dict) holds NaN/inf: floating tensors and float numbers."
+    if isinstance(obj, dict): return [p for k, v in obj.items() for p in nonfinite_paths(v, f"{where}.{k}")]
+    if isinstance(obj, (list, tuple)) and not isinstance(obj, torch.Size):
+        return [p for i, v in enumerate(obj) for p in nonfinite_paths(v, f"{where}[{i}]")]
+    if isinstance(obj, torch.Tensor) and (obj.is_floating_point() or obj.is_complex()):
+        return [] if bool(torch.isfinite(obj).all()) else [where]
+    if isinstance(obj, float) and not math.isfinite(obj): return [where]
+    return []
+
+def check_finite(state: dict, what: str = "checkpoint"):
+    "Refuse (FloatingPointError) a state dict holding NaN/inf, naming where: a non-finite checkpoint is never written."
+    bad = nonfinite_paths(state)
+    if bad:
+        raise FloatingPointError(f"refusing to write a {what} with NaN/inf values at {', '.join(bad[:5])}"
+                                 f"{' …' if len(bad) > 5 else ''}; the earlier checkpoints are unchanged (lower lr, check the data)")
+
+def read_events(bundle: str | os.PathLike) -> list[dict]:
+    "The records of `provenance/events.jsonl`; a line cut short by a kill is skipped (it was never complete)."
+    f = Path(bundle) / "provenance" / "events.jsonl"
+    if not f.is_file(): return []
+    out = []
+    for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
+        try: out.append(json.loads(line))
+        except ValueError: continue
+    return out
+
+def recorded_hashes(bundle: str | os.PathLike) -> dict[str, str]:
+    "{bundle-relative path: sha256} of every checkpoint file the bundle's events recorded (the latest record wins)."
+    out = {}
+    for ev in read_events(bundle):
+        if ev.get("event") == "checkpoint" and ev.get("sha256"):
+            for p in [ev.get("path"), *ev.get("copies", [])]:
+                if p: out[p] = ev["sha256"]
+    return out
+
+def _bundle_of(path: Path) -> Path | None:
+    "The run folder holding a checkpoint file (…/artifacts/checkpoints/x.pt), else None."
+    b = path.parent.parent.parent
+    return b if path.parent.name == "checkpoints" and path.parent.parent.name == "artifacts" and (b / "provenance").is_dir() else None
+
+def _load_verified(path: Path, mmap: bool = False) -> dict:
+    "Load `path` after checking its bytes against the hash its bundle recorded (if any); CheckpointError when bad."
+    b = _bundle_of(path)
+    want = recorded_hashes(b).get(str(path.relative_to(b))) if b is not None else None
+    if want is not None and sha256_file(path) != want:
+        raise CheckpointError(f"{path} does not match the sha256 its bundle recorded (corrupted or replaced)")
+    try: return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:  # truncated zip, bad pickle, a foreign file: one clear message
+        raise CheckpointError(f"{path} cannot be read as a checkpoint ({type(e).__name__}: {str(e)[:200]})") from e
+
+class CheckpointNotFound(CheckpointError, FileNotFoundError):
     "No checkpoint where one was named."
 
+def _step_files(ck: Path) -> list[Path]:
+    "The `step_N.pt` files of a checkpoint folder, newest step first."
+    return sorted(ck.glob("step_*.pt"), key=lambda p: int(p.stem[5:]) if p.stem[5:].isdigit() else -1, reverse=True)
+
+def open_checkpoint(path: str | os.PathLike,  # a .pt file or a run bundle folder (its last.pt)
+                    mmap: bool = False,  # memory-map tensors (a quick look at the config)
+                    ) -> tuple[Path, dict]:  # (the file actually loaded, its state)
+    "Load a checkpoint, verified against its bundle's record; a bad `last.pt` falls back to the newest good `step_N.pt`."
+    path = Path(str(path)).expanduser()
+    if path.is_dir(): path = path / "artifacts" / "checkpoints" / "last.pt"
+    steps = _step_files(path.parent) if path.name == "last.pt" else []
+    if not path.is_file() and not steps:
+        raise CheckpointNotFound(f"no checkpoint at {path} (not found): pass a .pt file or a run bundle folder (its last.pt)")
+    try:
+        if not path.is_file(): raise CheckpointError(f"{path} is missing")
+        return path, _load_verified(path, mmap)
+    except CheckpointError as e:
+        if not steps: raise CheckpointError(f"{e}; no step_N.pt beside it to fall back to: resume from another "
+                                            "checkpoint or start afresh") from None
+        why = [str(e)]
+        for s in steps:
+            try: sd = _load_verified(s, mmap)
+            except CheckpointError as e2: why.append(str(e2)); continue
+            print(f"drifting: {why[0]}; using the newest good checkpoint {s.name} instead", file=sys.stderr)
+            return s, sd
+        raise CheckpointError("no good checkpoint in " + str(path.parent) + ":\n  " + "\n  ".join(why)) from None
+
 def checkpoint_file(path: str | os.PathLike,  # a checkpoint file, or a run bundle folder
-                    ) -> Path:  # the file (a bundle's `artifacts/checkpoints/last.pt`)
-    "The checkpoint file that `path` names (a bundle means its `last.pt`), or a clear error when there is none."
-    p = Path(str(path)).expanduser()
-    if p.is_dir(): p = p / "artifacts" / "checkpoints" / "last.pt"
-    if not p.is_file(): raise CheckpointNotFound(f"no checkpoint at {p} (not found): pass a .pt file or a run bundle folder (its last.pt)")
-    return p
+                    ) -> Path:  # the file: a bundle's `last.pt`, or its newest good step file when last.pt is bad
+    "The checkpoint file that `path` names, verified against its bundle's record, or a clear error when there is none."
+    return open_checkpoint(path, mmap=True)[0]
 
 def load_checkpoint(path: str | os.PathLike,  # a checkpoint file, or a run bundle folder (its last.pt)
                     ) -> dict:
-    "Load a checkpoint on CPU with `weights_only=True` (no code from the file is run)."
-    return torch.load(checkpoint_file(path), map_location="cpu", weights_only=True)
+    "Load a checkpoint on CPU with `weights_only=True` (no code from the file is run), verified (see `open_checkpoint`)."
+    return open_checkpoint(path)[1]
 
 def _readable(path: Path) -> Path:
     "Give a bundle file the usual rw-r--r-- mode (the atomic writers create private 0600 temp files)."
     os.chmod(path, 0o644); return path
 
-def _link_or_copy(src: Path, dst: Path):
-    "Make `dst` the same bytes as `src` atomically (hard link, else copy)."
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try: os.link(src, tmp)
-    except OSError:
-        with atomic_open(dst) as f, open(src, "rb") as g:
-            while b := g.read(1 << 20): f.write(b)
-        return
-    os.replace(tmp, dst)
+def _copy_atomic(src: Path, dst: Path) -> Path:
+    "Make `dst` an independent copy of `src`'s bytes, atomically (never a hard link: one bad sector must not hit both)."
+    with atomic_open(dst) as f, open(src, "rb") as g:
+        while b := g.read(1 << 20): f.write(b)
+    return _readable(dst)
 
 # %% ../nbs/10_provenance.ipynb #4fb6641e
+RESERVE = "provenance/.reserve"  # 64 KiB held from the start, freed so the failure record fits on a full disk
+
+def _release_reserve(d: Path):
+    try: (Path(d) / RESERVE).unlink()
+    except FileNotFoundError: pass
+
 class Run:
     "One run's bundle folder and the methods that write into it (made by `start_run`)."
     def __init__(self, dir: Path, project: str, manifest: dict, repro: dict, config: dict, resume_state=None):
         self.dir, self.project, self.config, self.resume_state = Path(dir), project, config, resume_state
         self.manifest, self.repro, self._t0 = manifest, repro, time.monotonic()
         self.metrics = dict(schema_version=SCHEMA_VERSION, scalars={}, series={})
-        self._hooks = []
+        self._hooks, self._metrics_t, self.terminated, self.in_loop = [], 0.0, False, False
 
     run_id = property(lambda self: self.dir.name)
     status = property(lambda self: self.manifest["status"])
@@ -129,13 +213,14 @@ class Run:
 
     # -- writing ------------------------------------------------------------------------------------------------
     def _text(self, rel: str, text: str) -> Path: return _readable(atomic_write_text(self.dir / rel, scrub(text)))
-    def _json(self, rel: str, obj) -> Path: return self._text(rel, canonical_json(obj))
+    def _json(self, rel: str, obj) -> Path:  # redacted as data, then serialised: the file always parses
+        return _readable(atomic_write_text(self.dir / rel, canonical_json(redact_obj(jsonable(obj), entropy=False))))
 
     def event(self, kind: str,  # start, resume, checkpoint, eval, predictions, end, failure, or your own word
               **data) -> dict:
         "Append one line to `provenance/events.jsonl` (time, seconds since start, event, data)."
         rec = dict(time=_iso(_utc()), elapsed_s=round(time.monotonic() - self._t0, 3), event=kind, **jsonable(data))
-        line = (scrub(json.dumps(rec, sort_keys=True, ensure_ascii=False), entropy=True) + "\n").encode()
+        line = (json.dumps(redact_obj(rec, entropy=True), sort_keys=True, ensure_ascii=False) + "\n").encode()
         fd = os.open(self.dir / "provenance" / "events.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try: os.write(fd, line); os.fsync(fd)
         finally: os.close(fd)
@@ -147,17 +232,20 @@ class Run:
 
     def log_metrics(self, step: int | None = None,  # None: headline scalars; an int: a point of each time series
                     **values):
-        "Record metrics in `metrics.json` (scalars, or time series when `step` is given)."
+        "Record metrics in `metrics.json` (scalars at once; series points at most every 10 s, and always at the end)."
         for k, v in jsonable(values).items():
             if step is None: self.metrics["scalars"][k] = v
             else: self.metrics["series"].setdefault(k, []).append(dict(step=int(step), value=v))
-        self._json("metrics.json", self.metrics)
+        if step is None or time.monotonic() - self._metrics_t > 10: self._write_metrics()
+
+    def _write_metrics(self):
+        self._json("metrics.json", self.metrics); self._metrics_t = time.monotonic()
 
     def log_series(self, name: str, values, steps=None):
         "Record a whole time series at once (one write), e.g. a loss history; `steps` default 1..len(values)."
         values = jsonable(list(values)); steps = list(steps) if steps is not None else range(1, len(values) + 1)
         self.metrics["series"].setdefault(name, []).extend(dict(step=int(s), value=v) for s, v in zip(steps, values))
-        self._json("metrics.json", self.metrics)
+        self._write_metrics()
 
     def path(self, *parts: str) -> Path:
         "A path inside the bundle (parent folders created), e.g. `run.path('artifacts', 'figures', 'loss.png')`."
@@ -167,7 +255,7 @@ class Run:
 
     def log_eval(self, step: int, **metrics):
         "Record evaluation metrics as a time series and an `eval` event."
-        self.log_metrics(step, **metrics); self.event("eval", step=int(step), metrics=metrics)
+        self.log_metrics(step, **metrics); self._write_metrics(); self.event("eval", step=int(step), metrics=metrics)
 
     def set_dataset(self, **info):
         "Record what the data was (e.g. `name=`, `fingerprint=data_fingerprint(x)`) in `repro.json`."
@@ -179,13 +267,12 @@ class Run:
                         best: bool = False,  # also make it best.pt
                         keep_step: bool = True,  # keep step_<step>.pt (False: only last.pt)
                         ) -> Path:
-        "Save `state` atomically as `step_<n>.pt` and `last.pt` (and `best.pt`); log a `checkpoint` event."
-        check_state(state); ck = self.dir / "artifacts" / "checkpoints"
+        "Save `state` atomically as `step_<n>.pt`, copied to `last.pt` (and `best.pt`); log a `checkpoint` event with its sha256."
+        check_state(state); check_finite(state); ck = self.dir / "artifacts" / "checkpoints"
         path = _readable(atomic_torch_save(state, ck / (f"step_{int(step)}.pt" if keep_step else "last.pt")))
-        if keep_step: _link_or_copy(path, ck / "last.pt")
-        if best: _link_or_copy(path, ck / "best.pt")
+        copies = ([_copy_atomic(path, ck / "last.pt")] if keep_step else []) + ([_copy_atomic(path, ck / "best.pt")] if best else [])
         self.event("checkpoint", step=int(step), path=str(path.relative_to(self.dir)), sha256=sha256_file(path),
-                   bytes=path.stat().st_size, best=best)
+                   bytes=path.stat().st_size, best=best, copies=[str(c.relative_to(self.dir)) for c in copies])
         return path
 
     def save_predictions(self, images,  # uint8 [N, H, W, C] (array or tensor)
@@ -226,11 +313,21 @@ class Run:
 
     # -- lifecycle ----------------------------------------------------------------------------------------------
     def _close(self, status: str, **fields):
+        "Write the final manifest first (the one file that must land), then metrics and RUN.md; on a full disk free the reserve."
         self.manifest.update(status=status, ended=_iso(_utc()), seconds=round(time.monotonic() - self._t0, 3), **fields)
-        self._json("run_manifest.json", self.manifest); self._json("metrics.json", self.metrics)
-        self._text("RUN.md", run_md(self.manifest, self.repro, self.config, self.metrics))
-        for unhook in self._hooks: unhook()
-        self._hooks = []
+        try:
+            for write in (lambda: self._json("run_manifest.json", self.manifest), self._write_metrics,
+                          lambda: self._text("RUN.md", run_md(self.manifest, self.repro, self.config, self.metrics))):
+                try: write()
+                except OSError as e:
+                    if e.errno != errno.ENOSPC: raise
+                    _release_reserve(self.dir); self.manifest["disk_full"] = True
+                    self._json("run_manifest.json", self.manifest)  # into the space the reserve held
+                    break
+            _release_reserve(self.dir)
+        finally:
+            for unhook in self._hooks: unhook()
+            self._hooks = []
 
     def finish(self, **scalars) -> "Run":
         "Record headline `scalars`, mark the run completed (a failed run stays failed) and write RUN.md."
@@ -247,7 +344,9 @@ class Run:
                        traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-8000:])
         else: err = dict(type="RuntimeError", message=str(exc), traceback="")
         err = {k: scrub(v, entropy=True) for k, v in err.items()}
-        self.event("failure", **err); self._close(status, error=err)
+        try: self.event("failure", **err)
+        except OSError: pass  # a full disk: the manifest below still records the failure
+        self._close(status, error=err)
         return self
 
     def __enter__(self): return self
@@ -287,25 +386,98 @@ def papermill_invocation() -> dict | None:
     return info
 
 # %% ../nbs/10_provenance.ipynb #73ce7ebb
+def _injected_values(nb: dict) -> list[str]:
+    "String values of papermill's injected parameters (the `injected-parameters` cell and the notebook metadata)."
+    vals = [v for v in ((nb.get("metadata") or {}).get("papermill") or {}).get("parameters", {}).values() if isinstance(v, str)]
+    for c in nb.get("cells", []):
+        if "injected-parameters" not in (c.get("metadata") or {}).get("tags", []): continue
+        try: tree = ast.parse("".join(c.get("source", [])))
+        except SyntaxError: continue
+        vals += [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
+    return vals
+
 def attach_notebook(bundle: str | os.PathLike,  # the run folder
                     src: str | os.PathLike,  # the executed notebook (papermill's output)
                     ) -> Path:
-    "Copy the executed notebook into `bundle/notebook.ipynb` atomically and record it in `run_manifest.json`."
+    "Copy the executed notebook into `bundle/notebook.ipynb` (redacted) if it is this run's, and record it in the manifest."
     bundle, src = Path(bundle), Path(src)
-    text = src.read_text(encoding="utf-8"); json.loads(text)  # a complete notebook only
-    dst = _readable(atomic_write_text(bundle / "notebook.ipynb", scrub(text)))
+    text = src.read_text(encoding="utf-8"); nb = json.loads(text)  # a complete notebook only
     man = json.loads((bundle / "run_manifest.json").read_text())
+    if not re.search(re.escape(bundle.name) + r"(?![\w.-])", text):  # start_run prints the bundle path (`…_abc1234-2` is another run)
+        if (bundle / "notebook.ipynb").is_symlink(): (bundle / "notebook.ipynb").unlink()
+        man["notebook"] = None
+        _readable(atomic_write_text(bundle / "run_manifest.json", canonical_json(redact_obj(man, entropy=False))))
+        _append_event(bundle, "notebook_refused", source=str(src))
+        raise BundleError(f"{src} is not the notebook of run {bundle.name} (it never names this bundle; another run "
+                          "overwrote the output path?): not attached. Give each run its own papermill output path")
+    register_secrets(_injected_values(nb))
+    dst = _readable(atomic_write_text(bundle / "notebook.ipynb", json.dumps(redact_obj(nb, entropy=True), indent=1, ensure_ascii=False) + "\n"))
     man["notebook"] = dict(man.get("notebook") or {}, path="notebook.ipynb", kind="copy", sha256=sha256_file(dst))
-    _readable(atomic_write_text(bundle / "run_manifest.json", scrub(canonical_json(man))))
-    line = json.dumps(dict(time=_iso(_utc()), event="notebook", path="notebook.ipynb", source=str(src)), sort_keys=True)
-    with open(bundle / "provenance" / "events.jsonl", "a", encoding="utf-8") as f: f.write(scrub(line) + "\n")
+    _readable(atomic_write_text(bundle / "run_manifest.json", canonical_json(redact_obj(man, entropy=False))))
+    _append_event(bundle, "notebook", path="notebook.ipynb", source=str(src))
     return dst
+
+def _append_event(bundle: Path, kind: str, **data):
+    "An event line written by a process that holds no `Run` (the CLI, the watcher, whoever closes a crashed run)."
+    line = json.dumps(redact_obj(dict(time=_iso(_utc()), event=kind, **jsonable(data))), sort_keys=True, ensure_ascii=False)
+    f = Path(bundle) / "provenance" / "events.jsonl"; _trim_partial(f)
+    with open(f, "a", encoding="utf-8") as g: g.write(line + "\n")
+
+def _trim_partial(f: Path):
+    "Drop a last line that a kill cut short (no newline: it was never complete) from a JSON-lines file."
+    if not f.is_file(): return
+    data = f.read_bytes()
+    if data and not data.endswith(b"\n"):
+        with open(f, "r+b") as g: g.truncate(data.rfind(b"\n") + 1)
+
+def _last_step(bundle: Path) -> int | None:
+    "The last step `logs/steps.jsonl` completed (a line cut short by a kill is ignored)."
+    f = Path(bundle) / "logs" / "steps.jsonl"; step = None
+    if f.is_file():
+        for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
+            try: step = int(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError): continue
+    return step
+
+def close_stale(bundle: str | os.PathLike,  # a run folder
+                reason: str | None = None,  # what the noticer knows (e.g. papermill's exit code)
+                force: bool = False,  # close even when the writer cannot be proven dead (the caller knows it is)
+                ) -> dict | None:  # the manifest written, or None when nothing was closed
+    "Close a `running` bundle whose writer process is gone as `crashed`, naming the last completed step and checkpoint."
+    b = Path(bundle)
+    try: man = json.loads((b / "run_manifest.json").read_text())
+    except (OSError, ValueError): return None
+    if man.get("status") != "running" or (not force and writer_alive(man) is not False): return None
+    _trim_partial(b / "logs" / "steps.jsonl")
+    cks = [e for e in read_events(b) if e.get("event") == "checkpoint"]
+    step, ck = _last_step(b), (cks[-1] if cks else None)
+    w = man.get("writer") or {}
+    msg = (reason or f"the process that wrote this run (pid {w.get('pid')} on {w.get('host')}) is gone: killed, out of "
+           "memory or stopped") + (f"; last logged step {step}" if step is not None else "; no step logged") + \
+          (f"; last checkpoint {ck['path']} (step {ck['step']}): resume from this bundle" if ck else "; no checkpoint was written")
+    err = dict(type="Crashed", message=msg, traceback="")
+    _append_event(b, "failure", **err, last_step=step, last_checkpoint=ck["path"] if ck else None)
+    man.update(status="crashed", ended=_iso(_utc()), error=err, last_step=step, last_checkpoint=ck["path"] if ck else None)
+    _readable(atomic_write_text(b / "run_manifest.json", canonical_json(redact_obj(man, entropy=False))))
+    for t in b.rglob(".*.tmp"): t.unlink(missing_ok=True)  # half-written files of the dead writer
+    _release_reserve(b)
+    try:
+        cfg = OmegaConf.to_container(OmegaConf.load(b / "config_resolved.yaml"))
+        text = run_md(man, json.loads((b / "provenance/repro.json").read_text()), cfg, json.loads((b / "metrics.json").read_text()))
+        _readable(atomic_write_text(b / "RUN.md", scrub(text)))
+    except (OSError, ValueError, KeyError): pass  # the manifest is the record; RUN.md is its summary
+    return man
+
+def close_stale_runs(parent: str | os.PathLike) -> list[Path]:
+    "Close every stale `running` bundle directly under `parent` (a project folder); return the ones closed."
+    return [m.parent for m in sorted(Path(parent).glob("*/run_manifest.json")) if close_stale(m.parent)]
 
 _WATCH = ("import sys, psutil\n"
           "try:\n p = psutil.Process(int(sys.argv[3]))\n if abs(p.create_time() - float(sys.argv[4])) < 1e-2: p.wait()\n"
           "except psutil.Error: pass\n"
           "try:\n from drifting.provenance import attach_notebook; attach_notebook(sys.argv[1], sys.argv[2])\n"
-          "except Exception as e:\n open(sys.argv[1] + '/logs/notebook_watch.log', 'a').write(repr(e) + '\\n')\n")
+          "except Exception as e:\n open(sys.argv[1] + '/logs/notebook_watch.log', 'a').write(repr(e) + '\\n')\n"
+          "import time; time.sleep(2)\nfrom drifting.provenance import close_stale; close_stale(sys.argv[1])\n")
 
 _SPAWN = ("import subprocess, sys\nd = subprocess.DEVNULL\n"
           "subprocess.Popen(sys.argv[1:], stdin=d, stdout=d, stderr=d, start_new_session=True, close_fds=True)\n")
@@ -318,9 +490,35 @@ def _watch_papermill(bundle: Path, pm: dict):
     subprocess.run([sys.executable, "-c", _SPAWN, *watcher], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL, close_fds=True, timeout=60)
 
-def _command(pm: dict | None) -> tuple[str, str]:
+_INV_VARS = ("DRIFTING_RUN_POINTER", "DRIFTING_COMMAND", "DRIFTING_CWD", "DRIFTING_TEMP_OUTPUT")
+_INV: dict = {}
+
+def _invocation() -> dict:
+    "What `drifting run` told this process (pointer file, command, cwd), read once and taken out of the environment,"
+    "so that a run this process starts in a child (a nested notebook) does not report itself to the outer command."
+    given = {k: os.environ.pop(k) for k in _INV_VARS if k in os.environ}
+    if given or _INV.get("pid") != os.getpid(): _INV.clear(); _INV.update(pid=os.getpid(), **given)
+    return _INV
+
+def _writer() -> dict:
+    "Who writes the bundle: a `running` bundle whose writer is gone is stale (`writer_alive`)."
+    p = psutil.Process()
+    return dict(pid=p.pid, create_time=p.create_time(), host=socket.gethostname())
+
+def _leaves(obj):
+    "Every string inside a JSON-like `obj`."
+    if isinstance(obj, dict): return [s for v in obj.values() for s in _leaves(v)]
+    if isinstance(obj, (list, tuple)): return [s for v in obj for s in _leaves(v)]
+    return [obj] if isinstance(obj, str) else []
+
+def _words(cmd: str | None) -> list[str]:
+    "The words of a command line (the whole line when it does not split)."
+    try: return shlex.split(cmd or "")
+    except ValueError: return [cmd]
+
+def _command(pm: dict | None, inv: dict) -> tuple[str, str]:
     "The command line that re-runs this run, and the folder to run it from."
-    if os.environ.get("DRIFTING_COMMAND"): return os.environ["DRIFTING_COMMAND"], os.environ.get("DRIFTING_CWD", os.getcwd())
+    if inv.get("DRIFTING_COMMAND"): return inv["DRIFTING_COMMAND"], inv.get("DRIFTING_CWD", os.getcwd())
     if pm:
         argv = pm["argv"][1:] if len(pm["argv"]) > 1 and Path(pm["argv"][1]).name == "papermill" else pm["argv"]
         return shlex.join(argv), pm["cwd"]
@@ -347,6 +545,16 @@ def _install_hooks(run: Run):
     def _exit():
         if run.status == "running": run.fail("the process exited before run.finish() was called", status="aborted")
     atexit.register(_exit); run._hooks.append(lambda: atexit.unregister(_exit))
+    if threading.current_thread() is threading.main_thread():  # SIGTERM (docker stop, a scheduler): record, then die
+        prev_term = signal.getsignal(signal.SIGTERM)
+        def _term(signum, frame):
+            run.terminated = True
+            if run.in_loop: return  # the training loop checkpoints at the end of the step, then fails the run
+            if run.status == "running": run.fail("terminated by SIGTERM (no training loop was running to checkpoint)")
+            signal.signal(signal.SIGTERM, prev_term if callable(prev_term) else signal.SIG_DFL)
+            os.kill(os.getpid(), signal.SIGTERM)
+        signal.signal(signal.SIGTERM, _term)
+        run._hooks.append(lambda: signal.signal(signal.SIGTERM, prev_term) if signal.getsignal(signal.SIGTERM) is _term else None)
 
 # %% ../nbs/10_provenance.ipynb #36abf1e6
 def start_run(project: str,  # folder name under runs/, e.g. 'toy'
@@ -365,24 +573,27 @@ def start_run(project: str,  # folder name under runs/, e.g. 'toy'
     "Create a run bundle, record config, code, environment and invocation, and return the `Run` that writes into it."
     check_name(project)
     cfg = compose_config(config, overrides); resolved = resolve_config(cfg)
+    inv = _invocation()
+    register_secrets([*_leaves(resolved), *_words(inv.get("DRIFTING_COMMAND"))])  # secrets given as parameters
     root = Path(code_root) if code_root is not None else project_root()
     runs = check_writable(Path(runs_dir) if runs_dir is not None else default_runs_dir(root))
+    close_stale_runs(runs / project)  # runs of this project whose process died are closed as `crashed` now
     resume_state = resume = None
     if resume_from is not None:
-        rp = checkpoint_file(resume_from)
-        resume_state = load_checkpoint(rp)
+        rp, resume_state = open_checkpoint(resume_from)  # verified; a bad last.pt falls back to the newest good step
         resume = dict(path=str(rp.resolve()), sha256=sha256_file(rp), step=resume_state.get("step") if isinstance(resume_state, dict) else None)
     git = git_state(root); code = codebase_fingerprint(root / package, git)
     snap = env_snapshot(); rec = smoke_test(root=root, manifest=manifest) if smoke else None
     if rec is not None: snap["smoke"] = rec
     envfp, hw, pm = env_fingerprint(snap), snap["hardware"], papermill_invocation()
-    command, cwd = _command(pm)
+    if pm: register_secrets(pm["argv"])
+    command, cwd = _command(pm, inv)
     seed = seed if seed is not None else (resolved.get("seed") if isinstance(resolved, dict) else None)
     entry = None
     if pm and Path(pm["input"]).is_file():
         inp = Path(pm["input"]); rel = inp.relative_to(root.resolve()) if inp.is_relative_to(root.resolve()) else inp.name
         entry = dict(notebook=str(rel), sha256=sha256_file(inp))
-    cfg_red = redact_obj(resolved)
+    cfg_red = redact_obj(resolved)  # by value: keys are data
     repro = dict(schema_version=SCHEMA_VERSION, project=project, config=cfg_red,
                  config_sha256=sha256_bytes(canonical_json(cfg_red).encode()), seed=seed,
                  dataset=jsonable(dataset) if dataset is not None else None,
@@ -402,24 +613,33 @@ def start_run(project: str,  # folder name under runs/, e.g. 'toy'
                      device=dict(type=hw["device_type"], name=hw["cuda_devices"][0]["name"] if hw["cuda_devices"] else None,
                                  count=len(hw["cuda_devices"]) or 1, cpu_count=hw["cpu_count"]),
                      command=scrub(command, entropy=True), cwd=cwd, notebook=None, resume_from=resume, seed=seed,
-                     smoke_ok=rec["ok"] if rec is not None else None, env_fingerprint=envfp["sha256"], error=None)
+                     smoke_ok=rec["ok"] if rec is not None else None, env_fingerprint=envfp["sha256"], error=None,
+                     writer=_writer())
     d = new_run_dir(runs, project, git["short"], now); manifest_["run_id"] = d.name
-    for sub in BUNDLE_DIRS: (d / sub).mkdir(parents=True, exist_ok=True)
-    run = Run(d, project, manifest_, repro, resolved, resume_state)
-    if pm and pm.get("output") and "://" not in pm["output"]:
-        os.symlink(os.path.relpath(pm["output"], d), d / "notebook.ipynb")
-        temp_out = os.environ.get("DRIFTING_TEMP_OUTPUT") == pm["output"]  # `drifting run` without OUTPUT: bundle copy only
-        manifest_["notebook"] = dict(path="notebook.ipynb", kind="link", input=pm["input"], output=None if temp_out else pm["output"])
-    run._text("config.yaml", config_yaml(cfg)); run._text("config_resolved.yaml", config_yaml(cfg, resolve=True))
-    run._json("env_snapshot.json", redact_obj(snap, entropy=False)); run._json("env_fingerprint.json", envfp)
-    run._json("codebase_fingerprint.json", code); run._json("provenance/repro.json", repro)
-    run._text("provenance/git.diff", git["diff"]); run._text("provenance/env.txt", redact_env())
-    run._json("metrics.json", run.metrics); run._json("run_manifest.json", manifest_); run._text("RUN.md", run_md(run.manifest, run.repro, run.config, run.metrics))
-    run.event("start", run_id=d.name, project=project, pid=os.getpid(), command=manifest_["command"])
-    run.log(f"start {project}/{d.name}")
-    if resume: run.event("resume", **{"from": resume["path"], "step": resume["step"], "sha256": resume["sha256"]})
-    if os.environ.get("DRIFTING_RUN_POINTER"):
-        with open(os.environ["DRIFTING_RUN_POINTER"], "a") as f: f.write(f"{d.resolve()}\n")
+    try:  # a bundle is whole or absent: any failure here (a full disk, a bad value) removes the folder
+        for sub in BUNDLE_DIRS: (d / sub).mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(d / RESERVE, bytes(1 << 16))
+        run = Run(d, project, manifest_, repro, resolved, resume_state)
+        if pm and pm.get("output") and "://" not in pm["output"]:
+            os.symlink(os.path.relpath(pm["output"], d), d / "notebook.ipynb")
+            temp_out = inv.get("DRIFTING_TEMP_OUTPUT") == pm["output"]  # `drifting run` without OUTPUT: bundle copy only
+            manifest_["notebook"] = dict(path="notebook.ipynb", kind="link", input=pm["input"], output=None if temp_out else pm["output"])
+        run._text("config.yaml", config_yaml(cfg)); run._text("config_resolved.yaml", config_yaml(cfg, resolve=True))
+        run._json("env_snapshot.json", redact_obj(snap, entropy=False)); run._json("env_fingerprint.json", envfp)
+        run._json("codebase_fingerprint.json", code); run._json("provenance/repro.json", repro)
+        run._text("provenance/git.diff", git["diff"]); run._text("provenance/env.txt", redact_env())
+        run._json("metrics.json", run.metrics); run._json("run_manifest.json", manifest_); run._text("RUN.md", run_md(run.manifest, run.repro, run.config, run.metrics))
+        run.event("start", run_id=d.name, project=project, pid=os.getpid(), command=manifest_["command"])
+        run.log(f"start {project}/{d.name}")
+        if resume: run.event("resume", **{"from": resume["path"], "step": resume["step"], "sha256": resume["sha256"]})
+    except BaseException as e:
+        shutil.rmtree(d, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC:
+            raise BundleError(f"the disk under {runs} is full: no run bundle was kept (free space and start again)") from e
+        raise
+    print(f"drifting: run bundle {d}", file=sys.stderr)  # also how `attach_notebook` knows an executed notebook belongs to this run
+    if inv.get("DRIFTING_RUN_POINTER"):
+        with open(inv["DRIFTING_RUN_POINTER"], "a") as f: f.write(f"{d.resolve()}\n")
     elif manifest_["notebook"] and not os.environ.get("DRIFTING_NO_WATCH"): _watch_papermill(d, pm)
     if rec is not None and not rec["ok"]:
         err = SmokeGateError("environment smoke gate failed (see environment.manifest.json):\n  " + "\n  ".join(failed_checks(rec)))

@@ -5,7 +5,7 @@
 # %% ../nbs/13_runs.ipynb #004310b6
 from __future__ import annotations
 
-import math, os, time
+import hashlib, io, json, math, os, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,19 +16,21 @@ from .builtin_vae import builtin_vae
 from .core import default_device
 from .data import BUILTIN_DATASETS, ImageDataset, load_dataset
 from .features import FeatureSpace
-from .mae import load_encoder
+from .mae import check_encoder_spec, load_encoder
 from .mae_train import latent_mae_encoder
 from .metrics import FeatureNet, compute_fid, extract_features, reference_key, reference_stats
-from .provenance import checkpoint_file
+from .provenance import open_checkpoint
 from .sample import sweep_alpha, training_run_config
-from .tokenizer import Tokenizer, item_seeds, load_vae
-from .train import ConfigMismatch, TrainConfig, config_diff, describe_diff, train_checkpoint, train_config
+from .tokenizer import Tokenizer, check_vae_spec, item_seeds, load_vae
+from .train import (ConfigMismatch, TrainConfig, check_flag, check_keep_checkpoints, check_resume_params, config_diff,
+    describe_diff, train_checkpoint, train_config)
 
 # %% auto #0
-__all__ = ['METRIC_NETS', 'check_int', 'parse_alphas', 'machine', 'check_latent_run', 'EvalPlan', 'check_eval_run',
-           'check_mae_run', 'LatentData', 'get_vae', 'encode_latents', 'is_latent_cache', 'latent_data',
-           'feature_space', 'is_builtin_digits', 'metric_net_kind', 'metric_net', 'digit_classifier', 'evaluate_alphas',
-           'fid_at_alpha', 'reference_protocol', 'nn_audit', 'training_curves_figure', 'metrics_vs_alpha_figure']
+__all__ = ['METRIC_NETS', 'check_int', 'parse_alphas', 'machine', 'check_dataset_arg', 'check_latent_run', 'EvalPlan',
+           'check_eval_run', 'check_mae_run', 'LatentData', 'get_vae', 'encode_latents', 'is_latent_cache',
+           'latent_data', 'feature_space', 'is_builtin_digits', 'metric_net_kind', 'build_metric_net',
+           'digit_classifier', 'evaluate_alphas', 'fid_at_alpha', 'reference_protocol', 'nn_audit_figure',
+           'training_curves_figure', 'metrics_vs_alpha_figure']
 
 # %% ../nbs/13_runs.ipynb #4923967c
 def check_int(v,  # the value given
@@ -64,6 +66,13 @@ def machine(device: str | None = None,  # None: the best available; or 'cpu', 'c
     return dev
 
 # %% ../nbs/13_runs.ipynb #0a0ca45d
+def check_dataset_arg(dataset) -> str:
+    "A `dataset` parameter must be a built-in name or an existing path; refused before a bundle exists."
+    if str(dataset) not in BUILTIN_DATASETS and not Path(str(dataset)).expanduser().exists():
+        raise FileNotFoundError(f"dataset {dataset!r} is neither a built-in ({sorted(BUILTIN_DATASETS)}) nor an existing "
+                                "path (a class-folder directory or a latent cache); check the path")
+    return str(dataset)
+
 def check_latent_run(preset: str,  # a TRAIN_PRESETS name
                      steps: int,  # optimiser steps of the whole run (a resume continues to it)
                      dataset,  # a built-in name, a class-folder directory or a latent cache
@@ -71,21 +80,33 @@ def check_latent_run(preset: str,  # a TRAIN_PRESETS name
                      resume=None,  # a checkpoint or a run bundle folder
                      ckpt_every=None, eval_per_class: int = 100, fid_n: int = 0, keep_checkpoints=None, log_every: int = 1,
                      allow_changes: bool = False,  # accept a resume whose configuration differs
+                     vae=None,  # the VAE spec (`get_vae`), checked without loading; None: not checked
+                     nproc: int = 1,  # training processes (torch.distributed); each takes whole label groups
+                     dist_mode: str = "exact",  # 'exact' (global-batch statistics, the release) or 'per_rank'
                      **overrides,  # TrainConfig fields; None keeps the preset's
                      ) -> tuple[TrainConfig, list[float]]:  # (checked config, α grid)
     "Validate a training run's parameters before any work; return its config and the α grid."
     cfg = train_config(preset, steps=steps, **{k: v for k, v in overrides.items() if v is not None})
-    if str(dataset) not in BUILTIN_DATASETS and not Path(str(dataset)).expanduser().exists():
-        raise FileNotFoundError(f"dataset {dataset!r} is neither a built-in ({sorted(BUILTIN_DATASETS)}) nor an existing "
-                                "path (a class-folder directory or a latent cache); check the path")
+    check_dataset_arg(dataset)
+    allow_changes = check_flag("allow_config_change", allow_changes)
+    if vae is not None: check_vae_spec(vae)
+    check_encoder_spec(cfg.feature_encoder, cfg.mae_preset)
     if resume is not None and not Path(str(resume)).expanduser().exists():
         raise FileNotFoundError(f"resume={resume!r} does not exist: give a checkpoint file or a run bundle folder")
-    check_int(ckpt_every, "ckpt_every", 1, none_ok=True); check_int(keep_checkpoints, "keep_checkpoints", 1, none_ok=True)
+    check_int(ckpt_every, "ckpt_every", 1, none_ok=True); check_keep_checkpoints(keep_checkpoints)
     check_int(eval_per_class, "eval_per_class", 2); check_int(fid_n, "fid_n", 0); check_int(log_every, "log_every")
+    check_int(nproc, "nproc")
+    if nproc > 1 and cfg.n_c % (cfg.grad_accum * nproc):
+        raise ValueError(f"n_c={cfg.n_c} does not split into equal whole-class shares over nproc={nproc} (grad_accum="
+                         f"{cfg.grad_accum}): make n_c a multiple of {cfg.grad_accum * nproc}, e.g. -p n_c {cfg.grad_accum * nproc}")
+    if dist_mode not in ("exact", "per_rank"): raise ValueError(f"dist_mode must be 'exact' or 'per_rank', got {dist_mode!r}")
     alphas = parse_alphas(alpha_eval)
-    if resume is not None:
-        rp = checkpoint_file(resume)
-        sd = train_checkpoint(torch.load(rp, map_location="cpu", weights_only=True, mmap=True), str(rp))
+    if resume is not None:  # refused now, before a bundle exists: another run's inputs, then another configuration
+        check_resume_params(resume, allow_changes, dataset=str(dataset), vae=str(vae),
+                            feature_encoder=None if cfg.feature_encoder is None else str(cfg.feature_encoder),
+                            mae_preset=cfg.mae_preset, mae_steps=cfg.mae_steps)
+        rp, sd = open_checkpoint(resume, mmap=True)  # verified; a bad last.pt falls back to the newest good step, and says so
+        sd = train_checkpoint(sd, str(rp))
         diff = config_diff(sd["config"], cfg.to_dict())
         if diff and not allow_changes:
             raise ConfigMismatch(f"{rp} (step {sd['step']}) was written with a different configuration:\n{describe_diff(diff)}\n"
@@ -104,6 +125,12 @@ class EvalPlan:
     vae: object  # the decoder spec, or None for a pixel-space generator
     net_kind: str  # 'classifier' or 'inception'
     trained_data: dict  # the training run's dataset record (its tokenizer's fingerprint)
+    training_status: str | None = None  # the training run's status ('completed', 'failed', …; None outside a bundle)
+
+    def load_state(self) -> tuple[dict, str]:
+        "The checkpoint's state and the sha256 of the very bytes it was loaded from (the file may change meanwhile)."
+        data = Path(self.checkpoint).read_bytes()
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), hashlib.sha256(data).hexdigest()
 
     def decoder(self, device=None, progress: bool = True) -> Tokenizer | None:
         "The VAE that decodes the generator's samples (None for a pixel generator), checked against the training run's."
@@ -115,24 +142,29 @@ class EvalPlan:
                              f"{want[:16]}… (another cache or a retrained built-in VAE); pass vae=<the run's VAE folder>")
         return tok
 
-def check_eval_run(checkpoint,  # a run bundle folder, a checkpoint file, or a released model name ('latent_L_sota')
+def check_eval_run(checkpoint,  # a run bundle folder or a checkpoint file (`pipeline.resolve_checkpoint` maps a released model name to one)
                    alphas, n_per_class: int, nn_pool: int, metric_net: str,
                    dataset=None, resolution=None, vae=None,  # None: the training run's
                    ) -> EvalPlan:
     "Validate an evaluation run's parameters before any work; fill the data, resolution and VAE from the training run."
-    from drifting.pipeline import resolve_checkpoint
-    ck, trained, trained_data = training_run_config(resolve_checkpoint(checkpoint))  # a released model: its converted bundle
+    ck, trained, trained_data = training_run_config(checkpoint)
     alpha_list = parse_alphas(alphas)
     check_int(n_per_class, "n_per_class", 2); check_int(nn_pool, "nn_pool", 3)
     if metric_net not in METRIC_NETS: raise ValueError(f"metric_net must be 'auto', 'classifier' or 'inception', got {metric_net!r}")
     data = dataset if dataset is not None else trained.get("dataset")
     res = resolution if resolution is not None else trained.get("resolution")
     if data is None: raise ValueError("the training run records no dataset; pass dataset=<name or path>")
+    check_dataset_arg(data)  # before a bundle exists
+    vae = vae if vae is not None else trained.get("vae")
+    if vae is not None: check_vae_spec(vae)
+    manifest = Path(ck).parent.parent.parent / "run_manifest.json"
+    status = json.loads(manifest.read_text()).get("status") if manifest.is_file() else None
+    if status not in (None, "completed"):
+        print(f"note: the training run that wrote {ck} is '{status}', not completed (recorded as training_status)")
     if is_latent_cache(data):
         raise ValueError(f"the reference {data!r} is a latent cache, not images: pass dataset=<the image folder or "
                          "built-in name> (and resolution) so the metrics compare generated images with real ones")
-    return EvalPlan(ck, alpha_list, data, res, vae if vae is not None else trained.get("vae"),
-                    metric_net_kind(metric_net, data, res), trained_data)
+    return EvalPlan(ck, alpha_list, data, res, vae, metric_net_kind(metric_net, data, res), trained_data, status)
 
 def check_mae_run(preset: str, width: int | None, steps: int, batch_size: int, seed: int, out_dir: str,
                   **recipe,  # MAETrainConfig fields (lr, warmup, ema_decay, finetune_*)
@@ -247,7 +279,7 @@ def metric_net_kind(name: str,  # one of METRIC_NETS
         find_inception_weights()  # raises with the offline recipe when missing
     return kind
 
-def metric_net(kind: str,  # 'classifier' or 'inception' (`metric_net_kind`)
+def build_metric_net(kind: str,  # 'classifier' or 'inception' (`metric_net_kind`)
                device=None) -> FeatureNet:
     "The metric network of that kind."
     if kind == "classifier":
@@ -258,7 +290,7 @@ def metric_net(kind: str,  # 'classifier' or 'inception' (`metric_net_kind`)
 
 def digit_classifier(dataset, resolution, device=None) -> FeatureNet | None:
     "The small classifier when the data are the built-in digits it knows, else None (no class accuracy)."
-    return metric_net("classifier", device) if is_builtin_digits(dataset, resolution) else None
+    return build_metric_net("classifier", device) if is_builtin_digits(dataset, resolution) else None
 
 # %% ../nbs/13_runs.ipynb #8c1bc7bd
 def evaluate_alphas(model, alphas, per_class: int,
@@ -305,7 +337,7 @@ def reference_protocol(net: FeatureNet, train: ImageDataset, heldout: ImageDatas
                     fid_real_vs_real=floor)
     return protocol, ref_stats, ref_feats
 
-def nn_audit(net: FeatureNet, samples: torch.Tensor,  # [N, C, H, W] images at one α
+def nn_audit_figure(net: FeatureNet, samples: torch.Tensor,  # [N, C, H, W] images at one α
              train: ImageDataset, pool: int, seed: int = 0, n_show: int = 6):
     "Nearest training images (in `net`'s features) of a few samples: (figure, record of the distances)."
     from drifting.metrics import nearest_neighbours, nn_figure

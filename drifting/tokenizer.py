@@ -18,7 +18,7 @@ from .data import ImageDataset, hflip, load_dataset
 from .latent_cache import LatentCacheWriter
 
 # %% auto #0
-__all__ = ['SD_VAE_ID', 'PINNED_REVISIONS', 'VAE_ALIASES', 'item_noise', 'item_seeds', 'Tokenizer', 'load_vae',
+__all__ = ['SD_VAE_ID', 'PINNED_REVISIONS', 'VAE_ALIASES', 'item_noise', 'item_seeds', 'Tokenizer', 'load_vae', 'check_vae_spec',
            'export_latent_cache']
 
 # %% ../nbs/08_tokenizer.ipynb #f41b600a
@@ -156,6 +156,24 @@ def load_vae(spec: str | os.PathLike,  # a hub id/alias, or a save_pretrained di
                          "accept whatever the hub holds today)")
     vae = AutoencoderKL.from_pretrained(s, revision=rev, subfolder=subfolder, **kwargs)
     return Tokenizer(vae, f"{s}@{rev}", device, batch_size, dict(source=s, revision=rev, subfolder=subfolder))
+
+# %% ../nbs/08_tokenizer.ipynb #a6df68a0
+def check_vae_spec(spec,  # the `vae` parameter of a run
+                   revision: str | None = None,  # an explicit hub revision
+                   ):
+    "Refuse a `vae` that `load_vae` would refuse, without loading anything (run notebooks call it before a bundle exists)."
+    s = str(spec)
+    if s == "builtin": return spec
+    s = VAE_ALIASES.get(s, s); p = Path(s).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").exists() and not (p / "vae" / "config.json").exists():
+            raise FileNotFoundError(f"vae={s!r} is a folder without config.json: not written by AutoencoderKL.save_pretrained")
+        return spec
+    if s.startswith((".", "/", "~")) or not _HUB_ID.match(s):
+        raise FileNotFoundError(f"vae={s!r} is not 'builtin', not an existing directory and not a hub id like '{SD_VAE_ID}'")
+    if (revision or PINNED_REVISIONS.get(s)) is None:
+        raise ValueError(f"hub VAE {s!r} has no pinned revision: pass a save_pretrained folder or a pinned id ({sorted(PINNED_REVISIONS)})")
+    return spec
 
 # %% ../nbs/08_tokenizer.ipynb #d3716060
 def export_latent_cache(data: ImageDataset | str | os.PathLike,  # dataset, or a name/folder for `load_dataset`

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -24,12 +25,14 @@ from .data import ImageDataset, hflip
 from .drift import TAUS
 from .features import AGGREGATES, PATCH_SIZES, FeatureSpace, feature_drift_loss, group_by_class
 from .generator import GENERATOR_PRESETS, Generator, generator_config
+from .provenance import check_finite, checkpoint_file, open_checkpoint
 from .mae import MAE_PRESETS
 from .queues import SampleQueues, sample_alpha, uncond_weight
 
 # %% auto #0
 __all__ = ['TRAIN_PRESETS', 'TRAIN_FORMAT', 'RESUME_MAY_CHANGE', 'TrainConfig', 'train_config', 'DataStream', 'train_checkpoint',
-           'ConfigMismatch', 'config_diff', 'describe_diff', 'StepLog', 'progress_bar', 'Trainer']
+           'finite_clip_', 'check_keep_checkpoints', 'check_flag', 'check_resume_params', 'ConfigMismatch',
+           'config_diff', 'describe_diff', 'StepLog', 'progress_bar', 'Trainer']
 
 # %% ../nbs/11_train.ipynb #a94e2aee
 @dataclass
@@ -107,6 +110,12 @@ class TrainConfig:
                  "with strict_queues a class queue can never serve a step; lower n_pos, raise queue_per_class, or "
                  "set strict_queues=False (sampling with replacement, as the release)")
             need(self.n_unc <= self.queue_uncond, f"n_unc={self.n_unc} > queue_uncond={self.queue_uncond} with strict_queues")
+        for k in ("lr", "lr_init", "cfg_k", "no_cfg_frac", "alpha_max", "weight_decay", "clip", "ema_decay"):
+            v = getattr(self, k)  # NaN/inf would reach the optimiser and then the checkpoints
+            need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+                 f"TrainConfig.{k} must be a finite number, got {v!r}")
+        need(all(isinstance(t, (int, float)) and math.isfinite(t) for t in (*self.betas, *self.taus)),
+             f"betas and taus must be finite numbers, got betas={self.betas!r} taus={self.taus!r}")
         for k in ("lr", "lr_init"): need(getattr(self, k) > 0, f"TrainConfig.{k} must be > 0, got {getattr(self, k)!r}")
         need(self.alpha_max > 1, f"alpha_max must be > 1, got {self.alpha_max!r}")
         need(0 <= self.no_cfg_frac <= 1, f"no_cfg_frac must be in [0, 1], got {self.no_cfg_frac!r}")
@@ -209,6 +218,46 @@ def train_checkpoint(sd,  # what `torch.load` returned
         raise ValueError(f"{where} is not a drifting.train checkpoint of format {TRAIN_FORMAT} (got format {got!r}): "
                          "give a file written by `Trainer` (run_latent), or its run bundle folder")
     return sd
+
+def finite_clip_(params,  # the parameters whose gradients are clipped in place
+                 max_norm: float,  # the global-norm bound
+                 step: int,  # the step (for the message)
+                 ) -> Tensor:
+    "`clip_grad_norm_` that refuses a NaN/inf gradient before the optimiser step (weights and checkpoints stay as they were)."
+    try: return torch.nn.utils.clip_grad_norm_(params, max_norm, error_if_nonfinite=True)
+    except RuntimeError as e:
+        if "non-finite" not in str(e): raise
+        raise FloatingPointError(f"the gradient norm is NaN/inf at step {step}: the optimiser step was not taken, the "
+                                 "weights and the last checkpoint are unchanged (lower lr, check the data for NaN/inf)") from None
+
+def check_keep_checkpoints(keep) -> int | None:
+    "`keep_checkpoints`: None (keep every step file) or an int ≥ 1; anything else is refused before a run starts."
+    if keep is not None and (not isinstance(keep, int) or isinstance(keep, bool) or keep < 1):
+        raise ValueError(f"keep_checkpoints must be None (keep all) or an int ≥ 1 (the newest step files kept), got {keep!r}")
+    return keep
+
+def check_flag(name: str, v) -> bool:
+    "A yes/no parameter must be a bool: `-r allow_config_change False` passes the string 'False', which is truthy."
+    if not isinstance(v, bool):
+        raise ValueError(f"{name} must be True or False, got {v!r} ({type(v).__name__}); pass it as `-p {name} False` "
+                         "(papermill -p parses booleans, -r keeps a string)")
+    return v
+
+def check_resume_params(resume,  # a checkpoint or bundle given as `resume`, or None
+                        allow_changes: bool = False,  # the run's allow_config_change
+                        **params,  # the run's own values of what the checkpoint's run recorded, e.g. dataset=, vae=
+                        ) -> dict:  # what differed: {name: (checkpoint's run, now)}
+    "Refuse a resume from a run with another dataset, VAE or feature encoder now, from its bundle's record (no VAE/MAE work)."
+    if resume is None: return {}
+    p = Path(str(resume)).expanduser()
+    b = p if p.is_dir() else p.parent.parent.parent
+    try: old = json.loads((b / "provenance" / "repro.json").read_text())["config"]
+    except (OSError, ValueError, KeyError): return {}  # a bare .pt file: the trainer's own check still runs later
+    diff = {k: (old.get(k), v) for k, v in params.items() if k in old and old.get(k) != v}
+    if diff and not allow_changes:
+        raise ConfigMismatch(f"resume={str(resume)!r} was trained with other inputs:\n{describe_diff(diff)}\n"
+                             "pass the same values, or allow_config_change=True to continue anyway")
+    return diff
 
 class ConfigMismatch(ValueError):
     "A checkpoint was written with another configuration, feature space or data."
@@ -373,7 +422,7 @@ class Trainer:
                 v2[key] = [x + y for x, y in zip(v2[key], v)] if key in v2 else v
         if self.comm is not None:  # gradients and logged numbers: the mean over ranks
             self.comm.average_gradients(self.gen.parameters()); tot, v2 = self.comm.mean_metrics(tot, v2)
-        gn = torch.nn.utils.clip_grad_norm_(self.gen.parameters(), cfg.clip)
+        gn = finite_clip_(self.gen.parameters(), cfg.clip, self.step_count)  # NaN/inf: no optimiser step
         self.opt.step()
         ema_update(self.ema, self.gen, cfg.ema_decay)
         self.step_count += 1
@@ -411,8 +460,9 @@ class Trainer:
         return diff
 
     def save(self, path: str | os.PathLike) -> Path:
-        "Write `state_dict()` atomically to `path` (a bundle uses `run.save_checkpoint` instead)."
-        return atomic_torch_save(self.state_dict(), path)
+        "Write `state_dict()` atomically to `path` (a bundle uses `run.save_checkpoint` instead); NaN/inf is refused."
+        sd = self.state_dict(); check_finite(sd)
+        return atomic_torch_save(sd, path)
 
     # -- the loop ----------------------------------------------------------------------------------------------
     def fit(self, steps: int | None = None,  # train until this many steps in total (None: `cfg.steps`); a resumed trainer continues to it
@@ -431,6 +481,7 @@ class Trainer:
             raise ValueError(f"steps={steps} is below the step this trainer is at ({self.step_count}); nothing to do")
         if ckpt_every is not None and (not isinstance(ckpt_every, int) or ckpt_every < 1):
             raise ValueError(f"ckpt_every must be None or an int ≥ 1, got {ckpt_every!r}")
+        check_keep_checkpoints(keep_checkpoints)
         if self.step_count == 0 and (self.cfg.prefill_queues or self.cfg.strict_queues) and int(self.queues.unc.count[0]) == 0:
             n = self.prefill()
             if run is not None: run.event("prefill", batches=n)
@@ -438,6 +489,7 @@ class Trainer:
         log = StepLog(run, log_every, tensorboard) if run is not None else None
         bar = progress_bar(steps, self.step_count, progress)
         saved = []
+        if run is not None: run.in_loop = True  # SIGTERM now means: checkpoint at the end of this step, then fail
         try:
             while self.step_count < steps:
                 m = self.step()
@@ -447,12 +499,17 @@ class Trainer:
                 if log is not None: log.write(m, self.cfg.taus, force=at_end)
                 bar.update(1); bar.set_postfix(loss=f"{m['loss']:.4g}", v2=f"{m['v2_total'][0]:.3g}", refresh=False)
                 if callback is not None: callback(self, m)
+                at_end = self.step_count == steps or (run is not None and run.terminated)
                 if (ckpt_every and self.step_count % ckpt_every == 0) or at_end:
                     if run is not None:
                         saved.append(run.save_checkpoint(self.state_dict(), self.step_count))
                         if keep_checkpoints and len(saved) > keep_checkpoints:
-                            saved.pop(0).unlink(missing_ok=True)  # last.pt is a link to the newest, untouched
+                            saved.pop(0).unlink(missing_ok=True)  # last.pt is a copy of the newest, untouched
+                if run is not None and run.terminated:
+                    raise RuntimeError(f"terminated by SIGTERM at step {self.step_count}; checkpoint "
+                                       f"{saved[-1].name if saved else 'none'} written: resume with resume=<this bundle>")
         finally:
             bar.close()
             if log is not None: log.close()
+            if run is not None: run.in_loop = False
         return hist

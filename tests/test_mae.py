@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from drifting.builtin_vae import BuiltinRecipe, builtin_key, builtin_vae
+from drifting.bundle import validate_bundle
 from drifting.mae import load_encoder, mae_config, save_encoder, MAE
 
 NB = Path(__file__).resolve().parents[1] / "nbs" / "run_mae.ipynb"
@@ -26,7 +27,8 @@ def quick_vae(tmp_path_factory):
 
 def run(tmp_path, **params):
     out_dir = tmp_path / "run"
-    pm.execute_notebook(str(NB), str(tmp_path / "executed.ipynb"), parameters=dict(TINY, out_dir=str(out_dir), **params),
+    pm.execute_notebook(str(NB), str(tmp_path / "executed.ipynb"),
+                        parameters=dict(TINY, out_dir=str(out_dir), runs_dir=str(tmp_path / "runs"), **params),
                         cwd=str(tmp_path), progress_bar=False)
     return out_dir
 
@@ -51,6 +53,10 @@ def test_run_mae_on_latents(tmp_path, quick_vae):
     assert m["lambda_cls_per_step"] == [0.0, 0.0, 0.0, 0.1]  # fine-tune over the last 2 steps, ramp over 1
     assert len(m["loss_per_step"]) == 4 and m["final_loss"] == m["loss_per_step"][-1]
     assert set(m["heldout_ema"]) == {"recon_loss", "accuracy", "accuracy_nomask"}
+    (bundle,) = (tmp_path / "runs" / "mae").iterdir()  # issue 12: run_mae leaves a run bundle too
+    man = json.loads((bundle / "run_manifest.json").read_text())
+    assert man["status"] == "completed" and validate_bundle(bundle) == []
+    assert json.loads((bundle / "metrics.json").read_text())["scalars"]["final_loss"] == m["final_loss"]
     enc = load_encoder(out_dir / "encoder", expect=mae_config("tiny", in_channels=4, num_classes=10))
     assert enc.info["weights"] == "ema" and enc.info["steps"] == 4
     acts = enc.get_activations(torch.zeros(2, 4, 8, 8))
@@ -70,7 +76,7 @@ def test_run_mae_on_pixels(tmp_path):
 def test_run_mae_bad_parameters_fail_before_work(tmp_path, params, msg):
     with pytest.raises(pm.PapermillExecutionError, match=msg):
         run(tmp_path, vae=None, **params)
-    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "run").exists() and not (tmp_path / "runs").exists()
 
 
 def test_encoder_export_roundtrip_and_refusal(tmp_path):

@@ -139,7 +139,7 @@ def test_secrets_redacted(repo, tmp_path, monkeypatch):
     for k, v in SECRETS.items(): monkeypatch.setenv(k, v)
     monkeypatch.setenv("MY_NOTE", "token in a value: ghp_" + "Ab12Cd34Ef56Gh78Ij90Kl12Mn34")
     monkeypatch.setattr(sys, "argv", ["train.py", "--token", SECRETS["HF_TOKEN"]])
-    cfg = {"api_key": "plain-config-secret-123", "url": "https://user:hunter2pass@host/x", "lr": 0.1}
+    cfg = {"api_key": "sk_live_" + "plainConfigSecret123", "url": "https://user:hunter2pass@host/x", "lr": 0.1}
     try:
         with start_run("toy", cfg, **kw(repo, tmp_path, smoke=False)) as run:
             run.log(f"logging {SECRETS['WANDB_API_KEY']}")
@@ -147,7 +147,7 @@ def test_secrets_redacted(repo, tmp_path, monkeypatch):
     except RuntimeError: pass
     files = all_bundle_bytes(run.dir)
     assert len(files) >= len(REQUIRED_FILES)
-    needles = [*SECRETS.values(), "plain-config-secret-123", "hunter2pass", "ghp_Ab12Cd34"]
+    needles = [*SECRETS.values(), "plainConfigSecret123", "hunter2pass", "ghp_Ab12Cd34"]
     for name, data in files:
         for s in needles: assert s.encode() not in data, (name, s)
     env = (run.dir / "provenance/env.txt").read_text().splitlines()

@@ -109,6 +109,11 @@ def test_resume_continues_and_mismatch_is_refused(env, first):
     (dict(dataset="/no/such/folder"), "neither a built-in"),
     (dict(alpha_eval="0.5,2"), "must be ≥ 1"),
     (dict(n_pos=20, strict_queues=True), "n_pos=20 > queue_per_class=8"),
+    # issue 12, item 9: refused in the first check cell, before a bundle or any VAE/MAE work
+    (dict(vae="/no/such/vae"), "not 'builtin', not an existing directory"),
+    (dict(feature_encoder="builtin", mae_preset="huge"), "unknown mae_preset 'huge'"),
+    (dict(keep_checkpoints=-1), "keep_checkpoints must be None"),
+    (dict(allow_config_change="False"), "allow_config_change must be True or False"),
 ])
 def test_bad_parameters_fail_before_work(env, first, params, msg):
     before = {b.name: _tree_hash(b) for b in _bundles(env["runs"])}
@@ -190,7 +195,8 @@ def test_run_eval_on_the_tiny_run(env, first):
 
 @pytest.mark.parametrize("params, msg", [(dict(checkpoint="/no/such/run"), "no checkpoint at"),
                                          (dict(alphas="0.9"), "must be ≥ 1"),
-                                         (dict(metric_net="clip"), "metric_net must be")])
+                                         (dict(metric_net="clip"), "metric_net must be"),
+                                         (dict(dataset="/no/such/images"), "neither a built-in")])  # issue 12, item 9
 def test_run_eval_bad_parameters(env, first, params, msg):
     runs = env["root"] / "eval_bad_runs"
     with pytest.raises(pm.PapermillExecutionError, match=msg):

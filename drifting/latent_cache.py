@@ -82,6 +82,8 @@ def _load_npz_cache(path: Path) -> LatentCache:
         man = json.loads(arrays.pop("manifest").tobytes().decode())
         if man.get("format") != CACHE_FORMAT: raise ValueError(f"its manifest is not a {CACHE_FORMAT} manifest")
         lat, lab, flip = arrays["latents"], arrays["labels"], arrays.get("latents_flip")
+        if flip is not None and not man["has_flip"]:  # an array its manifest does not hash would be used unverified
+            raise ValueError("it holds a latents_flip array that its manifest does not list (has_flip false)")
         names = ["latents", "labels"] + (["latents_flip"] if man["has_flip"] else [])
         shape, count, sha = man["shape"], man["count"], man["sha256"]
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as e:
@@ -156,7 +158,11 @@ def _load_sharded(path: Path, allow_incomplete: bool) -> LatentCache:
     if not man.get("shards"): raise ValueError(f"latent cache {path} holds no shards")
     parts = []
     for s in man["shards"]:
-        c = _load_npz_cache(path / s["file"])
+        f = str(s.get("file", ""))
+        if not f or Path(f).name != f or f in (".", ".."):  # a bare file name: nothing outside the cache is read
+            raise ValueError(f"latent cache {path}: its manifest names the shard {f!r}, which is not a file inside the "
+                             "cache directory; the manifest is corrupt or forged: re-export the cache")
+        c = _load_npz_cache(path / f)
         if c.manifest["sha256"] != s["sha256"]:
             raise ValueError(f"shard {s['file']} of {path} is not the one its manifest lists (hash mismatch)")
         parts.append(c)

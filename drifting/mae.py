@@ -67,6 +67,7 @@ MAE_PRESETS = {
     "latent-512": MAEConfig(width=512),  # Tab. 3
     "latent-640": MAEConfig(width=640),  # final latent encoder, HF `mae_latent_640` (Tab. 8)
     "pixel-640": MAEConfig(in_channels=3, width=640, input_patch=8),  # 256×256×3 -> 32×32×192 (App. A.3)
+    "pixel-small": MAEConfig(in_channels=1, width=32, blocks=(2, 2, 2, 2), input_patch=4, num_classes=10),  # ours: the built-in digits' pixels, 32×32×1 -> 8×8×16
     "small": MAEConfig(width=32, blocks=(2, 2, 2, 2), num_classes=10),  # ours: CPU runs on the built-in data
     "tiny": MAEConfig(width=8, blocks=(1, 1, 1, 1), num_classes=10),  # ours: tests
 }

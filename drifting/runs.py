@@ -30,7 +30,9 @@ __all__ = ['METRIC_NETS', 'check_int', 'parse_alphas', 'machine', 'check_dataset
            'check_eval_run', 'check_mae_run', 'LatentData', 'get_vae', 'encode_latents', 'is_latent_cache',
            'latent_data', 'feature_space', 'is_builtin_digits', 'metric_net_kind', 'build_metric_net',
            'digit_classifier', 'evaluate_alphas', 'fid_at_alpha', 'reference_protocol', 'nn_audit_figure',
-           'training_curves_figure', 'metrics_vs_alpha_figure']
+           'training_curves_figure', 'metrics_vs_alpha_figure', 'default_preset', 'hub_ref', 'check_convnext_spec',
+           'check_train_run', 'GrayAsRGB', 'convnext_features', 'pixel_feature_space', 'run_features',
+           'random_resized_crop', 'AugmentedStream', 'data_stream']
 
 # %% ../nbs/13_runs.ipynb #4923967c
 def check_int(v,  # the value given
@@ -102,7 +104,7 @@ def check_latent_run(preset: str,  # a TRAIN_PRESETS name
     if dist_mode not in ("exact", "per_rank"): raise ValueError(f"dist_mode must be 'exact' or 'per_rank', got {dist_mode!r}")
     alphas = parse_alphas(alpha_eval)
     if resume is not None:  # refused now, before a bundle exists: another run's inputs, then another configuration
-        check_resume_params(resume, allow_changes, dataset=str(dataset), vae=str(vae),
+        check_resume_params(resume, allow_changes, dataset=str(dataset), vae=None if vae is None else str(vae),
                             feature_encoder=None if cfg.feature_encoder is None else str(cfg.feature_encoder),
                             mae_preset=cfg.mae_preset, mae_steps=cfg.mae_steps)
         rp, sd = open_checkpoint(resume, mmap=True)  # verified; a bad last.pt falls back to the newest good step, and says so
@@ -191,6 +193,7 @@ class LatentData:
     heldout_latents: ImageDataset | None = None  # the held-out split encoded (when asked)
     seconds: float = 0.0  # time spent encoding
     describe: dict = field(default_factory=dict)  # what the run bundle records about the data
+    decode = property(lambda self: None if self.tokenizer is None else self.tokenizer.decode)  # samples -> images (None: they are images)
 
 def get_vae(spec: str | os.PathLike,  # 'builtin', a hub id/alias, or a save_pretrained directory
             device: torch.device | str | None = None,  # where it runs
@@ -374,3 +377,140 @@ def metrics_vs_alpha_figure(rows: list, floor: float, net_name: str, title: str)
         ax[0, 1].set_xlabel("α"); ax[0, 1].set_ylabel(f"IS ({net_name})", fontsize=8)
     fig.suptitle(title, fontsize=9); fig.tight_layout()
     return fig
+
+# %% ../nbs/13_runs.ipynb #45ce75d6
+import dataclasses
+import torch.nn as nn
+import torch.nn.functional as F
+from .official import FeatureStack, MAEFeatures, load_convnext
+from .train import DataStream, train_config
+
+def default_preset(preset: str | None,  # the `preset` parameter; None: the default of the data kind
+                   vae,  # the `vae` parameter: None means the run trains on pixels (or on a latent cache as it is)
+                   ) -> str:
+    "The training preset: as given, else 'cpu' (latents of a VAE) or 'cpu-pixel' (no VAE: pixels)."
+    if preset is not None: return str(preset)
+    return "cpu" if vae is not None else "cpu-pixel"
+
+def hub_ref(spec: str) -> tuple[str, str | None]:
+    "('hub id', 'revision') of 'hub id@revision'; (spec, None) without a revision."
+    name, sep, rev = str(spec).rpartition("@")
+    return (name, rev) if sep and name and rev else (str(spec), None)
+
+def check_convnext_spec(spec) -> None:
+    "Refuse a `convnext` that would fail later: a folder needs config.json; a hub id needs '@revision'."
+    if spec is None: return
+    p = Path(str(spec)).expanduser()
+    if p.is_dir():
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"convnext={str(spec)!r} has no config.json: give a transformers save_pretrained folder "
+                                    "of a ConvNextV2 model (e.g. facebook/convnextv2-base-22k-224 saved on a networked machine)")
+        return
+    if str(spec).startswith(("/", ".", "~")) or hub_ref(spec)[1] is None:
+        raise ValueError(f"convnext={str(spec)!r} is neither an existing folder nor 'hub id@revision' (e.g. "
+                         "'facebook/convnextv2-base-22k-224@main'); offline, pass a local folder or convnext='none'")
+
+def check_train_run(preset: str | None,  # a TRAIN_PRESETS name; None: `default_preset`
+                    steps: int, dataset, alpha_eval,
+                    vae=None,  # the VAE spec; None: pixels
+                    convnext=None,  # None keeps the preset's; 'none' for no ConvNeXt; a folder or 'hub id@revision'
+                    **kwargs,  # everything else of `check_latent_run`
+                    ) -> tuple[TrainConfig, list[float]]:  # (checked config, α grid)
+    "`check_latent_run` for either kind of run, and the pixel-only settings (ConvNeXt, augmentation) checked against the data."
+    base = train_config(default_preset(preset, vae))
+    if convnext is not None: base = dataclasses.replace(base, convnext=None if str(convnext).lower() == "none" else str(convnext))
+    cfg, alphas = check_latent_run(base, steps, dataset, alpha_eval, vae=vae, **kwargs)
+    if (cfg.convnext is not None or cfg.aug is not None) and (vae is not None or is_latent_cache(dataset)):
+        raise ValueError(f"convnext={cfg.convnext!r} and aug={cfg.aug!r} act on pixels, but this run trains on latents "
+                         "(a VAE or a latent cache): pass vae=None with image data, or convnext='none' and aug=None")
+    check_convnext_spec(cfg.convnext)
+    return cfg, alphas
+
+# %% ../nbs/13_runs.ipynb #232d5a77
+class GrayAsRGB(nn.Module):
+    "An RGB feature network used on one-channel images: the channel repeated three times (ours, for the built-in digits)."
+    def __init__(self, net: nn.Module):  # with `activations(x)` on [B, 3, H, W]
+        super().__init__(); self.net = net
+    def activations(self, x: torch.Tensor) -> dict:  # x [B, 1 or 3, H, W]
+        return self.net.activations(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)
+    forward = activations
+
+def convnext_features(spec: str,  # a transformers folder or 'hub id@revision'
+                      device=None) -> nn.Module:
+    "ConvNeXt-V2 features (`official.ConvNeXtFeatures`) for generator outputs in [−1, 1]."
+    check_convnext_spec(spec)
+    p = Path(str(spec)).expanduser()
+    name, rev = (p, None) if p.is_dir() else hub_ref(spec)
+    return load_convnext(name, revision=rev, input_range="minus_one_one", device=device if device is not None else "cpu")
+
+def pixel_feature_space(cfg: TrainConfig,  # feature_encoder, mae_preset/steps, convnext, every_k_block, patch_sizes, raw_key, bf16
+                        data: ImageDataset,  # the training pixels (what a built-in MAE is pre-trained on)
+                        device=None, progress: bool = True,
+                        ) -> tuple[FeatureSpace, dict]:  # (the feature space, its record)
+    "Pixel MAE keys + ConvNeXt-V2 keys (when named) + the raw `global` key, as one frozen `FeatureSpace`."
+    if data.kind != "pixels": raise ValueError(f"pixel_feature_space needs pixel data, got kind {data.kind!r}")
+    nets, info, parts = [], {}, []
+    if cfg.feature_encoder == "builtin":
+        enc, info = latent_mae_encoder(data.images, data.labels, cfg.mae_preset, cfg.mae_steps, seed=cfg.seed,
+                                       device=device, progress=progress)
+        parts.append(f"pixel MAE '{cfg.mae_preset}' (built in: {cfg.mae_steps} steps on these pixels, cached)")
+    elif cfg.feature_encoder is not None:
+        enc, info = load_encoder(cfg.feature_encoder, device=device or "cpu"), dict(path=str(cfg.feature_encoder))
+        parts.append(f"pixel MAE from {cfg.feature_encoder}")
+    else: enc = None
+    if enc is not None: nets.append(MAEFeatures(enc, cfg.every_k_block, cfg.patch_sizes))
+    if cfg.convnext is not None:
+        cnx = convnext_features(cfg.convnext, device)
+        nets.append(GrayAsRGB(cnx) if data.images.shape[1] == 1 else cnx)
+        parts.append(f"ConvNeXt-V2 from {cfg.convnext}")
+    else: parts.append("no ConvNeXt-V2 (convnext=None: no weights given — offline there are none; the paper's pixel "
+                       "models add facebook/convnextv2-base-22k-224)")
+    if cfg.raw_key: parts.append("the raw 'global' key")
+    if not nets and not cfg.raw_key: raise ValueError("the pixel feature space is empty: give a feature encoder, a convnext or raw_key=True")
+    fs = FeatureSpace(FeatureStack(*nets, raw_key=cfg.raw_key), cfg.every_k_block, cfg.patch_sizes, norm_x=False,
+                      raw_key=False, bf16=cfg.bf16)
+    keep = {k: v for k, v in info.items() if k in ("key", "path", "seconds", "steps", "preset", "kind")}
+    return fs, dict(keep, space="pixels", convnext=cfg.convnext, summary="pixel feature space: " + "; ".join(parts))
+
+def run_features(cfg: TrainConfig, data: ImageDataset,  # the training data in the generator's space
+                 device=None, progress: bool = True) -> tuple[FeatureSpace, dict]:
+    "The feature space of a run: `pixel_feature_space` on pixels, `feature_space` on latents; the record has a `summary`."
+    if data.kind == "pixels": return pixel_feature_space(cfg, data, device, progress)
+    fs, info = feature_space(cfg, data, device, progress)
+    what = {"builtin": f"latent MAE '{cfg.mae_preset}' (built in)", None: "no encoder"}.get(cfg.feature_encoder, f"latent MAE from {cfg.feature_encoder}")
+    return fs, dict(info, space="latents", summary=f"latent feature space: {what}" + ("; the raw 'global' key" if cfg.raw_key else ""))
+
+# %% ../nbs/13_runs.ipynb #6c28859f
+def random_resized_crop(x: torch.Tensor,  # [N, C, H, W] images in [-1, 1]
+                        g: torch.Generator,  # the draws
+                        scale=(0.2, 1.0),  # share of the area kept (release)
+                        ratio=(3 / 4, 4 / 3),  # aspect-ratio range (torchvision default)
+                        ) -> torch.Tensor:  # [N, C, H, W]
+    "torchvision's RandomResizedCrop per image, resized back to H×W (bicubic, clamped to [-1, 1])."
+    N, C, H, W = x.shape
+    out, lr = torch.empty_like(x), torch.tensor(ratio).log()
+    for i in range(N):
+        for _ in range(10):
+            u = torch.rand(4, generator=g)
+            area = H * W * (scale[0] + (scale[1] - scale[0]) * float(u[0]))
+            r = math.exp(float(lr[0] + (lr[1] - lr[0]) * u[1]))
+            w, h = round(math.sqrt(area * r)), round(math.sqrt(area / r))
+            if 0 < w <= W and 0 < h <= H:
+                top, left = int(u[2] * (H - h + 1)), int(u[3] * (W - w + 1)); break
+        else:  # the fallback: a centred crop with the ratio clamped into range
+            w, h = (W, min(H, round(W / ratio[0]))) if W / H < ratio[0] else ((min(W, round(H * ratio[1])), H) if W / H > ratio[1] else (W, H))
+            top, left = (H - h) // 2, (W - w) // 2
+        crop = x[i:i + 1, :, top:top + h, left:left + w].float()
+        out[i] = F.interpolate(crop, size=(H, W), mode="bicubic", align_corners=False).clamp(-1, 1)[0]
+    return out
+
+class AugmentedStream(DataStream):
+    "A `DataStream` whose batches are also randomly resized crops (`aug='rrc'`), drawn from (seed, batch number) alone."
+    def batch(self, i: int):
+        x, y = super().batch(i)
+        return random_resized_crop(x, torch.Generator().manual_seed((self.seed + 1) * 2_000_029 + i)), y
+
+def data_stream(cfg: TrainConfig, ds: ImageDataset) -> DataStream:
+    "The run's stream of real samples: `push_per_step` a batch, the config's flip, and its augmentation of pixels."
+    if cfg.aug is not None and ds.kind != "pixels": raise ValueError(f"aug={cfg.aug!r} augments pixels; the data are {ds.kind}")
+    return (AugmentedStream if cfg.aug == "rrc" else DataStream)(ds, cfg.push_per_step, cfg.seed, cfg.flip)

@@ -30,11 +30,14 @@ from .mae import MAE_PRESETS
 from .queues import SampleQueues, sample_alpha, uncond_weight
 
 # %% auto #0
-__all__ = ['TRAIN_PRESETS', 'TRAIN_FORMAT', 'RESUME_MAY_CHANGE', 'TrainConfig', 'train_config', 'DataStream', 'train_checkpoint',
-           'finite_clip_', 'check_keep_checkpoints', 'check_flag', 'check_resume_params', 'ConfigMismatch',
-           'config_diff', 'describe_diff', 'StepLog', 'progress_bar', 'Trainer']
+__all__ = ['AUGMENTATIONS', 'TRAIN_PRESETS', 'CONVNEXT_HUB', 'TRAIN_FORMAT', 'RESUME_MAY_CHANGE', 'TrainConfig', 'train_config',
+           'DataStream', 'train_checkpoint', 'finite_clip_', 'check_keep_checkpoints', 'check_flag',
+           'check_resume_params', 'ConfigMismatch', 'config_diff', 'describe_diff', 'StepLog', 'progress_bar',
+           'Trainer']
 
 # %% ../nbs/11_train.ipynb #a94e2aee
+AUGMENTATIONS = (None, "rrc")  # of the real pixels pushed into the queues (`TrainConfig.aug`)
+
 @dataclass
 class TrainConfig:
     "Every setting of a drifting training run (defaults: the Tab. 8 ablation column)."
@@ -69,6 +72,8 @@ class TrainConfig:
     patch_sizes: tuple = PATCH_SIZES  # patch mean/std keys (App. A.5 (c), (d))
     norm_x: bool = True  # the input-RMS key (release `norm_x`)
     raw_key: bool = True  # the raw-output "global" key: the vanilla drift loss (App. A.5)
+    convnext: str | None = None  # pixel models: ConvNeXt-V2 features beside the pixel MAE's (App. A.4): a transformers folder or 'hub id@revision'; None: none
+    aug: str | None = None  # augmentation of the pushed real pixels: 'rrc' = the release's `use_aug` (RandomResizedCrop scale 0.2–1, bicubic; spec §5.1); None: none
     aggregate: str = "official"  # "official": mean over (class, location) per key; "paper": sum over locations
     grad_accum: int = 1  # split the N_c labels of a step into this many micro-batches (see the note below)
     bf16: bool = True  # bf16 autocast of generator and encoder on CUDA (release); the drift loss stays fp32
@@ -125,6 +130,10 @@ class TrainConfig:
         need(len(self.taus) > 0 and all(t > 0 for t in self.taus), f"taus must be positive temperatures, got {self.taus!r}")
         need(self.aggregate in AGGREGATES, f"aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
         need(self.mae_preset in MAE_PRESETS, f"unknown mae_preset {self.mae_preset!r} (the built-in latent-MAE's architecture); choose one of {sorted(MAE_PRESETS)}")
+        need(self.aug in AUGMENTATIONS, f"aug must be one of {AUGMENTATIONS} (None: no augmentation; 'rrc': the release's "
+             f"RandomResizedCrop of the pixel models), got {self.aug!r}")
+        need(self.convnext is None or (isinstance(self.convnext, str) and self.convnext.strip() != ""),
+             f"convnext must be None, a transformers folder or 'hub id@revision', got {self.convnext!r}")
         need(self.feature_encoder is None or isinstance(self.feature_encoder, str),
              f"feature_encoder must be 'builtin', an encoder folder or None, got {self.feature_encoder!r}")
         return self
@@ -164,6 +173,13 @@ def train_config(preset: str | TrainConfig = "ablation",  # a TRAIN_PRESETS name
                  ) -> TrainConfig:
     "A checked preset with some fields replaced."
     return from_preset(TRAIN_PRESETS, preset, "training", **overrides).check()
+
+# %% ../nbs/11_train.ipynb #c633f4c2
+CONVNEXT_HUB = "facebook/convnextv2-base-22k-224@main"  # the pixel models' ConvNeXt-V2 (App. A.4, Tab. 9)
+for _k in ("B/16", "L/16"): TRAIN_PRESETS[_k] = dataclasses.replace(TRAIN_PRESETS[_k], convnext=CONVNEXT_HUB, aug="rrc")
+TRAIN_PRESETS["cpu-pixel"] = TrainConfig(steps=700, generator="cpu-pixel", generator_overrides=dict(n_register=4), n_c=10,
+                                         n_pos=32, n_neg=32, n_unc=16, push_per_step=64, lr=3e-3, warmup=50, ema_decay=0.99,
+                                         mae_preset="pixel-small", mae_steps=300)
 
 # %% ../nbs/11_train.ipynb #6a61b200
 class DataStream:

@@ -169,15 +169,17 @@ def check_eval_run(checkpoint,  # a run bundle folder or a checkpoint file (`pip
     return EvalPlan(ck, alpha_list, data, res, vae, metric_net_kind(metric_net, data, res), trained_data, status)
 
 def check_mae_run(preset: str, width: int | None, steps: int, batch_size: int, seed: int, out_dir: str,
+                  input_patch: int | None = None,  # p×p patchify before the stem (pixel MAE); None: the preset's
                   **recipe,  # MAETrainConfig fields (lr, warmup, ema_decay, finetune_*)
                   ):
     "Validate an MAE pre-training run's parameters; return its recipe and model config (channels and classes to fill)."
     from drifting.mae import mae_config
     from drifting.mae_train import MAETrainConfig
     check_int(steps, "steps"); check_int(batch_size, "batch_size"); check_int(seed, "seed", 0); check_int(width, "width", 1, none_ok=True)
+    check_int(input_patch, "input_patch", 1, none_ok=True)
     if not isinstance(out_dir, str) or not out_dir.strip(): raise ValueError(f"out_dir must be a non-empty path string, got {out_dir!r}")
     tcfg = MAETrainConfig(**recipe)
-    cfg = mae_config(preset, **({} if width is None else dict(width=width)))  # checks the preset name
+    cfg = mae_config(preset, **({} if width is None else dict(width=width)), **({} if input_patch is None else dict(input_patch=input_patch)))  # checks the preset name
     if tcfg.finetune_last_steps >= steps:
         print(f"note: finetune_last_steps={tcfg.finetune_last_steps} ≥ steps={steps}: the whole run is the cls fine-tune")
     return tcfg, cfg

@@ -64,11 +64,12 @@ def test_run_mae_on_latents(tmp_path, quick_vae):
 
 
 def test_run_mae_on_pixels(tmp_path):
-    out_dir = run(tmp_path, vae=None, steps=2, finetune_last_steps=0)
+    out_dir = run(tmp_path, vae=None, steps=2, finetune_last_steps=0, input_patch=4)  # the pixel MAE's input_patch_size
     m = json.loads((out_dir / "metrics.json").read_text())
-    assert m["space"] == "pixels" and m["input_shape"] == [1, 32, 32] and m["tokenizer"] is None
+    assert m["space"] == "pixels" and m["input_shape"] == [1, 32, 32] and m["tokenizer"] is None and m["input_patch"] == 4
     assert m["lambda_cls_per_step"] == [0.0, 0.0]
-    load_encoder(out_dir / "encoder", expect=dict(in_channels=1, width=8))
+    enc = load_encoder(out_dir / "encoder", expect=dict(in_channels=1, width=8, input_patch=4))
+    assert enc.get_activations(torch.zeros(2, 1, 32, 32))["conv1"].shape == (2, 8, 8, 8)  # 32² pixels as an 8² grid
 
 
 @pytest.mark.parametrize("params, msg", [(dict(preset="resnet50"), "unknown MAE preset"),

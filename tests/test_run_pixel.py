@@ -91,3 +91,44 @@ def test_augmented_pixel_stream_resumes_exactly(tmp_path, monkeypatch):
     c = trainer(); c.load_state_dict(torch.load(buf, weights_only=True)); c.fit(4, progress=False)
     assert all(torch.equal(p, q) for p, q in zip(a.gen.state_dict().values(), c.gen.state_dict().values()))
     assert all(torch.equal(p, q) for p, q in zip(a.ema.state_dict().values(), c.ema.state_dict().values()))
+
+
+FIX = Path(__file__).resolve().parent / "fixtures" / "official" / "models"
+
+
+def _close(ours: torch.Tensor, ref, tol: float = 1e-4) -> bool:
+    ref = torch.as_tensor(ref, dtype=torch.float32)
+    return ours.shape == ref.shape and float((ours - ref).abs().max()) <= tol * float(ref.square().mean().sqrt()) + 1e-7
+
+
+def test_pixel_feature_space_reproduces_the_official_activations(tmp_path, monkeypatch):
+    """The pixel space built by a run (`run_features`: an exported MAE encoder + a ConvNeXt folder + global) gives the
+    official `get_activations` of both networks on the parity fixtures made by the authors' JAX code."""
+    import numpy as np
+    from drifting.data import ImageDataset
+    from drifting.mae import save_encoder
+    from drifting.official import IMAGENET_MEAN, IMAGENET_STD, load_official_mae
+    from drifting.runs import run_features
+    from drifting.train import train_config
+    monkeypatch.setenv("DRIFTING_CACHE", str(tmp_path))
+    mae_dir, cnx_dir = FIX / "mae" / "jax" / "tiny-shared", FIX / "convnext" / "hf" / "tiny-shared"
+    save_encoder(load_official_mae(mae_dir).encoder, tmp_path / "enc")  # what `-p feature_encoder <folder>` reads
+    m_io = np.load(mae_dir / "io.npz")
+    x = torch.from_numpy(m_io["x"]).permute(0, 3, 1, 2).contiguous()  # [B, 4, 16, 16]
+    ds = ImageDataset(x, torch.zeros(len(x), dtype=torch.long), ["a"], "fix", "fp-fix")
+    fs, info = run_features(train_config("cpu-pixel", feature_encoder=str(tmp_path / "enc")), ds, "cpu", progress=False)
+    f = fs(x)
+    want = sorted(k[6:] for k in m_io.files if k.startswith("feat__"))
+    assert sorted(f) == sorted(want + ["global"]) and "no ConvNeXt-V2" in info["summary"]
+    assert all(_close(f[k], m_io["feat__" + k]) for k in want), [k for k in want if not _close(f[k], m_io["feat__" + k])]
+    # ConvNeXt: the fixture's input is ImageNet-normalised; a run feeds generator pixels in [-1, 1]
+    c_io = np.load(cnx_dir / "io.npz")
+    xn = torch.from_numpy(c_io["x"]).permute(0, 3, 1, 2).contiguous()
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    xp = (xn * std + mean) * 2 - 1
+    dsc = ImageDataset(xp, torch.zeros(len(xp), dtype=torch.long), ["a"], "fixc", "fp-fixc")
+    fsc, _ = run_features(train_config("cpu-pixel", feature_encoder=None, convnext=str(cnx_dir)), dsc, "cpu", progress=False)
+    fc = fsc(xp)
+    wantc = sorted(k[6:] for k in c_io.files if k.startswith("feat__"))
+    assert sorted(fc) == sorted(wantc + ["global"])
+    assert all(_close(fc[k], c_io["feat__" + k]) for k in wantc), [k for k in wantc if not _close(fc[k], c_io["feat__" + k])]

@@ -413,7 +413,8 @@ def check_convnext_spec(spec) -> None:
                          "'facebook/convnextv2-base-22k-224@main'); offline, pass a local folder or convnext='none'")
 
 def check_train_run(preset: str | None,  # a TRAIN_PRESETS name; None: `default_preset`
-                    steps: int, dataset, alpha_eval,
+                    steps: int | None,  # None: the preset's
+                    dataset, alpha_eval,
                     vae=None,  # the VAE spec; None: pixels
                     convnext=None,  # None keeps the preset's; 'none' for no ConvNeXt; a folder or 'hub id@revision'
                     **kwargs,  # everything else of `check_latent_run`
@@ -421,7 +422,7 @@ def check_train_run(preset: str | None,  # a TRAIN_PRESETS name; None: `default_
     "`check_latent_run` for either kind of run, and the pixel-only settings (ConvNeXt, augmentation) checked against the data."
     base = train_config(default_preset(preset, vae))
     if convnext is not None: base = dataclasses.replace(base, convnext=None if str(convnext).lower() == "none" else str(convnext))
-    cfg, alphas = check_latent_run(base, steps, dataset, alpha_eval, vae=vae, **kwargs)
+    cfg, alphas = check_latent_run(base, base.steps if steps is None else steps, dataset, alpha_eval, vae=vae, **kwargs)
     if (cfg.convnext is not None or cfg.aug is not None) and (vae is not None or is_latent_cache(dataset)):
         raise ValueError(f"convnext={cfg.convnext!r} and aug={cfg.aug!r} act on pixels, but this run trains on latents "
                          "(a VAE or a latent cache): pass vae=None with image data, or convnext='none' and aug=None")

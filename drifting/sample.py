@@ -122,7 +122,7 @@ def feature_metrics(net,  # a `drifting.metrics.FeatureNet`
 def sweep_alpha(model: Generator,  # the generator (EMA weights for the paper's numbers)
                 alphas,  # CFG scales to evaluate
                 per_class: int,  # samples per class at each α
-                decode=None,  # latents -> images in [-1, 1] (e.g. `Tokenizer.decode`); None: samples are images
+                decode=None,  # latents -> images in [-1, 1] (e.g. `Tokenizer.decode`); None: samples are images (clipped to [-1, 1])
                 classifier=None,  # a `FeatureNet` with logits for this data (e.g. `small_classifier()`), or None
                 train=None, heldout=None,  # `ImageDataset` splits for the Fréchet reference (with a classifier)
                 seed: int = 0,  # noise draw (shared by all α)
@@ -140,7 +140,7 @@ def sweep_alpha(model: Generator,  # the generator (EMA weights for the paper's 
     rows, images, raw = [], {}, {}
     for a in tqdm(list(alphas), desc="α sweep", disable=not progress):
         z = generate(model, labels, float(a), seed=seed)
-        x = decode(z) if decode is not None else z
+        x = decode(z) if decode is not None else z.clamp(-1, 1)  # pixels: clipped, as the release clips when it saves images
         row = dict(alpha=float(a), n=len(labels))
         if classifier is not None:
             row["class_accuracy"] = class_accuracy(classifier, x, labels)

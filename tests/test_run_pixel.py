@@ -73,6 +73,22 @@ def test_pixel_resume_is_exact(env, first):
         assert a[part].keys() == b[part].keys() and all(torch.equal(a[part][k], b[part][k]) for k in a[part]), part
 
 
+def test_run_eval_on_the_pixel_run(env, first):
+    "run_eval reads a pixel bundle as a generator of images (no decoder) and measures it like a latent one."
+    bundle, _ = first
+    out = env["root"] / "eval.ipynb"
+    params = dict(checkpoint=str(bundle), alphas="1", n_per_class=3, metric_net="auto", num_threads=1, progress=False,
+                  runs_dir=str(env["root"] / "runs"))
+    args = [a for k, v in params.items() for a in ("-p", k, str(v))]
+    r = subprocess.run([str(Path(sys.executable).parent / "papermill"), str(NB.parent / "run_eval.ipynb"), str(out), *args,
+                        "--no-progress-bar"], cwd=env["root"], capture_output=True, text=True, timeout=900,
+                       env=dict(os.environ, DRIFTING_NO_WATCH="1", DRIFTING_CACHE=str(env["root"] / "cache")))
+    assert r.returncode == 0, r.stderr[-4000:]
+    (ev_dir,) = sorted((env["root"] / "runs" / "eval").iterdir())
+    ev = json.loads((ev_dir / "artifacts" / "eval.json").read_text())
+    assert [row["alpha"] for row in ev["rows"]] == [1.0] and {"fid", "class_accuracy", "precision"} <= set(ev["rows"][0])
+
+
 def test_augmented_pixel_stream_resumes_exactly(tmp_path, monkeypatch):
     "aug='rrc' (B/16, L/16): 4 steps straight equal 2 steps, a checkpoint through bytes, then 2 more."
     from drifting.data import ImageDataset

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from .core import sha256_arrays, sha256_json
-from .latent_cache import load_latent_cache
+from .latent_cache import ShardedRows, load_latent_cache, open_latent_cache
 
 # %% auto #0
 __all__ = ['BUILTIN_DATASETS', 'IMAGE_EXTENSIONS', 'ImageDataset', 'stratified_split', 'resize_images', 'load_builtin',
@@ -116,8 +116,9 @@ def _select_split(ds: ImageDataset, split: str, heldout_frac: float, seed: int) 
     idx = {"train": tr, "heldout": he, "all": np.arange(len(ds))}[split]
     if len(idx) == 0: raise ValueError(f"split {split!r} of {ds.name} is empty (heldout_frac={heldout_frac})")
     it = torch.from_numpy(idx)
-    ds.images, ds.labels = ds.images[it], ds.labels[it]
-    if ds.flipped is not None: ds.flipped = ds.flipped[it]
+    take = lambda a: a.subset(it) if isinstance(a, ShardedRows) else a[it]  # a lazy cache stays lazy
+    ds.images, ds.labels = take(ds.images), ds.labels[it]
+    if ds.flipped is not None: ds.flipped = take(ds.flipped)
     ds.split = dict(split=split, seed=seed, heldout_frac=heldout_frac, split_hash=h, n=len(idx))
     return ds
 
@@ -186,9 +187,11 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:  # [3, H, W] float32 in [-1
 # %% ../nbs/07_data.ipynb #bac09b45
 def latent_dataset(path: str | os.PathLike,  # a .npz cache or a sharded cache directory
                    allow_incomplete: bool = False,  # accept an unfinished sharded export
+                   lazy: bool = False,  # memory-map the shards (format-2 directory) and read rows on demand
+                   verify: bool = True,  # lazy only: hash every shard file on opening (False: sizes and headers)
                    ) -> ImageDataset:
     "A verified latent cache as an `ImageDataset` (kind 'latents'; all items, no split applied)."
-    c = load_latent_cache(path, allow_incomplete)
+    c = open_latent_cache(path, allow_incomplete, verify) if lazy else load_latent_cache(path, allow_incomplete)
     man = c.manifest
     names = man.get("class_names") or [str(i) for i in range(int(c.labels.max()) + 1)]
     shas = [s["sha256"] for s in man["shards"]] if "shards" in man else man["sha256"]

@@ -311,6 +311,11 @@ def open_latent_cache(path: str | os.PathLike,  # a sharded cache directory of f
     if not man.get("complete") and not allow_incomplete:
         raise ValueError(f"latent cache {root} is incomplete ({man.get('count')} items written); finish the export "
                          "or pass allow_incomplete=True")
+    if not man.get("complete"):  # an unfinished export: the shards written so far from the first on, by their records
+        recs, k = [], 0
+        while (root / f"{shard_name(k)}.json").exists(): recs.append(_read_manifest(root / f"{shard_name(k)}.json")); k += 1
+        if recs: man = dict(man, shards=recs, count=sum(r["count"] for r in recs),
+                            **{f: recs[0][f] for f in ("shape", "dtype", "has_flip")})
     if not man.get("shards"): raise ValueError(f"latent cache {root} holds no shards")
     for s in man["shards"]: _check_files(root, s, verify)
     rows = lambda r: ShardedRows([root / s["files"][r] for s in man["shards"]])
@@ -326,7 +331,7 @@ def _load_sharded(path: Path, allow_incomplete: bool) -> LatentCache:
     man = _read_manifest(mp)
     if man.get("format_version") == SHARD_VERSION:
         c = open_latent_cache(path, allow_incomplete)
-        return LatentCache(c.latents.materialize(), c.labels, None if c.latents_flip is None else c.latents_flip.materialize(), man)
+        return LatentCache(c.latents.materialize(), c.labels, None if c.latents_flip is None else c.latents_flip.materialize(), c.manifest)
     if not man.get("complete") and not allow_incomplete:  # format 1: .npz shards, read whole
         raise ValueError(f"latent cache {path} is incomplete ({man.get('count')} items written); finish the export "
                          "or pass allow_incomplete=True")

@@ -215,13 +215,23 @@ def fit_worker(job: dict,  # build, kwargs, steps; optional: mode, resume, bundl
         if created: teardown()
 
 # %% ../nbs/14_distributed.ipynb #4592a90b
+def _rows_ref(a):  # a tensor as it is; a lazy cache (`ShardedRows`) as its shard files and rows, reopened by each rank
+    from drifting.latent_cache import ShardedRows
+    if not isinstance(a, ShardedRows): return a
+    return dict(files=[str(f.resolve()) for f in a.files], index=None if a.index is None else torch.from_numpy(a.index))
+
+def _rows(v):
+    from drifting.latent_cache import ShardedRows
+    return ShardedRows(v["files"], None if v["index"] is None else v["index"].numpy()) if isinstance(v, dict) else v
+
 def save_job(folder: str | os.PathLike, trainer) -> Path:
     "Write what every rank needs to rebuild `trainer` (config, data, encoder, feature options, state) into `folder`."
+    # data in memory is copied; a lazily read cache is referenced by its shard files (a shared file system across nodes)
     from drifting.mae import save_encoder
     d = Path(folder); d.mkdir(parents=True, exist_ok=True)
     ds, fs = trainer.data.ds, trainer.features
-    torch.save(dict(images=ds.images, labels=ds.labels, class_names=list(ds.class_names), name=ds.name, fingerprint=ds.fingerprint,
-                    split=dict(ds.split), kind=ds.kind, flipped=ds.flipped), d / "data.pt")
+    torch.save(dict(images=_rows_ref(ds.images), labels=ds.labels, class_names=list(ds.class_names), name=ds.name,
+                    fingerprint=ds.fingerprint, split=dict(ds.split), kind=ds.kind, flipped=_rows_ref(ds.flipped)), d / "data.pt")
     if fs.encoder is not None: save_encoder(fs.encoder, d / "encoder")
     spec = dict(config=trainer.cfg.to_dict(), encoder=fs.encoder is not None, every_k_block=fs.every_k_block,
                 patch_sizes=list(fs.patch_sizes), norm_x=fs.norm_x, raw_key=fs.raw_key, bf16=fs.bf16)
@@ -240,8 +250,8 @@ def build_trainer(folder: str | os.PathLike):
     if dev.type == "cpu":  # share the cores between the local workers
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     data = torch.load(d / "data.pt", weights_only=True)
-    ds = ImageDataset(data["images"], data["labels"], data["class_names"], data["name"], data["fingerprint"], data["split"],
-                      kind=data["kind"], flipped=data["flipped"])
+    ds = ImageDataset(_rows(data["images"]), data["labels"], data["class_names"], data["name"], data["fingerprint"],
+                      data["split"], kind=data["kind"], flipped=_rows(data["flipped"]))
     cfg = TrainConfig.from_dict(spec["config"])
     enc = load_encoder(d / "encoder", device=dev) if spec["encoder"] else None
     fs = FeatureSpace(enc, spec["every_k_block"], tuple(spec["patch_sizes"]), spec["norm_x"], spec["raw_key"], spec["bf16"])

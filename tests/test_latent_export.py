@@ -98,3 +98,34 @@ def test_float16_storage_halves_the_bytes(env, tmp_path):
     assert size(b, h) < 0.55 * size(a, None)
     lazy = load_dataset(h, lazy=True)  # training reads fp16 rows lazily; the split is that of the source
     assert lazy.split == load_dataset(env["ref"]).split and lazy.images[torch.tensor([3, 0])].dtype == torch.float16
+
+
+def test_training_reads_a_lazy_cache_like_the_whole_one(tmp_path):
+    "A trainer on a memory-mapped cache takes the same steps as on the cache in memory; a job folder references the shards."
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from drifting.distributed import build_trainer, save_job
+    from drifting.features import FeatureSpace
+    from drifting.latent_cache import LatentCacheWriter, ShardedRows
+    from drifting.mae import ResNetEncoder
+    from drifting.train import DataStream, Trainer, train_config
+    g = torch.Generator().manual_seed(1)
+    lat = torch.randn(60, 2, 8, 8, generator=g)
+    w = LatentCacheWriter(tmp_path / "c", dict(source_fingerprint="s", encoder="e", scaling_factor=1.0, class_names=list("abcde")))
+    for k in range(3): w.write(k, 20 * k, lat[20 * k:20 * k + 20], torch.arange(20) % 5, lat[20 * k:20 * k + 20].flip(-1))
+    w.finish(3)
+
+    def make(lazy):
+        ds = load_dataset(tmp_path / "c", lazy=lazy)
+        torch.manual_seed(7); enc = ResNetEncoder(in_channels=2, width=8, blocks=(1, 1, 1, 1))
+        cfg = train_config("tiny", n_c=4, push_per_step=8, flip=True)
+        return Trainer(cfg, DataStream(ds, cfg.push_per_step, cfg.seed, cfg.flip), FeatureSpace(enc, every_k_block=1), "cpu")
+    a, b = make(False), make(True)
+    assert isinstance(b.data.ds.images, ShardedRows) and not isinstance(a.data.ds.images, ShardedRows)
+    for _ in range(2): assert a.step()["loss"] == b.step()["loss"]
+    assert all(torch.equal(p, q) for p, q in zip(a.gen.parameters(), b.gen.parameters()))
+    job = save_job(tmp_path / "job", b)
+    assert (job / "data.pt").stat().st_size < lat.numel() * 4  # the latents are not copied into the job
+    c = build_trainer(job)
+    assert isinstance(c.data.ds.images, ShardedRows) and c.data.ds.images.shape == b.data.ds.images.shape
+    x, y = b.data.batch(5); x2, y2 = c.data.batch(5)
+    assert torch.equal(x, x2) and torch.equal(y, y2)

@@ -6,18 +6,19 @@
 Each cache is written once (synthetic latents, shards of `--shard` items) into `--dir`, then each measurement runs in
 a fresh process: import, `load_dataset(cache, lazy=True)` (every shard hashed), then one epoch of random batches of
 `--batch` items with their flips, as `drifting.train.DataStream` draws them. Printed: items, bytes on disk, the peak
-RSS (ru_maxrss) after imports, after opening, after streaming, and the growth over the imports; for contrast the same
+RSS (VmHWM) after imports, after opening, after streaming, and the growth over the imports; for contrast the same
 for loading the cache whole (`load_dataset(cache)`), which grows with the cache.
 """
-import argparse, json, resource, shutil, subprocess, sys, tempfile, time
+import argparse, json, shutil, subprocess, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np
 
 CHILD = r'''
-import json, resource, sys, time
+import json, sys, time
 import torch
-peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # MiB
+def peak():  # MiB; VmHWM, the peak RSS of this process image (ru_maxrss would carry the parent's peak across exec)
+    return int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1]) / 1024
 from drifting.data import load_dataset
 from drifting.train import DataStream
 path, lazy, batch = sys.argv[1], sys.argv[2] == "lazy", int(sys.argv[3])

@@ -252,6 +252,10 @@ class ShardedRows:
     @property
     def dtype(self) -> torch.dtype: return torch.from_numpy(np.zeros(0, self.np_dtype)).dtype
     def __repr__(self): return f"ShardedRows({len(self.files)} shards, shape={tuple(self.shape)}, dtype={self.np_dtype})"
+    def __getattr__(self, name):  # tensor methods that would need every row (float, to, split, ...)
+        if name.startswith("__") or name in ("files", "_maps", "counts", "ends", "index", "row_shape", "np_dtype"): raise AttributeError(name)
+        raise AttributeError(f"ShardedRows has no {name!r}: it is a lazily read latent cache ({len(self)} rows); index it "
+                             "with row indices, or load the cache whole (load_dataset(..., lazy=False))")
 
     def _rows(self, key) -> np.ndarray:  # [n] int64 rows of the whole
         if isinstance(key, torch.Tensor): key = key.cpu().numpy()

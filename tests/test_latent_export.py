@@ -129,3 +129,14 @@ def test_training_reads_a_lazy_cache_like_the_whole_one(tmp_path):
     assert isinstance(c.data.ds.images, ShardedRows) and c.data.ds.images.shape == b.data.ds.images.shape
     x, y = b.data.batch(5); x2, y2 = c.data.batch(5)
     assert torch.equal(x, x2) and torch.equal(y, y2)
+
+
+def test_large_caches_are_read_lazily_by_default(env, monkeypatch):
+    import drifting.data as dd
+    from drifting.latent_cache import ShardedRows
+    assert not isinstance(load_dataset(env["ref"]).images, ShardedRows)  # small: in memory, as before
+    monkeypatch.setattr(dd, "LAZY_BYTES", 1000)  # the test cache holds 27 x 2 x 1 KB of latents
+    lazy = load_dataset(env["ref"])
+    assert isinstance(lazy.images, ShardedRows)
+    with pytest.raises(AttributeError, match="lazily read latent cache"):
+        lazy.images.float()

@@ -96,6 +96,7 @@ def test_float16_storage_halves_the_bytes(env, tmp_path):
     err = ((zb.float() - za).abs().max() / za.abs().max()).item()
     assert 0 < err <= 2 ** -11  # fp16's relative rounding: the only change
     assert size(b, h) < 0.55 * size(a, None)
+    print(f"fp16 cache: latent bytes {size(b, h)} vs {size(a, None)} (fp32), max error {err:.2e} of the max |latent|")
     lazy = load_dataset(h, lazy=True)  # training reads fp16 rows lazily; the split is that of the source
     assert lazy.split == load_dataset(env["ref"]).split and lazy.images[torch.tensor([3, 0])].dtype == torch.float16
 

@@ -106,3 +106,14 @@ def kill_rank1_at_3(trainer, metrics):
     import signal
     import torch.distributed as dist
     if metrics["step"] == 3 and dist.get_rank() == 1: os.kill(os.getpid(), signal.SIGKILL)
+
+
+def export_worker(folder: str, vae: str, out: str, kw: dict):
+    "One rank of a latent-cache export under a process group (rank r writes shards r, r+W, ...; rank 0 the manifest)."
+    torch.set_num_threads(1)
+    init_distributed("gloo")
+    try:
+        from drifting.tokenizer import export_latent_cache, load_vae
+        export_latent_cache(folder, load_vae(vae), out, **kw)
+    finally:
+        teardown()

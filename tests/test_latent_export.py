@@ -141,3 +141,15 @@ def test_large_caches_are_read_lazily_by_default(env, monkeypatch):
     assert isinstance(lazy.images, ShardedRows)
     with pytest.raises(AttributeError, match="lazily read latent cache"):
         lazy.images.float()
+
+
+def test_export_on_two_processes(env, tmp_path):
+    "Under a process group of 2 (gloo), the ranks share the shards and rank 0 writes the manifest: the same cache."
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from drifting.distributed import launch
+    out = tmp_path / "pg"
+    launch(__import__("_dist_workers").export_worker, 2, str(env["imgs"]), str(env["root"] / "vae"), str(out), KW,
+           log_dir=tmp_path / "logs")
+    recs = {k: json.loads((out / f"shard_0000{k}.json").read_text())["seconds"] for k in range(4)}
+    assert json.loads((out / "manifest.json").read_text())["complete"] and len(recs) == 4
+    assert shards(out) == shards(env["ref"])

@@ -5,7 +5,7 @@
 # %% ../nbs/08_tokenizer.ipynb #94201262
 from __future__ import annotations
 
-import hashlib, json, os, re
+import hashlib, os, re
 from pathlib import Path
 
 import torch

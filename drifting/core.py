@@ -220,7 +220,7 @@ def save_figure(fig,  # a matplotlib figure
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
 
-# %% ../nbs/00_core.ipynb #6791509a
+# %% ../nbs/00_core.ipynb #29d41793
 class _SparseBar(text_tqdm):
     "A tqdm bar that, off a terminal, spaces its lines so a whole loop writes about `lines` of them."
     def __init__(self, *args, lines: int = 40, **kw):

@@ -25,7 +25,7 @@ Usage: python tools/build_docs.py [--out DIR] [--nbs DIR] [--no-quarto]
 """
 from __future__ import annotations
 
-import argparse, html, json, os, re, shutil, subprocess, sys, tempfile, time, traceback, warnings
+import argparse, contextlib, html, json, os, re, shutil, subprocess, sys, tempfile, time, traceback, warnings
 from pathlib import Path
 from unittest import mock
 
@@ -181,8 +181,10 @@ def nbdev_process(src: Path, dst: Path) -> None:
     from execnb.nbio import read_nb, write_nb
     from nbdev.processors import FilterDefaults
     nb = read_nb(src)
-    # as nbdev's docs driver does: exported code runs in test mode; its warnings are shown, naming the notebook
-    with mock.patch.dict(os.environ, IN_TEST="1"), warnings.catch_warnings(record=True) as caught:
+    # as nbdev's docs driver does: exported code runs in test mode; its warnings are shown, naming the notebook;
+    # from the notebook's folder, as nbdev_test runs it (a cell may name files relative to nbs/)
+    with mock.patch.dict(os.environ, IN_TEST="1"), contextlib.chdir(src.parent), \
+            warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             FilterDefaults()(nb)

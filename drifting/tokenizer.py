@@ -5,7 +5,7 @@
 # %% ../nbs/08_tokenizer.ipynb #94201262
 from __future__ import annotations
 
-import hashlib, json, os, re, time
+import hashlib, os, re, time
 from pathlib import Path
 
 import torch

@@ -12,9 +12,8 @@ import torch
 import torch.distributed as dist
 from diffusers import AutoencoderKL
 from diffusers.utils import is_accelerate_available
-from tqdm.auto import tqdm
 
-from .core import sha256_arrays, sha256_json
+from .core import progress_bar, sha256_arrays, sha256_json
 from .data import BUILTIN_DATASETS, ImageDataset, hflip, load_dataset, load_image, scan_image_folder
 from .latent_cache import LatentCacheWriter
 
@@ -210,7 +209,7 @@ def export_latent_cache(data: ImageDataset | str | os.PathLike,  # dataset, buil
                         seed: int = 0,  # noise seed; item i uses item_seeds(seed, i, flip)
                         sample: bool = True,  # posterior sample (the release) or mean
                         dtype: str = "float32",  # stored dtype: 'float32' or 'float16'
-                        progress: bool = True,  # tqdm bar over items (with throughput)
+                        progress: bool = True,  # a bar over items, with images/s
                         max_chunks: int | None = None,  # stop after writing this many shards (None: to the end)
                         num_workers: int = 0,  # DataLoader worker processes decoding images (0: in this process)
                         rank: int | None = None, world_size: int | None = None,  # this process's share (default:
@@ -249,8 +248,9 @@ def export_latent_cache(data: ImageDataset | str | os.PathLike,  # dataset, buil
     batches_ = [list(range(b, min(b + batch_size, spans[k][1]))) for k in todo for b in range(*spans[k], batch_size)]
     loader = torch.utils.data.DataLoader(items, batch_sampler=batches_, num_workers=num_workers)
     total = sum(min(n, (k + 1) * chunk_size) - k * chunk_size for k in mine)
-    bar = tqdm(total=total, initial=total - sum(e - s for s, e in spans.values()), disable=not progress, unit="img",
-               desc=f"encode {man['source_name']}" + (f" (rank {rank}/{world_size})" if world_size > 1 else ""))
+    bar = progress_bar(total, total - sum(e - s for s, e in spans.values()), progress,
+                       desc=f"encode {man['source_name']}" + (f" (rank {rank}/{world_size})" if world_size > 1 else ""))
+    bar.unit = "img"  # the rate reads img/s
     todt, it, t0 = getattr(torch, dtype), iter(loader), time.perf_counter()
     for k in todo:
         s, e = spans[k]

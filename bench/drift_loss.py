@@ -66,10 +66,10 @@ def worker(impl, shape, reps, threads, seed=0):
     hwm_reset = _reset_peak()  # so that the peak below is this computation's, not the imports'
     if impl.startswith("ours"):
         from drifting.drift_exact import drift_loss
-        fn = lambda x: drift_loss(x, pos, neg, w_neg=w_neg[:, 0], taus=TAUS, low_memory=impl == "ours-lowmem")[0]
+        fn = lambda x: drift_loss(x, pos, neg, w_neg=w_neg[:, 0], low_memory=impl == "ours-lowmem")[0]
     else:
         from drifting.drift import release_drift_loss
-        fn = lambda x: release_drift_loss(x, pos, neg, w_neg=w_neg[:, 0], taus=TAUS)[0]
+        fn = lambda x: release_drift_loss(x, pos, neg, w_neg=w_neg[:, 0])[0]
     times = []
     for r in range(reps + 1):  # the first call is a warm-up
         x = gen.clone().requires_grad_()
@@ -91,7 +91,7 @@ def check_same(grad=False, shape=(16, 32, 32, 8, 64)):
     gen, pos, neg = torch.randn(G, N, D, generator=g), torch.randn(G, Np, D, generator=g) + .3, torch.randn(G, Nu, D, generator=g)
     w = torch.full((G, 1), W_UNC)
     x1, x2 = gen.clone().requires_grad_(), gen.clone().requires_grad_()
-    l1, l2 = release_drift_loss(x1, pos, neg, w_neg=w[:, 0], taus=TAUS)[0], drift_loss(x2, pos, neg, w_neg=w[:, 0], taus=TAUS)[0]
+    l1, l2 = release_drift_loss(x1, pos, neg, w_neg=w[:, 0])[0], drift_loss(x2, pos, neg, w_neg=w[:, 0])[0]
     if not grad: return ((l1 - l2).abs().max() / l1.abs().max()).item()
     l1.sum().backward(); l2.sum().backward()
     return ((x1.grad - x2.grad).abs().max() / x1.grad.abs().max()).item()

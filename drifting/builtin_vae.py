@@ -11,9 +11,8 @@ from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL
-from tqdm.auto import tqdm
 
-from .core import atomic_folder, atomic_write_text, cache_root, sha256_json
+from .core import atomic_folder, atomic_write_text, cache_root, progress_bar, sha256_json
 from .data import batches, load_dataset
 from .tokenizer import Tokenizer
 
@@ -53,7 +52,7 @@ def _data(recipe: BuiltinRecipe, split: str):
 
 def train_builtin_vae(config: dict | None = None,  # AutoencoderKL kwargs (default BUILTIN_VAE_CONFIG)
                       recipe: BuiltinRecipe | None = None,  # training recipe (default BuiltinRecipe())
-                      progress: bool = True,  # tqdm bar over steps
+                      progress: bool = True,  # progress bar over steps (sparse off a terminal)
                       ) -> tuple[AutoencoderKL, dict]:
     "Train the built-in autoencoder on CPU; set its scaling_factor to 1/std of its train latents."
     import diffusers
@@ -68,9 +67,9 @@ def train_builtin_vae(config: dict | None = None,  # AutoencoderKL kwargs (defau
         vae = AutoencoderKL(**config)
     opt = torch.optim.AdamW(vae.parameters(), lr=recipe.lr, weight_decay=0.0)
     sched = lambda s: min(1.0, (s + 1) / recipe.warmup) * (0.1 + 0.45 * (1 + math.cos(math.pi * s / recipe.steps)))
-    it, bar = batches(train, recipe.batch_size, g), tqdm(range(recipe.steps), disable=not progress, desc="builtin VAE")
+    it, bar = batches(train, recipe.batch_size, g), progress_bar(recipe.steps, enable=progress, desc="builtin VAE")
     vae.train()
-    for step in bar:
+    for step in range(recipe.steps):
         x, _ = next(it)  # [B, 1, 32, 32]
         for pg in opt.param_groups: pg["lr"] = recipe.lr * sched(step)
         post = vae.encode(x).latent_dist
@@ -79,7 +78,9 @@ def train_builtin_vae(config: dict | None = None,  # AutoencoderKL kwargs (defau
         kl = 0.5 * (post.mean.pow(2) + post.var - 1 - post.logvar).sum() / x.numel()  # KL nats per pixel
         loss = mse + recipe.kl_weight * kl
         opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
-        if step % 10 == 0 or step == recipe.steps - 1: bar.set_postfix(mse=f"{mse.item():.4f}", kl=f"{kl.item():.2f}")
+        bar.update(1)
+        if step % 10 == 0 or step == recipe.steps - 1: bar.set_postfix(mse=f"{mse.item():.4f}", kl=f"{kl.item():.2f}", refresh=False)
+    bar.close()
     vae.eval().requires_grad_(False)
     with torch.no_grad():
         xs = train.images[:recipe.scale_items]

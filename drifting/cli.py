@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("bundle")
     a = p.parse_args(argv)
     if a.cmd == "smoke":
-        from drifting.smoke import failed_checks, smoke_test
+        from drifting.smoke import smoke_test
         rec = smoke_test(root=a.root, run_pip_check=not a.no_pip_check)
         if a.json: print(json.dumps(rec, indent=2))
         for c in rec["checks"]: print(f"{'ok  ' if c['ok'] else ('FAIL' if c['severity'] == 'error' else 'warn')} {c['name']}: {c['detail'][:160]}")

@@ -5,18 +5,20 @@
 # %% ../nbs/00_core.ipynb #56048743
 from __future__ import annotations
 
-import contextlib, copy, dataclasses, hashlib, io, json, os, random, shutil, tempfile
+import contextlib, copy, dataclasses, hashlib, io, json, os, random, shutil, sys, tempfile, time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn as nn
+from tqdm import tqdm as text_tqdm  # plain text: what a log and papermill --log-output show
+from tqdm.auto import tqdm
 
 # %% auto #0
 __all__ = ['seed_everything', 'default_device', 'autocast', 'fsync_dir', 'atomic_open', 'atomic_write_bytes', 'atomic_write_text',
            'atomic_torch_save', 'hash_array_into', 'sha256_arrays', 'sha256_json', 'sha256_bytes', 'sha256_file',
            'module_sha256', 'cache_root', 'atomic_folder', 'rng_states', 'set_rng_states', 'ema_copy', 'ema_update',
-           'lr_at', 'save_figure', 'PresetError', 'from_preset']
+           'lr_at', 'save_figure', 'progress_bar', 'PresetError', 'from_preset']
 
 # %% ../nbs/00_core.ipynb #b5f57977
 def seed_everything(seed: int,  # the seed for `random`, NumPy and torch
@@ -217,6 +219,28 @@ def save_figure(fig,  # a matplotlib figure
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
     return atomic_write_bytes(path, buf.getvalue())
+
+# %% ../nbs/00_core.ipynb #29d41793
+class _SparseBar(text_tqdm):
+    "A tqdm bar that, off a terminal, spaces its lines so a whole loop writes about `lines` of them."
+    def __init__(self, *args, lines: int = 40, **kw):
+        super().__init__(*args, **kw); self.lines, self._t0, self._n0 = lines, time.perf_counter(), self.n
+    def update(self, n=1):
+        done = self.n + n - self._n0
+        if done > 0 and self.total:  # estimated seconds of the whole call / lines, never below 15 s
+            self.mininterval = max(15.0, (time.perf_counter() - self._t0) / done * (self.total - self._n0) / self.lines)
+        return super().update(n)
+
+def progress_bar(total: int,  # steps of the whole loop
+                 initial: int = 0,  # steps already done (a resumed run)
+                 enable: bool = True,  # False: no bar
+                 desc: str = "train",  # the bar's label
+                 file=None,  # where it writes; None: stderr
+                 ):
+    "A loop's bar: twice a second in a terminal; elsewhere (logs, notebooks) a line every ≥ 15 s, ~40 per loop."
+    if (sys.stderr if file is None else file).isatty():
+        return tqdm(total=total, initial=initial, disable=not enable, desc=desc, dynamic_ncols=True, mininterval=0.5, file=file)
+    return _SparseBar(total=total, initial=initial, disable=not enable, desc=desc, mininterval=15, ascii=True, file=file)
 
 # %% ../nbs/00_core.ipynb #3bff8532
 class PresetError(ValueError):

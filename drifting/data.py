@@ -16,12 +16,12 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from .core import sha256_arrays, sha256_json
-from .latent_cache import load_latent_cache
+from .latent_cache import ShardedRows, load_latent_cache, open_latent_cache
 
 # %% auto #0
-__all__ = ['BUILTIN_DATASETS', 'IMAGE_EXTENSIONS', 'ImageDataset', 'stratified_split', 'resize_images', 'load_builtin',
-           'load_dataset', 'center_crop_adm', 'hflip', 'pil_to_tensor', 'latent_dataset', 'scan_image_folder',
-           'load_image', 'load_image_folder', 'batches', 'image_grid', 'show_grid']
+__all__ = ['BUILTIN_DATASETS', 'LAZY_BYTES', 'IMAGE_EXTENSIONS', 'ImageDataset', 'stratified_split', 'resize_images',
+           'load_builtin', 'load_dataset', 'center_crop_adm', 'hflip', 'pil_to_tensor', 'latent_dataset',
+           'scan_image_folder', 'load_image', 'load_image_folder', 'batches', 'image_grid', 'show_grid']
 
 # %% ../nbs/07_data.ipynb #42465559
 @dataclass
@@ -116,8 +116,9 @@ def _select_split(ds: ImageDataset, split: str, heldout_frac: float, seed: int) 
     idx = {"train": tr, "heldout": he, "all": np.arange(len(ds))}[split]
     if len(idx) == 0: raise ValueError(f"split {split!r} of {ds.name} is empty (heldout_frac={heldout_frac})")
     it = torch.from_numpy(idx)
-    ds.images, ds.labels = ds.images[it], ds.labels[it]
-    if ds.flipped is not None: ds.flipped = ds.flipped[it]
+    take = lambda a: a.subset(it) if isinstance(a, ShardedRows) else a[it]  # a lazy cache stays lazy
+    ds.images, ds.labels = take(ds.images), ds.labels[it]
+    if ds.flipped is not None: ds.flipped = take(ds.flipped)
     ds.split = dict(split=split, seed=seed, heldout_frac=heldout_frac, split_hash=h, n=len(idx))
     return ds
 
@@ -184,11 +185,26 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:  # [3, H, W] float32 in [-1
     return torch.from_numpy(a).permute(2, 0, 1) / 127.5 - 1.0
 
 # %% ../nbs/07_data.ipynb #bac09b45
+LAZY_BYTES = 2 ** 30  # a format-2 cache directory whose latent files exceed this is read lazily by default
+
+def _cache_bytes(path) -> int:  # bytes of a format-2 directory's latent files (0 for other caches)
+    import json
+    mp = Path(path) / "manifest.json"
+    if not mp.is_file(): return 0
+    try: man = json.loads(mp.read_text())
+    except ValueError: return 0  # the loader names the problem
+    if man.get("format_version") != 2: return 0
+    return sum(sum(s.get("bytes", {}).get(r, 0) for r in ("latents", "flip")) for s in man.get("shards") or [])
+
 def latent_dataset(path: str | os.PathLike,  # a .npz cache or a sharded cache directory
                    allow_incomplete: bool = False,  # accept an unfinished sharded export
+                   lazy: bool | None = None,  # memory-map the shards (format-2 directory) and read rows on demand;
+                                              # None: when the latents exceed LAZY_BYTES
+                   verify: bool = True,  # lazy only: hash every shard file on opening (False: sizes and headers)
                    ) -> ImageDataset:
     "A verified latent cache as an `ImageDataset` (kind 'latents'; all items, no split applied)."
-    c = load_latent_cache(path, allow_incomplete)
+    if lazy is None: lazy = _cache_bytes(path) > LAZY_BYTES
+    c = open_latent_cache(path, allow_incomplete, verify) if lazy else load_latent_cache(path, allow_incomplete)
     man = c.manifest
     names = man.get("class_names") or [str(i) for i in range(int(c.labels.max()) + 1)]
     shas = [s["sha256"] for s in man["shards"]] if "shards" in man else man["sha256"]

@@ -21,7 +21,7 @@ from torch import Tensor
 # %% auto #0
 __all__ = ['MODES', 'default_backend', 'init_distributed', 'teardown', 'Comm', 'attach', 'WorkerFailed', 'launch',
            'bundle_writer', 'fit_worker', 'save_job', 'build_trainer', 'fit_local', 'main', 'share', 'gather_rows',
-           'generate_sharded']
+           'generate_sharded', 'eval_worker', 'eval_local']
 
 # %% ../nbs/14_distributed.ipynb #3a084126
 MODES = ("exact", "per_rank")  # global-batch statistics (the release) | each rank's own statistics (most ports)
@@ -215,13 +215,23 @@ def fit_worker(job: dict,  # build, kwargs, steps; optional: mode, resume, bundl
         if created: teardown()
 
 # %% ../nbs/14_distributed.ipynb #4592a90b
+def _rows_ref(a):  # a tensor as it is; a lazy cache (`ShardedRows`) as its shard files and rows, reopened by each rank
+    from drifting.latent_cache import ShardedRows
+    if not isinstance(a, ShardedRows): return a
+    return dict(files=[str(f.resolve()) for f in a.files], index=None if a.index is None else torch.from_numpy(a.index))
+
+def _rows(v):
+    from drifting.latent_cache import ShardedRows
+    return ShardedRows(v["files"], None if v["index"] is None else v["index"].numpy()) if isinstance(v, dict) else v
+
 def save_job(folder: str | os.PathLike, trainer) -> Path:
     "Write what every rank needs to rebuild `trainer` (config, data, encoder, feature options, state) into `folder`."
+    # data in memory is copied; a lazily read cache is referenced by its shard files (a shared file system across nodes)
     from drifting.mae import save_encoder
     d = Path(folder); d.mkdir(parents=True, exist_ok=True)
     ds, fs = trainer.data.ds, trainer.features
-    torch.save(dict(images=ds.images, labels=ds.labels, class_names=list(ds.class_names), name=ds.name, fingerprint=ds.fingerprint,
-                    split=dict(ds.split), kind=ds.kind, flipped=ds.flipped), d / "data.pt")
+    torch.save(dict(images=_rows_ref(ds.images), labels=ds.labels, class_names=list(ds.class_names), name=ds.name,
+                    fingerprint=ds.fingerprint, split=dict(ds.split), kind=ds.kind, flipped=_rows_ref(ds.flipped)), d / "data.pt")
     if fs.encoder is not None: save_encoder(fs.encoder, d / "encoder")
     spec = dict(config=trainer.cfg.to_dict(), encoder=fs.encoder is not None, every_k_block=fs.every_k_block,
                 patch_sizes=list(fs.patch_sizes), norm_x=fs.norm_x, raw_key=fs.raw_key, bf16=fs.bf16)
@@ -240,8 +250,8 @@ def build_trainer(folder: str | os.PathLike):
     if dev.type == "cpu":  # share the cores between the local workers
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     data = torch.load(d / "data.pt", weights_only=True)
-    ds = ImageDataset(data["images"], data["labels"], data["class_names"], data["name"], data["fingerprint"], data["split"],
-                      kind=data["kind"], flipped=data["flipped"])
+    ds = ImageDataset(_rows(data["images"]), data["labels"], data["class_names"], data["name"], data["fingerprint"],
+                      data["split"], kind=data["kind"], flipped=_rows(data["flipped"]))
     cfg = TrainConfig.from_dict(spec["config"])
     enc = load_encoder(d / "encoder", device=dev) if spec["encoder"] else None
     fs = FeatureSpace(enc, spec["every_k_block"], tuple(spec["patch_sizes"]), spec["norm_x"], spec["raw_key"], spec["bf16"])
@@ -334,3 +344,53 @@ def generate_sharded(model,  # a generator (eval mode), the same on every rank
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     rows = share(len(labels), dist.get_rank(group), dist.get_world_size(group))
     return gather_rows(generate(model, labels, alpha, seed, batch_size, rows=rows), group)
+
+# %% ../nbs/14_distributed.ipynb #6df991c5
+def eval_worker(job: dict,  # plan (check_eval_run's arguments), ema, n_per_class, seed, out; optional: backend
+                ) -> dict:  # rank, world_size, seconds
+    "One rank of a distributed α sweep: its share of the samples at every α, decoded, with their metric-net features; rank 0 saves them all."
+    created = init_distributed(job.get("backend"))
+    try:
+        from drifting.core import atomic_torch_save
+        from drifting.metrics import extract_features
+        from drifting.runs import build_metric_net, check_eval_run
+        from drifting.sample import class_labels, generate, load_generator
+        t0, rank, world = time.perf_counter(), dist.get_rank(), dist.get_world_size()
+        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if default_backend() == "nccl" else torch.device("cpu")
+        if dev.type == "cpu": torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+        plan = check_eval_run(**job["plan"])
+        state, _ = plan.load_state()
+        model = load_generator(state, ema=job["ema"], device=dev); del state
+        tok, net = plan.decoder(dev, False), build_metric_net(plan.net_kind, dev)
+        labels = class_labels(model.cfg.num_classes, job["n_per_class"])
+        rows, out = share(len(labels), rank, world), {}
+        for a in plan.alphas:
+            with torch.no_grad(): z = generate(model, labels, a, seed=job["seed"], rows=rows)  # this rank's share
+            x = tok.decode(z) if tok is not None else z.clamp(-1, 1)  # pixels: clipped as in `sweep_alpha`
+            f, l = extract_features(net, x, logits=True) if net.has_logits else (extract_features(net, x), None)
+            out[a] = dict(raw=gather_rows(z), images=gather_rows(x), feats=gather_rows(f),
+                          logits=None if l is None else gather_rows(l))
+        if rank == 0: atomic_torch_save(out, job["out"])
+        dist.barrier()
+        return dict(rank=rank, world_size=world, seconds=time.perf_counter() - t0)
+    finally:
+        if created: teardown()
+
+def eval_local(nproc: int,  # worker processes on this machine
+               plan: dict,  # `drifting.runs.check_eval_run`'s arguments (every worker checks and builds the same plan)
+               ema: bool, n_per_class: int, seed: int,  # as run_eval's parameters
+               run=None,  # the eval bundle: records the world size, keeps every worker's log
+               ) -> dict:  # {α: dict(raw, images, feats, logits)}, rows in the single-process order
+    "Generate, decode and featurise an α sweep's samples on `nproc` local workers (what `run_eval -p nproc N` calls)."
+    import tempfile
+    if run is not None:
+        run.manifest.update(world_size=nproc, distributed=dict(backend=default_backend(), launcher="elastic_launch"))
+        run.event("distributed", world_size=nproc, backend=default_backend())
+    with tempfile.TemporaryDirectory(prefix="drifting-eval-") as tmp:
+        job = dict(plan=plan, ema=ema, n_per_class=n_per_class, seed=seed, out=str(Path(tmp) / "samples.pt"))
+        try: launch(eval_worker, nproc, job, log_dir=None if run is None else run.dir / "logs" / "ranks")
+        except WorkerFailed as e:
+            if run is not None: run.fail(e)
+            raise
+        return torch.load(job["out"], weights_only=True)
+

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
@@ -13,7 +14,7 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['KERNEL_NORMS', 'ALG2_SELF_MASK', 'SQDIST_FLOOR', 'TAUS', 'SELF_MASK', 'AFFINITY_FLOOR', 'SCALE_FLOOR', 'FORCE_FLOOR',
-           'cdist', 'alg2_field', 'DriftStats', 'release_drift', 'release_drift_loss']
+           'cdist', 'alg2_field', 'DriftStats', 'DriftOptions', 'release_drift', 'release_drift_loss']
 
 # %% ../nbs/01_drift.ipynb #2a509a69
 KERNEL_NORMS = ("both", "y", "none")  # Tab. 11: softmax over x and y (default) | over y only | raw kernel (Z = 1)
@@ -105,12 +106,27 @@ def _as_weight(w, G, n, name, like):
     try: return w.expand(G, n).float()
     except RuntimeError: raise ValueError(f"{name} must be a number, [G]={G} or [G, {n}], got shape {tuple(w.shape)}") from None
 
-def _prepare(gen, pos, neg, w_gen, w_pos, w_neg, taus, kernel_norm):
-    "Check shapes and options; return batched, detached tensors in the compute dtype, [G, M] target weights, taus."
-    _check_kernel_norm(kernel_norm)
-    taus = (taus,) if isinstance(taus, (int, float)) else tuple(taus)
-    if not taus: raise ValueError("taus must hold at least one temperature")
-    for t in taus: _check_tau(t)
+@dataclass(frozen=True)
+class DriftOptions:
+    "The release's options of the normalised drift and its loss, with its defaults: one home for every function that takes them."
+    taus: tuple = TAUS  # temperature(s); their normalised drifts are summed (a number: one temperature)
+    attraction: float = 1.0  # scale of the attraction term (Tab. 1 ablation)
+    repulsion: float = 1.0  # scale of the repulsion term (Tab. 1 ablation)
+    kernel_norm: str = "both"  # "both" | "y" | "none" (Tab. 11)
+    self_mask: float = SELF_MASK  # added to the normalised self-distance of each generated sample
+    affinity_floor: float = AFFINITY_FLOOR  # floor of softmax_row*softmax_col ("both" only)
+
+    def __post_init__(self):  # checked once, here: a bad option fails where it is written
+        _check_kernel_norm(self.kernel_norm)
+        taus = (self.taus,) if isinstance(self.taus, (int, float)) else tuple(self.taus)
+        if not taus: raise ValueError("taus must hold at least one temperature")
+        for t in taus: _check_tau(t)
+        object.__setattr__(self, "taus", taus)  # kept as a tuple, in the caller's order
+
+def _prepare(gen, pos, neg, w_gen, w_pos, w_neg, options):
+    "Check shapes and options; return batched, detached tensors in the compute dtype, [G, M] target weights."
+    if not isinstance(options, DriftOptions):
+        raise TypeError(f"options must be a DriftOptions (e.g. DriftOptions(taus=(0.05,))), got {type(options).__name__}")
     if neg is None: neg = gen.new_zeros(*gen.shape[:-2], 0, gen.shape[-1])
     _check_shapes(gen, pos, neg)
     unbatched = gen.dim() == 2
@@ -119,7 +135,7 @@ def _prepare(gen, pos, neg, w_gen, w_pos, w_neg, taus, kernel_norm):
     w = torch.cat([_as_weight(w_gen, G, N, "w_gen", gen), _as_weight(w_neg, G, neg.shape[1], "w_neg", gen),
                    _as_weight(w_pos, G, pos.shape[1], "w_pos", gen)], 1)  # [G, M]
     dt = _compute_dtype(gen)
-    return gen.detach().to(dt), pos.detach().to(dt), neg.detach().to(dt), w.to(dt), taus, unbatched
+    return gen.detach().to(dt), pos.detach().to(dt), neg.detach().to(dt), w.to(dt), unbatched
 
 def release_drift(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated features (also the negatives)
                   pos: Tensor,  # [G, N_pos, S] or [N_pos, S] positives (real features of the class)
@@ -128,15 +144,11 @@ def release_drift(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated features
                   w_gen=None,  # weight of the generated columns: None (=1), number, [G] or [G, N_gen]
                   w_pos=None,  # weight of the positives: None (=1), number, [G] or [G, N_pos]
                   w_neg=None,  # weight of `neg`, the CFG weight w = (alpha-1)(N_gen-1)/N_unc: None (=1), number, [G] or [G, N_unc]
-                  taus=TAUS,  # temperature(s); their normalised drifts are summed
-                  attraction: float = 1.0,  # scale of the attraction term (Tab. 1 ablation)
-                  repulsion: float = 1.0,  # scale of the repulsion term (Tab. 1 ablation)
-                  kernel_norm: str = "both",  # "both" | "y" | "none" (Tab. 11)
-                  self_mask: float = SELF_MASK,  # added to the normalised self-distance of each generated sample
-                  affinity_floor: float = AFFINITY_FLOOR,  # floor of softmax_row*softmax_col ("both" only)
+                  options: DriftOptions = DriftOptions(),  # taus, Tab. 1 / Tab. 11 ablations, floors
                   ) -> tuple:  # (V~ [G, N_gen, S] or [N_gen, S] in normalised units, s_in 0-d, DriftStats)
     "The release's normalised multi-temperature drift V~, its input scale s_in and diagnostics: the algorithm line by line."
-    x, pos, neg, w, taus, unbatched = _prepare(gen, pos, neg, w_gen, w_pos, w_neg, taus, kernel_norm)
+    x, pos, neg, w, unbatched = _prepare(gen, pos, neg, w_gen, w_pos, w_neg, options)
+    o = options
     G, N, S = x.shape
     n_neg = N + neg.shape[1]  # negatives: the columns [gen | unc]
     T = torch.cat([x, neg, pos], 1)  # [G, M, S] targets, weights w [G, M]
@@ -145,13 +157,13 @@ def release_drift(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated features
     s_in = (scale / math.sqrt(S)).clamp(min=SCALE_FLOOR)
     x_s, T_s = x / s_in, T / s_in  # normalised coordinates
     dn = dist / scale.clamp(min=SCALE_FLOOR)  # [G, N, M] normalised distances, mean ~ 1
-    dn = dn + self_mask * torch.eye(N, T.shape[1], dtype=x.dtype, device=x.device)  # gen_i vs gen_i
+    dn = dn + o.self_mask * torch.eye(N, T.shape[1], dtype=x.dtype, device=x.device)  # gen_i vs gen_i
     V, force_sq = torch.zeros_like(x), []
-    for tau in taus:
-        A = _affinity(-dn / tau, kernel_norm, affinity_floor) * w[:, None, :]  # [G, N, M] weighted after the softmax
+    for tau in o.taus:
+        A = _affinity(-dn / tau, o.kernel_norm, o.affinity_floor) * w[:, None, :]  # [G, N, M] weighted after the softmax
         A_neg, A_pos = A[..., :n_neg], A[..., n_neg:]
-        coeff = torch.cat([-repulsion * A_neg * A_pos.sum(-1, keepdim=True),
-                           attraction * A_pos * A_neg.sum(-1, keepdim=True)], -1)  # [G, N, M]
+        coeff = torch.cat([-o.repulsion * A_neg * A_pos.sum(-1, keepdim=True),
+                           o.attraction * A_pos * A_neg.sum(-1, keepdim=True)], -1)  # [G, N, M]
         F = coeff @ T_s - coeff.sum(-1, keepdim=True) * x_s  # [G, N, S] sum_j coeff_ij (y_j - x_i)
         force_sq.append((F ** 2).mean())
         V = V + F / force_sq[-1].clamp(min=FORCE_FLOOR).sqrt()  # F_tau / lambda_tau (Eqs. 23-25)
@@ -160,7 +172,7 @@ def release_drift(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated features
 def release_drift_loss(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated features, with gradient
                        pos: Tensor,  # [G, N_pos, S] or [N_pos, S] positives
                        neg: Tensor | None = None,  # [G, N_unc, S] or [N_unc, S] CFG unconditional negatives, or None
-                       **kwargs,  # the options of `release_drift` (weights, taus, Tab. 1 / Tab. 11 ablations, floors)
+                       **kwargs,  # the keywords of `release_drift`: w_gen, w_pos, w_neg, options
                        ) -> tuple:  # (loss [G] (0-d if unbatched), DriftStats)
     "The release's drift loss, per group: mean over samples and dims of (x/s_in - sg(x/s_in + V~))^2 (Eqs. 6, 26)."
     V, s_in, stats = release_drift(gen, pos, neg, **kwargs)

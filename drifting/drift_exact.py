@@ -5,18 +5,19 @@
 # %% ../nbs/01a_drift_exact.ipynb #1a520dbf
 from __future__ import annotations
 
+import inspect
 import math
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from .drift import (AFFINITY_FLOOR, ALG2_SELF_MASK, FORCE_FLOOR, SCALE_FLOOR, SELF_MASK, SQDIST_FLOOR, TAUS,
-                            DriftStats, _check_kernel_norm, _check_shapes, _check_tau, _compute_dtype, _prepare)
+from .drift import (ALG2_SELF_MASK, FORCE_FLOOR, SCALE_FLOOR, SQDIST_FLOOR, DriftOptions, DriftStats, alg2_field,
+                            _check_kernel_norm, _check_shapes, _check_tau, _compute_dtype, _prepare)
 
 # %% auto #0
-__all__ = ['MAX_CHUNK_ELEMS', 'CACHE_BLOCK_ELEMS', 'MAX_CACHE_ELEMS', 'LOGIT_CUT', 'FLOORED', 'drift_field', 'normalized_drift',
-           'drift_loss']
+__all__ = ['MAX_CHUNK_ELEMS', 'CACHE_BLOCK_ELEMS', 'MAX_CACHE_ELEMS', 'LOGIT_CUT', 'FLOORED', 'drift_field', 'drift_loss',
+           'normalized_drift']
 
 # %% ../nbs/01a_drift_exact.ipynb #757e372c
 MAX_CHUNK_ELEMS = 2**20  # default budget: elements of each temporary of one block of groups (4 MB in fp32); blocks stay
@@ -202,17 +203,22 @@ def _forces(T: Tensor,  # [g, M, S] centred targets [negatives | positives] (`_c
     return out
 
 # %% ../nbs/01a_drift_exact.ipynb #6c574a1f
+def _same_arguments(fn, *args, **kwargs) -> dict:
+    "The arguments of the call `fn(*args, **kwargs)`, defaults filled in: an exact form takes its reference's parameters."
+    bound = inspect.signature(fn).bind(*args, **kwargs)  # a wrong name fails here, as it would calling `fn`
+    bound.apply_defaults()
+    return bound.arguments
+
 def drift_field(gen: Tensor,  # [N, D] or [G, N, D] generated samples x
                 pos: Tensor,  # [N_pos, D] or [G, N_pos, D] positives y+ (data)
                 neg: Tensor | None = None,  # [N_neg, D] or [G, N_neg, D] negatives y-; None: the generated samples (self-masked)
-                tau: float = 0.05,  # kernel temperature
                 *,
-                attraction: float = 1.0,  # scale a of V+ (Tab. 1 ablation)
-                repulsion: float = 1.0,  # scale r of V- (Tab. 1 ablation; 0 = attraction only)
-                kernel_norm: str = "both",  # "both" | "y" | "none" (Tab. 11)
                 max_chunk_elems: int = MAX_CHUNK_ELEMS,  # elements of each temporary of one block (see `_chunk_sizes`)
+                **options,  # the options of `alg2_field`, same names and defaults: tau, attraction, repulsion, kernel_norm
                 ) -> Tensor:  # [N, D] or [G, N, D] the drift V = a V+ - r V-, same shape and dtype as `gen`
     "`drifting.drift.alg2_field` (paper Alg. 2) in bounded memory: one group `[N, D]` or a batch of groups `[G, N, D]`."
+    o = _same_arguments(alg2_field, gen, pos, neg, **options)
+    tau, attraction, repulsion, kernel_norm = o["tau"], o["attraction"], o["repulsion"], o["kernel_norm"]
     _check_tau(tau); _check_kernel_norm(kernel_norm)
     self_neg = neg is None
     _check_shapes(gen, pos, gen if self_neg else neg)
@@ -242,28 +248,11 @@ def _reduced(stats: Tensor,  # [k] float64 partial sums over the local groups
         raise TypeError(f"all_reduce must return the summed tensor of shape {tuple(stats.shape)}, got {type(out).__name__}")
     return out
 
-def normalized_drift(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated features (also the negatives)
-                     pos: Tensor,  # [G, N_pos, S] or [N_pos, S] positives (real features of the class)
-                     neg: Tensor | None = None,  # [G, N_unc, S] or [N_unc, S] extra negatives (CFG unconditional real); None: none
-                     *,
-                     w_gen=None,  # weight of the generated columns: None (=1), number, [G] or [G, N_gen]
-                     w_pos=None,  # weight of the positives: None (=1), number, [G] or [G, N_pos]
-                     w_neg=None,  # weight of `neg`, the CFG weight w = (alpha-1)(N_gen-1)/N_unc: None (=1), number, [G] or [G, N_unc]
-                     taus=TAUS,  # temperature(s); their normalised drifts are summed
-                     attraction: float = 1.0,  # scale of the attraction term (Tab. 1 ablation)
-                     repulsion: float = 1.0,  # scale of the repulsion term (Tab. 1 ablation)
-                     kernel_norm: str = "both",  # "both" | "y" | "none" (Tab. 11)
-                     self_mask: float = SELF_MASK,  # added to the normalised self-distance of each generated sample
-                     affinity_floor: float = AFFINITY_FLOOR,  # floor of softmax_row*softmax_col ("both" only)
-                     all_reduce: Callable[[Tensor], Tensor] | None = None,  # sum over processes of a float64 vector (None: one process)
-                     chunk_groups: int | None = None,  # groups per block (None: from max_chunk_elems)
-                     chunk_targets: int | None = None,  # targets per block (None: all, unless one group exceeds the budget)
-                     max_chunk_elems: int = MAX_CHUNK_ELEMS,  # elements of each temporary of one block (see `_chunk_sizes`)
-                     max_cache_elems: int = MAX_CACHE_ELEMS,  # keep the first pass's distances if G*N_gen*M fits
-                     low_memory: bool = False,  # recompute the forces instead of keeping n_tau x [G, N_gen, S] of them
-                     ) -> tuple:  # (V~ [G, N_gen, S] or [N_gen, S] in normalised units, s_in 0-d, DriftStats)
+def _normalized_drift(gen, pos, neg, w_gen, w_pos, w_neg, options, all_reduce, chunk_groups, chunk_targets,
+                      max_chunk_elems, max_cache_elems, low_memory):  # the arguments of `drift_loss`, all given
     "`drifting.drift.release_drift` exactly, in bounded memory: V~, its input scale s_in and the diagnostics."
-    x, pos, neg, w, taus, unbatched = _prepare(gen, pos, neg, w_gen, w_pos, w_neg, taus, kernel_norm)
+    x, pos, neg, w, unbatched = _prepare(gen, pos, neg, w_gen, w_pos, w_neg, options)
+    o, taus = options, options.taus
     G, N, S = x.shape; M = w.shape[1]; n_neg = N + neg.shape[1]; nt = len(taus)
     gc, tc = _chunk_sizes(G, N, M, S, nt if low_memory else 0, chunk_groups, chunk_targets, max_chunk_elems)
     ws = {}  # workspace buffers, reused by every block of this call
@@ -289,8 +278,8 @@ def normalized_drift(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated featu
         s_in = (scale / math.sqrt(S)).clamp(min=SCALE_FLOOR)  # input scale: mean distance becomes sqrt(S)
         inv = 1.0 / max(scale.item(), SCALE_FLOOR)
         def forces(i, lo, out=None):  # the forces F_tau [g, N, S] of groups lo:lo+gc, in normalised units
-            return _forces(T if one_block else block(lo), N, n_neg, inv, taus, attraction, repulsion, kernel_norm,
-                           self_mask, affinity_floor, tc, w[lo:lo + gc, c0:c1] if c1 else None, c0,
+            return _forces(T if one_block else block(lo), N, n_neg, inv, taus, o.attraction, o.repulsion, o.kernel_norm,
+                           o.self_mask, o.affinity_floor, tc, w[lo:lo + gc, c0:c1] if c1 else None, c0,
                            dist=None if cache is None else cache[i], out=out, out_scale=1.0 / s_in.item(), ws=ws)
         sumsq = x.new_zeros(nt + 1, dtype=torch.float64)  # [sum F_tau^2 per tau..., count]
         sumsq[-1] = x.numel()
@@ -337,12 +326,7 @@ def drift_loss(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated features, w
                w_gen=None,  # weight of the generated columns: None (=1), number, [G] or [G, N_gen]
                w_pos=None,  # weight of the positives: None (=1), number, [G] or [G, N_pos]
                w_neg=None,  # CFG weight of `neg`, w = (alpha-1)(N_gen-1)/N_unc: None (=1), number, [G] or [G, N_unc]
-               taus=TAUS,  # temperature(s); their normalised drifts are summed
-               attraction: float = 1.0,  # scale of the attraction term (Tab. 1 ablation)
-               repulsion: float = 1.0,  # scale of the repulsion term (Tab. 1 ablation)
-               kernel_norm: str = "both",  # "both" | "y" | "none" (Tab. 11)
-               self_mask: float = SELF_MASK,  # added to the normalised self-distance of each generated sample
-               affinity_floor: float = AFFINITY_FLOOR,  # floor of softmax_row*softmax_col ("both" only)
+               options: DriftOptions = DriftOptions(),  # taus, Tab. 1 / Tab. 11 ablations, floors (`drifting.drift`)
                all_reduce: Callable[[Tensor], Tensor] | None = None,  # sum over processes of the scale/force statistics
                chunk_groups: int | None = None,  # groups per block (None: from max_chunk_elems)
                chunk_targets: int | None = None,  # targets per block (None: all, unless one group exceeds the budget)
@@ -351,10 +335,14 @@ def drift_loss(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated features, w
                low_memory: bool = False,  # recompute the forces instead of keeping n_tau x [G, N_gen, S] of them
                ) -> tuple:  # (loss [G] (0-d if unbatched), DriftStats of detached diagnostics)
     "`drifting.drift.release_drift_loss` exactly, in bounded memory: per group, mean of (x/s_in - sg(x/s_in + V~))^2 (Eqs. 6, 26)."
-    V, s_in, stats = normalized_drift(gen, pos, neg, w_gen=w_gen, w_pos=w_pos, w_neg=w_neg, taus=taus,
-                                      attraction=attraction, repulsion=repulsion, kernel_norm=kernel_norm,
-                                      self_mask=self_mask, affinity_floor=affinity_floor, all_reduce=all_reduce,
-                                      chunk_groups=chunk_groups, chunk_targets=chunk_targets,
-                                      max_chunk_elems=max_chunk_elems, max_cache_elems=max_cache_elems,
-                                      low_memory=low_memory)
+    V, s_in, stats = _normalized_drift(gen, pos, neg, w_gen, w_pos, w_neg, options, all_reduce, chunk_groups,
+                                       chunk_targets, max_chunk_elems, max_cache_elems, low_memory)
     return _DriftMSE.apply(gen.to(V.dtype), V, s_in.item()), stats
+
+def normalized_drift(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated features (also the negatives)
+                     pos: Tensor,  # [G, N_pos, S] or [N_pos, S] positives
+                     neg: Tensor | None = None,  # [G, N_unc, S] or [N_unc, S] CFG unconditional negatives, or None
+                     **kwargs,  # the keywords of `drift_loss`: weights, options, all_reduce, chunking
+                     ) -> tuple:  # (V~ [G, N_gen, S] or [N_gen, S] in normalised units, s_in 0-d, DriftStats)
+    "`drifting.drift.release_drift` exactly, in bounded memory: the V~ that `drift_loss` descends, s_in and the diagnostics."
+    return _normalized_drift(**_same_arguments(drift_loss, gen, pos, neg, **kwargs))

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .core import autocast, module_sha256
-from .drift import TAUS
+from .drift import TAUS, DriftOptions
 from .drift_exact import drift_loss
 
 # %% auto #0
@@ -114,7 +114,7 @@ def feature_drift_loss(gen_feats: dict,  # key -> [N_c, N_gen, L, D] generated f
             w_neg = torch.as_tensor(w, dtype=torch.float32, device=gen.device).expand(n_c)  # [N_c]
             w_neg = w_neg.repeat_interleave(L)  # [N_c*L] the class weight in each of its locations
         loss, info = drift_loss(_groups(gen), _groups(pos), None if unc is None else _groups(unc),
-                                w_neg=w_neg, taus=taus, **drift_kwargs)  # loss [N_c*L]
+                                w_neg=w_neg, options=DriftOptions(taus=taus), **drift_kwargs)  # loss [N_c*L]
         losses[k] = loss.mean() if aggregate == "official" else loss.view(n_c, L).sum(1).mean()
         infos[k] = info
     return torch.stack(list(losses.values())).sum(), losses, infos

@@ -13,10 +13,9 @@ import numpy as np
 import torch
 import torch.nn as nn
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from .core import (atomic_folder, autocast, cache_root, default_device, ema_copy, ema_update, lr_at,
-                           sha256_arrays, sha256_json)
+                           progress_bar, sha256_arrays, sha256_json)
 from .data import ImageDataset, batches
 from .mae import MAE, load_encoder, mae_config, patch_mask, patchify, save_encoder
 
@@ -95,7 +94,7 @@ def train_mae(model: MAE,  # trained in place
               ema_model: MAE | None = None,  # EMA copy to continue (default: a fresh copy of `model`)
               seed: int = 0,  # mask noise seed
               device: torch.device | str | None = None,  # default: where the model is
-              progress: bool = True,  # tqdm bar
+              progress: bool = True,  # progress bar (sparse off a terminal)
               ) -> tuple[MAE, dict]:  # EMA model, history of per-step metric lists
     "Pre-train an MAE (with the optional cls fine-tune at the end); return its EMA and the history."
     tcfg = tcfg or MAETrainConfig()
@@ -106,15 +105,16 @@ def train_mae(model: MAE,  # trained in place
     opt = make_optimizer(model, tcfg)
     g = torch.Generator(dev).manual_seed(seed)
     hist, t0 = {}, time.perf_counter()
-    bar = tqdm(range(steps), disable=not progress, desc="MAE")
-    for step in bar:
+    bar = progress_bar(steps, enable=progress, desc="MAE")
+    for step in range(steps):
         x, y = next(data_iter)
         lam = cls_lambda(step, steps, tcfg)
         m = mae_train_step(model, opt, x.to(dev), y.to(dev), lr_at(step, tcfg), lam, tcfg, g)
         if not math.isfinite(m["loss"]): raise FloatingPointError(f"MAE loss became {m['loss']} at step {step}")
         ema_update(ema_model, model, tcfg.ema_decay)
         for k, v in m.items(): hist.setdefault(k, []).append(v)
-        if step % 10 == 0 or step == steps - 1: bar.set_postfix(loss=f"{m['loss']:.4f}", lam=f"{lam:.3f}")
+        bar.update(1); bar.set_postfix(loss=f"{m['loss']:.4f}", lam=f"{lam:.3f}", refresh=False)
+    bar.close()
     hist["time_s"] = time.perf_counter() - t0
     return ema_model.eval(), hist
 

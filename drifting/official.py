@@ -18,7 +18,6 @@ from torch import Tensor
 
 from .features import STD_EPS, feature_inventory
 from .generator import Generator, GeneratorConfig
-from .generator_blocks import swiglu_hidden
 from .mae import ResNetEncoder, patchify
 
 # %% auto #0

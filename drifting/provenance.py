@@ -15,7 +15,7 @@ import torch
 from omegaconf import OmegaConf
 
 from .core import atomic_open, atomic_torch_save, atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
-from .fingerprint import (ConfigError, canonical_json, codebase_fingerprint, compose_config, config_yaml,
+from .fingerprint import (canonical_json, codebase_fingerprint, compose_config, config_yaml,
     KEY_PACKAGES, env_fingerprint, env_snapshot, git_state, jsonable, redact_env, redact_obj, register_secrets,
     resolve_config, scrub)
 from .smoke import SmokeGateError, failed_checks, project_root, smoke_test

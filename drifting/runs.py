@@ -147,11 +147,12 @@ class EvalPlan:
 def check_eval_run(checkpoint,  # a run bundle folder or a checkpoint file (`pipeline.resolve_checkpoint` maps a released model name to one)
                    alphas, n_per_class: int, nn_pool: int, metric_net: str,
                    dataset=None, resolution=None, vae=None,  # None: the training run's
+                   nproc: int = 1,  # processes sharing the sampling (torch.distributed)
                    ) -> EvalPlan:
     "Validate an evaluation run's parameters before any work; fill the data, resolution and VAE from the training run."
     ck, trained, trained_data = training_run_config(checkpoint)
     alpha_list = parse_alphas(alphas)
-    check_int(n_per_class, "n_per_class", 2); check_int(nn_pool, "nn_pool", 3)
+    check_int(n_per_class, "n_per_class", 2); check_int(nn_pool, "nn_pool", 3); check_int(nproc, "nproc")
     if metric_net not in METRIC_NETS: raise ValueError(f"metric_net must be 'auto', 'classifier' or 'inception', got {metric_net!r}")
     data = dataset if dataset is not None else trained.get("dataset")
     res = resolution if resolution is not None else trained.get("resolution")

@@ -105,10 +105,13 @@ def feature_metrics(net,  # a `drifting.metrics.FeatureNet`
                     ref_feats: Tensor,  # [M, D] the network's features of the reference images
                     ref_stats,  # the network's `FeatureStats` of the reference images
                     seed: int = 0,  # subset draws of KID and the IS split order
+                    feats: Tensor | None = None, logits: Tensor | None = None,  # the images' features (and logits) if
+                                                                                 # already computed (e.g. by many processes)
                     ) -> dict:  # fid, kid_mean, kid_std, (is_mean, is_std), precision, recall, metric_net, n
     "FID, KID, IS (with logits) and precision/recall of generated images in one feature network."
     from drifting.metrics import compute_fid, compute_kid, extract_features, inception_score, precision_recall
-    feats, logits = extract_features(net, images, logits=True) if net.has_logits else (extract_features(net, images), None)
+    if feats is None:
+        feats, logits = extract_features(net, images, logits=True) if net.has_logits else (extract_features(net, images), None)
     out = dict(metric_net=net.name, n=len(images), fid=compute_fid(feats, ref_stats, net)["fid"])
     kid = compute_kid(feats, ref_feats, subset_size=1000, n_subsets=100, seed=seed)
     out.update(kid_mean=kid["kid_mean"], kid_std=kid["kid_std"], kid_subset=kid["subset_size"])
@@ -130,6 +133,8 @@ def sweep_alpha(model: Generator,  # the generator (EMA weights for the paper's 
                 metric_net=None,  # a `FeatureNet` for FID/KID/IS/precision-recall (e.g. TF-Inception), or None
                 ref_feats: Tensor | None = None,  # [M, D] its features of the reference images
                 ref_stats=None,  # its `FeatureStats` of the reference (e.g. `reference_stats(net, heldout)`)
+                samples: dict | None = None,  # {α: dict(raw, images, feats, logits)} made elsewhere
+                                              # (`distributed.eval_local`); None: generated here
                 ) -> tuple[list, dict, dict]:  # (rows of metrics per α, {α: images}, {α: raw samples})
     "Samples of every class at each α, decoded, with class accuracy, held-out Fréchet and feature metrics when possible."
     from tqdm.auto import tqdm
@@ -139,14 +144,17 @@ def sweep_alpha(model: Generator,  # the generator (EMA weights for the paper's 
     labels = class_labels(model.cfg.num_classes, per_class)
     rows, images, raw = [], {}, {}
     for a in tqdm(list(alphas), desc="α sweep", disable=not progress):
-        z = generate(model, labels, float(a), seed=seed)
-        x = decode(z) if decode is not None else z.clamp(-1, 1)  # pixels: clipped, as the release clips when it saves images
+        pre = None if samples is None else samples[float(a)]
+        z = generate(model, labels, float(a), seed=seed) if pre is None else pre["raw"]
+        x = (decode(z) if decode is not None else z.clamp(-1, 1)) if pre is None else pre["images"]  # pixels: clipped, as the release clips when it saves images
         row = dict(alpha=float(a), n=len(labels))
         if classifier is not None:
             row["class_accuracy"] = class_accuracy(classifier, x, labels)
             if train is not None and heldout is not None:
                 fd = heldout_frechet(classifier, x, train, heldout, seed=seed)
                 row.update(frechet=fd["fd"], frechet_real_vs_real=fd["fd_real_vs_real"], frechet_net=fd["feature_net"])
-        if metric_net is not None: row.update(feature_metrics(metric_net, x, ref_feats, ref_stats, seed=seed))
+        if metric_net is not None:
+            row.update(feature_metrics(metric_net, x, ref_feats, ref_stats, seed=seed,
+                                       **({} if pre is None else dict(feats=pre["feats"], logits=pre["logits"]))))
         rows.append(row); images[float(a)] = x; raw[float(a)] = z
     return rows, images, raw

@@ -5,16 +5,16 @@
 # %% ../nbs/08_tokenizer.ipynb #94201262
 from __future__ import annotations
 
-import hashlib, json, os, re
+import hashlib, os, re, time
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from diffusers import AutoencoderKL
 from diffusers.utils import is_accelerate_available
-from tqdm.auto import tqdm
 
-from .core import sha256_arrays, sha256_json
-from .data import ImageDataset, hflip, load_dataset
+from .core import progress_bar, sha256_arrays, sha256_json
+from .data import BUILTIN_DATASETS, ImageDataset, hflip, load_dataset, load_image, scan_image_folder
 from .latent_cache import LatentCacheWriter
 
 # %% auto #0
@@ -176,7 +176,31 @@ def check_vae_spec(spec,  # the `vae` parameter of a run
     return spec
 
 # %% ../nbs/08_tokenizer.ipynb #d3716060
-def export_latent_cache(data: ImageDataset | str | os.PathLike,  # dataset, or a name/folder for `load_dataset`
+class _Items(torch.utils.data.Dataset):
+    "Item i to encode: (image [C, H, W] in [-1, 1], i, sha256 of its file or ''), from memory or decoded from a file."
+    def __init__(self, images=None, files=None, resolution=None):
+        self.images, self.files, self.resolution = images, files, resolution
+    def __len__(self): return len(self.files) if self.files is not None else len(self.images)
+    def __getitem__(self, i):
+        if self.files is None: return self.images[i], i, ""
+        f = self.files[i]
+        return load_image(f, self.resolution), i, hashlib.sha256(f.read_bytes()).hexdigest()
+
+def _rank_and_world(rank, world_size) -> tuple:
+    if rank is not None or world_size is not None:
+        if rank is None or world_size is None or not 0 <= rank < world_size:
+            raise ValueError(f"give rank and world_size together with 0 <= rank < world_size, got {rank}, {world_size}")
+        return rank, world_size
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
+
+def _folder_fingerprint(root: Path, files: list, classes: list, resolution, recs: list) -> str:
+    "`load_image_folder(root, resolution).fingerprint`, from the file digests the shards recorded."
+    h, digests = hashlib.sha256(), [x for r in recs for x in r["source_sha256"]]
+    for f, x in zip(files, digests): h.update(str(f.relative_to(root)).encode()); h.update(bytes.fromhex(x))
+    return sha256_json(dict(source=h.hexdigest(), classes=classes, resolution=resolution,
+                            resize="adm_center_crop" if resolution else None, max_per_class=None, channels=3))
+
+def export_latent_cache(data: ImageDataset | str | os.PathLike,  # dataset, built-in name, or class-folder directory
                         tokenizer: Tokenizer,  # the encoder
                         out_dir: str | os.PathLike,  # sharded cache directory (created; resumed if present)
                         batch_size: int = 64,  # items per forward pass
@@ -185,37 +209,65 @@ def export_latent_cache(data: ImageDataset | str | os.PathLike,  # dataset, or a
                         seed: int = 0,  # noise seed; item i uses item_seeds(seed, i, flip)
                         sample: bool = True,  # posterior sample (the release) or mean
                         dtype: str = "float32",  # stored dtype: 'float32' or 'float16'
-                        progress: bool = True,  # tqdm bar over items
+                        progress: bool = True,  # a bar over items, with images/s
                         max_chunks: int | None = None,  # stop after writing this many shards (None: to the end)
-                        **load_kwargs,  # for a name/path: resolution, channels, ... (split defaults to 'all')
+                        num_workers: int = 0,  # DataLoader worker processes decoding images (0: in this process)
+                        rank: int | None = None, world_size: int | None = None,  # this process's share (default:
+                                                                                 # the process group's, else 0 of 1)
+                        resolution: int | None = None,  # ADM centre crop side (class folders, built-ins)
+                        **load_kwargs,  # for a built-in name: channels, ... (split defaults to 'all')
                         ) -> Path:
-    "Encode a dataset (and its flips) into a resumable sharded latent cache; return the cache directory."
-    ds = data if isinstance(data, ImageDataset) else load_dataset(data, **{"split": "all", **load_kwargs})
-    if ds.kind != "pixels": raise ValueError(f"{ds.name} holds {ds.kind}, not images: encode a pixel dataset")
+    "Encode a dataset (and its flips) into a resumable sharded latent cache, streaming class folders; return the directory."
     if dtype not in ("float32", "float16"): raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
     if chunk_size < 1 or batch_size < 1: raise ValueError("chunk_size and batch_size must be positive")
-    man = dict(source_fingerprint=ds.fingerprint, source_name=ds.name, source_split=ds.split, source_n=len(ds),
-               class_names=list(ds.class_names), **tokenizer.describe(),
+    rank, world_size = _rank_and_world(rank, world_size)
+    folder = None if isinstance(data, ImageDataset) or str(data) in BUILTIN_DATASETS else Path(data)
+    if folder is not None and (folder.suffix == ".npz" or (folder / "manifest.json").exists()):
+        raise ValueError(f"{folder} is a latent cache, not images: encode a pixel dataset")
+    if folder is None:  # in memory (small data)
+        ds = data if isinstance(data, ImageDataset) else load_dataset(data, **{"split": "all", "resolution": resolution, **load_kwargs})
+        if ds.kind != "pixels": raise ValueError(f"{ds.name} holds {ds.kind}, not images: encode a pixel dataset")
+        items, labels, n = _Items(images=ds.images), ds.labels, len(ds)
+        src = dict(source_fingerprint=ds.fingerprint, source_name=ds.name, source_split=ds.split, source_n=n,
+                   class_names=list(ds.class_names))
+    else:  # streamed from disk: only the file list is held
+        files, lab, classes = scan_image_folder(folder)
+        items, labels, n = _Items(files=files, resolution=resolution), torch.tensor(lab, dtype=torch.int64), len(files)
+        listing = sha256_json([[str(f.relative_to(folder)), f.stat().st_size] for f in files])
+        src = dict(source_fingerprint=None, source_listing=listing, source_name=folder.name, source_n=n,
+                   source_split=dict(split="all", n=n), class_names=classes)  # fingerprint: from the shards, at the end
+    man = dict(src, **tokenizer.describe(),
                export=dict(seed=seed, sample=sample, flip=flip, chunk_size=chunk_size, batch_size=batch_size,
-                           dtype=dtype, noise="item_seeds(seed, index, flip)"))
+                           dtype=dtype, resolution=resolution, noise="item_seeds(seed, index, flip)"))
     w = LatentCacheWriter(out_dir, man)
     if w.man["complete"]: return Path(out_dir)
-    start, n = w.n_written, len(ds)
-    if start % chunk_size and start != n:
-        raise ValueError(f"{out_dir} holds {start} items, not a multiple of chunk_size={chunk_size}: not our export")
-    todt = getattr(torch, dtype)
-    bar = tqdm(total=n, initial=start, disable=not progress, desc=f"encode {ds.name}", unit="img")
-    for k, c0 in enumerate(range(start, n, chunk_size)):
-        if max_chunks is not None and k >= max_chunks: break
-        idx = torch.arange(c0, min(c0 + chunk_size, n))  # [m] items of this chunk
-        lat, lat_f = [], []
-        for b0 in range(0, len(idx), batch_size):
-            i = idx[b0:b0 + batch_size]  # [b]
-            xb = ds.images[i]  # [b, C, H, W]
+    n_shards = -(-n // chunk_size)
+    mine = [k for k in range(rank, n_shards, world_size)]
+    todo = [k for k in mine if w.done(k) is None][:max_chunks]
+    spans = {k: (k * chunk_size, min(n, (k + 1) * chunk_size)) for k in todo}
+    batches_ = [list(range(b, min(b + batch_size, spans[k][1]))) for k in todo for b in range(*spans[k], batch_size)]
+    loader = torch.utils.data.DataLoader(items, batch_sampler=batches_, num_workers=num_workers)
+    total = sum(min(n, (k + 1) * chunk_size) - k * chunk_size for k in mine)
+    bar = progress_bar(total, total - sum(e - s for s, e in spans.values()), progress,
+                       desc=f"encode {man['source_name']}" + (f" (rank {rank}/{world_size})" if world_size > 1 else ""))
+    bar.unit = "img"  # the rate reads img/s
+    todt, it, t0 = getattr(torch, dtype), iter(loader), time.perf_counter()
+    for k in todo:
+        s, e = spans[k]
+        lat, lat_f, digests = [], [], []
+        while sum(len(b) for b in lat) < e - s:
+            xb, i, dg = next(it)  # [b, C, H, W], [b], b digests
             lat.append(tokenizer.encode(xb, sample, seeds=item_seeds(seed, i)).to(todt))
             if flip: lat_f.append(tokenizer.encode(hflip(xb), sample, seeds=item_seeds(seed, i, True)).to(todt))
-            bar.update(len(i))
-        w.append(torch.cat(lat), ds.labels[idx], torch.cat(lat_f) if flip else None)
+            digests += list(dg); bar.update(len(i))
+        extra = dict(source_sha256=digests) if folder is not None else {}
+        w.write(k, s, torch.cat(lat), labels[s:e], torch.cat(lat_f) if flip else None, seconds=time.perf_counter() - t0, **extra)
     bar.close()
-    if w.n_written == n: w.finish()
+    if world_size > 1 and dist.is_available() and dist.is_initialized(): dist.barrier()  # every rank's shards are written
+    recs = [w.done(k) for k in range(n_shards)]
+    if rank == 0 or not dist.is_initialized():
+        if all(r is not None for r in recs):
+            upd = dict(source_fingerprint=_folder_fingerprint(folder, files, classes, resolution, recs)) if folder is not None else {}
+            w.finish(n_shards, **upd)
     return Path(out_dir)
+

@@ -13,16 +13,15 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
-from tqdm.auto import tqdm
 
-from .core import seed_everything, default_device
+from .core import seed_everything, default_device, progress_bar
 from .drift_exact import drift_field
 
 # %% auto #0
 __all__ = ['CHECKER_NOISE', 'SWISS_NOISE', 'RING8_RADIUS', 'RING8_STD', 'BIMODAL_CENTERS', 'BIMODAL_STD', 'TARGETS',
-           'PARTICLE_TAU', 'PARTICLE_ETA', 'FIG3_ITERS', 'FAR_OFFSET', 'INIT_STD', 'TAB1_SCALINGS', 'TAB1_FID',
-           'sample_checkerboard', 'sample_swiss_roll', 'ring8_centers', 'sample_ring8', 'sample_bimodal', 'get_sampler',
-           'sample_target', 'ToyMLP', 'energy_distance', 'check_toy_params', 'train_toy', 'target_modes',
+           'PARTICLE_TAU', 'PARTICLE_ETA', 'FIG3_ITERS', 'FAR_OFFSET', 'INIT_STD', 'MODE_TARGETS', 'TAB1_SCALINGS',
+           'TAB1_FID', 'sample_checkerboard', 'sample_swiss_roll', 'ring8_centers', 'sample_ring8', 'sample_bimodal',
+           'get_sampler', 'sample_target', 'ToyMLP', 'energy_distance', 'check_toy_params', 'train_toy', 'target_modes',
            'init_particles', 'mode_fractions', 'particle_dynamics', 'plot_samples', 'plot_particles', 'plot_loss',
            'evaluate_toy', 'antisymmetry_ablation', 'plot_ablation']
 
@@ -163,7 +162,7 @@ def train_toy(target: str | Callable,  # a name in `TARGETS` or a sampler `(n, g
               device: str | None = None,  # None: `default_device()`
               eval_every: int = 0,  # >0: energy distance to fresh target samples every this many steps and at the end
               n_eval: int = 2048,  # samples per energy-distance evaluation
-              progress: bool = True,  # show a tqdm bar
+              progress: bool = True,  # show a progress bar (sparse off a terminal)
               ) -> tuple[ToyMLP, dict]:
     "Train a `ToyMLP` by drifting onto `target`; return the generator and its history."
     check_toy_params(target, steps, n_gen, n_pos, lr, tau, seed, attraction, repulsion)
@@ -179,8 +178,8 @@ def train_toy(target: str | Callable,  # a name in `TARGETS` or a sampler `(n, g
         hist["eval_step"].append(step)
         hist["energy"].append(energy_distance(model.sample(n_eval, g_eval).cpu(), sampler(n_eval, generator=g_eval)))
     t0, ema = time.perf_counter(), None
-    bar = tqdm(range(steps), disable=not progress, desc=f"drifting {hist['target']}")
-    for step in bar:
+    bar = progress_bar(steps, enable=progress, desc=f"drifting {hist['target']}")
+    for step in range(steps):
         if eval_every and step % eval_every == 0: evaluate(step)
         eps = model.noise(n_gen, g)  # [n_gen, in_dim]
         pos = sampler(n_pos, generator=g).to(dev)  # [n_pos, 2] fresh positives
@@ -195,7 +194,9 @@ def train_toy(target: str | Callable,  # a name in `TARGETS` or a sampler `(n, g
         hist["v2"].append(V.pow(2).sum(-1).mean().item())  # raw E|V|²
         hist["loss"].append(loss.item())
         ema = hist["v2"][-1] if ema is None else 0.96 * ema + 0.04 * hist["v2"][-1]  # EMA(0.96) as in the notebook
-        if progress and step % 50 == 0: bar.set_postfix(v2=f"{ema:.2e}")
+        bar.update(1)
+        if progress and step % 50 == 0: bar.set_postfix(v2=f"{ema:.2e}", refresh=False)
+    bar.close()
     if eval_every: evaluate(steps)
     hist["time_s"] = time.perf_counter() - t0
     return model.eval(), hist
@@ -207,11 +208,13 @@ FIG3_ITERS = (0, 8, 20, 80)  # panels of the project page's dynamics_comparison 
 FAR_OFFSET = 3.0  # the "far" start sits this far above the modes' mean
 INIT_STD = 0.1  # spread of the "middle" and "far" starts
 
+MODE_TARGETS = ("bimodal", "ring8")  # the mixture targets: their samples can be counted per mode
+
 def target_modes(target: str = "bimodal") -> tuple[Tensor, float]:
     "Mode centres `[K, 2]` and the per-mode std of a mixture target (`bimodal` or `ring8`)."
     if target == "bimodal": return torch.tensor(BIMODAL_CENTERS), BIMODAL_STD
     if target == "ring8": return ring8_centers(), RING8_STD
-    raise ValueError(f"target {target!r} has no modes; use 'bimodal' or 'ring8'")
+    raise ValueError(f"target {target!r} has no modes; use one of {MODE_TARGETS}")
 
 def init_particles(init: str,  # 'middle', 'far' or 'collapsed'
                    n: int, target: str = "bimodal", generator: torch.Generator | None = None,
@@ -301,13 +304,15 @@ def plot_loss(curves: dict[str, list[float]],  # name → E|V|² per step
 def evaluate_toy(model: ToyMLP, target: str | Callable,
                  n: int = 2048,  # samples of q and of p
                  seed: int = 0,  # seeds the evaluation draws
-                 ) -> dict:
-    "Energy distance of `n` generated samples to `n` fresh target samples, and the sampling floor (two target samples)."
+                 ) -> dict:  # energy_distance, energy_floor, n_eval, eval_seed; mode_fractions for a mixture target
+    "What applies to `target`: energy distance of `n` samples to `n` target samples, its floor (two target draws), per-mode shares."
     g, sampler = torch.Generator().manual_seed(seed), get_sampler(target)
     gen = model.sample(n, g).cpu()  # [n, 2]
     ed = energy_distance(gen, sampler(n, generator=g))
     floor = energy_distance(sampler(n, generator=g), sampler(n, generator=g))
-    return dict(energy_distance=ed, energy_floor=floor, n_eval=n, eval_seed=seed)
+    out = dict(energy_distance=ed, energy_floor=floor, n_eval=n, eval_seed=seed)
+    if isinstance(target, str) and target in MODE_TARGETS: out["mode_fractions"] = mode_fractions(gen, target).tolist()
+    return out
 
 # %% ../nbs/02_toy.ipynb #81ddafc3
 TAB1_SCALINGS = {  # name → (attraction a, repulsion r) in V = a V⁺ − r V⁻, paper Tab. 1

@@ -77,6 +77,13 @@ def exactness(out: str):
         res["step_next"] = one_step(t)
         h = t.fit(STEPS, progress=False)
         res["exact"] = dict(loss=h["loss"], model=_state(t.gen), ema=_state(t.ema))
+        # 2b. every one of the one process's STEPS steps, taken on 2 ranks from the one process's state before it
+        res["forced"] = []
+        states = torch.load(os.path.join(out, "states_1p.pt"), weights_only=True)
+        t = trainer(); attach(t, "exact")
+        for sd in states[:-1]:
+            t.load_state_dict(copy.deepcopy(sd)); m = t.step()
+            res["forced"].append(dict(loss=m["loss"], model=_state(t.gen), ema=_state(t.ema)))
         # 3. the same world size resumes bit-exactly
         t = trainer(); t.load_state_dict(copy.deepcopy(res["ck_half"]))  # a copy: loading aliases the optimizer state
         attach(t, "exact"); t.fit(STEPS, progress=False)
@@ -99,3 +106,14 @@ def kill_rank1_at_3(trainer, metrics):
     import signal
     import torch.distributed as dist
     if metrics["step"] == 3 and dist.get_rank() == 1: os.kill(os.getpid(), signal.SIGKILL)
+
+
+def export_worker(folder: str, vae: str, out: str, kw: dict):
+    "One rank of a latent-cache export under a process group (rank r writes shards r, r+W, ...; rank 0 the manifest)."
+    torch.set_num_threads(1)
+    init_distributed("gloo")
+    try:
+        from drifting.tokenizer import export_latent_cache, load_vae
+        export_latent_cache(folder, load_vae(vae), out, **kw)
+    finally:
+        teardown()

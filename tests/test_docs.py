@@ -118,7 +118,7 @@ def test_bad_latex_fails_naming_the_notebook(site, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 1
     assert "07_broken.ipynb" in err and "\\notacommand" in err
-    assert not (out / "index.html").exists()          # all-or-nothing without --keep-going
+    assert not (out / "index.html").exists()          # all-or-nothing: one failing page, no site
 
 
 def test_cli_help_is_cheap():

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from drifting.bundle import validate_bundle
-from drifting.provenance import CheckpointError, load_checkpoint, open_checkpoint
+from drifting.provenance import CheckpointError, checkpoint_file, load_checkpoint, open_checkpoint
 from drifting.runs import check_latent_run as check_run_params
-from drifting.train import checkpoint_file, train_config
+from drifting.train import train_config
 from _faults import audit, events, manifest, quick_run, snapshot, tiny_repo
 from _tiny_trainer import tiny_trainer
 

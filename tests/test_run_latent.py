@@ -266,3 +266,29 @@ def test_run_latent_two_processes(env, first):
     one = [json.loads(l) for l in (first / "logs" / "steps.jsonl").read_text().splitlines()]
     assert [s["step"] for s in steps] == [1, 2, 3, 4]
     assert abs(steps[0]["loss"] - one[0]["loss"]) <= 1e-6 * abs(one[0]["loss"])  # the same first step as one process
+
+
+def _run_eval(env, out, **params):
+    args = [a for k, v in params.items() for a in ("-p", k, str(v))]
+    return subprocess.run([str(Path(sys.executable).parent / "papermill"), str(EVAL_NB), str(out), *args, "--no-progress-bar"],
+                          cwd=env["root"], env=dict(os.environ, DRIFTING_NO_WATCH="1"), capture_output=True, text=True, timeout=900)
+
+
+def test_run_eval_two_processes(env, first):
+    "-p nproc 2: two workers make disjoint shares of the samples and their features; the metrics are one process's."
+    rows = {}
+    for n in (1, 2):
+        runs = env["root"] / f"runs_eval{n}"
+        r = _run_eval(env, env["root"] / f"eval{n}.ipynb", checkpoint=str(first), alphas="1,2", n_per_class=3,
+                      num_threads=1, progress=False, nn_audit=False, nproc=n, runs_dir=str(runs))
+        assert r.returncode == 0, r.stderr[-4000:]
+        (bundle,) = sorted((runs / "eval").iterdir())
+        validate_bundle(bundle)
+        rows[n] = json.loads((bundle / "artifacts" / "eval.json").read_text())["rows"]
+        man = json.loads((bundle / "run_manifest.json").read_text())
+        assert man["status"] == "completed" and man.get("world_size", 1) == n
+    assert sorted(p.parent.name for p in (bundle / "logs" / "ranks").rglob("stderr.log")) == ["0", "1"]
+    for a, b in zip(rows[1], rows[2]):
+        assert a["alpha"] == b["alpha"] and a["n"] == b["n"] == 30
+        for k in ("fid", "kid_mean", "is_mean", "precision", "recall", "class_accuracy"):
+            assert abs(a[k] - b[k]) <= 1e-6 * max(abs(a[k]), 1e-12), (k, a[k], b[k])

@@ -90,15 +90,15 @@ def test_export_resumes_bit_exactly_after_a_crash(cache, tmp_path, monkeypatch):
     kw = dict(batch_size=16, chunk_size=32, seed=1, progress=False)
     full = export_latent_cache(ds, tok, tmp_path / "full", **kw)
 
-    append, calls = LatentCacheWriter.append, []
+    write, calls = LatentCacheWriter.write, []
     def crash_on_second(self, *a, **k):
         calls.append(1)
         if len(calls) == 2: raise KeyboardInterrupt("killed")
-        return append(self, *a, **k)
-    monkeypatch.setattr(LatentCacheWriter, "append", crash_on_second)
+        return write(self, *a, **k)
+    monkeypatch.setattr(LatentCacheWriter, "write", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         export_latent_cache(ds, tok, tmp_path / "resumed", **kw)
-    monkeypatch.setattr(LatentCacheWriter, "append", append)
+    monkeypatch.setattr(LatentCacheWriter, "write", write)
     assert load_latent_cache(tmp_path / "resumed", allow_incomplete=True).manifest["count"] == 32
     export_latent_cache(ds, tok, tmp_path / "resumed", **kw)
 

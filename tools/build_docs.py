@@ -17,15 +17,17 @@ Without quarto it renders the site itself, offline:
 4. every page gets a sidebar linking all pages in notebook order and the sections of the current page;
    links to notebooks/Markdown files and to the project's doc_host are rewritten to the local pages.
 
-The pages need no network and work from `file://`. Exit status is non-zero, with a message naming the
-notebook, when any page fails (processing, unsupported LaTeX, a remote script or stylesheet reference).
+The pages need no network and work from `file://`. Exit status is non-zero, with a message naming every
+failing notebook, when any page fails (processing, unsupported LaTeX, a remote script or stylesheet reference);
+then nothing is written.
 
-Usage: python tools/build_docs.py [--out DIR] [--nbs DIR] [--no-quarto] [--keep-going] [--keep-tmp DIR]
+Usage: python tools/build_docs.py [--out DIR] [--nbs DIR] [--no-quarto]
 """
 from __future__ import annotations
 
-import argparse, html, json, os, re, shutil, subprocess, sys, tempfile, time, traceback, warnings
+import argparse, contextlib, html, json, os, re, shutil, subprocess, sys, tempfile, time, traceback, warnings
 from pathlib import Path
+from unittest import mock
 
 ROOT = Path(__file__).resolve().parent.parent
 MANIFEST = ".build_docs_manifest.json"
@@ -179,22 +181,17 @@ def nbdev_process(src: Path, dst: Path) -> None:
     from execnb.nbio import read_nb, write_nb
     from nbdev.processors import FilterDefaults
     nb = read_nb(src)
-    old = os.environ.get("IN_TEST")
-    os.environ["IN_TEST"] = "1"  # as nbdev's docs driver does: exported code runs in test mode
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            try:
-                FilterDefaults()(nb)
-            finally:
-                shown = [w for w in caught if not issubclass(w.category, DeprecationWarning)]
-                for w in shown:
-                    msg = str(w.message).strip().replace("\n", "\n    ")
-                    print(f"\n  nbdev warning for {src.name}: {msg}", end="", flush=True)
-                if shown: print("\n  ...", end="", flush=True)
-    finally:
-        if old is None: os.environ.pop("IN_TEST", None)
-        else: os.environ["IN_TEST"] = old
+    # as nbdev's docs driver does: exported code runs in test mode; its warnings are shown, naming the notebook;
+    # from the notebook's folder, as nbdev_test runs it (a cell may name files relative to nbs/)
+    with mock.patch.dict(os.environ, IN_TEST="1"), contextlib.chdir(src.parent), \
+            warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            FilterDefaults()(nb)
+        finally:
+            for w in (w for w in caught if not issubclass(w.category, DeprecationWarning)):
+                msg = str(w.message).strip().replace("\n", "\n    ")
+                print(f"\n  nbdev warning for {src.name}: {msg}\n  ...", end="", flush=True)
     write_nb(nb, dst)
 
 
@@ -208,15 +205,15 @@ def _split_directives(source: str):
     return opts, "\n".join(lines[i:]).strip("\n")
 
 
-def _frontmatter(cell) -> dict:
+def _front_matter(text: str) -> tuple[dict, str]:
+    "YAML front matter (`---` ... `---`) at the top of `text` -> (dict, the text after it); ({}, text) if none."
     import yaml
-    txt = cell.get("source", "")
-    if isinstance(txt, list): txt = "".join(txt)
-    txt = txt.strip()
-    if not (txt.startswith("---") and txt.rstrip().endswith("---")): return {}
-    try: fm = yaml.safe_load(txt.strip("-\n ")) or {}
+    if not text.startswith("---"): return {}, text
+    end = text.find("\n---", 3)
+    if end < 0: return {}, text
+    try: fm = yaml.safe_load(text[3:end]) or {}
     except yaml.YAMLError as e: raise DocsError(f"front matter is not valid YAML: {e}") from e
-    return fm if isinstance(fm, dict) else {}
+    return (fm, text[end + 4:].lstrip("\n")) if isinstance(fm, dict) else ({}, text)
 
 
 def clean_notebook(processed: Path):
@@ -227,9 +224,9 @@ def clean_notebook(processed: Path):
     raw = json.loads(processed.read_text(encoding="utf-8"))
     cells = raw.get("cells", [])
     fm = {}
-    if cells and cells[0].get("cell_type") == "raw":
-        fm = _frontmatter(cells[0])
-        if fm: cells = cells[1:]
+    if cells and cells[0].get("cell_type") == "raw":  # nbdev's front matter (title, description, output-file)
+        src = cells[0].get("source", "")
+        fm = _front_matter("".join(src) if isinstance(src, list) else src)[0]
     out = []
     for c in cells:
         src = c.get("source", "")
@@ -249,11 +246,7 @@ def clean_notebook(processed: Path):
             cell = v4.new_code_cell(body, outputs=[nbformat.from_dict(o) for o in outputs])
             if not body.strip(): cell.metadata["hide_source"] = True  # read by PAGE_TEMPLATE
             out.append(cell)
-        elif kind == "raw":
-            fmt = (c.get("metadata") or {}).get("format") or (c.get("metadata") or {}).get("raw_mimetype") or ""
-            if fmt.lower() in ("text/html", "html"):
-                out.append(v4.new_raw_cell(src, metadata={"raw_mimetype": "text/html"}))
-            # other raw cells (LaTeX, reST, front matter) are not shown on an HTML page, as in quarto
+        # raw cells (front matter, LaTeX, reST) are not shown on an HTML page, as in quarto
     nb = v4.new_notebook(cells=out)
     nb.metadata = {"kernelspec": {"display_name": "python3", "language": "python", "name": "python3"},
                    "language_info": {"name": "python", "pygments_lexer": "ipython3"}}
@@ -335,7 +328,7 @@ body.site-body { background: #fff; }
 .title-block .description p { margin: 0; }
 .jp-Notebook .jp-Cell { padding: 0.2rem 0; }
 .jp-RenderedHTMLCommon { padding-right: 0; font-size: 15px; line-height: 1.6; }
-.jp-RenderedHTMLCommon table { margin: 0.6rem 0 1rem 0; }
+.jp-RenderedHTMLCommon table { margin: 0.6rem auto 1rem 0; }
 .jp-RenderedHTMLCommon td, .jp-RenderedHTMLCommon th { text-align: left; vertical-align: top; }
 .jp-RenderedHTMLCommon a.anchor-link { display: none; }
 .jp-RenderedHTMLCommon h1:hover > a.anchor-link, .jp-RenderedHTMLCommon h2:hover > a.anchor-link,
@@ -344,7 +337,6 @@ body.site-body { background: #fff; }
 .jp-InputArea-editor { border-radius: 4px; }
 .jp-InputArea, .jp-InputArea-editor { overflow: visible; }
 .cm-editor .highlight pre { overflow-x: auto; }
-.jp-RenderedHTMLCommon table { margin-left: 0; margin-right: auto; }
 .jp-RenderedMarkdown pre { background: var(--jp-cell-editor-background, #f5f5f5); padding: 0.55em 0.8em;
   border: 1px solid var(--jp-cell-editor-border-color, #e0e0e0); border-radius: 4px; overflow-x: auto;
   margin: 0.5em 0 0.9em 0; line-height: 1.45; }
@@ -397,7 +389,7 @@ def make_exporter(template_dir: Path, nbs_path: Path):
 # ----------------------------------------------------------------------------------------------------------
 class Page:
     def __init__(self, src: Path, rel: str, kind: str):
-        self.src, self.rel, self.kind = src, rel, kind  # rel: path relative to the nbs folder
+        self.src, self.rel, self.kind = src, rel, kind  # rel: the file name in the nbs folder
         self.out = None     # output file name (relative to the site root)
         self.title = None
         self.description = None
@@ -406,15 +398,10 @@ class Page:
 
 
 def find_sources(nbs: Path) -> list[Page]:
-    "Notebooks (index first, then in file-name order), then Markdown files, skipping hidden/underscored paths."
-    def visible(p: Path):
-        parts = p.relative_to(nbs).parts
-        return not any(s.startswith((".", "_")) for s in parts) and ".ipynb_checkpoints" not in parts
-    nbs_ = sorted((p for p in nbs.rglob("*.ipynb") if visible(p)), key=lambda p: p.relative_to(nbs).as_posix())
-    mds = sorted((p for p in nbs.rglob("*.md") if visible(p)), key=lambda p: p.relative_to(nbs).as_posix())
-    nbs_.sort(key=lambda p: p.relative_to(nbs).as_posix() != "index.ipynb")  # stable: index first
-    return ([Page(p, p.relative_to(nbs).as_posix(), "ipynb") for p in nbs_] +
-            [Page(p, p.relative_to(nbs).as_posix(), "md") for p in mds])
+    "The notebooks of `nbs` (index first, then in file-name order), then its Markdown files; `_`/`.` names skipped."
+    files = lambda ext: sorted(p for p in nbs.glob(f"*.{ext}") if not p.name.startswith((".", "_")))
+    notebooks = sorted(files("ipynb"), key=lambda p: p.name != "index.ipynb")  # stable: index first
+    return [Page(p, p.name, "ipynb") for p in notebooks] + [Page(p, p.name, "md") for p in files("md")]
 
 
 def _slug(text: str) -> str:
@@ -423,19 +410,14 @@ def _slug(text: str) -> str:
 
 
 def _md_title(md: str):
-    import yaml
-    if md.startswith("---"):
-        end = md.find("\n---", 3)
-        if end > 0:
-            try:
-                fm = yaml.safe_load(md[3:end]) or {}
-                if isinstance(fm, dict) and fm.get("title"): return str(fm["title"]), md[end + 4:].lstrip("\n")
-            except yaml.YAMLError: pass
+    "Title of a Markdown page (front matter `title`, else its first `# ` heading) and the text to render."
+    fm, body = _front_matter(md)
+    if fm.get("title"): return str(fm["title"]), body
     m = re.search(r"^#\s+(.+?)\s*#*\s*$", md, flags=re.MULTILINE)
     return (m.group(1) if m else None), md
 
 
-def render_page(page: Page, exporter, nbs: Path, tmp: Path) -> None:
+def render_page(page: Page, exporter, tmp: Path) -> None:
     import nbformat
     from nbformat import v4
     if page.kind == "ipynb":
@@ -452,14 +434,12 @@ def render_page(page: Page, exporter, nbs: Path, tmp: Path) -> None:
         nb, fm = clean_notebook(processed)
         page.title = str(fm.get("title") or page.src.stem)
         page.description = fm.get("description")
-        page.out = str(fm.get("output-file") or (Path(page.rel).with_suffix(".html").as_posix()))
-        if "/" not in page.out and "/" in page.rel:  # keep sub-folders of nbs/ as sub-folders of the site
-            page.out = (Path(page.rel).parent / page.out).as_posix()
+        page.out = str(fm.get("output-file") or Path(page.rel).with_suffix(".html"))
     else:
         text = page.src.read_text(encoding="utf-8")
         title, body = _md_title(text)
         page.title = title or page.src.stem
-        page.out = Path(page.rel).with_suffix(".html").as_posix()
+        page.out = str(Path(page.rel).with_suffix(".html"))
         nb = v4.new_notebook(cells=[v4.new_markdown_cell(body)])
         nb.metadata = {"language_info": {"name": "python"}}
         nbformat.validate(nb)
@@ -500,8 +480,6 @@ def finish_pages(pages: list[Page], site_name: str, doc_url: str) -> None:
     by_src = {p.rel: p for p in pages}
     for page in pages:
         soup = BeautifulSoup(page.html, "html.parser")
-        depth = page.out.count("/")
-        up = "../" * depth
         main = soup.find("main")
         # heading ids: quarto-style lowercase slugs, unique on the page (nbdev's links use `#name.lower()`)
         seen, heads = set(), {}
@@ -521,16 +499,12 @@ def finish_pages(pages: list[Page], site_name: str, doc_url: str) -> None:
             href = a["href"]
             if doc_url and href.startswith(doc_url):
                 rest = href[len(doc_url):].lstrip("/")
-                a["href"] = up + (rest or "index.html")
+                a["href"] = rest or "index.html"
                 continue
             if re.match(r"^[a-z][a-z0-9+.-]*:", href, re.I) or href.startswith(("#", "/")): continue
             path, _, frag = href.partition("#")
-            if path.endswith((".ipynb", ".md", ".qmd")):
-                target_rel = os.path.normpath(os.path.join(os.path.dirname(page.rel), path)).replace(os.sep, "/")
-                target = by_src.get(target_rel)
-                if target is None and path.endswith(".qmd"): continue
-                if target is not None:
-                    a["href"] = up + target.out + (("#" + frag) if frag else "")
+            target = by_src.get(path) if path.endswith((".ipynb", ".md")) else None
+            if target is not None: a["href"] = target.out + (("#" + frag) if frag else "")
         # title block
         tb = soup.find(id="title-block")
         if tb is not None:
@@ -546,13 +520,13 @@ def finish_pages(pages: list[Page], site_name: str, doc_url: str) -> None:
                 tb.decompose()
         # sidebar
         nav = soup.find(id="site-nav")
-        parts = [f'<a class="site-name" href="{up}index.html">{html.escape(site_name)}</a><ul>']
+        parts = [f'<a class="site-name" href="index.html">{html.escape(site_name)}</a><ul>']
         for p in pages:
             cur = p is page
             label = _inline_md(p.title)
             num = re.match(r"^(\d+[a-z]?)_", Path(p.rel).name)  # 00_core -> "00 core"
             prefix = f'<span class="nav-num">{num.group(1)}</span> ' if num else ""
-            parts.append(f'<li class="{"current" if cur else ""}"><a href="{up}{p.out}" title="{html.escape(p.rel)}">'
+            parts.append(f'<li class="{"current" if cur else ""}"><a href="{p.out}" title="{html.escape(p.rel)}">'
                          f'{prefix}{label}</a>')
             if cur and page.toc:
                 parts.append('<ul class="toc">' + "".join(
@@ -581,8 +555,8 @@ def run_nbdev_docs() -> int:
     return subprocess.call(cmd, cwd=ROOT)
 
 
-def build(nbs: Path, out: Path, keep_going: bool = False, keep_tmp: Path | None = None) -> list[Page]:
-    "Render every page of `nbs` into `out`; raise `DocsError` (listing every failing file) on failure."
+def build(nbs: Path, out: Path) -> list[Page]:
+    "Render every page of `nbs` into `out`; raise `DocsError` listing every failing file (then nothing is written)."
     from nbdev.config import get_config
     if not nbs.is_dir(): raise DocsError(f"notebook folder {nbs} does not exist (give --nbs a folder of notebooks)")
     pages = find_sources(nbs)
@@ -591,41 +565,31 @@ def build(nbs: Path, out: Path, keep_going: bool = False, keep_tmp: Path | None 
     site_name = cfg.get("title", None) or cfg.get("lib_name", "docs")
     doc_url = (cfg.get("doc_host", "") or "").rstrip("/") + "/" + (cfg.get("doc_baseurl", "") or "").strip("/")
     doc_url = doc_url.rstrip("/") + "/" if cfg.get("doc_host", "") else ""
-    t_all = time.time()
+    t_all, errors = time.time(), []
     with tempfile.TemporaryDirectory(prefix="build_docs_") as td:
-        tmp = Path(keep_tmp) if keep_tmp else Path(td)
-        tmp.mkdir(parents=True, exist_ok=True)
-        (tmp / "templates").mkdir(exist_ok=True)
+        tmp = Path(td)
+        (tmp / "templates").mkdir()
         exporter = make_exporter(tmp / "templates", nbs)
-        errors, done = [], []
         for i, page in enumerate(pages, 1):
             t0 = time.time()
             print(f"[{i}/{len(pages)}] {page.rel} ...", end="", flush=True)
             try:
-                render_page(page, exporter, nbs, tmp)
-            except DocsError as e:
+                render_page(page, exporter, tmp)
+            except Exception as e:  # every failure names its file; nbconvert/template errors keep a short traceback
                 print(" FAILED", flush=True)
-                errors.append(f"{page.rel}: {e}" if not str(e).startswith(page.rel) else str(e))
+                detail = str(e) if isinstance(e, DocsError) else f"{type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}"
+                errors.append(detail if detail.startswith(page.rel) else f"{page.rel}: {detail}")
                 continue
-            except Exception as e:  # nbconvert/template errors: still name the file
-                print(" FAILED", flush=True)
-                errors.append(f"{page.rel}: {type(e).__name__}: {e}\n{traceback.format_exc(limit=4)}")
-                continue
-            done.append(page)
             print(f" -> {page.out} ({time.time() - t0:.1f} s)", flush=True)
-        if errors and not keep_going:
-            raise DocsError(f"{len(errors)} of {len(pages)} page(s) failed; nothing was written to {out}:\n"
-                            + "\n".join(errors))
-        outs = [p.out for p in done]
-        dup = {o for o in outs if outs.count(o) > 1}
-        if dup: raise DocsError(f"several sources render to the same page {sorted(dup)}: rename one of them")
-        finish_pages(done, site_name, doc_url)
-        write_site(done, out)
-    print(f"build_docs: {len(done)} page(s) in {out} ({time.time() - t_all:.1f} s); open {out / 'index.html'}",
-          flush=True)
     if errors:
-        raise DocsError(f"{len(errors)} page(s) failed (the other pages were written):\n" + "\n".join(errors))
-    return done
+        raise DocsError(f"{len(errors)} of {len(pages)} page(s) failed; nothing was written to {out}:\n" + "\n".join(errors))
+    outs = [p.out for p in pages]
+    dup = {o for o in outs if outs.count(o) > 1}
+    if dup: raise DocsError(f"several sources render to the same page {sorted(dup)}: rename one of them")
+    finish_pages(pages, site_name, doc_url)
+    write_site(pages, out)
+    print(f"build_docs: {len(pages)} page(s) in {out} ({time.time() - t_all:.1f} s); open {out / 'index.html'}", flush=True)
+    return pages
 
 
 def write_site(pages: list[Page], out: Path) -> None:
@@ -655,17 +619,14 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, help="site folder (default: doc_path of settings.ini, i.e. docs/)")
     ap.add_argument("--nbs", type=Path, help="notebook folder (default: nbs_path of settings.ini, i.e. nbs/)")
     ap.add_argument("--no-quarto", action="store_true", help="use this renderer even when quarto is installed")
-    ap.add_argument("--keep-going", action="store_true", help="write the pages that worked even if some failed")
-    ap.add_argument("--keep-tmp", type=Path, help="keep the nbdev-processed notebooks in this folder")
     args = ap.parse_args(argv)
     if not (args.out or args.nbs or args.no_quarto) and shutil.which("quarto"):
         return run_nbdev_docs()
     out = (args.out or ROOT / "docs").resolve()
     nbs = (args.nbs or ROOT / "nbs").resolve()
-    keep = args.keep_tmp.resolve() if args.keep_tmp else None
     os.chdir(ROOT)  # nbdev finds settings.ini from the working directory
     try:
-        build(nbs, out, keep_going=args.keep_going, keep_tmp=keep)
+        build(nbs, out)
     except DocsError as e:
         print(f"\nbuild_docs: error: {e}", file=sys.stderr, flush=True)
         return 1

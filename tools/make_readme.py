@@ -1,14 +1,16 @@
 """Write README.md from nbs/index.ipynb without quarto (nbdev_readme needs quarto, which these machines lack).
 
-Markdown cells are copied as they are; code cells become fenced Python blocks (their text outputs follow as plain
-blocks); cells marked `#| hide` are skipped. `--check` exits 1 when README.md is out of date instead of writing it.
+Markdown cells are copied as they are, except that an image path relative to nbs/ (`![..](images/x.png)`) is made
+relative to the repository root; code cells become fenced Python blocks (their text outputs follow as plain blocks);
+cells marked `#| hide` are skipped. `--check` exits 1 when README.md is out of date instead of writing it.
 """
-import argparse, sys
+import argparse, re, sys
 from pathlib import Path
 
 import nbformat
 
 ROOT = Path(__file__).resolve().parents[1]
+LOCAL_IMAGE = re.compile(r"(!\[[^\]]*\]\()(?![a-zA-Z][a-zA-Z0-9+.-]*:|/|#)")  # `![alt](` before a relative path
 HEADER = "<!-- Generated from nbs/index.ipynb by tools/make_readme.py (make readme): edit the notebook, not this file. -->\n\n"
 
 
@@ -22,7 +24,7 @@ def render(nb_path: Path) -> str:
     for cell in nb.cells:
         src = cell.source.strip("\n")
         if cell.cell_type == "markdown":
-            parts.append(src)
+            parts.append(LOCAL_IMAGE.sub(r"\g<1>nbs/", src))  # README.md sits one folder above the notebooks
         elif cell.cell_type == "code":
             if "hide" in _directives(src) or not src.strip(): continue
             code = "\n".join(l for l in src.splitlines() if not l.startswith("#| "))

@@ -380,8 +380,9 @@ def eval_local(nproc: int,  # worker processes on this machine
                plan: dict,  # `drifting.runs.check_eval_run`'s arguments (every worker checks and builds the same plan)
                ema: bool, n_per_class: int, seed: int,  # as run_eval's parameters
                run=None,  # the eval bundle: records the world size, keeps every worker's log
-               ) -> dict:  # {α: dict(raw, images, feats, logits)}, rows in the single-process order
+               ) -> dict | None:  # {α: dict(raw, images, feats, logits)}, rows in the single-process order; None: nproc 1
     "Generate, decode and featurise an α sweep's samples on `nproc` local workers (what `run_eval -p nproc N` calls)."
+    if nproc == 1: return None  # one process: `sweep_alpha` makes the samples in the notebook's own process
     import tempfile
     if run is not None:
         run.manifest.update(world_size=nproc, distributed=dict(backend=default_backend(), launcher="elastic_launch"))

@@ -144,6 +144,10 @@ class EvalPlan:
                              f"{want[:16]}… (another cache or a retrained built-in VAE); pass vae=<the run's VAE folder>")
         return tok
 
+    def classifier(self, net: FeatureNet) -> FeatureNet | None:
+        "The metric network when it is the data's classifier (class accuracy and Fréchet distance), else None."
+        return net if self.net_kind == "classifier" else None
+
 def check_eval_run(checkpoint,  # a run bundle folder or a checkpoint file (`pipeline.resolve_checkpoint` maps a released model name to one)
                    alphas, n_per_class: int, nn_pool: int, metric_net: str,
                    dataset=None, resolution=None, vae=None,  # None: the training run's

@@ -14,6 +14,15 @@ from drifting.tokenizer import export_latent_cache, load_vae
 KW = dict(resolution=16, batch_size=3, chunk_size=8, seed=2, progress=False)  # 27 items: shards of 8, 8, 8, 3
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    "fp32 convolutions give other bits with another torch thread count: every export here (subprocesses too) uses 1."
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("export")
@@ -54,6 +63,8 @@ def test_killed_export_resumes_to_the_uninterrupted_bytes(env, tmp_path):
     # a separate process is SIGKILLed in the middle of its third shard (the latents file written, the rest not)
     code = f"""
 import os, signal
+import torch
+torch.set_num_threads(1)
 from drifting.latent_cache import LatentCacheWriter
 from drifting.tokenizer import export_latent_cache, load_vae
 import numpy as np

@@ -20,8 +20,8 @@ from torch import Tensor
 
 # %% auto #0
 __all__ = ['MODES', 'default_backend', 'init_distributed', 'teardown', 'Comm', 'attach', 'WorkerFailed', 'launch',
-           'bundle_writer', 'fit_worker', 'save_job', 'build_trainer', 'fit_local', 'main', 'share', 'gather_rows',
-           'generate_sharded', 'eval_worker', 'eval_local']
+           'bundle_writer', 'fit_worker', 'save_job', 'rank_device', 'build_trainer', 'fit_local', 'main', 'share',
+           'gather_rows', 'generate_sharded', 'eval_worker', 'eval_local']
 
 # %% ../nbs/14_distributed.ipynb #3a084126
 MODES = ("exact", "per_rank")  # global-batch statistics (the release) | each rank's own statistics (most ports)
@@ -239,6 +239,12 @@ def save_job(folder: str | os.PathLike, trainer) -> Path:
     if trainer.step_count > 0: torch.save(trainer.state_dict(), d / "resume.pt")
     return d
 
+def rank_device() -> torch.device:
+    "This worker's device: cuda:LOCAL_RANK with NCCL; else the CPU, its cores shared between the local workers."
+    if default_backend() == "nccl": return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    return torch.device("cpu")
+
 def build_trainer(folder: str | os.PathLike):
     "The trainer `save_job` described, on this rank's device (cuda:LOCAL_RANK with NCCL, else the CPU)."
     from drifting.data import ImageDataset
@@ -246,9 +252,7 @@ def build_trainer(folder: str | os.PathLike):
     from drifting.features import FeatureSpace
     from drifting.train import DataStream, Trainer, TrainConfig
     d = Path(folder); spec = json.loads((d / "job.json").read_text())
-    dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if default_backend() == "nccl" else torch.device("cpu")
-    if dev.type == "cpu":  # share the cores between the local workers
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+    dev = rank_device()
     data = torch.load(d / "data.pt", weights_only=True)
     ds = ImageDataset(_rows(data["images"]), data["labels"], data["class_names"], data["name"], data["fingerprint"],
                       data["split"], kind=data["kind"], flipped=_rows(data["flipped"]))
@@ -356,8 +360,7 @@ def eval_worker(job: dict,  # plan (check_eval_run's arguments), ema, n_per_clas
         from drifting.runs import build_metric_net, check_eval_run
         from drifting.sample import class_labels, generate, load_generator
         t0, rank, world = time.perf_counter(), dist.get_rank(), dist.get_world_size()
-        dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if default_backend() == "nccl" else torch.device("cpu")
-        if dev.type == "cpu": torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
+        dev = rank_device()
         plan = check_eval_run(**job["plan"])
         state, _ = plan.load_state()
         model = load_generator(state, ema=job["ema"], device=dev); del state

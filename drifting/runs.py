@@ -29,10 +29,10 @@ from .train import (ConfigMismatch, TrainConfig, check_flag, check_keep_checkpoi
 __all__ = ['METRIC_NETS', 'check_int', 'parse_alphas', 'machine', 'check_dataset_arg', 'check_latent_run', 'EvalPlan',
            'check_eval_run', 'check_mae_run', 'LatentData', 'get_vae', 'encode_latents', 'is_latent_cache',
            'latent_data', 'feature_space', 'is_builtin_digits', 'metric_net_kind', 'build_metric_net',
-           'digit_classifier', 'evaluate_alphas', 'fid_at_alpha', 'reference_protocol', 'nn_audit_figure',
-           'training_curves_figure', 'metrics_vs_alpha_figure', 'default_preset', 'hub_ref', 'check_convnext_spec',
-           'check_train_run', 'GrayAsRGB', 'convnext_features', 'pixel_feature_space', 'run_features',
-           'random_resized_crop', 'AugmentedStream', 'data_stream']
+           'digit_classifier', 'evaluate_alphas', 'autoencoder_floor', 'fid_at_alpha', 'reference_protocol',
+           'nn_audit_figure', 'training_curves_figure', 'metrics_vs_alpha_figure', 'default_preset', 'hub_ref',
+           'check_convnext_spec', 'check_train_run', 'GrayAsRGB', 'convnext_features', 'pixel_feature_space',
+           'run_features', 'random_resized_crop', 'AugmentedStream', 'data_stream']
 
 # %% ../nbs/13_runs.ipynb #4923967c
 def check_int(v,  # the value given
@@ -314,6 +314,19 @@ def evaluate_alphas(model, alphas, per_class: int,
                                     heldout=heldout, seed=seed, progress=progress)
     best = min(rows, key=lambda r: r["frechet"]) if classifier is not None and "frechet" in rows[0] else rows[0]
     return rows, images, raw, best
+
+def autoencoder_floor(tokenizer,  # the run's `Tokenizer` (None: pixels, no floor)
+                      classifier: FeatureNet | None,  # `digit_classifier(...)` (None: no metrics, no floor)
+                      train: ImageDataset, heldout: ImageDataset,  # image splits: the held-out images are reconstructed
+                      seed: int = 0,  # posterior noise and the real-vs-real draw
+                      ) -> dict | None:  # `classifier_metrics` of the reconstructions, with n and source
+    "The metrics of the tokenizer's decoded reconstructions of the held-out images: what a generator in its space can reach at best."
+    if tokenizer is None or classifier is None or heldout.kind != "pixels": return None
+    from drifting.sample import classifier_metrics
+    with torch.no_grad():
+        x = tokenizer.decode(tokenizer.encode(heldout.images, generator=torch.Generator().manual_seed(seed)))  # posterior samples, as the training latents
+    return dict(n=len(x), source="decoded posterior samples of the held-out images",
+                **classifier_metrics(classifier, x, heldout.labels, train, heldout, seed=seed))
 
 def fid_at_alpha(model, alpha: float, n: int,  # samples (rounded down to whole classes, ≥ 1 per class)
                  heldout: ImageDataset,  # the reference images

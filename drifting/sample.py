@@ -18,7 +18,7 @@ from .train import train_checkpoint
 
 # %% auto #0
 __all__ = ['load_generator', 'training_run_config', 'generate', 'class_labels', 'to_uint8', 'alpha_grid_figure',
-           'feature_metrics', 'sweep_alpha']
+           'feature_metrics', 'classifier_metrics', 'sweep_alpha']
 
 # %% ../nbs/12_sample.ipynb #0be40c44
 def load_generator(ckpt: str | os.PathLike | dict,  # a checkpoint path, a bundle folder (its last.pt) or a state dict
@@ -122,6 +122,26 @@ def feature_metrics(net,  # a `drifting.metrics.FeatureNet`
     return out
 
 # %% ../nbs/12_sample.ipynb #fb2b3092
+def classifier_metrics(classifier,  # a `FeatureNet` with logits for this data (e.g. `small_classifier()`)
+                       x: Tensor,  # [N, C, H, W] images in [-1, 1]
+                       labels: Tensor,  # [N] the class each image should show
+                       train=None, heldout=None,  # `ImageDataset` splits: the Fréchet reference (None: accuracy only)
+                       seed: int = 0,  # draw of the real-vs-real subset
+                       ref_feats: Tensor | None = None,  # the classifier's features of `heldout` if already computed
+                       ) -> dict:  # class_accuracy, (frechet, frechet_real_vs_real, frechet_net, precision, recall)
+    "Class accuracy; with the splits also the held-out Fréchet distance and precision/recall (k = 3) in the classifier's features."
+    from drifting.metrics import extract_features, precision_recall
+    from drifting.metrics_nets import class_accuracy, heldout_frechet
+    out = dict(class_accuracy=class_accuracy(classifier, x, labels))
+    if train is None or heldout is None: return out
+    fd = heldout_frechet(classifier, x, train, heldout, seed=seed)
+    out.update(frechet=fd["fd"], frechet_real_vs_real=fd["fd_real_vs_real"], frechet_net=fd["feature_net"])
+    if len(x) > 3 and len(heldout) > 3:
+        ref = extract_features(classifier, heldout.images) if ref_feats is None else ref_feats
+        pr = precision_recall(ref, extract_features(classifier, x), k=3)
+        out.update(precision=pr["precision"], recall=pr["recall"])
+    return out
+
 def sweep_alpha(model: Generator,  # the generator (EMA weights for the paper's numbers)
                 alphas,  # CFG scales to evaluate
                 per_class: int,  # samples per class at each α
@@ -136,23 +156,20 @@ def sweep_alpha(model: Generator,  # the generator (EMA weights for the paper's 
                 samples: dict | None = None,  # {α: dict(raw, images, feats, logits)} made elsewhere
                                               # (`distributed.eval_local`); None: generated here
                 ) -> tuple[list, dict, dict]:  # (rows of metrics per α, {α: images}, {α: raw samples})
-    "Samples of every class at each α, decoded, with class accuracy, held-out Fréchet and feature metrics when possible."
+    "Samples of every class at each α, decoded, with `classifier_metrics` and `feature_metrics` when possible."
     from tqdm.auto import tqdm
-    from drifting.metrics_nets import class_accuracy, heldout_frechet
+    from drifting.metrics import extract_features
     if metric_net is not None and (ref_feats is None or ref_stats is None):
         raise ValueError("metric_net needs ref_feats and ref_stats of the reference images")
     labels = class_labels(model.cfg.num_classes, per_class)
+    cls_ref = None if classifier is None or heldout is None else extract_features(classifier, heldout.images)  # once for every α
     rows, images, raw = [], {}, {}
     for a in tqdm(list(alphas), desc="α sweep", disable=not progress):
         pre = None if samples is None else samples[float(a)]
         z = generate(model, labels, float(a), seed=seed) if pre is None else pre["raw"]
         x = (decode(z) if decode is not None else z.clamp(-1, 1)) if pre is None else pre["images"]  # pixels: clipped, as the release clips when it saves images
         row = dict(alpha=float(a), n=len(labels))
-        if classifier is not None:
-            row["class_accuracy"] = class_accuracy(classifier, x, labels)
-            if train is not None and heldout is not None:
-                fd = heldout_frechet(classifier, x, train, heldout, seed=seed)
-                row.update(frechet=fd["fd"], frechet_real_vs_real=fd["fd_real_vs_real"], frechet_net=fd["feature_net"])
+        if classifier is not None: row.update(classifier_metrics(classifier, x, labels, train, heldout, seed=seed, ref_feats=cls_ref))
         if metric_net is not None:
             row.update(feature_metrics(metric_net, x, ref_feats, ref_stats, seed=seed,
                                        **({} if pre is None else dict(feats=pre["feats"], logits=pre["logits"]))))

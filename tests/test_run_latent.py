@@ -76,9 +76,12 @@ def test_run_latent_tiny_bundle(first):
     assert [s["id"] for s in meta["samples"]] == ["alpha_1", "alpha_2"] and all(s["n"] == 30 for s in meta["samples"])
     ev = json.loads((first / "artifacts" / "eval_alpha.json").read_text())
     assert [r["alpha"] for r in ev["rows"]] == [1.0, 2.0]
-    assert all(0 <= r["class_accuracy"] <= 1 and r["frechet"] > 0 for r in ev["rows"])
+    assert all(0 <= r["class_accuracy"] <= 1 and r["frechet"] > 0 and 0 <= r["recall"] <= 1 for r in ev["rows"])
+    fl = ev["autoencoder_floor"]  # the built-in VAE's reconstructions of the held-out digits, in the same metrics
+    assert fl["n"] == 500 and 0 <= fl["class_accuracy"] <= 1 and fl["frechet"] > 0 and 0 <= fl["recall"] <= 1
     scal = json.loads((first / "metrics.json").read_text())["scalars"]
-    assert scal["steps"] == 4 and "best_class_accuracy" in scal
+    assert scal["steps"] == 4 and "best_class_accuracy" in scal and "best_recall" in scal
+    assert scal["floor_frechet"] == fl["frechet"] and scal["floor_class_accuracy"] == fl["class_accuracy"]
     assert sorted(p.name for p in (first / "artifacts" / "figures").iterdir()) == ["samples_by_alpha.png", "training_curves.png"]
     cfg = json.loads((first / "provenance" / "repro.json").read_text())["config"]
     assert cfg["steps"] == 4 and cfg["train"]["generator"] == "tiny"

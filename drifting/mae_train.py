@@ -20,7 +20,8 @@ from .data import ImageDataset, batches
 from .mae import MAE, load_encoder, mae_config, patch_mask, patchify, save_encoder
 
 # %% auto #0
-__all__ = ['MAETrainConfig', 'cls_lambda', 'make_optimizer', 'mae_train_step', 'train_mae', 'evaluate_mae', 'latent_mae_encoder']
+__all__ = ['MAE_RECIPES', 'MAETrainConfig', 'MAERecipe', 'cls_lambda', 'make_optimizer', 'mae_train_step', 'train_mae',
+           'evaluate_mae', 'latent_mae_encoder']
 
 # %% ../nbs/04a_mae_train.ipynb #fe7858f0
 @dataclass
@@ -47,6 +48,21 @@ class MAETrainConfig:
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"MAETrainConfig.{k} must be a non-negative int, got {v!r}")
         if not 0 <= self.finetune_cls <= 1: raise ValueError(f"finetune_cls must be in [0, 1], got {self.finetune_cls!r}")
+
+# %% ../nbs/04a_mae_train.ipynb #a7c3e002
+@dataclass(frozen=True)
+class MAERecipe:
+    "One released MAE's pre-training: architecture preset, length, batch and optimiser recipe (spec §6.2)."
+    preset: str  # a `drifting.mae.MAE_PRESETS` name
+    steps: int  # optimiser steps
+    batch_size: int  # items per step
+    train: MAETrainConfig  # optimiser, schedule, EMA and fine-tune
+
+MAE_RECIPES: dict[str, MAERecipe] = {
+    "latent-256": MAERecipe("latent-256", 30_000, 8192, MAETrainConfig(finetune_last_steps=0)),  # ablation encoder: no fine-tune
+    "latent-640": MAERecipe("latent-640", 200_000, 8192, MAETrainConfig()),  # the latent generators' encoder
+    "pixel-640": MAERecipe("pixel-640", 200_000, 8192, MAETrainConfig()),  # the pixel generators' MAE (input patch 8 at 256²)
+}
 
 # %% ../nbs/04a_mae_train.ipynb #4e785542
 def cls_lambda(step: int,  # 0-based step

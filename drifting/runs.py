@@ -26,13 +26,13 @@ from .train import (ConfigMismatch, TrainConfig, check_flag, check_keep_checkpoi
     describe_diff, train_checkpoint, train_config)
 
 # %% auto #0
-__all__ = ['METRIC_NETS', 'check_int', 'parse_alphas', 'machine', 'check_dataset_arg', 'check_latent_run', 'EvalPlan',
-           'check_eval_run', 'check_mae_run', 'LatentData', 'get_vae', 'encode_latents', 'is_latent_cache',
-           'latent_data', 'feature_space', 'is_builtin_digits', 'metric_net_kind', 'build_metric_net',
-           'digit_classifier', 'evaluate_alphas', 'autoencoder_floor', 'fid_at_alpha', 'reference_protocol',
-           'nn_audit_figure', 'training_curves_figure', 'metrics_vs_alpha_figure', 'default_preset', 'hub_ref',
-           'check_convnext_spec', 'check_train_run', 'GrayAsRGB', 'convnext_features', 'pixel_feature_space',
-           'run_features', 'random_resized_crop', 'AugmentedStream', 'data_stream']
+__all__ = ['MAE_RUN_RECIPE_FIELDS', 'METRIC_NETS', 'check_int', 'parse_alphas', 'machine', 'check_dataset_arg',
+           'check_latent_run', 'EvalPlan', 'check_eval_run', 'check_mae_run', 'release_mae_recipe', 'LatentData',
+           'get_vae', 'encode_latents', 'is_latent_cache', 'latent_data', 'feature_space', 'is_builtin_digits',
+           'metric_net_kind', 'build_metric_net', 'digit_classifier', 'evaluate_alphas', 'autoencoder_floor',
+           'fid_at_alpha', 'reference_protocol', 'nn_audit_figure', 'training_curves_figure', 'metrics_vs_alpha_figure',
+           'default_preset', 'hub_ref', 'check_convnext_spec', 'check_train_run', 'GrayAsRGB', 'convnext_features',
+           'pixel_feature_space', 'run_features', 'random_resized_crop', 'AugmentedStream', 'data_stream']
 
 # %% ../nbs/13_runs.ipynb #4923967c
 def check_int(v,  # the value given
@@ -188,6 +188,19 @@ def check_mae_run(preset: str, width: int | None, steps: int, batch_size: int, s
     if tcfg.finetune_last_steps >= steps:
         print(f"note: finetune_last_steps={tcfg.finetune_last_steps} ≥ steps={steps}: the whole run is the cls fine-tune")
     return tcfg, cfg
+
+MAE_RUN_RECIPE_FIELDS = ("lr", "warmup", "ema_decay", "finetune_last_steps", "finetune_warmup", "finetune_cls")
+
+def release_mae_recipe(recipe: str | None,  # a `mae_train.MAE_RECIPES` name; None: keep the values given
+                       preset: str, steps: int, batch_size: int,  # run_mae's own values
+                       **opt,  # run_mae's optimiser values (`MAE_RUN_RECIPE_FIELDS`)
+                       ) -> tuple[str, int, int, dict]:  # (preset, steps, batch_size, optimiser values)
+    "run_mae's model, length, batch and optimiser values: a released recipe's in place of the given ones, or these."
+    from drifting.mae_train import MAE_RECIPES
+    if recipe is None: return preset, steps, batch_size, opt
+    if recipe not in MAE_RECIPES: raise ValueError(f"unknown MAE recipe {recipe!r}; choose one of {sorted(MAE_RECIPES)} or None")
+    r = MAE_RECIPES[recipe]
+    return r.preset, r.steps, r.batch_size, {k: getattr(r.train, k) for k in MAE_RUN_RECIPE_FIELDS}
 
 # %% ../nbs/13_runs.ipynb #561a11fa
 @dataclass

@@ -17,7 +17,7 @@ from .core import default_device
 from .data import BUILTIN_DATASETS, ImageDataset, load_dataset
 from .features import FeatureSpace
 from .mae import check_encoder_spec, load_encoder
-from .mae_train import latent_mae_encoder
+from .mae_train import MAE_RECIPES, MAETrainConfig, latent_mae_encoder
 from .metrics import FeatureNet, compute_fid, extract_features, reference_key, reference_stats
 from .provenance import open_checkpoint
 from .sample import sweep_alpha, training_run_config
@@ -28,11 +28,12 @@ from .train import (ConfigMismatch, TrainConfig, check_flag, check_keep_checkpoi
 # %% auto #0
 __all__ = ['MAE_RUN_RECIPE_FIELDS', 'METRIC_NETS', 'check_int', 'parse_alphas', 'machine', 'check_dataset_arg',
            'check_latent_run', 'EvalPlan', 'check_eval_run', 'check_mae_run', 'release_mae_recipe', 'LatentData',
-           'get_vae', 'encode_latents', 'is_latent_cache', 'latent_data', 'feature_space', 'is_builtin_digits',
-           'metric_net_kind', 'build_metric_net', 'digit_classifier', 'evaluate_alphas', 'autoencoder_floor',
-           'fid_at_alpha', 'reference_protocol', 'nn_audit_figure', 'training_curves_figure', 'metrics_vs_alpha_figure',
-           'default_preset', 'hub_ref', 'check_convnext_spec', 'check_train_run', 'GrayAsRGB', 'convnext_features',
-           'pixel_feature_space', 'run_features', 'random_resized_crop', 'AugmentedStream', 'data_stream']
+           'get_vae', 'encode_latents', 'is_latent_cache', 'latent_data', 'builtin_mae_recipe', 'feature_space',
+           'is_builtin_digits', 'metric_net_kind', 'build_metric_net', 'digit_classifier', 'evaluate_alphas',
+           'autoencoder_floor', 'fid_at_alpha', 'reference_protocol', 'nn_audit_figure', 'training_curves_figure',
+           'metrics_vs_alpha_figure', 'default_preset', 'hub_ref', 'check_convnext_spec', 'check_train_run',
+           'GrayAsRGB', 'convnext_features', 'pixel_feature_space', 'run_features', 'random_resized_crop',
+           'AugmentedStream', 'data_stream']
 
 # %% ../nbs/13_runs.ipynb #4923967c
 def check_int(v,  # the value given
@@ -179,7 +180,6 @@ def check_mae_run(preset: str, width: int | None, steps: int, batch_size: int, s
                   ):
     "Validate an MAE pre-training run's parameters; return its recipe and model config (channels and classes to fill)."
     from drifting.mae import mae_config
-    from drifting.mae_train import MAETrainConfig
     check_int(steps, "steps"); check_int(batch_size, "batch_size"); check_int(seed, "seed", 0); check_int(width, "width", 1, none_ok=True)
     check_int(input_patch, "input_patch", 1, none_ok=True)
     if not isinstance(out_dir, str) or not out_dir.strip(): raise ValueError(f"out_dir must be a non-empty path string, got {out_dir!r}")
@@ -196,7 +196,6 @@ def release_mae_recipe(recipe: str | None,  # a `mae_train.MAE_RECIPES` name; No
                        **opt,  # run_mae's optimiser values (`MAE_RUN_RECIPE_FIELDS`)
                        ) -> tuple[str, int, int, dict]:  # (preset, steps, batch_size, optimiser values)
     "run_mae's model, length, batch and optimiser values: a released recipe's in place of the given ones, or these."
-    from drifting.mae_train import MAE_RECIPES
     if recipe is None: return preset, steps, batch_size, opt
     if recipe not in MAE_RECIPES: raise ValueError(f"unknown MAE recipe {recipe!r}; choose one of {sorted(MAE_RECIPES)} or None")
     r = MAE_RECIPES[recipe]
@@ -269,13 +268,18 @@ def latent_data(dataset,  # a built-in name, a class-folder directory or a laten
     return LatentData(train, held, lat, tok, lat_held, time.perf_counter() - t0, desc)
 
 # %% ../nbs/13_runs.ipynb #82db89ec
+def builtin_mae_recipe(cfg: TrainConfig) -> MAETrainConfig | None:
+    "The built-in MAE's recipe: the CPU default of `latent_mae_encoder` (None), with the cls fine-tune of `cfg.mae_finetune` when set."
+    if not cfg.mae_finetune: return None  # the default recipe, so existing cached encoders keep their keys
+    return MAETrainConfig(warmup=50, ema_decay=0.99, finetune_last_steps=cfg.mae_finetune, finetune_warmup=max(1, cfg.mae_finetune // 2))
+
 def feature_space(cfg: TrainConfig,  # the run's config (feature-space fields)
                   data: ImageDataset,  # the training latents (what a built-in encoder is pre-trained on)
                   device=None, progress: bool = True,
                   ) -> tuple[FeatureSpace, dict]:  # (the feature space, what the bundle records about its encoder)
     "The feature space a config names, with its encoder trained, loaded or absent."
     if cfg.feature_encoder == "builtin":
-        encoder, info = latent_mae_encoder(data.images, data.labels, cfg.mae_preset, cfg.mae_steps, seed=cfg.seed,
+        encoder, info = latent_mae_encoder(data.images, data.labels, cfg.mae_preset, cfg.mae_steps, recipe=builtin_mae_recipe(cfg), seed=cfg.seed,
                                            device=device, progress=progress)
     elif cfg.feature_encoder is None: encoder, info = None, dict(kind="none (raw drift loss only)")
     else: encoder, info = load_encoder(cfg.feature_encoder, device=device), dict(path=str(cfg.feature_encoder))
@@ -485,7 +489,7 @@ def pixel_feature_space(cfg: TrainConfig,  # feature_encoder, mae_preset/steps, 
     if data.kind != "pixels": raise ValueError(f"pixel_feature_space needs pixel data, got kind {data.kind!r}")
     nets, info, parts = [], {}, []
     if cfg.feature_encoder == "builtin":
-        enc, info = latent_mae_encoder(data.images, data.labels, cfg.mae_preset, cfg.mae_steps, seed=cfg.seed,
+        enc, info = latent_mae_encoder(data.images, data.labels, cfg.mae_preset, cfg.mae_steps, recipe=builtin_mae_recipe(cfg), seed=cfg.seed,
                                        device=device, progress=progress)
         parts.append(f"pixel MAE '{cfg.mae_preset}' (built in: {cfg.mae_steps} steps on these pixels, cached)")
     elif cfg.feature_encoder is not None:

@@ -65,6 +65,7 @@ class TrainConfig:
     feature_encoder: str | None = "builtin"  # "builtin": a ResNet MAE pre-trained on the run's data (App. A.3); a save_encoder folder; None: raw drift loss only
     mae_preset: str = "latent-256"  # the built-in encoder's architecture (MAE_PRESETS; Tab. 8 "MAE base width" 256 / 640)
     mae_steps: int = 30_000  # its pre-training steps (spec §6.2: 30k for width 256, 200k for width 640)
+    mae_finetune: int = 0  # its classification fine-tune over the last steps (App. A.3: the final encoders' 3k; 0: none, as latent-256)
     every_k_block: int = 2  # feature maps: every k-th block output of each stage (App. A.5)
     patch_sizes: tuple = PATCH_SIZES  # patch mean/std keys (App. A.5 (c), (d))
     norm_x: bool = True  # the input-RMS key (release `norm_x`)
@@ -100,7 +101,7 @@ class TrainConfig:
             need(isinstance(v, int) and not isinstance(v, bool) and v >= lo, f"TrainConfig.{k} must be an int ≥ {lo}, got {v!r}")
         need(self.generator in GENERATOR_PRESETS,
              f"unknown generator preset {self.generator!r}; choose one of {sorted(GENERATOR_PRESETS)}")
-        for k, lo in (("steps", 1), ("mae_steps", 1), ("n_c", 1), ("n_pos", 1), ("n_neg", 2), ("n_unc", 0), ("push_per_step", 1),
+        for k, lo in (("steps", 1), ("mae_steps", 1), ("mae_finetune", 0), ("n_c", 1), ("n_pos", 1), ("n_neg", 2), ("n_unc", 0), ("push_per_step", 1),
                       ("queue_per_class", 1), ("queue_uncond", 1), ("warmup", 0), ("every_k_block", 1),
                       ("grad_accum", 1), ("seed", 0)):
             integer(k, lo)

@@ -1,10 +1,11 @@
-"""Speed of one training step of the `cpu` preset (the default `run_latent` job) and where its time goes.
+"""Speed of one training step of a preset (default `cpu`: the default `run_latent` job) and where its time goes.
 
 Prints seconds per step, generated samples per second, a breakdown by phase, and, as a reference measured in the
 same run, the patch statistics by average pooling (what `drifting.features.patch_stats` does) against the
 reshape + `var` form it replaced. Run on an idle machine:
 
     .venv/bin/python bench/train_step.py [--threads 2] [--steps 10]
+    .venv/bin/python bench/train_step.py --preset ablation --n-c 2 --steps 2   # Tab. 8's ablation model at a small batch
 """
 import argparse, time
 
@@ -15,6 +16,7 @@ from drifting.data import ImageDataset
 from drifting.features import feature_drift_loss, group_by_class, patch_stats
 from drifting.mae import MAE, mae_config
 from drifting.features import FeatureSpace
+from drifting.generator import generator_config
 from drifting.train import DataStream, Trainer, train_config
 
 
@@ -34,35 +36,46 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--preset", default="cpu", help="a TRAIN_PRESETS name")
+    ap.add_argument("--n-c", type=int, default=None, help="class labels per step (a small batch for the big presets)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     g = torch.Generator().manual_seed(0)
-    ds = ImageDataset(torch.randn(4500, 4, 8, 8, generator=g), torch.arange(4500) % 10, [str(i) for i in range(10)], "rand", "fp")
-    cfg = train_config("cpu")
-    enc = MAE(mae_config("small", in_channels=4, num_classes=10)).encoder
+    base = train_config(a.preset)
+    cfg = train_config(a.preset, **({} if a.n_c is None else dict(n_c=a.n_c)))
+    gcfg = generator_config(cfg.generator, **cfg.generator_overrides)
+    shape = (gcfg.in_channels, gcfg.input_size, gcfg.input_size)  # the preset's data: latents or pixels
+    K = 10 if a.preset in ("cpu", "cpu-pixel") else max(cfg.n_c, 10)
+    n_data = max(4500 if K == 10 else 40 * K, cfg.push_per_step)
+    ds = ImageDataset(torch.randn(n_data, *shape, generator=g), torch.arange(n_data) % K, [str(i) for i in range(K)], "rand", "fp")
+    cfg = train_config(cfg, queue_per_class=min(base.queue_per_class, n_data // K))
+    enc = MAE(mae_config(cfg.mae_preset, in_channels=shape[0], num_classes=K)).encoder
     fs = FeatureSpace(enc, cfg.every_k_block)
     tr = Trainer(cfg, DataStream(ds, cfg.push_per_step), fs, "cpu")
-    for _ in range(3): tr.step()
+    n_params = sum(p.numel() for p in tr.gen.parameters())
+    warm = 1 if a.preset not in ("cpu", "cpu-pixel") else 3
+    for _ in range(warm): tr.step()
     t = time.perf_counter()
     for _ in range(a.steps): tr.step()
     dt = (time.perf_counter() - t) / a.steps
     B = cfg.n_c * cfg.n_neg
-    print(f"cpu preset, {a.threads} threads: {dt:.3f} s/step, {B / dt:.0f} generated samples/s; "
-          f"700 steps = {700 * dt / 60:.1f} min")
+    print(f"{a.preset} preset (generator {cfg.generator} {n_params / 1e6:.1f}M, MAE {cfg.mae_preset}, N_c {cfg.n_c} x "
+          f"N_neg {cfg.n_neg} / N_pos {cfg.n_pos} / N_unc {cfg.n_unc}, data {list(shape)}), {a.threads} threads: "
+          f"{dt:.3f} s/step, {B / dt:.1f} generated samples/s" + (f"; 700 steps = {700 * dt / 60:.1f} min" if a.preset == "cpu" else ""))
 
     # phases of one step (same shapes as the trainer)
     n, gen = cfg.n_c, tr.gen
-    lab = torch.arange(n).repeat_interleave(cfg.n_neg); eps = torch.randn(B, 4, 8, 8, generator=g)
-    pos, unc = torch.randn(n * cfg.n_pos, 4, 8, 8, generator=g), torch.randn(n * cfg.n_unc, 4, 8, 8, generator=g)
+    lab = torch.arange(n).repeat_interleave(cfg.n_neg); eps = torch.randn(B, *shape, generator=g)
+    pos, unc = torch.randn(n * cfg.n_pos, *shape, generator=g), torch.randn(n * cfg.n_unc, *shape, generator=g)
     w = torch.rand(n, generator=g)
     T = dict(gen_fwd=0.0, features_gen=0.0, features_real=0.0, drift_fwd=0.0, backward=0.0)
-    for i in range(a.steps + 2):
+    for i in range(a.steps + warm):
         t0 = time.perf_counter(); x = gen(eps, lab, 1.5); t1 = time.perf_counter()
         fg = group_by_class(fs(x), n); t2 = time.perf_counter()
         with torch.no_grad(): fp, fu = group_by_class(fs(pos), n), group_by_class(fs(unc), n)
         t3 = time.perf_counter(); loss = feature_drift_loss(fg, fp, fu, w=w)[0]; t4 = time.perf_counter()
         loss.backward(); t5 = time.perf_counter()
-        if i >= 2:
+        if i >= warm:
             for k, d in zip(T, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)): T[k] += d / a.steps
     tot = sum(T.values())
     print("phase breakdown: " + ", ".join(f"{k} {v:.3f}s ({v / tot:.0%})" for k, v in T.items()) + f"; {len(fg)} feature keys")

@@ -120,6 +120,8 @@ class TrainConfig:
         need(all(isinstance(t, (int, float)) and math.isfinite(t) for t in (*self.betas, *self.taus)),
              f"betas and taus must be finite numbers, got betas={self.betas!r} taus={self.taus!r}")
         for k in ("lr", "lr_init"): need(getattr(self, k) > 0, f"TrainConfig.{k} must be > 0, got {getattr(self, k)!r}")
+        need(self.mae_finetune <= self.mae_steps, f"mae_finetune={self.mae_finetune} (the built-in MAE's cls fine-tune over its last "
+             f"steps) must be ≤ mae_steps={self.mae_steps}: lower it too, e.g. -p mae_finetune {self.mae_steps // 4} (0: none)")
         need(self.alpha_max > 1, f"alpha_max must be > 1, got {self.alpha_max!r}")
         need(0 <= self.no_cfg_frac <= 1, f"no_cfg_frac must be in [0, 1], got {self.no_cfg_frac!r}")
         need(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
@@ -137,7 +139,7 @@ class TrainConfig:
         return self
 
 # %% ../nbs/11_train.ipynb #9fe437c5
-# One TrainConfig per Tab. 8 column (spec §6.1). B/2 keeps the release's N_pos 64 (the paper's table says 128, spec §13
+# One TrainConfig per Tab. 8 column (spec §6.1); the final encoders' MAE ends with the 3k-step cls fine-tune (spec §6.2). B/2 keeps the release's N_pos 64 (the paper's table says 128, spec §13
 # item 3). One process holds all N_c labels, so it pushes at least N_c samples a step (the release pushes 64 or 128
 # per host for the N_c/hosts labels of that host, D-train-2).
 TRAIN_PRESETS: dict[str, TrainConfig] = {
@@ -146,16 +148,16 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
                             mae_preset="latent-256", mae_steps=30_000),
     "B/2": (_b2 := TrainConfig(steps=200_000, generator="B/2", n_c=128, n_pos=64, n_neg=64, n_unc=32, push_per_step=128,
                                cfg_k=5, lr=4e-4, warmup=10_000, weight_decay=0.0, flip=True,
-                               mae_preset="latent-640", mae_steps=200_000)),
+                               mae_preset="latent-640", mae_steps=200_000, mae_finetune=3000)),
     # L/2: the fields where Tab. 8's L/2 column differs from B/2's
     "L/2": dataclasses.replace(_b2, generator="L/2", cfg_k=3, no_cfg_frac=0.5, weight_decay=0.01),
     # the pixel columns: the paper adds a ConvNeXt-V2 encoder to the pixel MAE, which this config does not name
     "B/16": TrainConfig(steps=100_000, generator="B/16", n_c=128, n_pos=128, n_neg=64, n_unc=32, push_per_step=128,
                         cfg_k=5, lr=2e-4, warmup=10_000, weight_decay=0.01, flip=True,
-                        mae_preset="pixel-640", mae_steps=200_000),
+                        mae_preset="pixel-640", mae_steps=200_000, mae_finetune=3000),
     "L/16": TrainConfig(steps=100_000, generator="L/16", n_c=128, n_pos=128, n_neg=64, n_unc=32, push_per_step=128,
                         cfg_k=5, lr=4e-4, warmup=10_000, weight_decay=0.01, flip=True,
-                        mae_preset="pixel-640", mae_steps=200_000),
+                        mae_preset="pixel-640", mae_steps=200_000, mae_finetune=3000),
     # ours: the built-in MNIST-5k latents (4×8×8) on a 2-core CPU; see D-train-3 in decisions.md
     "cpu": TrainConfig(steps=700, generator="cpu-latent", generator_overrides=dict(n_register=4), n_c=10, n_pos=32,
                        n_neg=32, n_unc=16, push_per_step=64, lr=3e-3, warmup=50, ema_decay=0.99,
@@ -174,11 +176,11 @@ def train_config(preset: str | TrainConfig = "ablation",  # a TRAIN_PRESETS name
 # %% ../nbs/11_train.ipynb #c633f4c2
 CONVNEXT_HUB = "facebook/convnextv2-base-22k-224@main"  # the pixel models' ConvNeXt-V2 (App. A.4, Tab. 9)
 for _k in ("B/16", "L/16"): TRAIN_PRESETS[_k] = dataclasses.replace(TRAIN_PRESETS[_k], convnext=CONVNEXT_HUB, aug="rrc")
-# ours (D-pixel-6): the generator's patch 8 gives 16 tokens (the CPU latent generator's count); the latent CPU preset's
-# N_pos / N_neg / N_unc on 5 of the 10 classes a step, so the demo fits 15 minutes on a 2-core CPU
-TRAIN_PRESETS["cpu-pixel"] = TrainConfig(steps=950, generator="cpu-pixel", generator_overrides=dict(n_register=4, patch_size=8),
+# ours (D-pixel-6, D-pixel-8): the generator's patch 8 gives 16 tokens (the CPU latent generator's count); the latent CPU
+# preset's N_pos / N_neg / N_unc on 5 of the 10 classes a step; a pixel MAE with the release's cls fine-tune at its end
+TRAIN_PRESETS["cpu-pixel"] = TrainConfig(steps=1200, generator="cpu-pixel", generator_overrides=dict(n_register=4, patch_size=8),
                                          n_c=5, n_pos=32, n_neg=32, n_unc=16, push_per_step=64, lr=3e-3, warmup=50,
-                                         ema_decay=0.99, mae_preset="pixel-small", mae_steps=300)
+                                         ema_decay=0.99, mae_preset="pixel-small", mae_steps=1000, mae_finetune=300)
 
 # %% ../nbs/11_train.ipynb #6a61b200
 class DataStream:

@@ -61,7 +61,7 @@ def main():
     B = cfg.n_c * cfg.n_neg
     print(f"{a.preset} preset (generator {cfg.generator} {n_params / 1e6:.1f}M, MAE {cfg.mae_preset}, N_c {cfg.n_c} x "
           f"N_neg {cfg.n_neg} / N_pos {cfg.n_pos} / N_unc {cfg.n_unc}, data {list(shape)}), {a.threads} threads: "
-          f"{dt:.3f} s/step, {B / dt:.1f} generated samples/s" + (f"; 700 steps = {700 * dt / 60:.1f} min" if a.preset == "cpu" else ""))
+          f"{dt:.3f} s/step, {B / dt:.1f} generated samples/s" + (f"; {cfg.steps} steps = {cfg.steps * dt / 60:.1f} min" if a.preset == "cpu" else ""))
 
     # phases of one step (same shapes as the trainer)
     n, gen = cfg.n_c, tr.gen

@@ -159,9 +159,9 @@ TRAIN_PRESETS: dict[str, TrainConfig] = {
                         cfg_k=5, lr=4e-4, warmup=10_000, weight_decay=0.01, flip=True,
                         mae_preset="pixel-640", mae_steps=200_000, mae_finetune=3000),
     # ours: the built-in MNIST-5k latents (4×8×8) on a 2-core CPU; see D-train-3 in decisions.md
-    "cpu": TrainConfig(steps=700, generator="cpu-latent", generator_overrides=dict(n_register=4), n_c=10, n_pos=32,
+    "cpu": TrainConfig(steps=600, generator="cpu-latent", generator_overrides=dict(n_register=4), n_c=10, n_pos=32,
                        n_neg=32, n_unc=16, push_per_step=64, lr=3e-3, warmup=50, ema_decay=0.99,
-                       mae_preset="small", mae_steps=300),
+                       mae_preset="small", mae_steps=600, mae_finetune=200),
     # ours: plumbing tests, seconds on a CPU
     "tiny": TrainConfig(steps=6, generator="tiny", n_c=2, n_pos=4, n_neg=4, n_unc=2, push_per_step=8, queue_per_class=8,
                         queue_uncond=16, lr=1e-3, warmup=2, ema_decay=0.9, mae_preset="tiny", mae_steps=2),

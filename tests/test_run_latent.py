@@ -57,7 +57,7 @@ def test_parameters_cell_is_tagged():
     nb = nbformat.read(NB, as_version=4)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert "parameters" in code[0].metadata.get("tags", [])
-    assert "steps = None" in code[0].source and 'dataset = "mnist5k"' in code[0].source  # None: the preset's (cpu: 700)
+    assert "steps = None" in code[0].source and 'dataset = "mnist5k"' in code[0].source  # None: the preset's (cpu: 600)
 
 
 def test_run_latent_tiny_bundle(first):

@@ -5,7 +5,7 @@ same run, the patch statistics by average pooling (what `drifting.features.patch
 reshape + `var` form it replaced. Run on an idle machine:
 
     .venv/bin/python bench/train_step.py [--threads 2] [--steps 10]
-    .venv/bin/python bench/train_step.py --preset ablation --n-c 2 --steps 2   # Tab. 8's ablation model at a small batch
+    .venv/bin/python bench/train_step.py --preset ablation --n-c 1 --n-neg 8 --n-pos 16 --n-unc 4 --steps 2  # Tab. 8's ablation model, small batch
 """
 import argparse, time
 
@@ -38,11 +38,15 @@ def main():
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--preset", default="cpu", help="a TRAIN_PRESETS name")
     ap.add_argument("--n-c", type=int, default=None, help="class labels per step (a small batch for the big presets)")
+    ap.add_argument("--n-neg", type=int, default=None, help="generated samples per label")
+    ap.add_argument("--n-pos", type=int, default=None, help="positives per label")
+    ap.add_argument("--n-unc", type=int, default=None, help="unconditional negatives per label")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     g = torch.Generator().manual_seed(0)
     base = train_config(a.preset)
-    cfg = train_config(a.preset, **({} if a.n_c is None else dict(n_c=a.n_c)))
+    small = {k: v for k, v in dict(n_c=a.n_c, n_neg=a.n_neg, n_pos=a.n_pos, n_unc=a.n_unc).items() if v is not None}
+    cfg = train_config(a.preset, **small)
     gcfg = generator_config(cfg.generator, **cfg.generator_overrides)
     shape = (gcfg.in_channels, gcfg.input_size, gcfg.input_size)  # the preset's data: latents or pixels
     K = 10 if a.preset in ("cpu", "cpu-pixel") else max(cfg.n_c, 10)

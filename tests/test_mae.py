@@ -73,7 +73,8 @@ def test_run_mae_on_pixels(tmp_path):
 
 
 @pytest.mark.parametrize("params, msg", [(dict(preset="resnet50"), "unknown MAE preset"),
-                                         (dict(ema_decay=1.5), "ema_decay")])
+                                         (dict(ema_decay=1.5), "ema_decay"),
+                                         (dict(recipe="pixel-256"), "unknown MAE recipe 'pixel-256'")])
 def test_run_mae_bad_parameters_fail_before_work(tmp_path, params, msg):
     with pytest.raises(pm.PapermillExecutionError, match=msg):
         run(tmp_path, vae=None, **params)

@@ -271,7 +271,8 @@ def latent_data(dataset,  # a built-in name, a class-folder directory or a laten
 def builtin_mae_recipe(cfg: TrainConfig) -> MAETrainConfig | None:
     "The built-in MAE's recipe: the CPU default of `latent_mae_encoder` (None), with the cls fine-tune of `cfg.mae_finetune` when set."
     if not cfg.mae_finetune: return None  # the default recipe, so existing cached encoders keep their keys
-    return MAETrainConfig(warmup=50, ema_decay=0.99, finetune_last_steps=cfg.mae_finetune, finetune_warmup=max(1, cfg.mae_finetune // 2))
+    ramp = max(1, min(1000, cfg.mae_finetune // 2))  # λ's ramp: half the fine-tune, at most the release's 1000 (App. A.3)
+    return MAETrainConfig(warmup=50, ema_decay=0.99, finetune_last_steps=cfg.mae_finetune, finetune_warmup=ramp)
 
 def feature_space(cfg: TrainConfig,  # the run's config (feature-space fields)
                   data: ImageDataset,  # the training latents (what a built-in encoder is pre-trained on)

@@ -86,10 +86,12 @@ def check_latent_run(preset: str,  # a TRAIN_PRESETS name
                      vae=None,  # the VAE spec (`get_vae`), checked without loading; None: not checked
                      nproc: int = 1,  # training processes (torch.distributed); each takes whole label groups
                      dist_mode: str = "exact",  # 'exact' (global-batch statistics, the release) or 'per_rank'
-                     **overrides,  # TrainConfig fields; None keeps the preset's
+                     feature_encoder="preset",  # 'builtin', an encoder folder, None (no encoder: the raw drift loss only) or 'preset'
+                     **overrides,  # other TrainConfig fields; None keeps the preset's
                      ) -> tuple[TrainConfig, list[float]]:  # (checked config, α grid)
     "Validate a training run's parameters before any work; return its config and the α grid."
-    cfg = train_config(preset, steps=steps, **{k: v for k, v in overrides.items() if v is not None})
+    enc = {} if feature_encoder == "preset" else dict(feature_encoder=feature_encoder)  # None here means none, not the preset's
+    cfg = train_config(preset, steps=steps, **enc, **{k: v for k, v in overrides.items() if v is not None})
     check_dataset_arg(dataset)
     allow_changes = check_flag("allow_config_change", allow_changes)
     if vae is not None: check_vae_spec(vae)
@@ -282,10 +284,10 @@ def feature_space(cfg: TrainConfig,  # the run's config (feature-space fields)
     if cfg.feature_encoder == "builtin":
         encoder, info = latent_mae_encoder(data.images, data.labels, cfg.mae_preset, cfg.mae_steps, recipe=builtin_mae_recipe(cfg), seed=cfg.seed,
                                            device=device, progress=progress)
-    elif cfg.feature_encoder is None: encoder, info = None, dict(kind="none (raw drift loss only)")
+    elif cfg.feature_encoder is None: encoder, info = None, dict(encoder="none (raw drift loss only)")  # (`kind` would clash with `Run.event`)
     else: encoder, info = load_encoder(cfg.feature_encoder, device=device), dict(path=str(cfg.feature_encoder))
     fs = FeatureSpace(encoder, cfg.every_k_block, cfg.patch_sizes, cfg.norm_x, cfg.raw_key, cfg.bf16)
-    return fs, {k: v for k, v in info.items() if k in ("key", "path", "seconds", "steps", "preset", "kind")}
+    return fs, {k: v for k, v in info.items() if k in ("key", "path", "seconds", "steps", "preset", "encoder")}
 
 # %% ../nbs/13_runs.ipynb #15a99456
 METRIC_NETS = ("auto", "classifier", "inception")
@@ -508,7 +510,7 @@ def pixel_feature_space(cfg: TrainConfig,  # feature_encoder, mae_preset/steps, 
     if not nets and not cfg.raw_key: raise ValueError("the pixel feature space is empty: give a feature encoder, a convnext or raw_key=True")
     fs = FeatureSpace(FeatureStack(*nets, raw_key=cfg.raw_key), cfg.every_k_block, cfg.patch_sizes, norm_x=False,
                       raw_key=False, bf16=cfg.bf16)
-    keep = {k: v for k, v in info.items() if k in ("key", "path", "seconds", "steps", "preset", "kind")}
+    keep = {k: v for k, v in info.items() if k in ("key", "path", "seconds", "steps", "preset", "encoder")}
     return fs, dict(keep, space="pixels", convnext=cfg.convnext, summary="pixel feature space: " + "; ".join(parts))
 
 def run_features(cfg: TrainConfig, data: ImageDataset,  # the training data in the generator's space

@@ -239,6 +239,18 @@ def test_run_latent_on_a_latent_cache(env, first):
     assert r.returncode != 0 and "was encoded by" in r.stderr + r.stdout
 
 
+def test_no_feature_encoder(env, first):
+    "`-p feature_encoder None` trains on the raw drift loss alone (None is not 'the preset's' for this parameter)."
+    r = _papermill(env, env["root"] / "raw.ipynb", feature_encoder=None, steps=2, ckpt_every=2, project="raw")
+    assert r.returncode == 0, r.stderr[-4000:]
+    (bundle,) = sorted((env["runs"] / "raw").iterdir())
+    validate_bundle(bundle)
+    steps = [json.loads(l) for l in (bundle / "logs" / "steps.jsonl").read_text().splitlines()]
+    assert set(steps[0]["v2"]) == {"norm_x", "global"}  # no MAE keys
+    cfg = json.loads((bundle / "provenance" / "repro.json").read_text())["config"]
+    assert cfg["feature_encoder"] is None and cfg["train"]["feature_encoder"] is None
+
+
 def test_keep_checkpoints_prunes_old_step_files(tmp_path):
     "keep_checkpoints=2 leaves the two newest step files; last.pt is the newest, byte for byte."
     sys.path.insert(0, str(Path(__file__).parent))

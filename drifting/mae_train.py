@@ -20,8 +20,8 @@ from .data import ImageDataset, batches
 from .mae import MAE, load_encoder, mae_config, patch_mask, patchify, save_encoder
 
 # %% auto #0
-__all__ = ['MAE_RECIPES', 'MAETrainConfig', 'MAERecipe', 'cls_lambda', 'make_optimizer', 'mae_train_step', 'train_mae',
-           'evaluate_mae', 'latent_mae_encoder']
+__all__ = ['MAE_RECIPES', 'BUILTIN_MAE_RECIPE', 'MAETrainConfig', 'MAERecipe', 'cls_lambda', 'make_optimizer', 'mae_train_step',
+           'train_mae', 'evaluate_mae', 'latent_mae_encoder']
 
 # %% ../nbs/04a_mae_train.ipynb #fe7858f0
 @dataclass
@@ -159,12 +159,14 @@ def evaluate_mae(model: MAE,  # model to evaluate (EMA or raw)
     return {k: v / len(x) for k, v in sums.items()}
 
 # %% ../nbs/04a_mae_train.ipynb #ca8457c8
+BUILTIN_MAE_RECIPE = MAETrainConfig(warmup=50, ema_decay=0.99, finetune_last_steps=0)  # the release's recipe, short for a CPU run
+
 def latent_mae_encoder(x: Tensor,  # [N, C, H, W] training latents (or pixels)
                        y: Tensor,  # [N] int64 labels (the MAE head is unused without a fine-tune)
                        preset: str = "small",  # a MAE_PRESETS name
                        steps: int = 300,  # optimiser steps (paper: 30k at batch 8192)
                        batch_size: int = 64,
-                       recipe: MAETrainConfig | None = None,  # default: release recipe, warm-up 50, EMA 0.99, no fine-tune
+                       recipe: MAETrainConfig | None = None,  # default: `BUILTIN_MAE_RECIPE` (warm-up 50, EMA 0.99, no fine-tune)
                        seed: int = 0,
                        cache_dir: str | os.PathLike | None = None,  # default: cache_root("mae")
                        device: torch.device | str | None = None,
@@ -172,7 +174,7 @@ def latent_mae_encoder(x: Tensor,  # [N, C, H, W] training latents (or pixels)
                        ) -> tuple[nn.Module, dict]:  # (frozen encoder in eval mode on `device`, its record)
     "The EMA encoder of a latent-MAE pre-trained on `x`: from the cache, or trained now and cached."
     if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1: raise ValueError(f"MAE steps must be an int ≥ 1, got {steps!r}")
-    recipe = recipe or MAETrainConfig(warmup=50, ema_decay=0.99, finetune_last_steps=0)
+    recipe = recipe or BUILTIN_MAE_RECIPE
     num_classes = max(int(y.max()) + 1, 1)
     mcfg = mae_config(preset, in_channels=x.shape[1], num_classes=num_classes)
     rec_cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(recipe).items()}

@@ -5,7 +5,7 @@
 # %% ../nbs/13_runs.ipynb #004310b6
 from __future__ import annotations
 
-import hashlib, io, json, math, os, time
+import dataclasses, hashlib, io, json, math, os, time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +17,7 @@ from .core import default_device
 from .data import BUILTIN_DATASETS, ImageDataset, load_dataset
 from .features import FeatureSpace
 from .mae import check_encoder_spec, load_encoder
-from .mae_train import MAE_RECIPES, MAETrainConfig, latent_mae_encoder
+from .mae_train import BUILTIN_MAE_RECIPE, MAE_RECIPES, MAETrainConfig, latent_mae_encoder
 from .metrics import FeatureNet, compute_fid, extract_features, reference_key, reference_stats
 from .provenance import open_checkpoint
 from .sample import sweep_alpha, training_run_config
@@ -274,7 +274,7 @@ def builtin_mae_recipe(cfg: TrainConfig) -> MAETrainConfig | None:
     "The built-in MAE's recipe: the CPU default of `latent_mae_encoder` (None), with the cls fine-tune of `cfg.mae_finetune` when set."
     if not cfg.mae_finetune: return None  # the default recipe, so existing cached encoders keep their keys
     ramp = max(1, min(1000, cfg.mae_finetune // 2))  # λ's ramp: half the fine-tune, at most the release's 1000 (App. A.3)
-    return MAETrainConfig(warmup=50, ema_decay=0.99, finetune_last_steps=cfg.mae_finetune, finetune_warmup=ramp)
+    return dataclasses.replace(BUILTIN_MAE_RECIPE, finetune_last_steps=cfg.mae_finetune, finetune_warmup=ramp)
 
 def feature_space(cfg: TrainConfig,  # the run's config (feature-space fields)
                   data: ImageDataset,  # the training latents (what a built-in encoder is pre-trained on)
@@ -419,11 +419,10 @@ def metrics_vs_alpha_figure(rows: list, floor: float, net_name: str, title: str)
     return fig
 
 # %% ../nbs/13_runs.ipynb #45ce75d6
-import dataclasses
 import torch.nn as nn
 import torch.nn.functional as F
 from .official import FeatureStack, MAEFeatures, load_convnext
-from .train import DataStream, train_config
+from .train import DataStream
 
 def default_preset(preset: str | None,  # the `preset` parameter; None: the default of the data kind
                    vae,  # the `vae` parameter: None means the run trains on pixels (or on a latent cache as it is)

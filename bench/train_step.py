@@ -1,8 +1,10 @@
 """Speed of one training step of a preset (default `cpu`: the default `run_latent` job) and where its time goes.
 
-Prints seconds per step, generated samples per second, a breakdown by phase, and, as a reference measured in the
-same run, the patch statistics by average pooling (what `drifting.features.patch_stats` does) against the
-reshape + `var` form it replaced. Run on an idle machine:
+Prints seconds per step, generated samples per second, a breakdown by phase, each phase's matrix FLOPs against the
+fp32 GEMM rate measured in the same run (the time the phase would take if it ran at that rate: a floor for fp32),
+and, as references measured in the same run, the drift loss with one call per feature key (`merge=False`) against
+the default (keys of one shape in one call), and the patch statistics by average pooling (what
+`drifting.features.patch_stats` does) against the reshape + `var` form it replaced. Run on an idle machine:
 
     .venv/bin/python bench/train_step.py [--threads 2] [--steps 10]
     .venv/bin/python bench/train_step.py --preset ablation --n-c 1 --n-neg 8 --n-pos 16 --n-unc 4 --steps 2  # Tab. 8's ablation model, small batch
@@ -11,6 +13,7 @@ import argparse, time
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
 from drifting.data import ImageDataset
 from drifting.features import feature_drift_loss, group_by_class, patch_stats
@@ -73,16 +76,43 @@ def main():
     pos, unc = torch.randn(n * cfg.n_pos, *shape, generator=g), torch.randn(n * cfg.n_unc, *shape, generator=g)
     w = torch.rand(n, generator=g)
     T = dict(gen_fwd=0.0, features_gen=0.0, features_real=0.0, drift_fwd=0.0, backward=0.0)
+    per_key = 0.0  # reference: the drift forward with one drift_loss call per key
     for i in range(a.steps + warm):
         t0 = time.perf_counter(); x = gen(eps, lab, 1.5); t1 = time.perf_counter()
         fg = group_by_class(fs(x), n); t2 = time.perf_counter()
         with torch.no_grad(): fp, fu = group_by_class(fs(pos), n), group_by_class(fs(unc), n)
         t3 = time.perf_counter(); loss = feature_drift_loss(fg, fp, fu, w=w)[0]; t4 = time.perf_counter()
         loss.backward(); t5 = time.perf_counter()
+        with torch.no_grad():
+            t6 = time.perf_counter(); feature_drift_loss(fg, fp, fu, w=w, merge=False); t7 = time.perf_counter()
         if i >= warm:
             for k, d in zip(T, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4)): T[k] += d / a.steps
+            per_key += (t7 - t6) / a.steps
     tot = sum(T.values())
-    print("phase breakdown: " + ", ".join(f"{k} {v:.3f}s ({v / tot:.0%})" for k, v in T.items()) + f"; {len(fg)} feature keys")
+    print("phase breakdown: " + ", ".join(f"{k} {v:.3f}s ({v / tot:.0%})" for k, v in T.items()) + f"; {len(fg)} feature keys "
+          f"in {len({(t.shape[1:]) for t in fg.values()})} shapes")
+    print(f"drift fwd, one call per key (merge=False, reference): {per_key:.3f}s; keys of one shape in one call "
+          f"(default): {T['drift_fwd']:.3f}s, speed-up {per_key / T['drift_fwd']:.2f}x")
+
+    # matrix FLOPs of each phase against the fp32 GEMM rate of this run: the time of each phase at that rate
+    fl = {}
+    with FlopCounterMode(display=False) as m: x = gen(eps, lab, 1.5)
+    fl["gen_fwd"] = m.get_total_flops()
+    with FlopCounterMode(display=False) as m: fg = group_by_class(fs(x), n)
+    fl["features_gen"] = m.get_total_flops()
+    with FlopCounterMode(display=False) as m, torch.no_grad(): fp, fu = group_by_class(fs(pos), n), group_by_class(fs(unc), n)
+    fl["features_real"] = m.get_total_flops()
+    with FlopCounterMode(display=False) as m: loss = feature_drift_loss(fg, fp, fu, w=w)[0]
+    fl["drift_fwd"] = m.get_total_flops()
+    with FlopCounterMode(display=False) as m: loss.backward()
+    fl["backward"] = m.get_total_flops()
+    A, Bm = torch.randn(2048, 2048, generator=g), torch.randn(2048, 2048, generator=g)
+    rate = 2 * 2048 ** 3 / timed(lambda: A @ Bm, 5)
+    floor = sum(fl.values()) / rate
+    print(f"fp32 GEMM rate (2048^3 mm) {rate / 1e9:.0f} GFLOP/s; matrix work per phase: " + ", ".join(
+        f"{k} {v / 1e9:.2f} GFLOP = {1e3 * v / rate:.0f} ms ({v / rate / T[k]:.0%} of its time)" for k, v in fl.items()))
+    print(f"all phases at the GEMM rate: {floor:.3f} s = {floor / dt:.0%} of the measured step "
+          f"(a 2x faster step, {dt / 2:.3f} s, needs {2 * floor / dt:.0%} of the GEMM rate over the whole step)")
 
     # reference in the same run: patch statistics, pooled (ours) vs reshape + var (previous)
     for shape, p in (((B, 32, 8, 8), 2), ((B, 32, 8, 8), 4), ((B, 64, 4, 4), 2)):

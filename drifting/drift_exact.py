@@ -75,13 +75,18 @@ def _softmax_(t: Tensor, dim: int) -> Tensor:
     if t.device.type == "cpu": return torch.ops.aten._softmax.out(t, dim, False, out=t)
     return t.copy_(t.softmax(dim))
 
+def _scaled(c: float, scale, ndim: int):
+    "c * scale for a number, or for per-group scales ([g] float64) a [g, 1, ...] fp32 tensor, rounded as a Python number is."
+    if not isinstance(scale, Tensor): return c * scale
+    return (scale * c).float().view(-1, *([1] * (ndim - 1)))
+
 def _coefficients(d: Tensor,  # [g, N, m] normalised distances (self-mask added)
                   C: Tensor,  # [n_tau, g, N, m] buffer: receives the coefficients
                   Q: Tensor | None,  # [n_tau, g, N, m] scratch for the softmax over rows ("both"), else None
                   taus, n_neg: int, attraction: float, repulsion: float, kernel_norm: str,
                   w: Tensor | None,  # [g, c1-c0] weights of target columns c0:c1 (the others weigh 1), or None
                   c0: int,
-                  out_scale: float,  # multiplies the coefficients (1 / s_in for normalised units)
+                  out_scale,  # multiplies the coefficients (1 / s_in for normalised units): a number, or [g] float64 per group
                   x_diag: bool,  # the first N targets are the generated samples: fold the x term into C
                   affinity_floor: float,  # floor of softmax_row * softmax_col ("both" only)
                   ) -> tuple:  # (C, s_pos [n_tau, g, N, 1], s_neg [n_tau, g, N, 1])
@@ -107,18 +112,18 @@ def _coefficients(d: Tensor,  # [g, N, m] normalised distances (self-mask added)
                 C.sqrt_()
     if w is not None: C[..., c0:c0 + w.shape[1]].mul_(w[None, :, None, :])  # weights after the softmax
     s_neg, s_pos = C[..., :n_neg].sum(-1, keepdim=True), C[..., n_neg:].sum(-1, keepdim=True)  # [n_tau, g, N, 1]
-    C[..., :n_neg].mul_(s_pos * (-repulsion * out_scale))  # coeff- = -r (sum A+) A-
-    C[..., n_neg:].mul_(s_neg * (attraction * out_scale))  # coeff+ = a (sum A-) A+
+    C[..., :n_neg].mul_(s_pos * _scaled(-repulsion, out_scale, 3))  # coeff- = -r (sum A+) A-
+    C[..., n_neg:].mul_(s_neg * _scaled(attraction, out_scale, 3))  # coeff+ = a (sum A-) A+
     if x_diag and attraction != repulsion:  # - (a - r)(sum A+)(sum A-) x_i, with x_i = y_i
         N = C.shape[2]
-        C[..., :N].diagonal(dim1=-2, dim2=-1).sub_((s_pos * s_neg)[..., 0] * ((attraction - repulsion) * out_scale))
+        C[..., :N].diagonal(dim1=-2, dim2=-1).sub_((s_pos * s_neg)[..., 0] * _scaled(attraction - repulsion, out_scale, 2))
     return C, s_pos, s_neg
 
 # %% ../nbs/01a_drift_exact.ipynb #c66c2dcd
 def _forces(T: Tensor,  # [g, M, S] centred targets [negatives | positives] (`_centred_targets`)
             N: int,  # generated samples: x = T[:, :N] if self_mask is not None, else given by `xc`
             n_neg: int,  # the first n_neg columns of T are negatives
-            inv_scale: float,  # multiplies raw distances (1 / the feature scale)
+            inv_scale,  # multiplies raw distances (1 / the feature scale): a number, or [g] float64 per group
             taus, attraction, repulsion, kernel_norm,
             self_mask: float | None,  # added to d(x_i, x_i) when T starts with the generated samples; None otherwise
             affinity_floor: float,  # floor of softmax_row * softmax_col ("both" only)
@@ -128,7 +133,7 @@ def _forces(T: Tensor,  # [g, M, S] centred targets [negatives | positives] (`_c
             xc: Tensor | None = None,  # [g, N, S] centred generated samples when they are not T[:, :N]
             dist: Tensor | None = None,  # [g, N, M] raw distances if already computed (single block only)
             out: list | None = None,  # n_tau tensors [g, N, S] where to write the result
-            out_scale: float = 1.0,  # multiplies the result (1 / s_in for normalised units)
+            out_scale=1.0,  # multiplies the result (1 / s_in for normalised units): a number, or [g] float64 per group
             ws: dict | None = None,  # workspace buffers, reused across calls (see `_buf`)
             ) -> list:  # n_tau tensors [g, N, S]: the field / forces per temperature
     "The drift per temperature of a chunk of groups, accumulated over blocks of targets."
@@ -141,7 +146,7 @@ def _forces(T: Tensor,  # [g, M, S] centred targets [negatives | positives] (`_c
     def ndist(lo, hi):  # [g, N, hi-lo] normalised distances with the self-mask
         if dist is not None and len(blocks) == 1: d = dist
         else: d = _dist(xc, T[:, lo:hi], lo if self_mask is not None else None)
-        d.mul_(inv_scale)
+        d.mul_(_scaled(1.0, inv_scale, 3))
         if self_mask is not None and lo < N:  # gen_i vs gen_i
             d[:, lo:min(hi, N), :min(hi, N) - lo].diagonal(dim1=1, dim2=2).add_(self_mask)
         return d
@@ -165,7 +170,9 @@ def _forces(T: Tensor,  # [g, M, S] centred targets [negatives | positives] (`_c
             A[:, :, a - lo:b - lo].mul_(w[:, None, a - c0:b - c0])
         return A
     def x_term(t, s_pos, s_neg):  # the -(a - r)(sum A+)(sum A-) x term of the Tab. 1 ablations
-        if attraction != repulsion: out[t].addcmul_(s_pos * s_neg, xc, value=-(attraction - repulsion) * out_scale)
+        if attraction == repulsion: return
+        if isinstance(out_scale, Tensor): out[t].addcmul_(s_pos * s_neg * _scaled(repulsion - attraction, out_scale, 3), xc)
+        else: out[t].addcmul_(s_pos * s_neg, xc, value=-(attraction - repulsion) * out_scale)
     if len(blocks) == 1:  # one block: all temperatures' coefficients at once, one product per temperature
         shape = (len(taus), g, N, M)
         C = _buf(ws, "C", shape, T)
@@ -197,8 +204,9 @@ def _forces(T: Tensor,  # [g, M, S] centred targets [negatives | positives] (`_c
             if k > 0: sums[t, 1] += A[:, :, :k].sum(-1, keepdim=True); acc[t, 1].baddbmm_(A[:, :, :k], T[:, lo:lo + k])
             if k < hi - lo: sums[t, 0] += A[:, :, k:].sum(-1, keepdim=True); acc[t, 0].baddbmm_(A[:, :, k:], T[:, lo + k:hi])
     for t in range(len(taus)):  # F = a (sum A-) A+ y+  -  r (sum A+) A- y-  [- (a - r)(sum A+)(sum A-) x]
-        torch.mul(acc[t, 0], sums[t, 1] * (attraction * out_scale), out=out[t])
-        out[t].addcmul_(acc[t, 1], sums[t, 0], value=-repulsion * out_scale)
+        torch.mul(acc[t, 0], sums[t, 1] * _scaled(attraction, out_scale, 3), out=out[t])
+        if isinstance(out_scale, Tensor): out[t].addcmul_(acc[t, 1] * _scaled(-repulsion, out_scale, 3), sums[t, 0])
+        else: out[t].addcmul_(acc[t, 1], sums[t, 0], value=-repulsion * out_scale)
         x_term(t, sums[t, 0], sums[t, 1])
     return out
 
@@ -248,12 +256,31 @@ def _reduced(stats: Tensor,  # [k] float64 partial sums over the local groups
         raise TypeError(f"all_reduce must return the summed tensor of shape {tuple(stats.shape)}, got {type(out).__name__}")
     return out
 
+def _segment_bounds(segments, G: int, unbatched: bool) -> list:  # [(lo, hi)] of each independent run of groups
+    if segments is None: return [(0, G)]
+    if unbatched: raise ValueError("segments split a batch of groups: pass gen, pos, neg as [G, N, S]")
+    seg = list(segments) if isinstance(segments, (list, tuple)) else None
+    if not seg or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in seg) or sum(seg) != G:
+        raise ValueError(f"segments must be positive ints (groups per independent loss) summing to G={G}, got {segments!r}")
+    ends = [sum(seg[:i + 1]) for i in range(len(seg))]
+    return list(zip([0] + ends[:-1], ends))
+
+def _per_group(values: list, bounds: list, like: Tensor) -> Tensor:  # [G] float64: values[k] on the groups of run k
+    sizes = torch.tensor([b - a for a, b in bounds], device=like.device)
+    return torch.tensor(values, dtype=torch.float64, device=like.device).repeat_interleave(sizes)
+
 def _normalized_drift(gen, pos, neg, w_gen, w_pos, w_neg, options, all_reduce, chunk_groups, chunk_targets,
-                      max_chunk_elems, max_cache_elems, low_memory):  # the arguments of `drift_loss`, all given
-    "`drifting.drift.release_drift` exactly, in bounded memory: V~, its input scale s_in and the diagnostics."
+                      max_chunk_elems, max_cache_elems, low_memory, segments):  # the arguments of `drift_loss`, all given
+    "`drifting.drift.release_drift` exactly, in bounded memory: V~, its input scale(s) s_in and the diagnostics."
     x, pos, neg, w, unbatched = _prepare(gen, pos, neg, w_gen, w_pos, w_neg, options)
     o, taus = options, options.taus
     G, N, S = x.shape; M = w.shape[1]; n_neg = N + neg.shape[1]; nt = len(taus)
+    runs = _segment_bounds(segments, G, unbatched); K = len(runs)
+    if low_memory and K > 1:  # pass 2 sums squares block by block: one call per run keeps each run's sums in order
+        parts = [_normalized_drift(x[a:b], pos[a:b], neg[a:b], w[a:b, :N], w[a:b, n_neg:], w[a:b, N:n_neg], options,
+                                   all_reduce, chunk_groups, chunk_targets, max_chunk_elems, max_cache_elems, True, None)
+                 for a, b in runs]
+        return torch.cat([p[0] for p in parts]), torch.stack([p[1] for p in parts]), [p[2] for p in parts]
     gc, tc = _chunk_sizes(G, N, M, S, nt if low_memory else 0, chunk_groups, chunk_targets, max_chunk_elems)
     ws = {}  # workspace buffers, reused by every block of this call
     def block(lo):  # [g, M, S] targets of groups lo:lo+gc, centred per group, in the workspace
@@ -273,51 +300,61 @@ def _normalized_drift(gen, pos, neg, w_gen, w_pos, w_neg, options, all_reduce, c
                 d = _dist(T[:, :N], T[:, tlo:tlo + tc], tlo)  # [g, N, m]
                 num[lo:lo + gc] += (d.sum(1).double() * w[lo:lo + gc, tlo:tlo + tc]).sum(-1)
                 if cache is not None: cache.append(d)
-        tot = _reduced(torch.stack([num.sum(), N * w.sum(dtype=torch.float64)]), all_reduce)  # [sum w d, N sum w]
-        scale = (tot[0] / tot[1]).to(x.dtype)
-        s_in = (scale / math.sqrt(S)).clamp(min=SCALE_FLOOR)  # input scale: mean distance becomes sqrt(S)
-        inv = 1.0 / max(scale.item(), SCALE_FLOOR)
+        sums = []  # per run: [sum w d, N sum w]
+        for a, b in runs: sums += [num[a:b].sum(), N * w[a:b].sum(dtype=torch.float64)]
+        tot = _reduced(torch.stack(sums), all_reduce).view(K, 2)
+        scale = (tot[:, 0] / tot[:, 1]).to(x.dtype)  # [K]
+        s_in = (scale / math.sqrt(S)).clamp(min=SCALE_FLOOR)  # [K] input scale: mean distance becomes sqrt(S)
+        inv = [1.0 / max(v, SCALE_FLOOR) for v in scale.tolist()]
+        out_scale = [1.0 / v for v in s_in.tolist()]
+        if K > 1: inv, out_scale = _per_group(inv, runs, x), _per_group(out_scale, runs, x)  # [G] float64 each
+        else: inv, out_scale = inv[0], out_scale[0]  # one run: Python numbers
         def forces(i, lo, out=None):  # the forces F_tau [g, N, S] of groups lo:lo+gc, in normalised units
-            return _forces(T if one_block else block(lo), N, n_neg, inv, taus, o.attraction, o.repulsion, o.kernel_norm,
-                           o.self_mask, o.affinity_floor, tc, w[lo:lo + gc, c0:c1] if c1 else None, c0,
-                           dist=None if cache is None else cache[i], out=out, out_scale=1.0 / s_in.item(), ws=ws)
-        sumsq = x.new_zeros(nt + 1, dtype=torch.float64)  # [sum F_tau^2 per tau..., count]
-        sumsq[-1] = x.numel()
+            part = (lambda v: v[lo:lo + gc]) if K > 1 else (lambda v: v)
+            return _forces(T if one_block else block(lo), N, n_neg, part(inv), taus, o.attraction, o.repulsion,
+                           o.kernel_norm, o.self_mask, o.affinity_floor, tc, w[lo:lo + gc, c0:c1] if c1 else None, c0,
+                           dist=None if cache is None else cache[i], out=out, out_scale=part(out_scale), ws=ws)
+        sumsq = x.new_zeros(K, nt + 1, dtype=torch.float64)  # per run: [sum F_tau^2 per tau..., count]
+        for k, (a, b) in enumerate(runs): sumsq[k, -1] = (b - a) * N * S
         if not low_memory:  # pass 2: keep every chunk's forces, then combine
             F = [torch.empty_like(x) for _ in taus]  # n_tau x [G, N, S]
             for i, lo in enumerate(starts):
                 forces(i, lo, [f[lo:lo + gc] for f in F])
                 if cache is not None: cache[i] = None  # free as we go
-            for t, f in enumerate(F): sumsq[t] = torch.dot(f.reshape(-1), f.reshape(-1))
-        else:  # pass 2 only sums squares; pass 3 recomputes the forces once lambda_tau is known
+            for t, f in enumerate(F):
+                for k, (a, b) in enumerate(runs): sumsq[k, t] = torch.dot(f[a:b].reshape(-1), f[a:b].reshape(-1))
+        else:  # pass 2 only sums squares; pass 3 recomputes the forces once lambda_tau is known (one run here)
             for i, lo in enumerate(starts):
-                for t, f in enumerate(forces(i, lo)): sumsq[t] += torch.dot(f.reshape(-1), f.reshape(-1))
-        sumsq = _reduced(sumsq, all_reduce)
-        force_sq = (sumsq[:-1] / sumsq[-1]).to(x.dtype)  # [n_tau] raw mean(F_tau^2): the number that falls in training
-        inv_lam = (1.0 / force_sq.clamp(min=FORCE_FLOOR).sqrt()).tolist()  # 1 / lambda_tau
+                for t, f in enumerate(forces(i, lo)): sumsq[0, t] += torch.dot(f.reshape(-1), f.reshape(-1))
+        sumsq = _reduced(sumsq.view(-1), all_reduce).view(K, nt + 1)
+        force_sq = (sumsq[:, :-1] / sumsq[:, -1:]).to(x.dtype)  # [K, n_tau] raw mean(F_tau^2): falls in training
+        inv_lam = (1.0 / force_sq.clamp(min=FORCE_FLOOR).sqrt()).tolist()  # [K][n_tau] 1 / lambda_tau
         if not low_memory:
-            V = F[0].mul_(inv_lam[0])  # [G, N, S]  V~ = sum_tau F_tau / lambda_tau, accumulated in the first buffer
-            for t in range(1, nt): V.add_(F[t], alpha=inv_lam[t])
+            V = F[0]  # [G, N, S]  V~ = sum_tau F_tau / lambda_tau, accumulated in the first buffer
+            for k, (a, b) in enumerate(runs):
+                V[a:b].mul_(inv_lam[k][0])
+                for t in range(1, nt): V[a:b].add_(F[t][a:b], alpha=inv_lam[k][t])
             del F
         else:
             V = torch.empty_like(x)  # [G, N, S]
             for i, lo in enumerate(starts):
                 Fc = forces(i, lo)
-                V[lo:lo + gc] = Fc[0].mul_(inv_lam[0])
-                for t in range(1, nt): V[lo:lo + gc].add_(Fc[t], alpha=inv_lam[t])
-    return (V[0] if unbatched else V), s_in, DriftStats(scale, s_in, force_sq)
+                V[lo:lo + gc] = Fc[0].mul_(inv_lam[0][0])
+                for t in range(1, nt): V[lo:lo + gc].add_(Fc[t], alpha=inv_lam[0][t])
+    if segments is None: return (V[0] if unbatched else V), s_in[0], DriftStats(scale[0], s_in[0], force_sq[0])
+    return V, s_in, [DriftStats(scale[k], s_in[k], force_sq[k]) for k in range(K)]
 
 # %% ../nbs/01a_drift_exact.ipynb #95db1449
 class _DriftMSE(torch.autograd.Function):
     "mean over (N, S) of (x/s_in - sg(x/s_in + V))^2: value mean(V^2), gradient -2 V / (N S s_in), no [G, N, S] temporaries."
     @staticmethod
-    def forward(ctx, x, V, s_in):  # x [..., N, S] (only its gradient matters), V [..., N, S], s_in float
-        ctx.save_for_backward(V); ctx.s_in = s_in
+    def forward(ctx, x, V, c):  # x [..., N, S] (only its gradient matters), V [..., N, S], c = -2 / (N S s_in): float or [G]
+        ctx.save_for_backward(V); ctx.c = c
         return torch.linalg.vector_norm(V, dim=(-2, -1)).square_() / (V.shape[-1] * V.shape[-2])  # [...]
     @staticmethod
     def backward(ctx, grad):  # grad [...]; the gradient is written over V (no fresh [G, N, S] tensor): one backward only
         V, = ctx.saved_tensors
-        return V.mul_((grad * (-2.0 / (V.shape[-1] * V.shape[-2] * ctx.s_in)))[..., None, None]), None, None
+        return V.mul_((grad * ctx.c)[..., None, None]), None, None
 
 def drift_loss(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated features, with gradient
                pos: Tensor,  # [G, N_pos, S] or [N_pos, S] positives
@@ -333,16 +370,20 @@ def drift_loss(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated features, w
                max_chunk_elems: int = MAX_CHUNK_ELEMS,  # elements of each temporary of one block
                max_cache_elems: int = MAX_CACHE_ELEMS,  # keep the first pass's distances if G*N_gen*M fits
                low_memory: bool = False,  # recompute the forces instead of keeping n_tau x [G, N_gen, S] of them
-               ) -> tuple:  # (loss [G] (0-d if unbatched), DriftStats of detached diagnostics)
+               segments: tuple | None = None,  # groups per independent loss: runs of groups with their own S and lambda_tau
+               ) -> tuple:  # (loss [G] (0-d if unbatched), DriftStats of detached diagnostics; with segments, one per run)
     "`drifting.drift.release_drift_loss` exactly, in bounded memory: per group, mean of (x/s_in - sg(x/s_in + V~))^2 (Eqs. 6, 26)."
     V, s_in, stats = _normalized_drift(gen, pos, neg, w_gen, w_pos, w_neg, options, all_reduce, chunk_groups,
-                                       chunk_targets, max_chunk_elems, max_cache_elems, low_memory)
-    return _DriftMSE.apply(gen.to(V.dtype), V, s_in.item()), stats
+                                       chunk_targets, max_chunk_elems, max_cache_elems, low_memory, segments)
+    NS = V.shape[-1] * V.shape[-2]
+    if segments is None: return _DriftMSE.apply(gen.to(V.dtype), V, -2.0 / (NS * s_in.item())), stats
+    c = _per_group([-2.0 / (NS * v) for v in s_in.tolist()], _segment_bounds(segments, V.shape[0], False), V)
+    return _DriftMSE.apply(gen.to(V.dtype), V, c.to(V.dtype)), stats
 
 def normalized_drift(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated features (also the negatives)
                      pos: Tensor,  # [G, N_pos, S] or [N_pos, S] positives
                      neg: Tensor | None = None,  # [G, N_unc, S] or [N_unc, S] CFG unconditional negatives, or None
                      **kwargs,  # the keywords of `drift_loss`: weights, options, all_reduce, chunking
-                     ) -> tuple:  # (V~ [G, N_gen, S] or [N_gen, S] in normalised units, s_in 0-d, DriftStats)
+                     ) -> tuple:  # (V~ [G, N_gen, S] or [N_gen, S] in normalised units, s_in 0-d, DriftStats; with segments: s_in [K], K DriftStats)
     "`drifting.drift.release_drift` exactly, in bounded memory: the V~ that `drift_loss` descends, s_in and the diagnostics."
     return _normalized_drift(**_same_arguments(drift_loss, gen, pos, neg, **kwargs))

@@ -12,7 +12,8 @@ the process's resident-set high-water mark (VmHWM, which sees torch's allocation
 (Linux `/proc/self/clear_refs`; elsewhere `ru_maxrss`, which then includes the imports), reported in total and as
 "extra" = peak minus the RSS after the inputs were created. FLOPs counted per call:
 G * (2 N_gen M D  [distances]  +  n_tau * 2 N_gen M D  [drift]),  M = N_gen + N_pos + N_unc; the backward adds no
-matrix work. The roofline is the fp32 GEMM rate of this machine, measured in the same run (square `torch.mm`).
+matrix work. The roofline is the fp32 GEMM rate of this machine, measured in the same run (square `torch.mm`) before
+the first shape and after each one; the best of these rates is used (this VM's speed drifts by up to 2x over minutes).
 """
 from __future__ import annotations
 
@@ -140,11 +141,8 @@ def main(argv=None):
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, load average at start "
           f"{' '.join(f'{v:.1f}' for v in load0)} (should be ~0 for meaningful absolute numbers; ratios are same-run)")
     print(f"ours vs plain on a small problem (relative max difference): loss, gradient = {check_same():.1e}, {check_same(True):.1e}")
-    roof = matmul_gflops()
-    print(f"fp32 matmul roofline (2048^3 torch.mm, best of 5): {roof:.1f} GFLOP/s")
-    hdr = (f"{'':3} {'G, N_gen, N_pos, N_unc, D':>26} | {'plain ms':>9} {a.impl + ' ms':>9} | {'ratio':>6} {'target':>6} | "
-           f"{'roof %':>6} | {'extra MB plain':>14} {'extra MB ours':>13}")
-    print(hdr); print("-" * len(hdr))
+    roofs = [matmul_gflops()]  # measured again after every shape: the machine's speed drifts, the best rate is the roof
+    rows = []
     for i in (a.shapes if a.shapes is not None else range(len(SHAPES))):
         G, N, Np, Nu, D = SHAPES[i]
         shape = (max(1, G // a.group_div), N, Np, Nu, D)
@@ -153,15 +151,23 @@ def main(argv=None):
             for impl in runs:
                 r = _run_worker(impl, shape, a.reps, a.threads)
                 if r is not None: runs[impl].append(r)
+        roofs.append(matmul_gflops())
         if not all(runs.values()): continue
         best = {k: min(v, key=lambda r: r["ms"]) for k, v in runs.items()}
         extra = {k: max(r["extra_mb"] for r in v) for k, v in runs.items()}
-        p, o = best["plain"]["ms"], best[a.impl]["ms"]
+        rows.append((i, shape, best["plain"]["ms"], best[a.impl]["ms"], extra))
+        print(f"S{i + 1} done ({best['plain']['ms']:.1f} / {best[a.impl]['ms']:.1f} ms)", file=sys.stderr, flush=True)
+    roof = max(roofs)
+    print(f"fp32 matmul roofline (2048^3 torch.mm, best of 5, measured {len(roofs)} times: "
+          f"{min(roofs):.1f}-{roof:.1f} GFLOP/s): {roof:.1f} GFLOP/s")
+    hdr = (f"{'':3} {'G, N_gen, N_pos, N_unc, D':>26} | {'plain ms':>9} {a.impl + ' ms':>9} | {'ratio':>6} {'target':>6} | "
+           f"{'roof %':>6} | {'extra MB plain':>14} {'extra MB ours':>13}")
+    print(hdr); print("-" * len(hdr))
+    for i, shape, p, o, extra in rows:
         roof_pct = 100 * flops(*shape) / (o / 1e3) / 1e9 / roof
         shp = ", ".join(map(str, shape))
         print(f"S{i + 1:<2} {shp:>26} | {p:9.1f} {o:9.1f} | {p / o:5.2f}x {TARGETS[i]:5.1f}x | {roof_pct:6.1f} | "
               f"{extra['plain']:14.0f} {extra[a.impl]:13.0f}")
-        sys.stdout.flush()
     print(f"load average at the end {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 

@@ -9,7 +9,7 @@ the default (keys of one shape in one call), and the patch statistics by average
     .venv/bin/python bench/train_step.py [--threads 2] [--steps 10]
     .venv/bin/python bench/train_step.py --preset ablation --n-c 1 --n-neg 8 --n-pos 16 --n-unc 4 --steps 2  # Tab. 8's ablation model, small batch
 """
-import argparse, time
+import argparse, functools, time
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ from drifting.features import feature_drift_loss, group_by_class, patch_stats
 from drifting.mae import MAE, mae_config
 from drifting.features import FeatureSpace
 from drifting.generator import generator_config
+import drifting.train as train_mod
 from drifting.train import DataStream, Trainer, train_config
 
 
@@ -62,13 +63,22 @@ def main():
     n_params = sum(p.numel() for p in tr.gen.parameters())
     warm = 1 if a.preset not in ("cpu", "cpu-pixel") else 3
     for _ in range(warm): tr.step()
-    t = time.perf_counter()
-    for _ in range(a.steps): tr.step()
-    dt = (time.perf_counter() - t) / a.steps
+    default_loss = train_mod.feature_drift_loss
+    per_key_loss = functools.partial(default_loss, merge=False)
+    dt, dt_ref = 0.0, 0.0  # the default step and the reference step (one drift_loss call per key), alternating
+    for i in range(a.steps):
+        for ref in ((False, True) if i % 2 == 0 else (True, False)):
+            train_mod.feature_drift_loss = per_key_loss if ref else default_loss
+            t = time.perf_counter(); tr.step(); d = (time.perf_counter() - t) / a.steps
+            if ref: dt_ref += d
+            else: dt += d
+    train_mod.feature_drift_loss = default_loss
     B = cfg.n_c * cfg.n_neg
     print(f"{a.preset} preset (generator {cfg.generator} {n_params / 1e6:.1f}M, MAE {cfg.mae_preset}, N_c {cfg.n_c} x "
           f"N_neg {cfg.n_neg} / N_pos {cfg.n_pos} / N_unc {cfg.n_unc}, data {list(shape)}), {a.threads} threads: "
           f"{dt:.3f} s/step, {B / dt:.1f} generated samples/s" + (f"; {cfg.steps} steps = {cfg.steps * dt / 60:.1f} min" if a.preset == "cpu" else ""))
+    print(f"reference step, one drift_loss call per feature key (merge=False), alternating with the default: {dt_ref:.3f} s/step; "
+          f"speed-up {dt_ref / dt:.2f}x")
 
     # phases of one step (same shapes as the trainer)
     n, gen = cfg.n_c, tr.gen
@@ -107,7 +117,7 @@ def main():
     with FlopCounterMode(display=False) as m: loss.backward()
     fl["backward"] = m.get_total_flops()
     A, Bm = torch.randn(2048, 2048, generator=g), torch.randn(2048, 2048, generator=g)
-    rate = 2 * 2048 ** 3 / timed(lambda: A @ Bm, 5)
+    rate = 2 * 2048 ** 3 / min(timed(lambda: A @ Bm, 1) for _ in range(5))  # best of 5, as bench/drift_loss.py
     floor = sum(fl.values()) / rate
     print(f"fp32 GEMM rate (2048^3 mm) {rate / 1e9:.0f} GFLOP/s; matrix work per phase: " + ", ".join(
         f"{k} {v / 1e9:.2f} GFLOP = {1e3 * v / rate:.0f} ms ({v / rate / T[k]:.0%} of its time)" for k, v in fl.items()))

@@ -93,12 +93,13 @@ def _coefficients(d: Tensor,  # [g, N, m] normalised distances (self-mask added)
     "Coefficients C_tau of all temperatures of one block of groups: F_tau = C_tau @ T (- x term if not x_diag)."
     k = d.new_tensor([-1.0 / t for t in taus])[:, None, None, None]  # [n_tau, 1, 1, 1]
     if kernel_norm == "both" and affinity_floor >= FLOORED:  # A = max(exp(L - (r_i + c_j) / 2), sqrt(floor))
-        def lse(dim):  # [n_tau, g, N, 1] (dim 3) or [n_tau, g, 1, m] (dim 2) log-sum-exp of the logits L = k d
+        torch.mul(d[None], k, out=C)  # [n_tau, g, N, m] the logits L = k d, once for both log-sum-exps and A
+        def lse(dim):  # [n_tau, g, N, 1] (dim 3) or [n_tau, g, 1, m] (dim 2) log-sum-exp of the logits
             top = d.amin(dim - 1, keepdim=True)[None] * k  # the largest logit of each row / column: a stable shift
-            e = torch.mul(d[None], k, out=Q).sub_(top).clamp_(min=-LOGIT_CUT).exp_()  # (terms < e^-30 of the top: nil)
+            e = torch.sub(C, top, out=Q).clamp_(min=-LOGIT_CUT).exp_()  # (terms < e^-30 of the top: nil)
             return e.sum(dim, keepdim=True).log_().add_(top)
         r, c = lse(3), lse(2)
-        torch.mul(d[None], k, out=C).sub_(r.mul_(0.5)).sub_(c.mul_(0.5))  # log of sqrt(softmax_row * softmax_col)
+        C.sub_(r.mul_(0.5)).sub_(c.mul_(0.5))  # log of sqrt(softmax_row * softmax_col)
         C.clamp_(min=0.5 * math.log(affinity_floor)).exp_()  # the floor, taken before exp: no denormal ever
     else:
         torch.mul(d[None], k, out=C)  # [n_tau, g, N, m] logits

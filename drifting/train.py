@@ -457,6 +457,9 @@ class Trainer:
                                  "run_latent) to continue anyway")
         self.gen.load_state_dict(sd["model"]); self.ema.load_state_dict(sd["ema"])
         self.opt.load_state_dict(sd["optimizer"]); self.queues.load_state_dict(sd["queues"])
+        for st in self.opt.state.values():  # torch keeps the given tensors on the same device: own copies, so that a
+            for k, v in st.items():  # live state (another trainer's `state_dict()`) is not stepped by this one too
+                if torch.is_tensor(v): st[k] = v.clone()
         self.data.load_state_dict(sd["data"]); self.step_count = int(sd["step"])
         self.rng.set_state(sd["rng"]["run"]); set_rng_states(sd["rng"])
         return diff

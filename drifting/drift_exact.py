@@ -75,10 +75,10 @@ def _softmax_(t: Tensor, dim: int) -> Tensor:
     if t.device.type == "cpu": return torch.ops.aten._softmax.out(t, dim, False, out=t)
     return t.copy_(t.softmax(dim))
 
-def _scaled(c: float, scale, ndim: int):
-    "c * scale for a number, or for per-group scales ([g] float64) a [g, 1, ...] fp32 tensor, rounded as a Python number is."
+def _scaled(c: float, scale, ndim: int, dtype: torch.dtype):
+    "c * scale for a number; for per-group scales ([g] float64) a [g, 1, ...] tensor of `dtype`, rounded as a Python number is."
     if not isinstance(scale, Tensor): return c * scale
-    return (scale * c).float().view(-1, *([1] * (ndim - 1)))
+    return (scale * c).to(dtype).view(-1, *([1] * (ndim - 1)))
 
 def _coefficients(d: Tensor,  # [g, N, m] normalised distances (self-mask added)
                   C: Tensor,  # [n_tau, g, N, m] buffer: receives the coefficients
@@ -113,11 +113,11 @@ def _coefficients(d: Tensor,  # [g, N, m] normalised distances (self-mask added)
                 C.sqrt_()
     if w is not None: C[..., c0:c0 + w.shape[1]].mul_(w[None, :, None, :])  # weights after the softmax
     s_neg, s_pos = C[..., :n_neg].sum(-1, keepdim=True), C[..., n_neg:].sum(-1, keepdim=True)  # [n_tau, g, N, 1]
-    C[..., :n_neg].mul_(s_pos * _scaled(-repulsion, out_scale, 3))  # coeff- = -r (sum A+) A-
-    C[..., n_neg:].mul_(s_neg * _scaled(attraction, out_scale, 3))  # coeff+ = a (sum A-) A+
+    C[..., :n_neg].mul_(s_pos * _scaled(-repulsion, out_scale, 3, C.dtype))  # coeff- = -r (sum A+) A-
+    C[..., n_neg:].mul_(s_neg * _scaled(attraction, out_scale, 3, C.dtype))  # coeff+ = a (sum A-) A+
     if x_diag and attraction != repulsion:  # - (a - r)(sum A+)(sum A-) x_i, with x_i = y_i
         N = C.shape[2]
-        C[..., :N].diagonal(dim1=-2, dim2=-1).sub_((s_pos * s_neg)[..., 0] * _scaled(attraction - repulsion, out_scale, 2))
+        C[..., :N].diagonal(dim1=-2, dim2=-1).sub_((s_pos * s_neg)[..., 0] * _scaled(attraction - repulsion, out_scale, 2, C.dtype))
     return C, s_pos, s_neg
 
 # %% ../nbs/01a_drift_exact.ipynb #c66c2dcd
@@ -147,7 +147,7 @@ def _forces(T: Tensor,  # [g, M, S] centred targets [negatives | positives] (`_c
     def ndist(lo, hi):  # [g, N, hi-lo] normalised distances with the self-mask
         if dist is not None and len(blocks) == 1: d = dist
         else: d = _dist(xc, T[:, lo:hi], lo if self_mask is not None else None)
-        d.mul_(_scaled(1.0, inv_scale, 3))
+        d.mul_(_scaled(1.0, inv_scale, 3, d.dtype))
         if self_mask is not None and lo < N:  # gen_i vs gen_i
             d[:, lo:min(hi, N), :min(hi, N) - lo].diagonal(dim1=1, dim2=2).add_(self_mask)
         return d
@@ -172,7 +172,7 @@ def _forces(T: Tensor,  # [g, M, S] centred targets [negatives | positives] (`_c
         return A
     def x_term(t, s_pos, s_neg):  # the -(a - r)(sum A+)(sum A-) x term of the Tab. 1 ablations
         if attraction == repulsion: return
-        if isinstance(out_scale, Tensor): out[t].addcmul_(s_pos * s_neg * _scaled(repulsion - attraction, out_scale, 3), xc)
+        if isinstance(out_scale, Tensor): out[t].addcmul_(s_pos * s_neg * _scaled(repulsion - attraction, out_scale, 3, xc.dtype), xc)
         else: out[t].addcmul_(s_pos * s_neg, xc, value=-(attraction - repulsion) * out_scale)
     if len(blocks) == 1:  # one block: all temperatures' coefficients at once, one product per temperature
         shape = (len(taus), g, N, M)
@@ -205,8 +205,8 @@ def _forces(T: Tensor,  # [g, M, S] centred targets [negatives | positives] (`_c
             if k > 0: sums[t, 1] += A[:, :, :k].sum(-1, keepdim=True); acc[t, 1].baddbmm_(A[:, :, :k], T[:, lo:lo + k])
             if k < hi - lo: sums[t, 0] += A[:, :, k:].sum(-1, keepdim=True); acc[t, 0].baddbmm_(A[:, :, k:], T[:, lo + k:hi])
     for t in range(len(taus)):  # F = a (sum A-) A+ y+  -  r (sum A+) A- y-  [- (a - r)(sum A+)(sum A-) x]
-        torch.mul(acc[t, 0], sums[t, 1] * _scaled(attraction, out_scale, 3), out=out[t])
-        if isinstance(out_scale, Tensor): out[t].addcmul_(acc[t, 1] * _scaled(-repulsion, out_scale, 3), sums[t, 0])
+        torch.mul(acc[t, 0], sums[t, 1] * _scaled(attraction, out_scale, 3, acc.dtype), out=out[t])
+        if isinstance(out_scale, Tensor): out[t].addcmul_(acc[t, 1] * _scaled(-repulsion, out_scale, 3, acc.dtype), sums[t, 0])
         else: out[t].addcmul_(acc[t, 1], sums[t, 0], value=-repulsion * out_scale)
         x_term(t, sums[t, 0], sums[t, 1])
     return out

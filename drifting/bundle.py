@@ -193,7 +193,9 @@ def run_md(m: dict,  # run_manifest.json
              f"- **started:** {m['created']} (UTC)" + (f"; ended {m['ended']} after {m['seconds']} s" if m.get("ended") else ""),
              f"- **code:** commit `{code['commit']}` ({dirty}); package sha256 `{code['package_sha256'][:16]}`",
              f"- **environment:** fingerprint `{r['environment']['sha256'][:16]}`, Python {m['python']}, torch {m['torch_version']}, "
-             f"device {m['device']['type']}" + (f" ({m['device']['name']})" if m["device"].get("name") else "") + f"; smoke gate {smoke}"]
+             f"device {m['device']['type']}" + (f" ({m['device']['name']})" if m["device"].get("name") else "")
+             + (f", {m['device']['torch_threads']} torch threads, {m['device'].get('cpu_capability')} kernels"
+                if m["device"].get("torch_threads") else "") + f"; smoke gate {smoke}"]
     if nb: lines.append(f"- **notebook:** `notebook.ipynb` = `{nb.get('input')}` as executed"
                         + (f" (papermill output `{nb['output']}`)" if nb.get("output") else ""))
     rerun = f"cd {shlex.quote(m['cwd'])}\n{m['command']}"; fr = _fence(rerun)

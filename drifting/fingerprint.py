@@ -244,14 +244,16 @@ def package_versions(names=KEY_PACKAGES) -> dict[str, str | None]:
     pk = installed_packages(); return {n: pk.get(n) for n in names}
 
 def device_info() -> dict:
-    "Torch, CUDA and accelerator facts (no timing, no free memory: stable across runs)."
+    "Torch, CUDA and accelerator facts (no timing, no free memory: stable across runs), and the CPU kernels' settings."
     cuda = torch.cuda.is_available()
     devs = [dict(name=torch.cuda.get_device_name(i), capability=".".join(map(str, torch.cuda.get_device_capability(i))),
                  memory_gb=round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1))
             for i in range(torch.cuda.device_count())] if cuda else []
     return dict(torch_version=torch.__version__, cuda_version=torch.version.cuda, cuda_available=cuda,
                 cudnn_version=torch.backends.cudnn.version() if cuda else None, device_type="cuda" if cuda else "cpu",
-                cuda_devices=devs, cpu_count=os.cpu_count(), machine=platform.machine())
+                cuda_devices=devs, cpu_count=os.cpu_count(), machine=platform.machine(),
+                torch_threads=torch.get_num_threads(),  # intra-op threads: CPU reductions split by them, so bits can differ
+                cpu_capability=torch.backends.cpu.get_cpu_capability())  # the vector kernels ATen picked (e.g. AVX512)
 
 def env_snapshot() -> dict:
     "Packages and system facts of this process (the bundle's `env_snapshot.json`)."

@@ -614,7 +614,8 @@ def start_run(project: str,  # folder name under runs/, e.g. 'toy'
                      python=snap["python"]["version"], torch_version=hw["torch_version"], cuda_version=hw["cuda_version"],
                      cudnn_version=hw["cudnn_version"],
                      device=dict(type=hw["device_type"], name=hw["cuda_devices"][0]["name"] if hw["cuda_devices"] else None,
-                                 count=len(hw["cuda_devices"]) or 1, cpu_count=hw["cpu_count"]),
+                                 count=len(hw["cuda_devices"]) or 1, cpu_count=hw["cpu_count"],
+                                 torch_threads=hw.get("torch_threads"), cpu_capability=hw.get("cpu_capability")),
                      command=scrub(command, entropy=True), cwd=cwd, notebook=None, resume_from=resume, seed=seed,
                      smoke_ok=rec["ok"] if rec is not None else None, env_fingerprint=envfp["sha256"], error=None,
                      writer=_writer())

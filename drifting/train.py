@@ -140,8 +140,9 @@ class TrainConfig:
 
 # %% ../nbs/11_train.ipynb #9fe437c5
 # One TrainConfig per Tab. 8 column (spec §6.1); the final encoders' MAE ends with the 3k-step cls fine-tune (spec
-# §6.2). B/2 keeps the release's N_pos 64 (the paper's table says 128, spec §13 item 3). One process holds all N_c labels, so it pushes at least N_c samples a step (the release pushes 64 or 128
-# per host for the N_c/hosts labels of that host, D-train-2).
+# §6.2). B/2 keeps the release's N_pos 64 (the paper's table says 128, spec §13 item 3). One process holds all N_c
+# labels, so it pushes at least N_c samples a step (the release pushes 64 or 128 per host for the N_c/hosts labels of
+# that host, D-train-2).
 TRAIN_PRESETS: dict[str, TrainConfig] = {
     "ablation": TrainConfig(steps=30_000, generator="ablation", n_c=64, n_pos=64, n_neg=64, n_unc=16, push_per_step=64,
                             cfg_k=3, lr=2e-4, warmup=5000, weight_decay=0.01, flip=True,

@@ -22,14 +22,23 @@ __all__ = ['BUILTIN_VAE_CONFIG', 'BUILTIN_FORMAT', 'BuiltinRecipe', 'train_built
 
 # %% ../nbs/08a_builtin_vae.ipynb #873f6f83
 BUILTIN_VAE_CONFIG = dict(  # diffusers AutoencoderKL kwargs: 1×32×32 -> 4×8×8
-    in_channels=1, out_channels=1, latent_channels=4,  # grey digits; 4 latent channels as the SD-VAE
-    down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,  # 3 blocks: /4
-    block_out_channels=(16, 32, 32), layers_per_block=1, norm_num_groups=8, sample_size=32)
+    in_channels=1,
+    out_channels=1,
+    latent_channels=4,  # grey digits; 4 latent channels as the SD-VAE
+    down_block_types=("DownEncoderBlock2D",) * 3,
+    up_block_types=("UpDecoderBlock2D",) * 3,  # 3 blocks: /4
+    block_out_channels=(16, 32, 32),
+    layers_per_block=1,
+    norm_num_groups=8,
+    sample_size=32,
+)
 BUILTIN_FORMAT = 1  # bump when the training code changes what a recipe produces
+
 
 @dataclass
 class BuiltinRecipe:
     "How the built-in autoencoder is trained; every field is part of its cache key."
+
     dataset: str = "mnist5k"  # built-in dataset (07_data)
     resolution: int = 32  # padded 28 -> 32
     heldout_frac: float = 0.1  # the data module's stratified split
@@ -44,18 +53,28 @@ class BuiltinRecipe:
     eval_items: int | None = None  # held-out items for the reported PSNR (None: all)
 
 # %% ../nbs/08a_builtin_vae.ipynb #d41f7a95
-def _psnr(mse: float) -> float: return 10 * math.log10(4.0 / mse)  # peak-to-peak 2 for [-1, 1]
+def _psnr(mse: float) -> float:
+    return 10 * math.log10(4.0 / mse)  # peak-to-peak 2 for [-1, 1]
+
 
 def _data(recipe: BuiltinRecipe, split: str):
-    return load_dataset(recipe.dataset, split=split, resolution=recipe.resolution,
-                        heldout_frac=recipe.heldout_frac, seed=recipe.split_seed)
+    return load_dataset(
+        recipe.dataset,
+        split=split,
+        resolution=recipe.resolution,
+        heldout_frac=recipe.heldout_frac,
+        seed=recipe.split_seed,
+    )
 
-def train_builtin_vae(config: dict | None = None,  # AutoencoderKL kwargs (default BUILTIN_VAE_CONFIG)
-                      recipe: BuiltinRecipe | None = None,  # training recipe (default BuiltinRecipe())
-                      progress: bool = True,  # progress bar over steps (sparse off a terminal)
-                      ) -> tuple[AutoencoderKL, dict]:
+
+def train_builtin_vae(
+    config: dict | None = None,  # AutoencoderKL kwargs (default BUILTIN_VAE_CONFIG)
+    recipe: BuiltinRecipe | None = None,  # training recipe (default BuiltinRecipe())
+    progress: bool = True,  # progress bar over steps (sparse off a terminal)
+) -> tuple[AutoencoderKL, dict]:
     "Train the built-in autoencoder on CPU; set its scaling_factor to 1/std of its train latents."
     import diffusers
+
     config, recipe = dict(config or BUILTIN_VAE_CONFIG), recipe or BuiltinRecipe()
     t0, c0 = time.time(), time.process_time()
     train, held = _data(recipe, "train"), _data(recipe, "heldout")
@@ -71,33 +90,53 @@ def train_builtin_vae(config: dict | None = None,  # AutoencoderKL kwargs (defau
     vae.train()
     for step in range(recipe.steps):
         x, _ = next(it)  # [B, 1, 32, 32]
-        for pg in opt.param_groups: pg["lr"] = recipe.lr * sched(step)
+        for pg in opt.param_groups:
+            pg["lr"] = recipe.lr * sched(step)
         post = vae.encode(x).latent_dist
         z = post.mean + post.std * torch.randn(post.mean.shape, generator=g)  # [B, 4, 8, 8] reparameterised
         mse = (vae.decode(z).sample - x).pow(2).mean()
         kl = 0.5 * (post.mean.pow(2) + post.var - 1 - post.logvar).sum() / x.numel()  # KL nats per pixel
         loss = mse + recipe.kl_weight * kl
-        opt.zero_grad(set_to_none=True); loss.backward(); opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
         bar.update(1)
-        if step % 10 == 0 or step == recipe.steps - 1: bar.set_postfix(mse=f"{mse.item():.4f}", kl=f"{kl.item():.2f}", refresh=False)
+        if step % 10 == 0 or step == recipe.steps - 1:
+            bar.set_postfix(mse=f"{mse.item():.4f}", kl=f"{kl.item():.2f}", refresh=False)
     bar.close()
     vae.eval().requires_grad_(False)
     with torch.no_grad():
-        xs = train.images[:recipe.scale_items]
+        xs = train.images[: recipe.scale_items]
         vae.register_to_config(scaling_factor=1.0)  # unscaled latents first
         zs = Tokenizer(vae, "unscaled").encode(xs, generator=g)
         scale = 1.0 / zs.std().item()  # as SD: 1/std of unscaled posterior samples
         vae.register_to_config(scaling_factor=scale)
-        tok, xh = Tokenizer(vae, "tmp"), held.images[:recipe.eval_items]
+        tok, xh = Tokenizer(vae, "tmp"), held.images[: recipe.eval_items]
         mse_mean = (tok.decode(tok.encode(xh, sample=False), clamp=False) - xh).pow(2).mean().item()
         mse_sample = (tok.decode(tok.encode(xh, generator=g), clamp=False) - xh).pow(2).mean().item()
-    record = dict(format=BUILTIN_FORMAT, config=json.loads(json.dumps(config)), recipe=asdict(recipe),
-                  data_fingerprint=train.fingerprint, split_hash=train.split["split_hash"], n_train=len(train),
-                  final_mse=mse.item(), final_kl=kl.item(), scaling_factor=scale, latent_std_unscaled=1 / scale,
-                  heldout=dict(n=len(xh), mse_mean=mse_mean, psnr_mean=_psnr(mse_mean), mse_sample=mse_sample,
-                               psnr_sample=_psnr(mse_sample)),
-                  wall_s=time.time() - t0, cpu_s=time.process_time() - c0, threads=torch.get_num_threads(),
-                  versions=dict(torch=torch.__version__, diffusers=diffusers.__version__))
+    record = dict(
+        format=BUILTIN_FORMAT,
+        config=json.loads(json.dumps(config)),
+        recipe=asdict(recipe),
+        data_fingerprint=train.fingerprint,
+        split_hash=train.split["split_hash"],
+        n_train=len(train),
+        final_mse=mse.item(),
+        final_kl=kl.item(),
+        scaling_factor=scale,
+        latent_std_unscaled=1 / scale,
+        heldout=dict(
+            n=len(xh),
+            mse_mean=mse_mean,
+            psnr_mean=_psnr(mse_mean),
+            mse_sample=mse_sample,
+            psnr_sample=_psnr(mse_sample),
+        ),
+        wall_s=time.time() - t0,
+        cpu_s=time.process_time() - c0,
+        threads=torch.get_num_threads(),
+        versions=dict(torch=torch.__version__, diffusers=diffusers.__version__),
+    )
     return vae, record
 
 # %% ../nbs/08a_builtin_vae.ipynb #515cc7fe
@@ -105,34 +144,53 @@ def vae_cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     "Where built-in VAEs are cached: `cache_dir`, else $DRIFTING_CACHE/vae, else ~/.cache/drifting/vae."
     return cache_root("vae", cache_dir)
 
+
 def builtin_key(config: dict | None = None, recipe: BuiltinRecipe | None = None) -> str:
     "The cache key: hash of format, config, recipe, data fingerprint and split hash (24 hex digits)."
     config, recipe = dict(config or BUILTIN_VAE_CONFIG), recipe or BuiltinRecipe()
     tr = _data(recipe, "train")
-    return sha256_json(dict(format=BUILTIN_FORMAT, config=json.loads(json.dumps(config)), recipe=asdict(recipe),
-                            data=tr.fingerprint, split=tr.split["split_hash"]))[:24]
+    return sha256_json(
+        dict(
+            format=BUILTIN_FORMAT,
+            config=json.loads(json.dumps(config)),
+            recipe=asdict(recipe),
+            data=tr.fingerprint,
+            split=tr.split["split_hash"],
+        )
+    )[:24]
 
-def _write_record(d: Path, record: dict): atomic_write_text(d / "training.json", json.dumps(record, indent=1))
+
+def _write_record(d: Path, record: dict):
+    atomic_write_text(d / "training.json", json.dumps(record, indent=1))
+
 
 def _load_cached(d: Path, key: str, device, batch_size) -> Tokenizer:
     record = json.loads((d / "training.json").read_text())
     if record.get("key") != key:
         raise ValueError(f"{d} holds a VAE with key {record.get('key')!r}, not {key!r}: remove the folder")
-    return Tokenizer(AutoencoderKL.from_pretrained(d, low_cpu_mem_usage=False), f"builtin:{key}", device, batch_size,
-                     dict(source="builtin", key=key, heldout_psnr=record["heldout"]["psnr_mean"]))
+    return Tokenizer(
+        AutoencoderKL.from_pretrained(d, low_cpu_mem_usage=False),
+        f"builtin:{key}",
+        device,
+        batch_size,
+        dict(source="builtin", key=key, heldout_psnr=record["heldout"]["psnr_mean"]),
+    )
 
-def builtin_vae(cache_dir: str | os.PathLike | None = None,  # cache root (see `vae_cache_root`)
-                config: dict | None = None,  # AutoencoderKL kwargs (default BUILTIN_VAE_CONFIG)
-                recipe: BuiltinRecipe | None = None,  # training recipe (default BuiltinRecipe())
-                device: torch.device | str | None = None,  # where the returned tokenizer runs
-                batch_size: int = 64,  # tokenizer batch size
-                progress: bool = True,  # show the training bar
-                ) -> Tokenizer:
+
+def builtin_vae(
+    cache_dir: str | os.PathLike | None = None,  # cache root (see `vae_cache_root`)
+    config: dict | None = None,  # AutoencoderKL kwargs (default BUILTIN_VAE_CONFIG)
+    recipe: BuiltinRecipe | None = None,  # training recipe (default BuiltinRecipe())
+    device: torch.device | str | None = None,  # where the returned tokenizer runs
+    batch_size: int = 64,  # tokenizer batch size
+    progress: bool = True,  # show the training bar
+) -> Tokenizer:
     "The built-in autoencoder: loaded from its cache, or trained (CPU, ~2 min), saved atomically, then loaded."
     key = builtin_key(config, recipe)
     root = vae_cache_root(cache_dir)
     final = root / key
-    if (final / "training.json").exists(): return _load_cached(final, key, device, batch_size)
+    if (final / "training.json").exists():
+        return _load_cached(final, key, device, batch_size)
     vae, record = train_builtin_vae(config, recipe, progress)
     with atomic_folder(final, "training.json") as tmp:
         vae.save_pretrained(tmp)

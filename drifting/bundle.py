@@ -21,9 +21,20 @@ __all__ = ['REQUIRED_FILES', 'REQUIRED_DIRS', 'RUN_MANIFEST_SCHEMA', 'REPRO_SCHE
            'PREDICTIONS_METADATA_SCHEMA', 'SCHEMAS', 'writer_alive', 'validate_bundle', 'run_md']
 
 # %% ../nbs/10c_bundle.ipynb #9c3d0728
-REQUIRED_FILES = ("config.yaml", "config_resolved.yaml", "run_manifest.json", "metrics.json", "RUN.md",
-                  "env_snapshot.json", "env_fingerprint.json", "codebase_fingerprint.json", "provenance/repro.json",
-                  "provenance/git.diff", "provenance/env.txt", "provenance/events.jsonl")
+REQUIRED_FILES = (
+    "config.yaml",
+    "config_resolved.yaml",
+    "run_manifest.json",
+    "metrics.json",
+    "RUN.md",
+    "env_snapshot.json",
+    "env_fingerprint.json",
+    "codebase_fingerprint.json",
+    "provenance/repro.json",
+    "provenance/git.diff",
+    "provenance/env.txt",
+    "provenance/events.jsonl",
+)
 REQUIRED_DIRS = ("provenance", "artifacts/predictions", "artifacts/checkpoints", "logs")
 
 # %% ../nbs/10c_bundle.ipynb #a249a249
@@ -32,73 +43,210 @@ _SN = {"type": ["string", "null"]}
 _NUM = {"type": ["number", "string", "null"]}  # non-finite floats are stored as "NaN"/"Infinity"
 _DRAFT = "https://json-schema.org/draft/2020-12/schema"
 
-RUN_MANIFEST_SCHEMA = {"$schema": _DRAFT, "title": "run_manifest.json", "type": "object",
-    "required": ["schema_version", "project_name", "run_id", "status", "created", "git_hash", "git_dirty",
-                 "package_versions", "torch_version", "cuda_version", "device", "command", "cwd", "notebook", "python"],
-    "properties": {"schema_version": _S, "project_name": _S, "run_id": _S, "created": _S, "ended": _SN,
-        "status": {"enum": ["running", "completed", "failed", "aborted", "crashed"]}, "git_hash": _SN, "git_dirty": {"type": ["boolean", "null"]},
+RUN_MANIFEST_SCHEMA = {
+    "$schema": _DRAFT,
+    "title": "run_manifest.json",
+    "type": "object",
+    "required": [
+        "schema_version",
+        "project_name",
+        "run_id",
+        "status",
+        "created",
+        "git_hash",
+        "git_dirty",
+        "package_versions",
+        "torch_version",
+        "cuda_version",
+        "device",
+        "command",
+        "cwd",
+        "notebook",
+        "python",
+    ],
+    "properties": {
+        "schema_version": _S,
+        "project_name": _S,
+        "run_id": _S,
+        "created": _S,
+        "ended": _SN,
+        "status": {"enum": ["running", "completed", "failed", "aborted", "crashed"]},
+        "git_hash": _SN,
+        "git_dirty": {"type": ["boolean", "null"]},
         "package_versions": {"type": "object", "additionalProperties": _SN, "required": ["torch", "numpy"]},
-        "torch_version": _S, "cuda_version": _SN, "cudnn_version": {"type": ["integer", "null"]}, "python": _S,
-        "device": {"type": "object", "required": ["type", "count"], "properties": {"type": _S, "name": _SN, "count": {"type": "integer"}}},
-        "command": _S, "cwd": _S,
-        "notebook": {"type": ["object", "null"], "required": ["path", "kind"], "properties": {"path": _S, "kind": {"enum": ["link", "copy"]}}},
-        "error": {"type": ["object", "null"], "required": ["type", "message"]}}}
+        "torch_version": _S,
+        "cuda_version": _SN,
+        "cudnn_version": {"type": ["integer", "null"]},
+        "python": _S,
+        "device": {
+            "type": "object",
+            "required": ["type", "count"],
+            "properties": {"type": _S, "name": _SN, "count": {"type": "integer"}},
+        },
+        "command": _S,
+        "cwd": _S,
+        "notebook": {
+            "type": ["object", "null"],
+            "required": ["path", "kind"],
+            "properties": {"path": _S, "kind": {"enum": ["link", "copy"]}},
+        },
+        "error": {"type": ["object", "null"], "required": ["type", "message"]},
+    },
+}
 
-REPRO_SCHEMA = {"$schema": _DRAFT, "title": "provenance/repro.json", "type": "object",
-    "required": ["schema_version", "project", "config", "config_sha256", "seed", "dataset", "code", "environment", "hardware"],
-    "properties": {"config": {"type": "object"}, "config_sha256": _H, "seed": {"type": ["integer", "null"]},
-        "code": {"type": "object", "required": ["commit", "dirty", "diff_sha256", "untracked", "package_sha256"],
-                 "properties": {"dirty": {"type": ["boolean", "null"]}, "diff_sha256": _H, "package_sha256": _H, "untracked": {"type": "array"}}},
+REPRO_SCHEMA = {
+    "$schema": _DRAFT,
+    "title": "provenance/repro.json",
+    "type": "object",
+    "required": [
+        "schema_version",
+        "project",
+        "config",
+        "config_sha256",
+        "seed",
+        "dataset",
+        "code",
+        "environment",
+        "hardware",
+    ],
+    "properties": {
+        "config": {"type": "object"},
+        "config_sha256": _H,
+        "seed": {"type": ["integer", "null"]},
+        "code": {
+            "type": "object",
+            "required": ["commit", "dirty", "diff_sha256", "untracked", "package_sha256"],
+            "properties": {
+                "dirty": {"type": ["boolean", "null"]},
+                "diff_sha256": _H,
+                "package_sha256": _H,
+                "untracked": {"type": "array"},
+            },
+        },
         "environment": {"type": "object", "required": ["sha256", "python", "torch"], "properties": {"sha256": _H}},
-        "hardware": {"type": "object", "required": ["device_type", "cuda_devices", "cpu_count"]}},
-    "not": {"anyOf": [{"required": ["created"]}, {"required": ["time"]}, {"required": ["timestamp"]}]}}
+        "hardware": {"type": "object", "required": ["device_type", "cuda_devices", "cpu_count"]},
+    },
+    "not": {"anyOf": [{"required": ["created"]}, {"required": ["time"]}, {"required": ["timestamp"]}]},
+}
 
-CODEBASE_FINGERPRINT_SCHEMA = {"$schema": _DRAFT, "title": "codebase_fingerprint.json", "type": "object",
+CODEBASE_FINGERPRINT_SCHEMA = {
+    "$schema": _DRAFT,
+    "title": "codebase_fingerprint.json",
+    "type": "object",
     "required": ["schema_version", "package", "commit", "dirty", "files", "sha256"],
-    "properties": {"commit": _SN, "dirty": {"type": ["boolean", "null"]}, "files": {"type": "object", "additionalProperties": _H, "minProperties": 1}, "sha256": _H}}
+    "properties": {
+        "commit": _SN,
+        "dirty": {"type": ["boolean", "null"]},
+        "files": {"type": "object", "additionalProperties": _H, "minProperties": 1},
+        "sha256": _H,
+    },
+}
 
-ENV_FINGERPRINT_SCHEMA = {"$schema": _DRAFT, "title": "env_fingerprint.json", "type": "object",
-    "required": ["schema_version", "sha256", "python", "system", "machine", "torch", "cuda", "n_packages"], "properties": {"sha256": _H}}
+ENV_FINGERPRINT_SCHEMA = {
+    "$schema": _DRAFT,
+    "title": "env_fingerprint.json",
+    "type": "object",
+    "required": ["schema_version", "sha256", "python", "system", "machine", "torch", "cuda", "n_packages"],
+    "properties": {"sha256": _H},
+}
 
-ENV_SNAPSHOT_SCHEMA = {"$schema": _DRAFT, "title": "env_snapshot.json", "type": "object",
+ENV_SNAPSHOT_SCHEMA = {
+    "$schema": _DRAFT,
+    "title": "env_snapshot.json",
+    "type": "object",
     "required": ["schema_version", "python", "platform", "hardware", "packages"],
-    "properties": {"packages": {"type": "object", "additionalProperties": _S},
-                   "smoke": {"type": "object", "required": ["ok", "checks", "expected", "observed"]}}}
+    "properties": {
+        "packages": {"type": "object", "additionalProperties": _S},
+        "smoke": {"type": "object", "required": ["ok", "checks", "expected", "observed"]},
+    },
+}
 
-METRICS_SCHEMA = {"$schema": _DRAFT, "title": "metrics.json", "type": "object", "required": ["schema_version", "scalars", "series"],
-    "properties": {"scalars": {"type": "object"}, "series": {"type": "object", "additionalProperties": {"type": "array",
-        "items": {"type": "object", "required": ["step", "value"], "properties": {"step": {"type": "integer"}}}}}}}
+METRICS_SCHEMA = {
+    "$schema": _DRAFT,
+    "title": "metrics.json",
+    "type": "object",
+    "required": ["schema_version", "scalars", "series"],
+    "properties": {
+        "scalars": {"type": "object"},
+        "series": {
+            "type": "object",
+            "additionalProperties": {
+                "type": "array",
+                "items": {"type": "object", "required": ["step", "value"], "properties": {"step": {"type": "integer"}}},
+            },
+        },
+    },
+}
 
-EVENT_SCHEMA = {"$schema": _DRAFT, "title": "a line of provenance/events.jsonl", "type": "object", "required": ["time", "event"],
+EVENT_SCHEMA = {
+    "$schema": _DRAFT,
+    "title": "a line of provenance/events.jsonl",
+    "type": "object",
+    "required": ["time", "event"],
     "properties": {"time": _S, "event": _S},
-    "allOf": [{"if": {"properties": {"event": {"const": "failure"}}}, "then": {"required": ["type", "message"]}},
-              {"if": {"properties": {"event": {"const": "resume"}}}, "then": {"required": ["from"]}},
-              {"if": {"properties": {"event": {"const": "checkpoint"}}}, "then": {"required": ["step", "path", "sha256"]}}]}
+    "allOf": [
+        {"if": {"properties": {"event": {"const": "failure"}}}, "then": {"required": ["type", "message"]}},
+        {"if": {"properties": {"event": {"const": "resume"}}}, "then": {"required": ["from"]}},
+        {"if": {"properties": {"event": {"const": "checkpoint"}}}, "then": {"required": ["step", "path", "sha256"]}},
+    ],
+}
 
-PREDICTIONS_METADATA_SCHEMA = {"$schema": _DRAFT, "title": "artifacts/predictions/metadata.json", "type": "object",
-    "required": ["contract_version", "samples"], "properties": {"contract_version": _S, "samples": {"type": "array", "items": {
-        "type": "object", "required": ["id", "file", "timestamp", "contract_version", "model", "sha256"],
-        "properties": {"file": {"type": "string", "pattern": "^samples_[A-Za-z0-9_.-]+\\.npz$"}, "sha256": _H,
-                       "model": {"type": "object", "required": ["run_id", "config", "config_sha256", "checkpoint", "git_hash"]}}}}}}
+PREDICTIONS_METADATA_SCHEMA = {
+    "$schema": _DRAFT,
+    "title": "artifacts/predictions/metadata.json",
+    "type": "object",
+    "required": ["contract_version", "samples"],
+    "properties": {
+        "contract_version": _S,
+        "samples": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "required": ["id", "file", "timestamp", "contract_version", "model", "sha256"],
+                "properties": {
+                    "file": {"type": "string", "pattern": "^samples_[A-Za-z0-9_.-]+\\.npz$"},
+                    "sha256": _H,
+                    "model": {
+                        "type": "object",
+                        "required": ["run_id", "config", "config_sha256", "checkpoint", "git_hash"],
+                    },
+                },
+            },
+        },
+    },
+}
 
-SCHEMAS = {"run_manifest.json": RUN_MANIFEST_SCHEMA, "metrics.json": METRICS_SCHEMA, "env_snapshot.json": ENV_SNAPSHOT_SCHEMA,
-           "env_fingerprint.json": ENV_FINGERPRINT_SCHEMA, "codebase_fingerprint.json": CODEBASE_FINGERPRINT_SCHEMA,
-           "provenance/repro.json": REPRO_SCHEMA, "artifacts/predictions/metadata.json": PREDICTIONS_METADATA_SCHEMA}
+SCHEMAS = {
+    "run_manifest.json": RUN_MANIFEST_SCHEMA,
+    "metrics.json": METRICS_SCHEMA,
+    "env_snapshot.json": ENV_SNAPSHOT_SCHEMA,
+    "env_fingerprint.json": ENV_FINGERPRINT_SCHEMA,
+    "codebase_fingerprint.json": CODEBASE_FINGERPRINT_SCHEMA,
+    "provenance/repro.json": REPRO_SCHEMA,
+    "artifacts/predictions/metadata.json": PREDICTIONS_METADATA_SCHEMA,
+}
 
 # %% ../nbs/10c_bundle.ipynb #67153bd0
 def writer_alive(manifest: dict) -> bool | None:
     "Is the process that writes this bundle still running? None when it cannot be told (another host, no record)."
     w = manifest.get("writer") or {}
-    if not w.get("pid") or w.get("host") != socket.gethostname(): return None
-    try: return abs(psutil.Process(int(w["pid"])).create_time() - float(w["create_time"])) < 1e-2
-    except psutil.NoSuchProcess: return False
-    except psutil.Error: return None
+    if not w.get("pid") or w.get("host") != socket.gethostname():
+        return None
+    try:
+        return abs(psutil.Process(int(w["pid"])).create_time() - float(w["create_time"])) < 1e-2
+    except psutil.NoSuchProcess:
+        return False
+    except psutil.Error:
+        return None
+
 
 def _sha256(p: Path) -> str:
     h = hashlib.sha256()
     with open(p, "rb") as f:
-        while b := f.read(1 << 20): h.update(b)
+        while b := f.read(1 << 20):
+            h.update(b)
     return h.hexdigest()
+
 
 def _hash_problems(d: Path, docs: dict, events: list[dict]) -> list[str]:
     "Every recorded sha256 (checkpoints, predictions, the attached notebook) checked against the bytes on disk."
@@ -106,58 +254,94 @@ def _hash_problems(d: Path, docs: dict, events: list[dict]) -> list[str]:
     for ev in events:
         if ev.get("event") == "checkpoint" and ev.get("sha256"):
             for p in [ev.get("path"), *ev.get("copies", [])]:
-                if p: want[p] = ev["sha256"]
+                if p:
+                    want[p] = ev["sha256"]
     for s in (docs.get("artifacts/predictions/metadata.json") or {}).get("samples", []):
         want[f"artifacts/predictions/{s['file']}"] = s.get("sha256")
     nb = (docs.get("run_manifest.json") or {}).get("notebook") or {}
-    if nb.get("kind") == "copy" and nb.get("sha256"): want[nb["path"]] = nb["sha256"]
-    # a step_N.pt pruned by keep_checkpoints is gone on purpose; last.pt, best.pt and any other recorded file must be there
-    return [f"{rel}: sha256 does not match the record (corrupted or replaced)" if (d / rel).is_file() else f"{rel}: recorded but missing"
-            for rel, h in sorted(want.items()) if h and ((d / rel).is_file() or not re.search(r"/step_\d+\.pt$", rel))
-            and (not (d / rel).is_file() or _sha256(d / rel) != h)]
+    if nb.get("kind") == "copy" and nb.get("sha256"):
+        want[nb["path"]] = nb["sha256"]
+    # a step_N.pt pruned by keep_checkpoints is gone on purpose; last.pt, best.pt and any other recorded file must be
+    # there
+    return [
+        f"{rel}: sha256 does not match the record (corrupted or replaced)"
+        if (d / rel).is_file()
+        else f"{rel}: recorded but missing"
+        for rel, h in sorted(want.items())
+        if h
+        and ((d / rel).is_file() or not re.search(r"/step_\d+\.pt$", rel))
+        and (not (d / rel).is_file() or _sha256(d / rel) != h)
+    ]
 
-def validate_bundle(path: str | os.PathLike,  # a run folder
-                    ) -> list[str]:
+
+def validate_bundle(
+    path: str | os.PathLike,  # a run folder
+) -> list[str]:
     "Every way the bundle at `path` breaks the layout, the schemas or its recorded hashes, or lies about its state (empty when valid)."
     d, bad = Path(path), []
     bad += [f"missing file {f}" for f in REQUIRED_FILES if not (d / f).is_file()]
     bad += [f"missing folder {f}/" for f in REQUIRED_DIRS if not (d / f).is_dir()]
     docs = {}
     for rel, schema in SCHEMAS.items():
-        if not (d / rel).is_file(): continue
-        try: docs[rel] = json.loads((d / rel).read_text())
-        except ValueError as e: bad.append(f"{rel}: not valid JSON ({e})"); continue
-        bad += [f"{rel}: {'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
-                for e in jsonschema.Draft202012Validator(schema).iter_errors(docs[rel])]
+        if not (d / rel).is_file():
+            continue
+        try:
+            docs[rel] = json.loads((d / rel).read_text())
+        except ValueError as e:
+            bad.append(f"{rel}: not valid JSON ({e})")
+            continue
+        bad += [
+            f"{rel}: {'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}"
+            for e in jsonschema.Draft202012Validator(schema).iter_errors(docs[rel])
+        ]
     events = []
     if (d / "provenance/events.jsonl").is_file():
         lines = (d / "provenance/events.jsonl").read_text().splitlines()
         for i, l in enumerate(lines, 1):
-            try: ev = json.loads(l)
-            except ValueError: bad.append(f"events.jsonl line {i}: not JSON"); continue
+            try:
+                ev = json.loads(l)
+            except ValueError:
+                bad.append(f"events.jsonl line {i}: not JSON")
+                continue
             events.append(ev)
-            bad += [f"events.jsonl line {i}: {e.message}" for e in jsonschema.Draft202012Validator(EVENT_SCHEMA).iter_errors(ev)]
-        if not events or events[0].get("event") != "start": bad.append("events.jsonl: the first event is not 'start'")
+            bad += [
+                f"events.jsonl line {i}: {e.message}"
+                for e in jsonschema.Draft202012Validator(EVENT_SCHEMA).iter_errors(ev)
+            ]
+        if not events or events[0].get("event") != "start":
+            bad.append("events.jsonl: the first event is not 'start'")
     man = docs.get("run_manifest.json") or {}
     if man.get("status") == "running" and writer_alive(man) is False:
         w = man.get("writer") or {}
-        bad.append(f"status is 'running' but its process (pid {w.get('pid')}) is gone: the run crashed and nobody closed it "
-                   "(`drifting validate` closes it as crashed)")
+        bad.append(
+            f"status is 'running' but its process (pid {w.get('pid')}) is gone: the run crashed and nobody closed it "
+            "(`drifting validate` closes it as crashed)"
+        )
     bad += _hash_problems(d, docs, events)
     if (d / "config_resolved.yaml").is_file():
         txt = (d / "config_resolved.yaml").read_text()
-        if "${" in txt: bad.append("config_resolved.yaml still holds ${...} interpolations")
-        try: OmegaConf.create(txt)
-        except Exception as e: bad.append(f"config_resolved.yaml: not YAML ({e})")
+        if "${" in txt:
+            bad.append("config_resolved.yaml still holds ${...} interpolations")
+        try:
+            OmegaConf.create(txt)
+        except Exception as e:
+            bad.append(f"config_resolved.yaml: not YAML ({e})")
     nb = (docs.get("run_manifest.json") or {}).get("notebook")
-    if nb and not (d / nb["path"]).is_file(): bad.append(f"notebook {nb['path']} does not resolve to a file")
+    if nb and not (d / nb["path"]).is_file():
+        bad.append(f"notebook {nb['path']} does not resolve to a file")
     for s in (docs.get("artifacts/predictions/metadata.json") or {}).get("samples", []):
         f = d / "artifacts/predictions" / s["file"]
-        if not f.is_file(): bad.append(f"predictions {s['file']} listed but missing"); continue
+        if not f.is_file():
+            bad.append(f"predictions {s['file']} listed but missing")
+            continue
         try:
-            with np.load(f, allow_pickle=False) as z: im, lb = z.get("images"), z.get("labels")
-        except (OSError, ValueError, EOFError) as e: bad.append(f"{s['file']}: cannot be read as .npz ({type(e).__name__})"); continue
-        if im is None or im.dtype != np.uint8 or im.ndim != 4: bad.append(f"{s['file']}: images must be uint8 [N,H,W,C]")
+            with np.load(f, allow_pickle=False) as z:
+                im, lb = z.get("images"), z.get("labels")
+        except (OSError, ValueError, EOFError) as e:
+            bad.append(f"{s['file']}: cannot be read as .npz ({type(e).__name__})")
+            continue
+        if im is None or im.dtype != np.uint8 or im.ndim != 4:
+            bad.append(f"{s['file']}: images must be uint8 [N,H,W,C]")
         if lb is None or lb.dtype != np.int64 or lb.ndim != 1 or (im is not None and len(lb) != len(im)):
             bad.append(f"{s['file']}: labels must be int64 [N]")
     return bad
@@ -167,46 +351,99 @@ def _fence(text: str) -> str:
     "A code fence longer than any run of backticks in `text`, so no value (a parameter holding ``` and a newline) closes it."
     return "`" * max(3, 1 + max((len(r) for r in re.findall(r"`+", text)), default=0))
 
-def _fmt(v) -> str: return f"{v:.6g}" if isinstance(v, float) else str(v)
 
-_MAP = (("config.yaml", "config as composed (may hold `${...}`)"), ("config_resolved.yaml", "config fully resolved"),
-        ("run_manifest.json", "status, versions, device, command, notebook"), ("metrics.json", "scalars and time series"),
-        ("env_snapshot.json", "packages, system, smoke-gate record (expected vs observed)"),
-        ("env_fingerprint.json", "stable environment hash"), ("codebase_fingerprint.json", "commit, dirty flag, sha256 of each package file"),
-        ("provenance/repro.json", "canonical time-free record (config, code, environment, hardware, seed, data)"),
-        ("provenance/git.diff", "working-tree diff against the commit (untracked files as new files)"),
-        ("provenance/env.txt", "environment variables (secrets redacted)"), ("provenance/events.jsonl", "lifecycle events with times"),
-        ("artifacts/checkpoints/", "state dicts: `torch.load(p, weights_only=True)`"),
-        ("artifacts/predictions/", "samples_<id>.npz + metadata.json"), ("logs/", "text logs"), ("notebook.ipynb", "the executed run notebook"))
+def _fmt(v) -> str:
+    return f"{v:.6g}" if isinstance(v, float) else str(v)
 
-def run_md(m: dict,  # run_manifest.json
-           r: dict,  # provenance/repro.json
-           config: dict,  # the resolved config
-           metrics: dict,  # metrics.json
-           ) -> str:
+
+_MAP = (
+    ("config.yaml", "config as composed (may hold `${...}`)"),
+    ("config_resolved.yaml", "config fully resolved"),
+    ("run_manifest.json", "status, versions, device, command, notebook"),
+    ("metrics.json", "scalars and time series"),
+    ("env_snapshot.json", "packages, system, smoke-gate record (expected vs observed)"),
+    ("env_fingerprint.json", "stable environment hash"),
+    ("codebase_fingerprint.json", "commit, dirty flag, sha256 of each package file"),
+    ("provenance/repro.json", "canonical time-free record (config, code, environment, hardware, seed, data)"),
+    ("provenance/git.diff", "working-tree diff against the commit (untracked files as new files)"),
+    ("provenance/env.txt", "environment variables (secrets redacted)"),
+    ("provenance/events.jsonl", "lifecycle events with times"),
+    ("artifacts/checkpoints/", "state dicts: `torch.load(p, weights_only=True)`"),
+    ("artifacts/predictions/", "samples_<id>.npz + metadata.json"),
+    ("logs/", "text logs"),
+    ("notebook.ipynb", "the executed run notebook"),
+)
+
+
+def run_md(
+    m: dict,  # run_manifest.json
+    r: dict,  # provenance/repro.json
+    config: dict,  # the resolved config
+    metrics: dict,  # metrics.json
+) -> str:
     "The text of a run's RUN.md."
-    code = r["code"]; dirty = {True: "dirty: apply `provenance/git.diff`", False: "clean", None: "unknown (no git)"}[code["dirty"]]
+    code = r["code"]
+    dirty = {True: "dirty: apply `provenance/git.diff`", False: "clean", None: "unknown (no git)"}[code["dirty"]]
     smoke = {True: "passed", False: "FAILED", None: "skipped"}[m.get("smoke_ok")]
     err = f" ({m['error']['type']}: {m['error']['message'][:300]})" if m.get("error") else ""
     nb = m.get("notebook")
-    lines = [f"# Run `{m['project_name']}/{m['run_id']}`", "", f"- **status:** {m['status']}{err}",
-             f"- **started:** {m['created']} (UTC)" + (f"; ended {m['ended']} after {m['seconds']} s" if m.get("ended") else ""),
-             f"- **code:** commit `{code['commit']}` ({dirty}); package sha256 `{code['package_sha256'][:16]}`",
-             f"- **environment:** fingerprint `{r['environment']['sha256'][:16]}`, Python {m['python']}, torch {m['torch_version']}, "
-             f"device {m['device']['type']}" + (f" ({m['device']['name']})" if m["device"].get("name") else "")
-             + (f", {m['device']['torch_threads']} torch threads, {m['device'].get('cpu_capability')} kernels"
-                if m["device"].get("torch_threads") else "") + f"; smoke gate {smoke}"]
-    if nb: lines.append(f"- **notebook:** `notebook.ipynb` = `{nb.get('input')}` as executed"
-                        + (f" (papermill output `{nb['output']}`)" if nb.get("output") else ""))
-    rerun = f"cd {shlex.quote(m['cwd'])}\n{m['command']}"; fr = _fence(rerun)
-    yml = config_yaml(config).rstrip(); fy = _fence(yml)
-    lines += ["", "## Re-run", "", fr + "bash", rerun, fr, "",
-              "To rebuild the exact code and environment first:", "", "```bash",
-              f"git checkout {code['commit']}" + ("  &&  git apply <this bundle>/provenance/git.diff" if code["dirty"] else ""),
-              "pip install --no-deps -r requirements.lock.txt && pip install --no-deps -e .", "```", "",
-              "## Parameters (`config_resolved.yaml`)", "", fy + "yaml", yml, fy, "", "## Headline metrics", ""]
+    lines = [
+        f"# Run `{m['project_name']}/{m['run_id']}`",
+        "",
+        f"- **status:** {m['status']}{err}",
+        f"- **started:** {m['created']} (UTC)"
+        + (f"; ended {m['ended']} after {m['seconds']} s" if m.get("ended") else ""),
+        f"- **code:** commit `{code['commit']}` ({dirty}); package sha256 `{code['package_sha256'][:16]}`",
+        f"- **environment:** fingerprint `{r['environment']['sha256'][:16]}`, Python {m['python']}, torch {m['torch_version']}, "
+        f"device {m['device']['type']}"
+        + (f" ({m['device']['name']})" if m["device"].get("name") else "")
+        + (
+            f", {m['device']['torch_threads']} torch threads, {m['device'].get('cpu_capability')} kernels"
+            if m["device"].get("torch_threads")
+            else ""
+        )
+        + f"; smoke gate {smoke}",
+    ]
+    if nb:
+        lines.append(
+            f"- **notebook:** `notebook.ipynb` = `{nb.get('input')}` as executed"
+            + (f" (papermill output `{nb['output']}`)" if nb.get("output") else "")
+        )
+    rerun = f"cd {shlex.quote(m['cwd'])}\n{m['command']}"
+    fr = _fence(rerun)
+    yml = config_yaml(config).rstrip()
+    fy = _fence(yml)
+    lines += [
+        "",
+        "## Re-run",
+        "",
+        fr + "bash",
+        rerun,
+        fr,
+        "",
+        "To rebuild the exact code and environment first:",
+        "",
+        "```bash",
+        f"git checkout {code['commit']}"
+        + ("  &&  git apply <this bundle>/provenance/git.diff" if code["dirty"] else ""),
+        "pip install --no-deps -r requirements.lock.txt && pip install --no-deps -e .",
+        "```",
+        "",
+        "## Parameters (`config_resolved.yaml`)",
+        "",
+        fy + "yaml",
+        yml,
+        fy,
+        "",
+        "## Headline metrics",
+        "",
+    ]
     scal = dict(metrics["scalars"])
     scal.update({f"{k} (step {v[-1]['step']})": v[-1]["value"] for k, v in metrics["series"].items() if v})
-    lines += (["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in scal.items()]) if scal else ["(none recorded)"]
+    lines += (
+        (["| metric | value |", "|---|---|"] + [f"| {k} | {_fmt(v)} |" for k, v in scal.items()])
+        if scal
+        else ["(none recorded)"]
+    )
     lines += ["", "## Where things are", "", "| path | holds |", "|---|---|"] + [f"| `{p}` | {w} |" for p, w in _MAP]
     return "\n".join(lines) + "\n"

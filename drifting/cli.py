@@ -15,43 +15,73 @@ __all__ = ['UsageError', 'split_run_args', 'run_notebook', 'main']
 class UsageError(ValueError):
     "A `drifting` command line that cannot be run as given."
 
+
 def split_run_args(args: list[str]) -> tuple[str, str | None, list[str]]:
     "NOTEBOOK, optional OUTPUT (a second `.ipynb` argument right after it) and the papermill options."
-    if not args or args[0].startswith("-"): raise UsageError("usage: drifting run NOTEBOOK [OUTPUT.ipynb] [papermill options, e.g. -p steps 50]")
+    if not args or args[0].startswith("-"):
+        raise UsageError("usage: drifting run NOTEBOOK [OUTPUT.ipynb] [papermill options, e.g. -p steps 50]")
     out = args[1] if len(args) > 1 and not args[1].startswith("-") and args[1].endswith(".ipynb") else None
-    return args[0], out, args[2 if out else 1:]
+    return args[0], out, args[2 if out else 1 :]
 
-def run_notebook(notebook: str, output: str | None = None, papermill_args: list[str] = (), command: str | None = None) -> tuple[int, list[Path]]:
+
+def run_notebook(
+    notebook: str, output: str | None = None, papermill_args: list[str] = (), command: str | None = None
+) -> tuple[int, list[Path]]:
     "Execute `notebook` with papermill; copy the executed notebook into every bundle the run made. Returns (exit code, bundles)."
     from drifting.provenance import BundleError, attach_notebook, close_stale
     from drifting.fingerprint import register_secrets
+
     register_secrets(papermill_args)  # a token given as `-p` never reaches this command's own messages either
     nb = Path(notebook)
-    if not nb.is_file(): raise UsageError(f"drifting run: notebook {notebook!r} not found (give the path of a run notebook, e.g. nbs/run_toy.ipynb)")
+    if not nb.is_file():
+        raise UsageError(
+            f"drifting run: notebook {notebook!r} not found (give the path of a run notebook, e.g. nbs/run_toy.ipynb)"
+        )
     with tempfile.TemporaryDirectory(prefix="drifting-run-") as tmp:
         out = Path(output) if output else Path(tmp) / nb.name
         pointer = Path(tmp) / "bundles.txt"
-        env = dict(os.environ, DRIFTING_RUN_POINTER=str(pointer), DRIFTING_CWD=os.getcwd(),
-                   DRIFTING_COMMAND=command or shlex.join(["drifting", "run", notebook, *([output] if output else []), *papermill_args]))
-        if not output: env["DRIFTING_TEMP_OUTPUT"] = str(out.resolve())
-        log = [] if "--log-output" in papermill_args else ["--log-output"]  # cell output (progress lines) to the terminal
-        rc = subprocess.run([sys.executable, "-m", "papermill", str(nb), str(out), *log, *papermill_args], env=env).returncode
+        env = dict(
+            os.environ,
+            DRIFTING_RUN_POINTER=str(pointer),
+            DRIFTING_CWD=os.getcwd(),
+            DRIFTING_COMMAND=command
+            or shlex.join(["drifting", "run", notebook, *([output] if output else []), *papermill_args]),
+        )
+        if not output:
+            env["DRIFTING_TEMP_OUTPUT"] = str(out.resolve())
+        log = (
+            [] if "--log-output" in papermill_args else ["--log-output"]
+        )  # cell output (progress lines) to the terminal
+        rc = subprocess.run(
+            [sys.executable, "-m", "papermill", str(nb), str(out), *log, *papermill_args], env=env
+        ).returncode
         bundles = [Path(l) for l in pointer.read_text().splitlines() if l.strip()] if pointer.exists() else []
         for b in bundles:
             try:
-                if out.is_file(): attach_notebook(b, out)
-            except (BundleError, OSError, ValueError) as e: print(f"drifting run: {e}", file=sys.stderr)
+                if out.is_file():
+                    attach_notebook(b, out)
+            except (BundleError, OSError, ValueError) as e:
+                print(f"drifting run: {e}", file=sys.stderr)
             # the kernel is gone now: a bundle still `running` died with it (killed, out of memory, papermill stopped)
-            if close_stale(b, reason=f"the notebook process ended (papermill exit code {rc}) while the run was still "
-                                     "running: killed, out of memory or stopped", force=True):
+            if close_stale(
+                b,
+                reason=f"the notebook process ended (papermill exit code {rc}) while the run was still "
+                "running: killed, out of memory or stopped",
+                force=True,
+            ):
                 print(f"drifting run: {b} was left running by a dead kernel; closed as crashed", file=sys.stderr)
         if not bundles and out.is_file() and not output:
-            keep = Path(f"{nb.stem}.executed.ipynb"); shutil.copyfile(out, keep)
-            print(f"drifting run: the notebook made no run bundle (it never called start_run); executed notebook kept at {keep}", file=sys.stderr)
+            keep = Path(f"{nb.stem}.executed.ipynb")
+            shutil.copyfile(out, keep)
+            print(
+                f"drifting run: the notebook made no run bundle (it never called start_run); executed notebook kept at {keep}",
+                file=sys.stderr,
+            )
     for b in bundles:
         st = json.loads((b / "run_manifest.json").read_text())["status"]
         print(f"drifting run: bundle {b} ({st})", file=sys.stderr)
-        if st != "completed" and rc == 0: rc = 1
+        if st != "completed" and rc == 0:
+            rc = 1
     return rc, bundles
 
 # %% ../nbs/10d_cli.ipynb #ceb0bb2c
@@ -59,32 +89,53 @@ def main(argv: list[str] | None = None) -> int:
     "Entry point of the `drifting` console command."
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv[:1] == ["run"]:
-        try: nb, out, rest = split_run_args(argv[1:]); return run_notebook(nb, out, rest)[0]
-        except UsageError as e: print(e, file=sys.stderr); return 2
-    p = argparse.ArgumentParser(prog="drifting", description="Drifting Models: run notebooks, smoke gate, bundle checks.")
+        try:
+            nb, out, rest = split_run_args(argv[1:])
+            return run_notebook(nb, out, rest)[0]
+        except UsageError as e:
+            print(e, file=sys.stderr)
+            return 2
+    p = argparse.ArgumentParser(
+        prog="drifting", description="Drifting Models: run notebooks, smoke gate, bundle checks."
+    )
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("run", help="run a notebook with papermill into a bundle: drifting run NOTEBOOK [OUTPUT] [-p name value ...]")
+    sub.add_parser(
+        "run", help="run a notebook with papermill into a bundle: drifting run NOTEBOOK [OUTPUT] [-p name value ...]"
+    )
     s = sub.add_parser("smoke", help="check this environment against environment.manifest.json")
     s.add_argument("--root", default=None, help="project root holding the manifest and the lock")
-    s.add_argument("--no-pip-check", action="store_true"); s.add_argument("--json", action="store_true", help="print the whole record")
+    s.add_argument("--no-pip-check", action="store_true")
+    s.add_argument("--json", action="store_true", help="print the whole record")
     v = sub.add_parser("validate", help="check a run bundle against the layout and the JSON schemas")
     v.add_argument("bundle")
     a = p.parse_args(argv)
     if a.cmd == "smoke":
         from drifting.smoke import smoke_test
+
         rec = smoke_test(root=a.root, run_pip_check=not a.no_pip_check)
-        if a.json: print(json.dumps(rec, indent=2))
-        for c in rec["checks"]: print(f"{'ok  ' if c['ok'] else ('FAIL' if c['severity'] == 'error' else 'warn')} {c['name']}: {c['detail'][:160]}")
+        if a.json:
+            print(json.dumps(rec, indent=2))
+        for c in rec["checks"]:
+            print(
+                f"{'ok  ' if c['ok'] else ('FAIL' if c['severity'] == 'error' else 'warn')} {c['name']}: {c['detail'][:160]}"
+            )
         print(f"smoke gate {'passed' if rec['ok'] else 'FAILED'} in {rec['seconds']} s")
         return 0 if rec["ok"] else 1
     from drifting.bundle import validate_bundle
     from drifting.provenance import close_stale
+
     closed = close_stale(a.bundle)  # a `running` bundle whose process is gone is closed as crashed, then checked
-    if closed: print(f"closed a stale run as crashed: {closed['error']['message']}")
+    if closed:
+        print(f"closed a stale run as crashed: {closed['error']['message']}")
     probs = validate_bundle(a.bundle)
-    for pr in probs: print(pr)
-    try: m = json.loads((Path(a.bundle) / "run_manifest.json").read_text())
-    except (OSError, ValueError): m = {}
-    st = m.get("status", "unknown") + (f" ({m['error']['type']}: {m['error']['message'][:160]})" if m.get("error") else "")
+    for pr in probs:
+        print(pr)
+    try:
+        m = json.loads((Path(a.bundle) / "run_manifest.json").read_text())
+    except (OSError, ValueError):
+        m = {}
+    st = m.get("status", "unknown") + (
+        f" ({m['error']['type']}: {m['error']['message'][:160]})" if m.get("error") else ""
+    )
     print(f"{a.bundle}: {'valid' if not probs else f'{len(probs)} problem(s)'}; status {st}")
     return 0 if not probs else 1

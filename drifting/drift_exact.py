@@ -12,8 +12,20 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from .drift import (ALG2_SELF_MASK, FORCE_FLOOR, SCALE_FLOOR, SQDIST_FLOOR, DriftOptions, DriftStats, alg2_field,
-                            _check_kernel_norm, _check_shapes, _check_tau, _compute_dtype, _prepare)
+from drifting.drift import (
+    ALG2_SELF_MASK,
+    FORCE_FLOOR,
+    SCALE_FLOOR,
+    SQDIST_FLOOR,
+    DriftOptions,
+    DriftStats,
+    alg2_field,
+    _check_kernel_norm,
+    _check_shapes,
+    _check_tau,
+    _compute_dtype,
+    _prepare,
+)
 
 # %% auto #0
 __all__ = ['MAX_CHUNK_ELEMS', 'CACHE_BLOCK_ELEMS', 'MAX_CACHE_ELEMS', 'LOGIT_CUT', 'FLOORED', 'drift_field', 'drift_loss',
@@ -22,168 +34,232 @@ __all__ = ['MAX_CHUNK_ELEMS', 'CACHE_BLOCK_ELEMS', 'MAX_CACHE_ELEMS', 'LOGIT_CUT
 # %% ../nbs/01a_drift_exact.ipynb #757e372c
 MAX_CHUNK_ELEMS = 2**20  # default budget: elements of each temporary of one block of groups (4 MB in fp32); blocks stay
 # below glibc's mmap threshold, so they are not page-faulted afresh on every call (measured best on an idle 2-core CPU)
-CACHE_BLOCK_ELEMS = 2**18  # groups per block are also chosen so that a [g, N, m] temporary stays within this (1 MB): the
-# affinity passes then run in a core's L2 cache (10-20% faster than 2**20 on this CPU, D-perf-5); one group may exceed it
+CACHE_BLOCK_ELEMS = (
+    2**18
+)  # groups per block are also chosen so that a [g, N, m] temporary stays within this (1 MB): the
+# affinity passes then run in a core's L2 cache (10-20% faster than 2**20 on this CPU, D-perf-5); one group may exceed
+# it
 MAX_CACHE_ELEMS = 2**24  # default budget: distances kept between the two passes of `drift_loss` (64 MB in fp32)
 LOGIT_CUT = 30.0  # logits more than this below their row's (column's) maximum count as this in a log-sum-exp ...
 FLOORED = 1e-12  # ... when the affinity floor is at least this: their affinity is the floor either way (see below)
 
-def _dist(x: Tensor,  # [g, N, S] centred generated samples
-          y: Tensor,  # [g, m, S] centred targets
-          self_from: int | None = None,  # y[:, j] is x[:, self_from + j] for the j that exist: their distance is exactly 0
-          ) -> Tensor:  # [g, N, m] sqrt(clip(|x|^2 + |y|^2 - 2 x.y, 1e-8))
+
+def _dist(
+    x: Tensor,  # [g, N, S] centred generated samples
+    y: Tensor,  # [g, m, S] centred targets
+    self_from: int | None = None,  # y[:, j] is x[:, self_from + j] for the j that exist: their distance is exactly 0
+) -> Tensor:  # [g, N, m] sqrt(clip(|x|^2 + |y|^2 - 2 x.y, 1e-8))
     "Pairwise l2 distances by one batched matrix product (release `cdist`)."
     sq = lambda z: torch.linalg.vector_norm(z, dim=-1).square_()  # [g, n] squared norms, one fused pass
     d = torch.baddbmm(sq(y)[:, None, :], x, y.transpose(1, 2), alpha=-2.0)  # [g, N, m]
     d.add_(sq(x)[:, :, None]).clamp_(min=SQDIST_FLOOR)
     if self_from is not None and self_from < x.shape[1]:  # |x|^2+|x|^2-2x.x is rounding noise: use its exact value
         k = min(x.shape[1] - self_from, d.shape[2])
-        d[:, self_from:self_from + k, :k].diagonal(dim1=1, dim2=2).fill_(SQDIST_FLOOR)
+        d[:, self_from : self_from + k, :k].diagonal(dim1=1, dim2=2).fill_(SQDIST_FLOOR)
     return d.sqrt_()
 
-def _centred_targets(c: Tensor,  # [g, 1, S] centre of each group
-                     *parts: Tensor,  # [g, m_k, S] target sets, in column order
-                     out: Tensor | None = None,  # [g, M, S] where to write them (a workspace), or None
-                     ) -> Tensor:  # [g, M, S] the centred targets
+
+def _centred_targets(
+    c: Tensor,  # [g, 1, S] centre of each group
+    *parts: Tensor,  # [g, m_k, S] target sets, in column order
+    out: Tensor | None = None,  # [g, M, S] where to write them (a workspace), or None
+) -> Tensor:  # [g, M, S] the centred targets
     "Concatenate and centre the targets in one pass."
     T = c.new_empty(c.shape[0], sum(p.shape[1] for p in parts), c.shape[2]) if out is None else out
     lo = 0
     for p in parts:
-        torch.sub(p, c, out=T[:, lo:lo + p.shape[1]]); lo += p.shape[1]
+        torch.sub(p, c, out=T[:, lo : lo + p.shape[1]])
+        lo += p.shape[1]
     return T
+
 
 def _chunk_sizes(G, N, M, S, n_copies, chunk_groups, chunk_targets, max_chunk_elems):
     "Groups and targets per block: each [g, N, m] temporary within budget, the [g, *, S] copies within 4x the budget."
-    for name, v in (("chunk_groups", chunk_groups), ("chunk_targets", chunk_targets), ("max_chunk_elems", max_chunk_elems)):
+    for name, v in (
+        ("chunk_groups", chunk_groups),
+        ("chunk_targets", chunk_targets),
+        ("max_chunk_elems", max_chunk_elems),
+    ):
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise ValueError(f"{name} must be a positive int or None, got {v!r}")
-    if chunk_targets is None: chunk_targets = M if N * M <= max_chunk_elems else max(1, max_chunk_elems // N)
-    if chunk_groups is None:  # per group: a block of affinities (~4 live at once); centred targets (+ forces) copied once
-        chunk_groups = max(1, min(min(max_chunk_elems, CACHE_BLOCK_ELEMS) // (N * min(chunk_targets, M)),
-                                  max_chunk_elems // max(1, (M + n_copies * N) * S // 4)))
+    if chunk_targets is None:
+        chunk_targets = M if N * M <= max_chunk_elems else max(1, max_chunk_elems // N)
+    if (
+        chunk_groups is None
+    ):  # per group: a block of affinities (~4 live at once); centred targets (+ forces) copied once
+        chunk_groups = max(
+            1,
+            min(
+                min(max_chunk_elems, CACHE_BLOCK_ELEMS) // (N * min(chunk_targets, M)),
+                max_chunk_elems // max(1, (M + n_copies * N) * S // 4),
+            ),
+        )
     return min(chunk_groups, G), min(chunk_targets, M)
 
 # %% ../nbs/01a_drift_exact.ipynb #63b4bb3f
 def _buf(ws: dict, name: str, shape: tuple, like: Tensor) -> Tensor:
     "A [shape] view of the workspace buffer `name`, (re)allocated only when it is too small."
     n = math.prod(shape)
-    if name not in ws or ws[name].numel() < n: ws[name] = like.new_empty(n)
+    if name not in ws or ws[name].numel() < n:
+        ws[name] = like.new_empty(n)
     return ws[name][:n].view(shape)
+
 
 def _softmax_(t: Tensor, dim: int) -> Tensor:
     "Softmax in place (the CPU kernels read each row before writing it; elsewhere through a temporary)."
-    if t.device.type == "cpu": return torch.ops.aten._softmax.out(t, dim, False, out=t)
+    if t.device.type == "cpu":
+        return torch.ops.aten._softmax.out(t, dim, False, out=t)
     return t.copy_(t.softmax(dim))
+
 
 def _scaled(c: float, scale, ndim: int, dtype: torch.dtype):
     "c * scale for a number; for per-group scales ([g] float64) a [g, 1, ...] tensor of `dtype`, rounded as a Python number is."
-    if not isinstance(scale, Tensor): return c * scale
+    if not isinstance(scale, Tensor):
+        return c * scale
     return (scale * c).to(dtype).view(-1, *([1] * (ndim - 1)))
 
-def _coefficients(d: Tensor,  # [g, N, m] normalised distances (self-mask added)
-                  C: Tensor,  # [n_tau, g, N, m] buffer: receives the coefficients
-                  Q: Tensor | None,  # [n_tau, g, N, m] scratch for the softmax over rows ("both"), else None
-                  taus, n_neg: int, attraction: float, repulsion: float, kernel_norm: str,
-                  w: Tensor | None,  # [g, c1-c0] weights of target columns c0:c1 (the others weigh 1), or None
-                  c0: int,
-                  out_scale,  # multiplies the coefficients (1 / s_in for normalised units): a number, or [g] float64 per group
-                  x_diag: bool,  # the first N targets are the generated samples: fold the x term into C
-                  affinity_floor: float,  # floor of softmax_row * softmax_col ("both" only)
-                  ) -> tuple:  # (C, s_pos [n_tau, g, N, 1], s_neg [n_tau, g, N, 1])
+
+def _coefficients(
+    d: Tensor,  # [g, N, m] normalised distances (self-mask added)
+    C: Tensor,  # [n_tau, g, N, m] buffer: receives the coefficients
+    Q: Tensor | None,  # [n_tau, g, N, m] scratch for the softmax over rows ("both"), else None
+    taus,
+    n_neg: int,
+    attraction: float,
+    repulsion: float,
+    kernel_norm: str,
+    w: Tensor | None,  # [g, c1-c0] weights of target columns c0:c1 (the others weigh 1), or None
+    c0: int,
+    out_scale,  # multiplies the coefficients (1 / s_in for normalised units): a number, or [g] float64 per group
+    x_diag: bool,  # the first N targets are the generated samples: fold the x term into C
+    affinity_floor: float,  # floor of softmax_row * softmax_col ("both" only)
+) -> tuple:  # (C, s_pos [n_tau, g, N, 1], s_neg [n_tau, g, N, 1])
     "Coefficients C_tau of all temperatures of one block of groups: F_tau = C_tau @ T (- x term if not x_diag)."
     k = d.new_tensor([-1.0 / t for t in taus])[:, None, None, None]  # [n_tau, 1, 1, 1]
     if kernel_norm == "both" and affinity_floor >= FLOORED:  # A = max(exp(L - (r_i + c_j) / 2), sqrt(floor))
         torch.mul(d[None], k, out=C)  # [n_tau, g, N, m] the logits L = k d, once for both log-sum-exps and A
+
         def lse(dim):  # [n_tau, g, N, 1] (dim 3) or [n_tau, g, 1, m] (dim 2) log-sum-exp of the logits
             top = d.amin(dim - 1, keepdim=True)[None] * k  # the largest logit of each row / column: a stable shift
             e = torch.sub(C, top, out=Q).clamp_(min=-LOGIT_CUT).exp_()  # (terms < e^-30 of the top: nil)
             return e.sum(dim, keepdim=True).log_().add_(top)
+
         r, c = lse(3), lse(2)
         C.sub_(r.mul_(0.5)).sub_(c.mul_(0.5))  # log of sqrt(softmax_row * softmax_col)
         C.clamp_(min=0.5 * math.log(affinity_floor)).exp_()  # the floor, taken before exp: no denormal ever
     else:
         torch.mul(d[None], k, out=C)  # [n_tau, g, N, m] logits
-        if kernel_norm == "none": C.exp_()  # the raw kernel
+        if kernel_norm == "none":
+            C.exp_()  # the raw kernel
         else:
-            if Q is not None: torch.ops.aten._softmax.out(C, 2, False, out=Q)  # softmax over the generated rows
+            if Q is not None:
+                torch.ops.aten._softmax.out(C, 2, False, out=Q)  # softmax over the generated rows
             _softmax_(C, -1)  # softmax over the targets
             if Q is not None:  # A = sqrt(max(softmax_row * softmax_col, floor))
                 C.mul_(Q)
-                if affinity_floor > 0: C.clamp_(min=affinity_floor)
+                if affinity_floor > 0:
+                    C.clamp_(min=affinity_floor)
                 C.sqrt_()
-    if w is not None: C[..., c0:c0 + w.shape[1]].mul_(w[None, :, None, :])  # weights after the softmax
+    if w is not None:
+        C[..., c0 : c0 + w.shape[1]].mul_(w[None, :, None, :])  # weights after the softmax
     s_neg, s_pos = C[..., :n_neg].sum(-1, keepdim=True), C[..., n_neg:].sum(-1, keepdim=True)  # [n_tau, g, N, 1]
     C[..., :n_neg].mul_(s_pos * _scaled(-repulsion, out_scale, 3, C.dtype))  # coeff- = -r (sum A+) A-
     C[..., n_neg:].mul_(s_neg * _scaled(attraction, out_scale, 3, C.dtype))  # coeff+ = a (sum A-) A+
     if x_diag and attraction != repulsion:  # - (a - r)(sum A+)(sum A-) x_i, with x_i = y_i
         N = C.shape[2]
-        C[..., :N].diagonal(dim1=-2, dim2=-1).sub_((s_pos * s_neg)[..., 0] * _scaled(attraction - repulsion, out_scale, 2, C.dtype))
+        C[..., :N].diagonal(dim1=-2, dim2=-1).sub_(
+            (s_pos * s_neg)[..., 0] * _scaled(attraction - repulsion, out_scale, 2, C.dtype)
+        )
     return C, s_pos, s_neg
 
 # %% ../nbs/01a_drift_exact.ipynb #c66c2dcd
-def _forces(T: Tensor,  # [g, M, S] centred targets [negatives | positives] (`_centred_targets`)
-            N: int,  # generated samples: x = T[:, :N] if self_mask is not None, else given by `xc`
-            n_neg: int,  # the first n_neg columns of T are negatives
-            inv_scale,  # multiplies raw distances (1 / the feature scale): a number, or [g] float64 per group
-            taus, attraction, repulsion, kernel_norm,
-            self_mask: float | None,  # added to d(x_i, x_i) when T starts with the generated samples; None otherwise
-            affinity_floor: float,  # floor of softmax_row * softmax_col ("both" only)
-            chunk_targets: int,  # targets per block
-            w: Tensor | None = None,  # [g, c1-c0] weights of target columns c0:c1 (the others weigh 1), or None
-            c0: int = 0,  # first weighted column
-            xc: Tensor | None = None,  # [g, N, S] centred generated samples when they are not T[:, :N]
-            dist: Tensor | None = None,  # [g, N, M] raw distances if already computed (single block only)
-            out: list | None = None,  # n_tau tensors [g, N, S] where to write the result
-            out_scale=1.0,  # multiplies the result (1 / s_in for normalised units): a number, or [g] float64 per group
-            ws: dict | None = None,  # workspace buffers, reused across calls (see `_buf`)
-            ) -> list:  # n_tau tensors [g, N, S]: the field / forces per temperature
+def _forces(
+    T: Tensor,  # [g, M, S] centred targets [negatives | positives] (`_centred_targets`)
+    N: int,  # generated samples: x = T[:, :N] if self_mask is not None, else given by `xc`
+    n_neg: int,  # the first n_neg columns of T are negatives
+    inv_scale,  # multiplies raw distances (1 / the feature scale): a number, or [g] float64 per group
+    taus,
+    attraction,
+    repulsion,
+    kernel_norm,
+    self_mask: float | None,  # added to d(x_i, x_i) when T starts with the generated samples; None otherwise
+    affinity_floor: float,  # floor of softmax_row * softmax_col ("both" only)
+    chunk_targets: int,  # targets per block
+    w: Tensor | None = None,  # [g, c1-c0] weights of target columns c0:c1 (the others weigh 1), or None
+    c0: int = 0,  # first weighted column
+    xc: Tensor | None = None,  # [g, N, S] centred generated samples when they are not T[:, :N]
+    dist: Tensor | None = None,  # [g, N, M] raw distances if already computed (single block only)
+    out: list | None = None,  # n_tau tensors [g, N, S] where to write the result
+    out_scale=1.0,  # multiplies the result (1 / s_in for normalised units): a number, or [g] float64 per group
+    ws: dict | None = None,  # workspace buffers, reused across calls (see `_buf`)
+) -> list:  # n_tau tensors [g, N, S]: the field / forces per temperature
     "The drift per temperature of a chunk of groups, accumulated over blocks of targets."
     g, M, S = T.shape
     cut = kernel_norm == "both" and affinity_floor >= FLOORED  # logits far below a row's / column's maximum: cut
-    if xc is None: xc = T[:, :N]
-    if out is None: out = [T.new_empty(g, N, S) for _ in taus]
+    if xc is None:
+        xc = T[:, :N]
+    if out is None:
+        out = [T.new_empty(g, N, S) for _ in taus]
     ws = {} if ws is None else ws
     blocks = [(lo, min(lo + chunk_targets, M)) for lo in range(0, M, chunk_targets)]
+
     def ndist(lo, hi):  # [g, N, hi-lo] normalised distances with the self-mask
-        if dist is not None and len(blocks) == 1: d = dist
-        else: d = _dist(xc, T[:, lo:hi], lo if self_mask is not None else None)
+        if dist is not None and len(blocks) == 1:
+            d = dist
+        else:
+            d = _dist(xc, T[:, lo:hi], lo if self_mask is not None else None)
         d.mul_(_scaled(1.0, inv_scale, 3, d.dtype))
         if self_mask is not None and lo < N:  # gen_i vs gen_i
-            d[:, lo:min(hi, N), :min(hi, N) - lo].diagonal(dim1=1, dim2=2).add_(self_mask)
+            d[:, lo : min(hi, N), : min(hi, N) - lo].diagonal(dim1=1, dim2=2).add_(self_mask)
         return d
+
     def affinity(d, lo, hi, t, tau, lse_row):  # [g, N, m] weighted affinities A of targets lo:hi
         L = d * (-1.0 / tau)  # [g, N, m] logits
-        if kernel_norm == "none": A = L.exp_()  # the raw kernel
+        if kernel_norm == "none":
+            A = L.exp_()  # the raw kernel
         else:
             Q = None
             if kernel_norm == "both":  # [g, N, m] softmax over the generated rows
-                Q = _softmax_(torch.maximum(L, d.amin(1, keepdim=True) * (-1.0 / tau) - LOGIT_CUT), 1) if cut else L.softmax(1)
-            if lse_row is None: A = L.softmax(-1)  # softmax over targets
+                Q = (
+                    _softmax_(torch.maximum(L, d.amin(1, keepdim=True) * (-1.0 / tau) - LOGIT_CUT), 1)
+                    if cut
+                    else L.softmax(1)
+                )
+            if lse_row is None:
+                A = L.softmax(-1)  # softmax over targets
             else:
                 A = L.sub_(lse_row[t][:, :, None])
                 A = (A.clamp_(min=-LOGIT_CUT) if cut else A).exp_()
             if Q is not None:  # A = sqrt(max(softmax_row * softmax_col, floor))
                 A.mul_(Q)
-                if affinity_floor > 0: A.clamp_(min=affinity_floor)
+                if affinity_floor > 0:
+                    A.clamp_(min=affinity_floor)
                 A.sqrt_()
         if w is not None and max(lo, c0) < min(hi, c0 + w.shape[1]):  # weights after the softmax
             a, b = max(lo, c0), min(hi, c0 + w.shape[1])
-            A[:, :, a - lo:b - lo].mul_(w[:, None, a - c0:b - c0])
+            A[:, :, a - lo : b - lo].mul_(w[:, None, a - c0 : b - c0])
         return A
+
     def x_term(t, s_pos, s_neg):  # the -(a - r)(sum A+)(sum A-) x term of the Tab. 1 ablations
-        if attraction == repulsion: return
-        if isinstance(out_scale, Tensor): out[t].addcmul_(s_pos * s_neg * _scaled(repulsion - attraction, out_scale, 3, xc.dtype), xc)
-        else: out[t].addcmul_(s_pos * s_neg, xc, value=-(attraction - repulsion) * out_scale)
+        if attraction == repulsion:
+            return
+        if isinstance(out_scale, Tensor):
+            out[t].addcmul_(s_pos * s_neg * _scaled(repulsion - attraction, out_scale, 3, xc.dtype), xc)
+        else:
+            out[t].addcmul_(s_pos * s_neg, xc, value=-(attraction - repulsion) * out_scale)
+
     if len(blocks) == 1:  # one block: all temperatures' coefficients at once, one product per temperature
         shape = (len(taus), g, N, M)
         C = _buf(ws, "C", shape, T)
         Q = _buf(ws, "Q", shape, T) if kernel_norm == "both" else None
         x_diag = self_mask is not None
-        _, s_pos, s_neg = _coefficients(ndist(0, M), C, Q, taus, n_neg, attraction, repulsion, kernel_norm, w, c0,
-                                        out_scale, x_diag, affinity_floor)
+        _, s_pos, s_neg = _coefficients(
+            ndist(0, M), C, Q, taus, n_neg, attraction, repulsion, kernel_norm, w, c0, out_scale, x_diag, affinity_floor
+        )
         for t in range(len(taus)):
             torch.bmm(C[t], T, out=out[t])  # [g, N, S] = sum_j coeff_j y_j
-            if not x_diag: x_term(t, s_pos[t], s_neg[t])
+            if not x_diag:
+                x_term(t, s_pos[t], s_neg[t])
         return out
     lse_row = T.new_full((len(taus), g, N), -math.inf)  # extra pass: log-sum-exp of each row over all targets
     if kernel_norm != "none":
@@ -202,12 +278,18 @@ def _forces(T: Tensor,  # [g, M, S] centred targets [negatives | positives] (`_c
         k = max(0, min(hi, n_neg) - lo)  # the first k columns of this block are negatives
         for t, tau in enumerate(taus):
             A = affinity(d, lo, hi, t, tau, lse_row)
-            if k > 0: sums[t, 1] += A[:, :, :k].sum(-1, keepdim=True); acc[t, 1].baddbmm_(A[:, :, :k], T[:, lo:lo + k])
-            if k < hi - lo: sums[t, 0] += A[:, :, k:].sum(-1, keepdim=True); acc[t, 0].baddbmm_(A[:, :, k:], T[:, lo + k:hi])
+            if k > 0:
+                sums[t, 1] += A[:, :, :k].sum(-1, keepdim=True)
+                acc[t, 1].baddbmm_(A[:, :, :k], T[:, lo : lo + k])
+            if k < hi - lo:
+                sums[t, 0] += A[:, :, k:].sum(-1, keepdim=True)
+                acc[t, 0].baddbmm_(A[:, :, k:], T[:, lo + k : hi])
     for t in range(len(taus)):  # F = a (sum A-) A+ y+  -  r (sum A+) A- y-  [- (a - r)(sum A+)(sum A-) x]
         torch.mul(acc[t, 0], sums[t, 1] * _scaled(attraction, out_scale, 3, acc.dtype), out=out[t])
-        if isinstance(out_scale, Tensor): out[t].addcmul_(acc[t, 1] * _scaled(-repulsion, out_scale, 3, acc.dtype), sums[t, 0])
-        else: out[t].addcmul_(acc[t, 1], sums[t, 0], value=-repulsion * out_scale)
+        if isinstance(out_scale, Tensor):
+            out[t].addcmul_(acc[t, 1] * _scaled(-repulsion, out_scale, 3, acc.dtype), sums[t, 0])
+        else:
+            out[t].addcmul_(acc[t, 1], sums[t, 0], value=-repulsion * out_scale)
         x_term(t, sums[t, 0], sums[t, 1])
     return out
 
@@ -218,76 +300,146 @@ def _same_arguments(fn, *args, **kwargs) -> dict:
     bound.apply_defaults()
     return bound.arguments
 
-def drift_field(gen: Tensor,  # [N, D] or [G, N, D] generated samples x
-                pos: Tensor,  # [N_pos, D] or [G, N_pos, D] positives y+ (data)
-                neg: Tensor | None = None,  # [N_neg, D] or [G, N_neg, D] negatives y-; None: the generated samples (self-masked)
-                *,
-                max_chunk_elems: int = MAX_CHUNK_ELEMS,  # elements of each temporary of one block (see `_chunk_sizes`)
-                **options,  # the options of `alg2_field`, same names and defaults: tau, attraction, repulsion, kernel_norm
-                ) -> Tensor:  # [N, D] or [G, N, D] the drift V = a V+ - r V-, same shape and dtype as `gen`
+
+def drift_field(
+    gen: Tensor,  # [N, D] or [G, N, D] generated samples x
+    pos: Tensor,  # [N_pos, D] or [G, N_pos, D] positives y+ (data)
+    neg: Tensor | None = None,  # [N_neg, D] or [G, N_neg, D] negatives y-; None: the generated samples (self-masked)
+    *,
+    max_chunk_elems: int = MAX_CHUNK_ELEMS,  # elements of each temporary of one block (see `_chunk_sizes`)
+    **options,  # the options of `alg2_field`, same names and defaults: tau, attraction, repulsion, kernel_norm
+) -> Tensor:  # [N, D] or [G, N, D] the drift V = a V+ - r V-, same shape and dtype as `gen`
     "`drifting.drift.alg2_field` (paper Alg. 2) in bounded memory: one group `[N, D]` or a batch of groups `[G, N, D]`."
     o = _same_arguments(alg2_field, gen, pos, neg, **options)
     tau, attraction, repulsion, kernel_norm = o["tau"], o["attraction"], o["repulsion"], o["kernel_norm"]
-    _check_tau(tau); _check_kernel_norm(kernel_norm)
+    _check_tau(tau)
+    _check_kernel_norm(kernel_norm)
     self_neg = neg is None
     _check_shapes(gen, pos, gen if self_neg else neg)
     unbatched = gen.dim() == 2
     dt = _compute_dtype(gen)
     x, pos = gen.detach().to(dt), pos.detach().to(dt)
     neg = x if self_neg else neg.detach().to(dt)
-    if unbatched: x, pos, neg = x[None], pos[None], neg[None]  # [G, N, D], [G, Np, D], [G, Nn, D]
-    G, N, _ = x.shape; M = neg.shape[1] + pos.shape[1]
+    if unbatched:
+        x, pos, neg = x[None], pos[None], neg[None]  # [G, N, D], [G, Np, D], [G, Nn, D]
+    G, N, _ = x.shape
+    M = neg.shape[1] + pos.shape[1]
     gc, tc = _chunk_sizes(G, N, M, x.shape[2], 0, None, None, max_chunk_elems)
     V = torch.empty_like(x)  # [G, N, D]
     for lo in range(0, G, gc):
-        c = x[lo:lo + gc].mean(1, keepdim=True)  # [g, 1, D] centre
-        T = _centred_targets(c, neg[lo:lo + gc], pos[lo:lo + gc])  # [g, M, D] targets [neg | pos]
-        _forces(T, N, neg.shape[1], 1.0, (tau,), attraction, repulsion, kernel_norm, ALG2_SELF_MASK if self_neg else None,
-                0.0, tc, xc=None if self_neg else x[lo:lo + gc] - c, out=[V[lo:lo + gc]])
+        c = x[lo : lo + gc].mean(1, keepdim=True)  # [g, 1, D] centre
+        T = _centred_targets(c, neg[lo : lo + gc], pos[lo : lo + gc])  # [g, M, D] targets [neg | pos]
+        _forces(
+            T,
+            N,
+            neg.shape[1],
+            1.0,
+            (tau,),
+            attraction,
+            repulsion,
+            kernel_norm,
+            ALG2_SELF_MASK if self_neg else None,
+            0.0,
+            tc,
+            xc=None if self_neg else x[lo : lo + gc] - c,
+            out=[V[lo : lo + gc]],
+        )
     V = V.to(gen.dtype)
     return V[0] if unbatched else V
 
 # %% ../nbs/01a_drift_exact.ipynb #1eee3a1a
-def _reduced(stats: Tensor,  # [k] float64 partial sums over the local groups
-             all_reduce: Callable[[Tensor], Tensor] | None,
-             ) -> Tensor:  # [k] the sums over every process
-    if all_reduce is None: return stats
+def _reduced(
+    stats: Tensor,  # [k] float64 partial sums over the local groups
+    all_reduce: Callable[[Tensor], Tensor] | None,
+) -> Tensor:  # [k] the sums over every process
+    if all_reduce is None:
+        return stats
     out = all_reduce(stats)
     if not isinstance(out, Tensor) or out.shape != stats.shape:
-        raise TypeError(f"all_reduce must return the summed tensor of shape {tuple(stats.shape)}, got {type(out).__name__}")
+        raise TypeError(
+            f"all_reduce must return the summed tensor of shape {tuple(stats.shape)}, got {type(out).__name__}"
+        )
     return out
 
+
 def _segment_bounds(segments, G: int, unbatched: bool) -> list:  # [(lo, hi)] of each independent run of groups
-    if segments is None: return [(0, G)]
-    if unbatched: raise ValueError("segments split a batch of groups: pass gen, pos, neg as [G, N, S]")
+    if segments is None:
+        return [(0, G)]
+    if unbatched:
+        raise ValueError("segments split a batch of groups: pass gen, pos, neg as [G, N, S]")
     seg = list(segments) if isinstance(segments, (list, tuple)) else None
     if not seg or any(isinstance(s, bool) or not isinstance(s, int) or s < 1 for s in seg) or sum(seg) != G:
-        raise ValueError(f"segments must be positive ints (groups per independent loss) summing to G={G}, got {segments!r}")
-    ends = [sum(seg[:i + 1]) for i in range(len(seg))]
+        raise ValueError(
+            f"segments must be positive ints (groups per independent loss) summing to G={G}, got {segments!r}"
+        )
+    ends = [sum(seg[: i + 1]) for i in range(len(seg))]
     return list(zip([0] + ends[:-1], ends))
+
 
 def _per_group(values: list, bounds: list, like: Tensor) -> Tensor:  # [G] float64: values[k] on the groups of run k
     sizes = torch.tensor([b - a for a, b in bounds], device=like.device)
     return torch.tensor(values, dtype=torch.float64, device=like.device).repeat_interleave(sizes)
 
-def _normalized_drift(gen, pos, neg, w_gen, w_pos, w_neg, options, all_reduce, chunk_groups, chunk_targets,
-                      max_chunk_elems, max_cache_elems, low_memory, segments):  # the arguments of `drift_loss`, all given
+
+def _normalized_drift(
+    gen,
+    pos,
+    neg,
+    w_gen,
+    w_pos,
+    w_neg,
+    options,
+    all_reduce,
+    chunk_groups,
+    chunk_targets,
+    max_chunk_elems,
+    max_cache_elems,
+    low_memory,
+    segments,
+):  # the arguments of `drift_loss`, all given
     "`drifting.drift.release_drift` exactly, in bounded memory: V~, its input scale(s) s_in and the diagnostics."
     x, pos, neg, w, unbatched = _prepare(gen, pos, neg, w_gen, w_pos, w_neg, options)
     o, taus = options, options.taus
-    G, N, S = x.shape; M = w.shape[1]; n_neg = N + neg.shape[1]; nt = len(taus)
-    runs = _segment_bounds(segments, G, unbatched); K = len(runs)
+    G, N, S = x.shape
+    M = w.shape[1]
+    n_neg = N + neg.shape[1]
+    nt = len(taus)
+    runs = _segment_bounds(segments, G, unbatched)
+    K = len(runs)
     if low_memory and K > 1:  # pass 2 sums squares block by block: one call per run keeps each run's sums in order
-        parts = [_normalized_drift(x[a:b], pos[a:b], neg[a:b], w[a:b, :N], w[a:b, n_neg:], w[a:b, N:n_neg], options,
-                                   all_reduce, chunk_groups, chunk_targets, max_chunk_elems, max_cache_elems, True, None)
-                 for a, b in runs]
+        parts = [
+            _normalized_drift(
+                x[a:b],
+                pos[a:b],
+                neg[a:b],
+                w[a:b, :N],
+                w[a:b, n_neg:],
+                w[a:b, N:n_neg],
+                options,
+                all_reduce,
+                chunk_groups,
+                chunk_targets,
+                max_chunk_elems,
+                max_cache_elems,
+                True,
+                None,
+            )
+            for a, b in runs
+        ]
         return torch.cat([p[0] for p in parts]), torch.stack([p[1] for p in parts]), [p[2] for p in parts]
     gc, tc = _chunk_sizes(G, N, M, S, nt if low_memory else 0, chunk_groups, chunk_targets, max_chunk_elems)
     ws = {}  # workspace buffers, reused by every block of this call
+
     def block(lo):  # [g, M, S] targets of groups lo:lo+gc, centred per group, in the workspace
         g = min(gc, G - lo)
-        return _centred_targets(x[lo:lo + g].mean(1, keepdim=True), x[lo:lo + g], neg[lo:lo + g], pos[lo:lo + g],
-                                out=_buf(ws, "T", (g, M, S), x))
+        return _centred_targets(
+            x[lo : lo + g].mean(1, keepdim=True),
+            x[lo : lo + g],
+            neg[lo : lo + g],
+            pos[lo : lo + g],
+            out=_buf(ws, "T", (g, M, S), x),
+        )
+
     one_block = gc == G and tc == M
     cache = [] if tc == M and G * N * M <= max_cache_elems and not low_memory else None  # pass-1 distances, for pass 2
     weighted = (w != 1).any(0).nonzero()[:, 0]  # target columns whose weight is not 1 (the others skip the product)
@@ -298,35 +450,61 @@ def _normalized_drift(gen, pos, neg, w_gen, w_pos, w_neg, options, all_reduce, c
         for lo in starts:  # (float64 sums per group: the same S, to the bit, whatever the chunking)
             T = block(lo)
             for tlo in range(0, M, tc):
-                d = _dist(T[:, :N], T[:, tlo:tlo + tc], tlo)  # [g, N, m]
-                num[lo:lo + gc] += (d.sum(1).double() * w[lo:lo + gc, tlo:tlo + tc]).sum(-1)
-                if cache is not None: cache.append(d)
+                d = _dist(T[:, :N], T[:, tlo : tlo + tc], tlo)  # [g, N, m]
+                num[lo : lo + gc] += (d.sum(1).double() * w[lo : lo + gc, tlo : tlo + tc]).sum(-1)
+                if cache is not None:
+                    cache.append(d)
         sums = []  # per run: [sum w d, N sum w]
-        for a, b in runs: sums += [num[a:b].sum(), N * w[a:b].sum(dtype=torch.float64)]
+        for a, b in runs:
+            sums += [num[a:b].sum(), N * w[a:b].sum(dtype=torch.float64)]
         tot = _reduced(torch.stack(sums), all_reduce).view(K, 2)
         scale = (tot[:, 0] / tot[:, 1]).to(x.dtype)  # [K]
         s_in = (scale / math.sqrt(S)).clamp(min=SCALE_FLOOR)  # [K] input scale: mean distance becomes sqrt(S)
         inv = [1.0 / max(v, SCALE_FLOOR) for v in scale.tolist()]
         out_scale = [1.0 / v for v in s_in.tolist()]
-        if K > 1: inv, out_scale = _per_group(inv, runs, x), _per_group(out_scale, runs, x)  # [G] float64 each
-        else: inv, out_scale = inv[0], out_scale[0]  # one run: Python numbers
+        if K > 1:
+            inv, out_scale = _per_group(inv, runs, x), _per_group(out_scale, runs, x)  # [G] float64 each
+        else:
+            inv, out_scale = inv[0], out_scale[0]  # one run: Python numbers
+
         def forces(i, lo, out=None):  # the forces F_tau [g, N, S] of groups lo:lo+gc, in normalised units
-            part = (lambda v: v[lo:lo + gc]) if K > 1 else (lambda v: v)
-            return _forces(T if one_block else block(lo), N, n_neg, part(inv), taus, o.attraction, o.repulsion,
-                           o.kernel_norm, o.self_mask, o.affinity_floor, tc, w[lo:lo + gc, c0:c1] if c1 else None, c0,
-                           dist=None if cache is None else cache[i], out=out, out_scale=part(out_scale), ws=ws)
+            part = (lambda v: v[lo : lo + gc]) if K > 1 else (lambda v: v)
+            return _forces(
+                T if one_block else block(lo),
+                N,
+                n_neg,
+                part(inv),
+                taus,
+                o.attraction,
+                o.repulsion,
+                o.kernel_norm,
+                o.self_mask,
+                o.affinity_floor,
+                tc,
+                w[lo : lo + gc, c0:c1] if c1 else None,
+                c0,
+                dist=None if cache is None else cache[i],
+                out=out,
+                out_scale=part(out_scale),
+                ws=ws,
+            )
+
         sumsq = x.new_zeros(K, nt + 1, dtype=torch.float64)  # per run: [sum F_tau^2 per tau..., count]
-        for k, (a, b) in enumerate(runs): sumsq[k, -1] = (b - a) * N * S
+        for k, (a, b) in enumerate(runs):
+            sumsq[k, -1] = (b - a) * N * S
         if not low_memory:  # pass 2: keep every chunk's forces, then combine
             F = [torch.empty_like(x) for _ in taus]  # n_tau x [G, N, S]
             for i, lo in enumerate(starts):
-                forces(i, lo, [f[lo:lo + gc] for f in F])
-                if cache is not None: cache[i] = None  # free as we go
+                forces(i, lo, [f[lo : lo + gc] for f in F])
+                if cache is not None:
+                    cache[i] = None  # free as we go
             for t, f in enumerate(F):
-                for k, (a, b) in enumerate(runs): sumsq[k, t] = torch.dot(f[a:b].reshape(-1), f[a:b].reshape(-1))
+                for k, (a, b) in enumerate(runs):
+                    sumsq[k, t] = torch.dot(f[a:b].reshape(-1), f[a:b].reshape(-1))
         else:  # pass 2 only sums squares; pass 3 recomputes the forces once lambda_tau is known (one run here)
             for i, lo in enumerate(starts):
-                for t, f in enumerate(forces(i, lo)): sumsq[0, t] += torch.dot(f.reshape(-1), f.reshape(-1))
+                for t, f in enumerate(forces(i, lo)):
+                    sumsq[0, t] += torch.dot(f.reshape(-1), f.reshape(-1))
         sumsq = _reduced(sumsq.view(-1), all_reduce).view(K, nt + 1)
         force_sq = (sumsq[:, :-1] / sumsq[:, -1:]).to(x.dtype)  # [K, n_tau] raw mean(F_tau^2): falls in training
         inv_lam = (1.0 / force_sq.clamp(min=FORCE_FLOOR).sqrt()).tolist()  # [K][n_tau] 1 / lambda_tau
@@ -334,57 +512,88 @@ def _normalized_drift(gen, pos, neg, w_gen, w_pos, w_neg, options, all_reduce, c
             V = F[0]  # [G, N, S]  V~ = sum_tau F_tau / lambda_tau, accumulated in the first buffer
             for k, (a, b) in enumerate(runs):
                 V[a:b].mul_(inv_lam[k][0])
-                for t in range(1, nt): V[a:b].add_(F[t][a:b], alpha=inv_lam[k][t])
+                for t in range(1, nt):
+                    V[a:b].add_(F[t][a:b], alpha=inv_lam[k][t])
             del F
         else:
             V = torch.empty_like(x)  # [G, N, S]
             for i, lo in enumerate(starts):
                 Fc = forces(i, lo)
-                V[lo:lo + gc] = Fc[0].mul_(inv_lam[0][0])
-                for t in range(1, nt): V[lo:lo + gc].add_(Fc[t], alpha=inv_lam[0][t])
-    if segments is None: return (V[0] if unbatched else V), s_in[0], DriftStats(scale[0], s_in[0], force_sq[0])
+                V[lo : lo + gc] = Fc[0].mul_(inv_lam[0][0])
+                for t in range(1, nt):
+                    V[lo : lo + gc].add_(Fc[t], alpha=inv_lam[0][t])
+    if segments is None:
+        return (V[0] if unbatched else V), s_in[0], DriftStats(scale[0], s_in[0], force_sq[0])
     return V, s_in, [DriftStats(scale[k], s_in[k], force_sq[k]) for k in range(K)]
 
 # %% ../nbs/01a_drift_exact.ipynb #95db1449
 class _DriftMSE(torch.autograd.Function):
     "mean over (N, S) of (x/s_in - sg(x/s_in + V))^2: value mean(V^2), gradient -2 V / (N S s_in), no [G, N, S] temporaries."
+
     @staticmethod
-    def forward(ctx, x, V, c):  # x [..., N, S] (only its gradient matters), V [..., N, S], c = -2 / (N S s_in): float or [G]
-        ctx.save_for_backward(V); ctx.c = c
+    def forward(
+        ctx, x, V, c
+    ):  # x [..., N, S] (only its gradient matters), V [..., N, S], c = -2 / (N S s_in): float or [G]
+        ctx.save_for_backward(V)
+        ctx.c = c
         return torch.linalg.vector_norm(V, dim=(-2, -1)).square_() / (V.shape[-1] * V.shape[-2])  # [...]
+
     @staticmethod
-    def backward(ctx, grad):  # grad [...]; the gradient is written over V (no fresh [G, N, S] tensor): one backward only
-        V, = ctx.saved_tensors
+    def backward(
+        ctx, grad
+    ):  # grad [...]; the gradient is written over V (no fresh [G, N, S] tensor): one backward only
+        (V,) = ctx.saved_tensors
         return V.mul_((grad * ctx.c)[..., None, None]), None, None
 
-def drift_loss(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated features, with gradient
-               pos: Tensor,  # [G, N_pos, S] or [N_pos, S] positives
-               neg: Tensor | None = None,  # [G, N_unc, S] or [N_unc, S] CFG unconditional negatives, or None
-               *,
-               w_gen=None,  # weight of the generated columns: None (=1), number, [G] or [G, N_gen]
-               w_pos=None,  # weight of the positives: None (=1), number, [G] or [G, N_pos]
-               w_neg=None,  # CFG weight of `neg`, w = (alpha-1)(N_gen-1)/N_unc: None (=1), number, [G] or [G, N_unc]
-               options: DriftOptions = DriftOptions(),  # taus, Tab. 1 / Tab. 11 ablations, floors (`drifting.drift`)
-               all_reduce: Callable[[Tensor], Tensor] | None = None,  # sum over processes of the scale/force statistics
-               chunk_groups: int | None = None,  # groups per block (None: from max_chunk_elems)
-               chunk_targets: int | None = None,  # targets per block (None: all, unless one group exceeds the budget)
-               max_chunk_elems: int = MAX_CHUNK_ELEMS,  # elements of each temporary of one block
-               max_cache_elems: int = MAX_CACHE_ELEMS,  # keep the first pass's distances if G*N_gen*M fits
-               low_memory: bool = False,  # recompute the forces instead of keeping n_tau x [G, N_gen, S] of them
-               segments: tuple | None = None,  # groups per independent loss: runs of groups with their own S and lambda_tau
-               ) -> tuple:  # (loss [G] (0-d if unbatched), DriftStats of detached diagnostics; with segments, one per run)
+
+def drift_loss(
+    gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated features, with gradient
+    pos: Tensor,  # [G, N_pos, S] or [N_pos, S] positives
+    neg: Tensor | None = None,  # [G, N_unc, S] or [N_unc, S] CFG unconditional negatives, or None
+    *,
+    w_gen=None,  # weight of the generated columns: None (=1), number, [G] or [G, N_gen]
+    w_pos=None,  # weight of the positives: None (=1), number, [G] or [G, N_pos]
+    w_neg=None,  # CFG weight of `neg`, w = (alpha-1)(N_gen-1)/N_unc: None (=1), number, [G] or [G, N_unc]
+    options: DriftOptions = DriftOptions(),  # taus, Tab. 1 / Tab. 11 ablations, floors (`drifting.drift`)
+    all_reduce: Callable[[Tensor], Tensor] | None = None,  # sum over processes of the scale/force statistics
+    chunk_groups: int | None = None,  # groups per block (None: from max_chunk_elems)
+    chunk_targets: int | None = None,  # targets per block (None: all, unless one group exceeds the budget)
+    max_chunk_elems: int = MAX_CHUNK_ELEMS,  # elements of each temporary of one block
+    max_cache_elems: int = MAX_CACHE_ELEMS,  # keep the first pass's distances if G*N_gen*M fits
+    low_memory: bool = False,  # recompute the forces instead of keeping n_tau x [G, N_gen, S] of them
+    segments: tuple | None = None,  # groups per independent loss: runs of groups with their own S and lambda_tau
+) -> tuple:  # (loss [G] (0-d if unbatched), DriftStats of detached diagnostics; with segments, one per run)
     "`drifting.drift.release_drift_loss` exactly, in bounded memory: per group, mean of (x/s_in - sg(x/s_in + V~))^2 (Eqs. 6, 26)."
-    V, s_in, stats = _normalized_drift(gen, pos, neg, w_gen, w_pos, w_neg, options, all_reduce, chunk_groups,
-                                       chunk_targets, max_chunk_elems, max_cache_elems, low_memory, segments)
+    V, s_in, stats = _normalized_drift(
+        gen,
+        pos,
+        neg,
+        w_gen,
+        w_pos,
+        w_neg,
+        options,
+        all_reduce,
+        chunk_groups,
+        chunk_targets,
+        max_chunk_elems,
+        max_cache_elems,
+        low_memory,
+        segments,
+    )
     NS = V.shape[-1] * V.shape[-2]
-    if segments is None: return _DriftMSE.apply(gen.to(V.dtype), V, -2.0 / (NS * s_in.item())), stats
+    if segments is None:
+        return _DriftMSE.apply(gen.to(V.dtype), V, -2.0 / (NS * s_in.item())), stats
     c = _per_group([-2.0 / (NS * v) for v in s_in.tolist()], _segment_bounds(segments, V.shape[0], False), V)
     return _DriftMSE.apply(gen.to(V.dtype), V, c.to(V.dtype)), stats
 
-def normalized_drift(gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated features (also the negatives)
-                     pos: Tensor,  # [G, N_pos, S] or [N_pos, S] positives
-                     neg: Tensor | None = None,  # [G, N_unc, S] or [N_unc, S] CFG unconditional negatives, or None
-                     **kwargs,  # the keywords of `drift_loss`: weights, options, all_reduce, chunking
-                     ) -> tuple:  # (V~ [G, N_gen, S] or [N_gen, S] in normalised units, s_in 0-d, DriftStats; with segments: s_in [K], K DriftStats)
+
+def normalized_drift(
+    gen: Tensor,  # [G, N_gen, S] or [N_gen, S] generated features (also the negatives)
+    pos: Tensor,  # [G, N_pos, S] or [N_pos, S] positives
+    neg: Tensor | None = None,  # [G, N_unc, S] or [N_unc, S] CFG unconditional negatives, or None
+    **kwargs,  # the keywords of `drift_loss`: weights, options, all_reduce, chunking
+) -> (
+    tuple
+):  # (V~ [G, N_gen, S] or [N_gen, S] in normalised units, s_in 0-d, DriftStats; with segments: s_in [K], K DriftStats)
     "`drifting.drift.release_drift` exactly, in bounded memory: the V~ that `drift_loss` descends, s_in and the diagnostics."
     return _normalized_drift(**_same_arguments(drift_loss, gen, pos, neg, **kwargs))

@@ -25,17 +25,23 @@ PATCH_SIZES = (2, 4)  # release patch_mean_size = patch_std_size = [2, 4] (App. 
 STD_EPS = 1e-6  # release: std = sqrt(var + 1e-6)
 NORM_X_EPS = 1e-6  # release: norm_x = sqrt(mean x^2 + 1e-6)
 
-def patch_stats(f: Tensor,  # [B, C, H, W] a feature map
-                p: int | None = None,  # patch side; None: the whole map (global mean and std)
-                ) -> tuple:  # (mean, std), each [B, (H/p)(W/p), C] in fp32
+
+def patch_stats(
+    f: Tensor,  # [B, C, H, W] a feature map
+    p: int | None = None,  # patch side; None: the whole map (global mean and std)
+) -> tuple:  # (mean, std), each [B, (H/p)(W/p), C] in fp32
     "Mean and std (sqrt(var + 1e-6)) of each channel over non-overlapping p×p patches."
-    if f.dim() != 4: raise ValueError(f"a feature map must be [B, C, H, W], got shape {tuple(f.shape)}")
+    if f.dim() != 4:
+        raise ValueError(f"a feature map must be [B, C, H, W], got shape {tuple(f.shape)}")
     B, C, H, W = f.shape
     f = f.float()
-    if p is None: ph, pw = H, W  # one patch: the whole map
+    if p is None:
+        ph, pw = H, W  # one patch: the whole map
     else:
         if H % p or W % p:
-            raise ValueError(f"map of size {H}x{W} is not divisible into {p}x{p} patches; use sizes that are multiples of {p}")
+            raise ValueError(
+                f"map of size {H}x{W} is not divisible into {p}x{p} patches; use sizes that are multiples of {p}"
+            )
         ph = pw = p
     mean = F.avg_pool2d(f, (ph, pw))  # [B, C, H/p, W/p]
     dev = f.reshape(B, C, H // ph, ph, W // pw, pw) - mean[:, :, :, None, :, None]  # two-pass variance, as jnp.var
@@ -43,27 +49,32 @@ def patch_stats(f: Tensor,  # [B, C, H, W] a feature map
     std = (var + STD_EPS).sqrt()
     return mean.flatten(2).transpose(1, 2), std.flatten(2).transpose(1, 2)  # [B, P, C] each, patches row-major
 
-
 # %% ../nbs/03_features.ipynb #270630f7
-def feature_inventory(activations: dict,  # name -> [B, C_i, H_i, W_i] feature maps of the frozen encoder
-                      x_input: Tensor | None,  # [B, C0, H0, W0] the encoder's input (for `norm_x`); None: no key
-                      x_raw: Tensor | None,  # [B, ...] the raw generator output (for `global`); None: no key
-                      patch_sizes=PATCH_SIZES,  # patch sides of the patch mean/std keys
-                      ) -> "OrderedDict[str, Tensor]":  # key -> [B, L, D]
+def feature_inventory(
+    activations: dict,  # name -> [B, C_i, H_i, W_i] feature maps of the frozen encoder
+    x_input: Tensor | None,  # [B, C0, H0, W0] the encoder's input (for `norm_x`); None: no key
+    x_raw: Tensor | None,  # [B, ...] the raw generator output (for `global`); None: no key
+    patch_sizes=PATCH_SIZES,  # patch sides of the patch mean/std keys
+) -> "OrderedDict[str, Tensor]":  # key -> [B, L, D]
     "Every feature key of spec §2.4 as a [B, L, D] tensor: L vectors of D dims per sample."
     out = OrderedDict()
     B = None
     for name, f in activations.items():
-        if f.dim() != 4: raise ValueError(f"activation {name!r} must be [B, C, H, W], got shape {tuple(f.shape)}")
-        if B is None: B = f.shape[0]
-        if f.shape[0] != B: raise ValueError(f"activation {name!r} has batch {f.shape[0]}, the others {B}")
+        if f.dim() != 4:
+            raise ValueError(f"activation {name!r} must be [B, C, H, W], got shape {tuple(f.shape)}")
+        if B is None:
+            B = f.shape[0]
+        if f.shape[0] != B:
+            raise ValueError(f"activation {name!r} has batch {f.shape[0]}, the others {B}")
         out[name] = f.flatten(2).transpose(1, 2)  # [B, H*W, C] per-location vectors
         out[f"{name}_mean"], out[f"{name}_std"] = patch_stats(f)  # [B, 1, C] each
         for p in patch_sizes:
-            if p > f.shape[2] or p > f.shape[3]: continue  # no p×p patch in this map (D-features-2)
+            if p > f.shape[2] or p > f.shape[3]:
+                continue  # no p×p patch in this map (D-features-2)
             out[f"{name}_mean_{p}"], out[f"{name}_std_{p}"] = patch_stats(f, p)  # [B, HW/p², C] each
     if x_input is not None:
-        if x_input.dim() != 4: raise ValueError(f"x_input must be [B, C0, H0, W0], got shape {tuple(x_input.shape)}")
+        if x_input.dim() != 4:
+            raise ValueError(f"x_input must be [B, C0, H0, W0], got shape {tuple(x_input.shape)}")
         out["norm_x"] = (x_input.float().square().mean((2, 3)) + NORM_X_EPS).sqrt()[:, None, :]  # [B, 1, C0]
     if x_raw is not None:
         out["global"] = x_raw.reshape(x_raw.shape[0], 1, -1)  # [B, 1, C*H*W]
@@ -72,44 +83,66 @@ def feature_inventory(activations: dict,  # name -> [B, C_i, H_i, W_i] feature m
 # %% ../nbs/03_features.ipynb #3db86d79
 AGGREGATES = ("official", "paper")
 
-def group_by_class(feats: dict,  # key -> [N_c*N, L, D], samples ordered class-major
-                   n_c: int,  # number of classes N_c
-                   ) -> "OrderedDict[str, Tensor]":  # key -> [N_c, N, L, D]
+
+def group_by_class(
+    feats: dict,  # key -> [N_c*N, L, D], samples ordered class-major
+    n_c: int,  # number of classes N_c
+) -> "OrderedDict[str, Tensor]":  # key -> [N_c, N, L, D]
     "Split the batch dim of every key into (class, sample)."
     out = OrderedDict()
     for k, t in feats.items():
-        if t.shape[0] % n_c: raise ValueError(f"key {k!r}: batch {t.shape[0]} is not a multiple of n_c={n_c}")
+        if t.shape[0] % n_c:
+            raise ValueError(f"key {k!r}: batch {t.shape[0]} is not a multiple of n_c={n_c}")
         out[k] = t.reshape(n_c, t.shape[0] // n_c, *t.shape[1:])
     return out
+
 
 def _groups(t: Tensor) -> Tensor:  # [N_c, N, L, D] -> [N_c*L, N, D], group index = c*L + l
     return t.permute(0, 2, 1, 3).reshape(t.shape[0] * t.shape[2], t.shape[1], t.shape[3])
 
-def feature_drift_loss(gen_feats: dict,  # key -> [N_c, N_gen, L, D] generated features (with gradient)
-                       pos_feats: dict,  # key -> [N_c, N_pos, L, D] positives of each class
-                       unc_feats: dict | None = None,  # key -> [N_c, N_unc, L, D] CFG unconditional negatives, or None
-                       w=None,  # CFG weight of the unc negatives: None (=1), a number, or [N_c] one per class
-                       taus=TAUS,  # temperatures (App. A.6)
-                       aggregate: str = "official",  # "official": mean over (class, location); "paper": sum over locations, mean over classes
-                       merge: bool = True,  # keys of one shape share a `drift_loss` call (`segments`: each keeps its own S, lambda_tau); False: one call per key
-                       **drift_kwargs,  # passed to `drift_loss`: chunk_groups, chunk_targets, max_chunk_elems, low_memory, ...
-                       ) -> tuple:  # (total 0-d, {key: loss 0-d}, {key: DriftStats of drift_loss})
+
+def feature_drift_loss(
+    gen_feats: dict,  # key -> [N_c, N_gen, L, D] generated features (with gradient)
+    pos_feats: dict,  # key -> [N_c, N_pos, L, D] positives of each class
+    unc_feats: dict | None = None,  # key -> [N_c, N_unc, L, D] CFG unconditional negatives, or None
+    w=None,  # CFG weight of the unc negatives: None (=1), a number, or [N_c] one per class
+    taus=TAUS,  # temperatures (App. A.6)
+    # "official": mean over (class, location); "paper": sum over locations, mean over classes
+    aggregate: str = "official",
+    # keys of one shape share a `drift_loss` call (`segments`: each keeps its own S, lambda_tau); False: one call per
+    # key
+    merge: bool = True,
+    **drift_kwargs,  # passed to `drift_loss`: chunk_groups, chunk_targets, max_chunk_elems, low_memory, ...
+) -> tuple:  # (total 0-d, {key: loss 0-d}, {key: DriftStats of drift_loss})
     "Sum over keys of one drift loss per key on (class × location) groups (spec §2.5, §5.4)."
-    if aggregate not in AGGREGATES: raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
     for name, d in (("pos_feats", pos_feats), ("unc_feats", unc_feats)):
         if d is not None and list(d) != list(gen_feats):
-            raise ValueError(f"{name} must have the same keys as gen_feats, in order; differ: "
-                             f"{sorted(set(d) ^ set(gen_feats))}")
-    if not gen_feats: raise ValueError("gen_feats holds no feature key")
-    if w is not None and unc_feats is None: raise ValueError("w weighs the unconditional negatives: pass unc_feats too")
+            raise ValueError(
+                f"{name} must have the same keys as gen_feats, in order; differ: {sorted(set(d) ^ set(gen_feats))}"
+            )
+    if not gen_feats:
+        raise ValueError("gen_feats holds no feature key")
+    if w is not None and unc_feats is None:
+        raise ValueError("w weighs the unconditional negatives: pass unc_feats too")
     calls = OrderedDict()  # one drift_loss call per list of keys: the keys of one shape (merge), else each key alone
     for k, gen in gen_feats.items():
         pos, unc = pos_feats[k], None if unc_feats is None else unc_feats[k]
         for name, t in (("gen", gen), ("pos", pos), ("unc", unc)):
             if t is not None and (t.dim() != 4 or t.shape[0] != gen.shape[0] or t.shape[2:] != gen.shape[2:]):
-                raise ValueError(f"key {k!r}: {name} must be [N_c={gen.shape[0]}, N, L={gen.shape[2]}, "
-                                 f"D={gen.shape[-1]}], got {tuple(t.shape)}")
-        shape = (gen.shape[:2], gen.shape[3], pos.shape[1], None if unc is None else unc.shape[1], gen.dtype, gen.device)
+                raise ValueError(
+                    f"key {k!r}: {name} must be [N_c={gen.shape[0]}, N, L={gen.shape[2]}, "
+                    f"D={gen.shape[-1]}], got {tuple(t.shape)}"
+                )
+        shape = (
+            gen.shape[:2],
+            gen.shape[3],
+            pos.shape[1],
+            None if unc is None else unc.shape[1],
+            gen.dtype,
+            gen.device,
+        )
         calls.setdefault(shape if merge else k, []).append(k)
     losses, infos = {}, {}
     for keys in calls.values():
@@ -120,9 +153,15 @@ def feature_drift_loss(gen_feats: dict,  # key -> [N_c, N_gen, L, D] generated f
         if w is not None:
             w_c = torch.as_tensor(w, dtype=torch.float32, device=gen_feats[keys[0]].device).expand(n_c)  # [N_c]
             w_neg = torch.cat([w_c.repeat_interleave(L) for L in Ls])  # the class weight in each of its locations
-        loss, info = drift_loss(cat(gen_feats), cat(pos_feats), None if unc_feats is None else cat(unc_feats), w_neg=w_neg,
-                                options=DriftOptions(taus=taus), segments=tuple(sizes) if len(keys) > 1 else None,
-                                **drift_kwargs)  # loss [sum of N_c*L]
+        loss, info = drift_loss(
+            cat(gen_feats),
+            cat(pos_feats),
+            None if unc_feats is None else cat(unc_feats),
+            w_neg=w_neg,
+            options=DriftOptions(taus=taus),
+            segments=tuple(sizes) if len(keys) > 1 else None,
+            **drift_kwargs,
+        )  # loss [sum of N_c*L]
         for k, l, inf, L in zip(keys, loss.split(sizes), info if len(keys) > 1 else [info], Ls):
             losses[k] = l.mean() if aggregate == "official" else l.view(n_c, L).sum(1).mean()
             infos[k] = inf
@@ -132,24 +171,46 @@ def feature_drift_loss(gen_feats: dict,  # key -> [N_c, N_gen, L, D] generated f
 # %% ../nbs/03_features.ipynb #17243b5c
 class FeatureSpace(nn.Module):
     "The frozen encoder and the feature keys of spec §2.4: x [B, C, H, W] → {key: [B, L, D] float32}."
-    def __init__(self, encoder: nn.Module | None,  # frozen encoder: `get_activations(x, every_k_block)` (feature maps, keyed here by spec §2.4) or `activations(x)` (keys already [B, T, D], e.g. `official.FeatureStack` of MAE + ConvNeXt-V2), or None
-                 every_k_block: int = 2, patch_sizes=PATCH_SIZES, norm_x: bool = True, raw_key: bool = True,
-                 bf16: bool = True):
+
+    def __init__(
+        self,
+        encoder: nn.Module
+        # frozen encoder: `get_activations(x, every_k_block)` (feature maps, keyed here by spec §2.4) or
+        # `activations(x)` (keys already [B, T, D], e.g. `official.FeatureStack` of MAE + ConvNeXt-V2), or None
+        | None,
+        every_k_block: int = 2,
+        patch_sizes=PATCH_SIZES,
+        norm_x: bool = True,
+        raw_key: bool = True,
+        bf16: bool = True,
+    ):
         super().__init__()
         if encoder is None and not raw_key and not norm_x:
             raise ValueError("with no encoder, keep raw_key=True (the vanilla drift loss) or norm_x=True")
         self.encoder = encoder.requires_grad_(False).eval() if encoder is not None else None
-        self.every_k_block, self.patch_sizes, self.norm_x, self.raw_key, self.bf16 = every_k_block, tuple(patch_sizes), norm_x, raw_key, bf16
+        self.every_k_block, self.patch_sizes, self.norm_x, self.raw_key, self.bf16 = (
+            every_k_block,
+            tuple(patch_sizes),
+            norm_x,
+            raw_key,
+            bf16,
+        )
 
-    def train(self, mode: bool = True): return super().train(False)  # the encoder stays in eval mode
+    def train(self, mode: bool = True):
+        return super().train(False)  # the encoder stays in eval mode
 
     def forward(self, x: Tensor) -> "OrderedDict[str, Tensor]":
-        if self.encoder is not None and hasattr(self.encoder, "activations"):  # keyed networks: already {key: [B, T, D]}
-            out = feature_inventory(OrderedDict(), x if self.norm_x else None, x if self.raw_key else None, self.patch_sizes)
+        if self.encoder is not None and hasattr(
+            self.encoder, "activations"
+        ):  # keyed networks: already {key: [B, T, D]}
+            out = feature_inventory(
+                OrderedDict(), x if self.norm_x else None, x if self.raw_key else None, self.patch_sizes
+            )
             with autocast(x.device, self.bf16):
                 keyed = self.encoder.activations(x)
             for k, v in keyed.items():
-                if k in out: raise ValueError(f"feature key {k!r} is produced twice (the encoder and the raw/norm_x keys)")
+                if k in out:
+                    raise ValueError(f"feature key {k!r} is produced twice (the encoder and the raw/norm_x keys)")
                 out[k] = v.float()
             return out
         acts = OrderedDict()

@@ -26,66 +26,96 @@ __all__ = ['REDACTED', 'SECRET_NAME', 'KEY_PACKAGES', 'is_secret_name', 'redact_
 # %% ../nbs/10a_fingerprint.ipynb #e8969592
 REDACTED = "<redacted>"
 # names of environment variables whose values are secrets (never config keys: `raw_key`, `monkey` are data)
-SECRET_NAME = re.compile(r"TOKEN|SECRET|KEY|PASS|PWD|CREDENTIAL|AUTH|PRIVATE|SESSION|COOKIE|SIGNATURE|SALT|DSN|"
-                         r"WEBHOOK|DATABASE_URL|DB_URL|CONNECTION_STRING|CONN_STR", re.I)
-_VALUE_PATTERNS = [re.compile(p) for p in (
-    r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{16,}",                       # Hugging Face
-    r"(?<![A-Za-z0-9])(?:AKIA|ASIA)[0-9A-Z]{16}",                 # AWS access key id
-    r"(?<![A-Za-z0-9])(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})",  # GitHub
-    r"(?<![A-Za-z0-9])glpat-[A-Za-z0-9_-]{16,}",                  # GitLab
-    r"(?<![A-Za-z0-9])[sr]k_(?:live|test)_[A-Za-z0-9]{10,}",      # Stripe
-    r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{16,}",                     # OpenAI-style
-    r"(?<![A-Za-z0-9])xox[abprs]-[A-Za-z0-9-]{10,}",              # Slack token
-    r"https://hooks\.slack\.com/services/[A-Za-z0-9/_-]+",         # Slack webhook
-    r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",  # JWT
-    r"-----BEGIN[A-Z ]*PRIVATE KEY-----[\s\S]*?-----END[A-Z ]*PRIVATE KEY-----",
-)]
+SECRET_NAME = re.compile(
+    r"TOKEN|SECRET|KEY|PASS|PWD|CREDENTIAL|AUTH|PRIVATE|SESSION|COOKIE|SIGNATURE|SALT|DSN|"
+    r"WEBHOOK|DATABASE_URL|DB_URL|CONNECTION_STRING|CONN_STR",
+    re.I,
+)
+_VALUE_PATTERNS = [
+    re.compile(p)
+    for p in (
+        r"(?<![A-Za-z0-9])hf_[A-Za-z0-9]{16,}",  # Hugging Face
+        r"(?<![A-Za-z0-9])(?:AKIA|ASIA)[0-9A-Z]{16}",  # AWS access key id
+        r"(?<![A-Za-z0-9])(?:gh[pousr]_[A-Za-z0-9]{20,}|github_pat_[A-Za-z0-9_]{20,})",  # GitHub
+        r"(?<![A-Za-z0-9])glpat-[A-Za-z0-9_-]{16,}",  # GitLab
+        r"(?<![A-Za-z0-9])[sr]k_(?:live|test)_[A-Za-z0-9]{10,}",  # Stripe
+        r"(?<![A-Za-z0-9])sk-[A-Za-z0-9_-]{16,}",  # OpenAI-style
+        r"(?<![A-Za-z0-9])xox[abprs]-[A-Za-z0-9-]{10,}",  # Slack token
+        r"https://hooks\.slack\.com/services/[A-Za-z0-9/_-]+",  # Slack webhook
+        r"eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}",  # JWT
+        r"-----BEGIN[A-Z ]*PRIVATE KEY-----[\s\S]*?-----END[A-Z ]*PRIVATE KEY-----",
+    )
+]
 _URL_PASSWORD = re.compile(r"(?P<pre>[A-Za-z][A-Za-z0-9+.-]*://[^\s:/@]+:)(?P<pw>[^\s@/]+)(?P<post>@)")
 # connection-string fields: the key names are unambiguous, or (Password/Pwd) follow a ';' as inside a connection string
-_CONN_FIELD = re.compile(r"(?P<pre>(?:(?<![A-Za-z_])(?i:AccountKey|SharedAccessKey|SharedAccessSignature)|;\s*(?i:Password|Pwd))=)"
-                         r"(?P<pw>[^;\s\"']+)")
+_CONN_FIELD = re.compile(
+    r"(?P<pre>(?:(?<![A-Za-z_])(?i:AccountKey|SharedAccessKey|SharedAccessSignature)|;\s*(?i:Password|Pwd))=)"
+    r"(?P<pw>[^;\s\"']+)"
+)
 _TOKEN = re.compile(r"[A-Za-z0-9+_-]{32,}={0,2}")  # no '/': path segments are split apart and rarely this long
 _HEX40 = re.compile(r"^[0-9a-fA-F]{40}$")  # a bare 40-hex value given as a parameter (W&B-style API key)
 _TB = r"(?<![A-Za-z0-9_+/=-]){}(?![A-Za-z0-9_+/=-])"  # a secret value counts only as a whole token
 _REGISTERED: set[str] = set()  # literal secrets found in this process's parameters and command line
 
+
 def is_secret_name(name: str) -> bool:
     "True when an environment variable's name says its value is a secret (`PWD`/`OLDPWD` are the working folder)."
     return bool(SECRET_NAME.search(str(name))) and str(name).upper() not in ("PWD", "OLDPWD")
 
+
 def _entropy(s: str) -> float:
-    n = len(s); return -sum(c / n * math.log2(c / n) for c in Counter(s).values())
+    n = len(s)
+    return -sum(c / n * math.log2(c / n) for c in Counter(s).values())
+
 
 def _high_entropy(tok: str) -> bool:
     "A long token mixing upper, lower case and digits with more than 4.2 bits/char (hex digests, at most 4, pass)."
-    return (any(c.isdigit() for c in tok) and any(c.isupper() for c in tok) and any(c.islower() for c in tok)
-            and _entropy(tok) > 4.2)
+    return (
+        any(c.isdigit() for c in tok)
+        and any(c.isupper() for c in tok)
+        and any(c.islower() for c in tok)
+        and _entropy(tok) > 4.2
+    )
 
-def redact_text(text: str,  # any text
-                entropy: bool = False,  # also replace long high-entropy tokens (env values, command lines, errors)
-                ) -> str:
+
+def redact_text(
+    text: str,  # any text
+    entropy: bool = False,  # also replace long high-entropy tokens (env values, command lines, errors)
+) -> str:
     "Replace credential-looking substrings of `text` with `<redacted>` (token shapes, URL and connection-string passwords)."
-    for p in _VALUE_PATTERNS: text = p.sub(REDACTED, text)
+    for p in _VALUE_PATTERNS:
+        text = p.sub(REDACTED, text)
     text = _URL_PASSWORD.sub(lambda m: m["pre"] + REDACTED + m["post"], text)
     text = _CONN_FIELD.sub(lambda m: m["pre"] + REDACTED, text)
-    if entropy: text = _TOKEN.sub(lambda m: REDACTED if _high_entropy(m[0]) else m[0], text)
+    if entropy:
+        text = _TOKEN.sub(lambda m: REDACTED if _high_entropy(m[0]) else m[0], text)
     return text
 
-def find_secrets(values,  # strings a user supplied: parameters, command-line words, environment values
-                 ) -> list[str]:
+
+def find_secrets(
+    values,  # strings a user supplied: parameters, command-line words, environment values
+) -> list[str]:
     "The literal secrets inside `values`: whole token-shaped values (40-hex, high-entropy) and every pattern match."
     out = set()
     for v in values:
-        if not isinstance(v, str) or len(v) < 8: continue
-        if _HEX40.match(v) or (_TOKEN.fullmatch(v) and _high_entropy(v)): out.add(v)
-        for p in _VALUE_PATTERNS: out.update(m[0] for m in p.finditer(v))
-        for p in (_URL_PASSWORD, _CONN_FIELD): out.update(m["pw"] for m in p.finditer(v) if len(m["pw"]) >= 4)
+        if not isinstance(v, str) or len(v) < 8:
+            continue
+        if _HEX40.match(v) or (_TOKEN.fullmatch(v) and _high_entropy(v)):
+            out.add(v)
+        for p in _VALUE_PATTERNS:
+            out.update(m[0] for m in p.finditer(v))
+        for p in (_URL_PASSWORD, _CONN_FIELD):
+            out.update(m["pw"] for m in p.finditer(v) if len(m["pw"]) >= 4)
         out.update(m[0] for m in _TOKEN.finditer(v) if _high_entropy(m[0]))
     return sorted(out, key=len, reverse=True)
 
+
 def register_secrets(values) -> list[str]:
     "Remember the literal secrets in `values` (see `find_secrets`): every later `scrub` in this process removes them."
-    found = find_secrets(values); _REGISTERED.update(found); return found
+    found = find_secrets(values)
+    _REGISTERED.update(found)
+    return found
+
 
 def secret_values(environ: dict | None = None) -> list[str]:
     "Values (8+ chars, not a path) of secret-named environment variables plus registered secrets, longest first."
@@ -93,25 +123,35 @@ def secret_values(environ: dict | None = None) -> list[str]:
     vals = {v for k, v in env.items() if is_secret_name(k) and len(v) >= 8 and not v.startswith(("/", "~", "."))}
     return sorted(vals | _REGISTERED, key=len, reverse=True)
 
+
 def _whole_secrets(environ: dict | None = None) -> set[str]:
     "Values (6+ chars) a string must not equal: shorter secrets are only ever removed as whole values."
     env = os.environ if environ is None else environ
     return {v for k, v in env.items() if is_secret_name(k) and len(v) >= 6} | _REGISTERED
 
+
 def scrub(text: str, entropy: bool = False) -> str:
     "Remove every known secret value (as a whole token) and every credential pattern from `text`."
-    for v in secret_values(): text = re.sub(_TB.format(re.escape(v)), REDACTED, text)
+    for v in secret_values():
+        text = re.sub(_TB.format(re.escape(v)), REDACTED, text)
     return redact_text(text, entropy=entropy)
+
 
 def redact_obj(obj, entropy: bool = True):
     "A copy of a JSON-like `obj` with secret string values redacted; keys and numbers are data and stay as they are."
     whole = _whole_secrets()
+
     def walk(o):
-        if isinstance(o, dict): return {k: walk(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)): return [walk(v) for v in o]
-        if isinstance(o, str): return REDACTED if o in whole else scrub(o, entropy=entropy)
+        if isinstance(o, dict):
+            return {k: walk(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [walk(v) for v in o]
+        if isinstance(o, str):
+            return REDACTED if o in whole else scrub(o, entropy=entropy)
         return o
+
     return walk(obj)
+
 
 def redact_env(environ: dict | None = None) -> str:
     "The environment as `NAME=value` lines sorted by name, secrets redacted (the bundle's `provenance/env.txt`)."
@@ -122,51 +162,72 @@ def redact_env(environ: dict | None = None) -> str:
 # %% ../nbs/10a_fingerprint.ipynb #ffafe603
 def jsonable(obj):
     "`obj` with tensors/arrays/numpy scalars/paths turned into plain JSON values and non-finite floats into strings."
-    if isinstance(obj, dict): return {str(k): jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)): return [jsonable(v) for v in obj]
-    if isinstance(obj, DictConfig): return jsonable(OmegaConf.to_container(obj, resolve=True))
-    if isinstance(obj, (torch.Tensor, np.ndarray)): return jsonable(obj.tolist())
-    if isinstance(obj, np.generic): return jsonable(obj.item())
-    if isinstance(obj, Path): return str(obj)
-    if isinstance(obj, float) and not math.isfinite(obj): return "NaN" if obj != obj else ("Infinity" if obj > 0 else "-Infinity")
-    if obj is None or isinstance(obj, (bool, int, float, str)): return obj
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if isinstance(obj, DictConfig):
+        return jsonable(OmegaConf.to_container(obj, resolve=True))
+    if isinstance(obj, (torch.Tensor, np.ndarray)):
+        return jsonable(obj.tolist())
+    if isinstance(obj, np.generic):
+        return jsonable(obj.item())
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return "NaN" if obj != obj else ("Infinity" if obj > 0 else "-Infinity")
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
     raise TypeError(f"cannot store a {type(obj).__name__} in JSON; convert it to numbers/strings/lists/dicts first")
+
 
 def canonical_json(obj) -> str:
     "Deterministic JSON text of `obj`: sorted keys, 2-space indent, trailing newline."
     return json.dumps(jsonable(obj), sort_keys=True, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
 
-
-
 # %% ../nbs/10a_fingerprint.ipynb #c0e4ce5b
 _OVERRIDE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_0-9][A-Za-z0-9_]*)*=")
+
 
 class ConfigError(ValueError):
     "A config or config override that cannot be composed or resolved."
 
-def compose_config(base=None,  # dict, DictConfig, or path to a YAML file
-                   overrides: list[str] | None = None,  # dotlist overrides, e.g. ["train.lr=1e-4", "seed=1"]
-                   ) -> DictConfig:
+
+def compose_config(
+    base=None,  # dict, DictConfig, or path to a YAML file
+    overrides: list[str] | None = None,  # dotlist overrides, e.g. ["train.lr=1e-4", "seed=1"]
+) -> DictConfig:
     "Merge `overrides` into `base` with OmegaConf (interpolations are kept, not resolved)."
     try:
-        if base is None: cfg = OmegaConf.create({})
-        elif isinstance(base, (str, os.PathLike)): cfg = OmegaConf.load(base)
-        else: cfg = OmegaConf.create(jsonable(base) if not isinstance(base, DictConfig) else base)
+        if base is None:
+            cfg = OmegaConf.create({})
+        elif isinstance(base, (str, os.PathLike)):
+            cfg = OmegaConf.load(base)
+        else:
+            cfg = OmegaConf.create(jsonable(base) if not isinstance(base, DictConfig) else base)
     except (OmegaConfBaseException, OSError, ValueError) as e:
         raise ConfigError(f"cannot read the base config {base!r}: {e}") from e
     for ov in overrides or []:
         if not isinstance(ov, str) or not _OVERRIDE.match(ov):
-            raise ConfigError(f"malformed config override {ov!r}: expected key=value with a dotted key, e.g. 'train.lr=1e-4'")
-        try: cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov]))
+            raise ConfigError(
+                f"malformed config override {ov!r}: expected key=value with a dotted key, e.g. 'train.lr=1e-4'"
+            )
+        try:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist([ov]))
         except Exception as e:
             raise ConfigError(f"malformed config override {ov!r}: {str(e).splitlines()[0]}") from e
     return cfg
 
+
 def resolve_config(cfg: DictConfig) -> dict:
     "The config as a plain dict with every `${...}` interpolation resolved (clear error when one cannot be)."
-    try: return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    try:
+        return OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
     except OmegaConfBaseException as e:
-        raise ConfigError(f"cannot resolve the config: {str(e).splitlines()[0]}; fix the interpolation or override it") from e
+        raise ConfigError(
+            f"cannot resolve the config: {str(e).splitlines()[0]}; fix the interpolation or override it"
+        ) from e
+
 
 def config_yaml(cfg, resolve: bool = False) -> str:
     "YAML text of a config (redacted), resolved or as composed."
@@ -177,22 +238,32 @@ def config_yaml(cfg, resolve: bool = False) -> str:
 # %% ../nbs/10a_fingerprint.ipynb #61bc7751
 def _git(root, *args, check=True) -> str:
     r = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30)
-    if check and r.returncode != 0: raise RuntimeError(r.stderr.strip())
+    if check and r.returncode != 0:
+        raise RuntimeError(r.stderr.strip())
     return r.stdout
 
+
 _SOURCE_SUFFIXES = (".py", ".ipynb", ".yaml", ".yml", ".toml", ".cfg", ".ini", ".md", ".txt", ".in", ".sh")
-_SECRET_FILE = re.compile(r"(^|/)(\.env(\..*)?|\.netrc|\.pgpass|\.pypirc|\.git-credentials|kaggle\.json|"
-                          r"credentials[^/]*|secrets?[^/]*|id_(rsa|dsa|ecdsa|ed25519)[^/]*|[^/]*\.(pem|key|p12|pfx|jks|keystore))$", re.I)
+_SECRET_FILE = re.compile(
+    r"(^|/)(\.env(\..*)?|\.netrc|\.pgpass|\.pypirc|\.git-credentials|kaggle\.json|"
+    r"credentials[^/]*|secrets?[^/]*|id_(rsa|dsa|ecdsa|ed25519)[^/]*|[^/]*\.(pem|key|p12|pfx|jks|keystore))$",
+    re.I,
+)
+
 
 def source_like(rel: str) -> bool:
     "True for an untracked file whose text belongs in `git.diff`: source or config by suffix, never a secret file's name."
     return rel.lower().endswith(_SOURCE_SUFFIXES) and not _SECRET_FILE.search(rel)
 
-def git_state(root: str | os.PathLike,  # a directory inside the work tree
-              max_untracked_bytes: int = 1 << 20,  # untracked files larger than this are listed, not diffed
-              ) -> dict:
+
+def git_state(
+    root: str | os.PathLike,  # a directory inside the work tree
+    max_untracked_bytes: int = 1 << 20,  # untracked files larger than this are listed, not diffed
+) -> dict:
     "Commit, short hash, dirty flag, diff text and untracked files of the git tree at `root`."
-    try: top = _git(root, "rev-parse", "--show-toplevel").strip(); commit = _git(root, "rev-parse", "HEAD").strip()
+    try:
+        top = _git(root, "rev-parse", "--show-toplevel").strip()
+        commit = _git(root, "rev-parse", "HEAD").strip()
     except (RuntimeError, OSError, subprocess.TimeoutExpired):
         c = os.environ.get("DRIFTING_GIT_COMMIT") or None
         return dict(commit=c, short=c[:7] if c else "nogit", dirty=None, diff="", untracked=[])
@@ -200,88 +271,181 @@ def git_state(root: str | os.PathLike,  # a directory inside the work tree
     untracked = []
     for rel in sorted(p for p in _git(top, "ls-files", "--others", "--exclude-standard", "-z").split("\0") if p):
         f = Path(top) / rel
-        if not f.is_file(): continue
+        if not f.is_file():
+            continue
         src = source_like(rel) and f.stat().st_size <= max_untracked_bytes
         untracked.append(dict(path=rel, sha256=sha256_file(f), bytes=f.stat().st_size, diffed=src))
-        if src: diff += _git(top, "diff", "--no-index", "/dev/null", rel, check=False)
-    return dict(commit=commit, short=commit[:7], dirty=bool(diff or untracked), diff=scrub(diff, entropy=True), untracked=untracked)
+        if src:
+            diff += _git(top, "diff", "--no-index", "/dev/null", rel, check=False)
+    return dict(
+        commit=commit,
+        short=commit[:7],
+        dirty=bool(diff or untracked),
+        diff=scrub(diff, entropy=True),
+        untracked=untracked,
+    )
 
-def codebase_fingerprint(package_dir: str | os.PathLike,  # the package folder whose files are hashed
-                         git: dict | None = None,  # `git_state(...)` of its tree (computed when None)
-                         ) -> dict:
+
+def codebase_fingerprint(
+    package_dir: str | os.PathLike,  # the package folder whose files are hashed
+    git: dict | None = None,  # `git_state(...)` of its tree (computed when None)
+) -> dict:
     "Commit, dirty flag and the SHA-256 of every file of the package (caches excluded), plus one hash of them all."
     pkg = Path(package_dir)
-    if not pkg.is_dir(): raise FileNotFoundError(f"package folder {pkg} not found; pass code_root= pointing at the repo")
+    if not pkg.is_dir():
+        raise FileNotFoundError(f"package folder {pkg} not found; pass code_root= pointing at the repo")
     git = git_state(pkg) if git is None else git
-    files = {p.relative_to(pkg).as_posix(): sha256_file(p) for p in sorted(pkg.rglob("*"))
-             if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")}
-    return dict(schema_version="1", package=pkg.name, commit=git["commit"], dirty=git["dirty"],
-                untracked=[u["path"] for u in git["untracked"]], files=files,
-                sha256=sha256_bytes(canonical_json(files).encode()))
+    files = {
+        p.relative_to(pkg).as_posix(): sha256_file(p)
+        for p in sorted(pkg.rglob("*"))
+        if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+    }
+    return dict(
+        schema_version="1",
+        package=pkg.name,
+        commit=git["commit"],
+        dirty=git["dirty"],
+        untracked=[u["path"] for u in git["untracked"]],
+        files=files,
+        sha256=sha256_bytes(canonical_json(files).encode()),
+    )
 
 # %% ../nbs/10a_fingerprint.ipynb #619c9c27
-KEY_PACKAGES = ("drifting", "torch", "numpy", "omegaconf", "jsonschema", "papermill", "ipykernel", "nbdev",
-                "diffusers", "torchmetrics", "scikit-learn", "mlxtend", "matplotlib", "pyyaml", "psutil")
+KEY_PACKAGES = (
+    "drifting",
+    "torch",
+    "numpy",
+    "omegaconf",
+    "jsonschema",
+    "papermill",
+    "ipykernel",
+    "nbdev",
+    "diffusers",
+    "torchmetrics",
+    "scikit-learn",
+    "mlxtend",
+    "matplotlib",
+    "pyyaml",
+    "psutil",
+)
 
-def norm_name(name: str) -> str: return re.sub(r"[-_.]+", "-", name).lower()
+
+def norm_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
 
 def installed_packages() -> dict[str, str]:
     "Every installed distribution as {normalised name: version}, read from `*.dist-info` folder names (fast)."
     out = {}
     for entry in sys.path:
         p = Path(entry or ".")
-        if not p.is_dir(): continue
+        if not p.is_dir():
+            continue
         for d in p.glob("*.dist-info"):
-            name, _, version = d.name[:-len(".dist-info")].rpartition("-")
-            if name and version: out.setdefault(norm_name(name), version)
+            name, _, version = d.name[: -len(".dist-info")].rpartition("-")
+            if name and version:
+                out.setdefault(norm_name(name), version)
         for d in p.glob("*.egg-info"):  # legacy installs: ask their metadata
-            try: dist = md.Distribution.at(d); out.setdefault(norm_name(dist.metadata["Name"]), dist.version)
-            except Exception: pass
+            try:
+                dist = md.Distribution.at(d)
+                out.setdefault(norm_name(dist.metadata["Name"]), dist.version)
+            except Exception:
+                pass
     return dict(sorted(out.items()))
+
 
 def package_versions(names=KEY_PACKAGES) -> dict[str, str | None]:
     "Versions of the key packages (None when not installed)."
-    pk = installed_packages(); return {n: pk.get(n) for n in names}
+    pk = installed_packages()
+    return {n: pk.get(n) for n in names}
+
 
 def device_info() -> dict:
     "Torch, CUDA and accelerator facts (no timing, no free memory: stable across runs), and the CPU kernels' settings."
     cuda = torch.cuda.is_available()
-    devs = [dict(name=torch.cuda.get_device_name(i), capability=".".join(map(str, torch.cuda.get_device_capability(i))),
-                 memory_gb=round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1))
-            for i in range(torch.cuda.device_count())] if cuda else []
-    return dict(torch_version=torch.__version__, cuda_version=torch.version.cuda, cuda_available=cuda,
-                cudnn_version=torch.backends.cudnn.version() if cuda else None, device_type="cuda" if cuda else "cpu",
-                cuda_devices=devs, cpu_count=os.cpu_count(), machine=platform.machine(),
-                torch_threads=torch.get_num_threads(),  # intra-op threads: CPU reductions split by them, so bits can differ
-                cpu_capability=torch.backends.cpu.get_cpu_capability())  # the vector kernels ATen picked (e.g. AVX512)
+    devs = (
+        [
+            dict(
+                name=torch.cuda.get_device_name(i),
+                capability=".".join(map(str, torch.cuda.get_device_capability(i))),
+                memory_gb=round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1),
+            )
+            for i in range(torch.cuda.device_count())
+        ]
+        if cuda
+        else []
+    )
+    return dict(
+        torch_version=torch.__version__,
+        cuda_version=torch.version.cuda,
+        cuda_available=cuda,
+        cudnn_version=torch.backends.cudnn.version() if cuda else None,
+        device_type="cuda" if cuda else "cpu",
+        cuda_devices=devs,
+        cpu_count=os.cpu_count(),
+        machine=platform.machine(),
+        torch_threads=torch.get_num_threads(),  # intra-op threads: CPU reductions split by them, so bits can differ
+        cpu_capability=torch.backends.cpu.get_cpu_capability(),
+    )  # the vector kernels ATen picked (e.g. AVX512)
+
 
 def env_snapshot() -> dict:
     "Packages and system facts of this process (the bundle's `env_snapshot.json`)."
-    return dict(schema_version="1", python=dict(version=platform.python_version(), implementation=platform.python_implementation(),
-                executable=sys.executable, prefix=sys.prefix),
-                platform=dict(system=platform.system(), release=platform.release(), machine=platform.machine(),
-                              platform=platform.platform(), os_name=os.name),
-                hardware=device_info(), packages=installed_packages())
+    return dict(
+        schema_version="1",
+        python=dict(
+            version=platform.python_version(),
+            implementation=platform.python_implementation(),
+            executable=sys.executable,
+            prefix=sys.prefix,
+        ),
+        platform=dict(
+            system=platform.system(),
+            release=platform.release(),
+            machine=platform.machine(),
+            platform=platform.platform(),
+            os_name=os.name,
+        ),
+        hardware=device_info(),
+        packages=installed_packages(),
+    )
+
 
 def env_fingerprint(snap: dict | None = None) -> dict:
     "A small, stable summary of `env_snapshot()` and its SHA-256."
     s = env_snapshot() if snap is None else snap
-    core = dict(python=s["python"]["version"], implementation=s["python"]["implementation"],
-                system=s["platform"]["system"], machine=s["platform"]["machine"],
-                torch=s["hardware"]["torch_version"], cuda=s["hardware"]["cuda_version"],
-                packages=sorted(f"{k}=={v}" for k, v in s["packages"].items()))
-    return dict(schema_version="1", sha256=sha256_bytes(canonical_json(core).encode()),
-                python=core["python"], system=core["system"], machine=core["machine"], torch=core["torch"],
-                cuda=core["cuda"], n_packages=len(core["packages"]))
+    core = dict(
+        python=s["python"]["version"],
+        implementation=s["python"]["implementation"],
+        system=s["platform"]["system"],
+        machine=s["platform"]["machine"],
+        torch=s["hardware"]["torch_version"],
+        cuda=s["hardware"]["cuda_version"],
+        packages=sorted(f"{k}=={v}" for k, v in s["packages"].items()),
+    )
+    return dict(
+        schema_version="1",
+        sha256=sha256_bytes(canonical_json(core).encode()),
+        python=core["python"],
+        system=core["system"],
+        machine=core["machine"],
+        torch=core["torch"],
+        cuda=core["cuda"],
+        n_packages=len(core["packages"]),
+    )
 
 # %% ../nbs/10a_fingerprint.ipynb #69fb1b19
-def data_fingerprint(*items,  # arrays, tensors or file paths
-                     ) -> dict:
+def data_fingerprint(
+    *items,  # arrays, tensors or file paths
+) -> dict:
     "Shapes, dtypes and one SHA-256 over the contents of `items`."
     h, parts = hashlib.sha256(), []
     for x in items:
         if isinstance(x, (str, os.PathLike)):
-            d = sha256_file(x); parts.append(dict(file=Path(x).name, sha256=d)); h.update(d.encode()); continue
+            d = sha256_file(x)
+            parts.append(dict(file=Path(x).name, sha256=d))
+            h.update(d.encode())
+            continue
         a = hash_array_into(h, x)
         parts.append(dict(dtype=str(a.dtype), shape=list(a.shape)))
     return dict(sha256=h.hexdigest(), items=parts)

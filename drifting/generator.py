@@ -13,8 +13,17 @@ from torch import Tensor
 from torch.utils.checkpoint import checkpoint
 
 from .core import autocast, from_preset
-from .generator_blocks import (patchify, unpatchify, sincos_2d, AlphaEmbedder, rope_tables, Block,
-                                       FinalLayer, swiglu_hidden, fp32_region)
+from drifting.generator_blocks import (
+    patchify,
+    unpatchify,
+    sincos_2d,
+    AlphaEmbedder,
+    rope_tables,
+    Block,
+    FinalLayer,
+    swiglu_hidden,
+    fp32_region,
+)
 
 # %% auto #0
 __all__ = ['GENERATOR_PRESETS', 'GeneratorConfig', 'generator_config', 'Generator', 'build_generator']
@@ -23,6 +32,7 @@ __all__ = ['GENERATOR_PRESETS', 'GeneratorConfig', 'generator_config', 'Generato
 @dataclass
 class GeneratorConfig:
     "Shape and options of a `Generator`; defaults are the B/2 latent model."
+
     input_size: int = 32  # H = W of ε and of the output (Tab. 8; 256 for pixel models, spec §4 / §13 item 2)
     in_channels: int = 4  # C: 4 for SD-VAE latents, 3 for pixels (spec §4)
     patch_size: int = 2  # Tab. 8 "patch size"
@@ -51,15 +61,27 @@ class GeneratorConfig:
     mlp_hidden: int | None = None  # explicit FFN width; None: from mlp_ratio (swiglu_hidden, or int(mlp_ratio·D))
 
     @property
-    def n_patches(self) -> int: return (self.input_size // self.patch_size) ** 2
+    def n_patches(self) -> int:
+        return (self.input_size // self.patch_size) ** 2
+
     @property
-    def seq_len(self) -> int: return self.n_register + self.n_patches
+    def seq_len(self) -> int:
+        return self.n_register + self.n_patches
+
     @property
-    def out_ch(self) -> int: return self.in_channels if self.out_channels is None else self.out_channels
+    def out_ch(self) -> int:
+        return self.in_channels if self.out_channels is None else self.out_channels
+
     @property
     def ffn_hidden(self) -> int:
-        if self.mlp_hidden is not None: return self.mlp_hidden
-        return swiglu_hidden(self.hidden_size, self.mlp_ratio) if self.mlp == "swiglu" else int(self.hidden_size * self.mlp_ratio)
+        if self.mlp_hidden is not None:
+            return self.mlp_hidden
+        return (
+            swiglu_hidden(self.hidden_size, self.mlp_ratio)
+            if self.mlp == "swiglu"
+            else int(self.hidden_size * self.mlp_ratio)
+        )
+
 
 _B = dict(hidden_size=768, depth=12, num_heads=12)  # Tab. 8 "B"
 _L = dict(hidden_size=1024, depth=24, num_heads=16)  # Tab. 8 "L"
@@ -74,27 +96,45 @@ GENERATOR_PRESETS: dict[str, GeneratorConfig] = {
     "L/16": GeneratorConfig(**_PIXEL, **_L),
     "ablation": GeneratorConfig(**_LATENT, **_B, attn_fp32=True),  # Tab. 8 ablation column: B/2 + fp32 attention
     "cpu-latent": GeneratorConfig(input_size=8, in_channels=4, patch_size=2, **_CPU),  # built-in VAE's 4×8×8, 16 tokens
-    "cpu-pixel": GeneratorConfig(input_size=32, in_channels=1, patch_size=4, **_CPU),  # 1×32×32 (padded) digits, 64 tokens
-    "tiny": GeneratorConfig(input_size=8, in_channels=2, patch_size=2, hidden_size=32, depth=2, num_heads=2,
-                            num_classes=5, n_register=2, n_style=4, style_vocab=8, alpha_freq_dim=16),  # tests
+    "cpu-pixel": GeneratorConfig(
+        input_size=32, in_channels=1, patch_size=4, **_CPU
+    ),  # 1×32×32 (padded) digits, 64 tokens
+    "tiny": GeneratorConfig(
+        input_size=8,
+        in_channels=2,
+        patch_size=2,
+        hidden_size=32,
+        depth=2,
+        num_heads=2,
+        num_classes=5,
+        n_register=2,
+        n_style=4,
+        style_vocab=8,
+        alpha_freq_dim=16,
+    ),  # tests
 }
 
-def generator_config(name: str,  # a key of `GENERATOR_PRESETS`
-                     **overrides,  # fields of `GeneratorConfig` to change
-                     ) -> GeneratorConfig:
+
+def generator_config(
+    name: str,  # a key of `GENERATOR_PRESETS`
+    **overrides,  # fields of `GeneratorConfig` to change
+) -> GeneratorConfig:
     "The preset `name`, with `overrides` applied."
     return from_preset(GENERATOR_PRESETS, name, "generator", **overrides)
 
 # %% ../nbs/05_generator.ipynb #bf20816f
 class Generator(nn.Module):
     "f(ε, class, α) → sample, same shape as ε; see the notebook for the architecture."
+
     def __init__(self, cfg: GeneratorConfig):
         super().__init__()
         D, p, C = cfg.hidden_size, cfg.patch_size, cfg.in_channels
-        if cfg.input_size % p: raise ValueError(f"input_size {cfg.input_size} is not divisible by patch_size {p}")
+        if cfg.input_size % p:
+            raise ValueError(f"input_size {cfg.input_size} is not divisible by patch_size {p}")
         if D % cfg.num_heads or (D // cfg.num_heads) % 2:
             raise ValueError(f"hidden_size {D} must split into num_heads {cfg.num_heads} heads of even width")
-        if D % 4: raise ValueError(f"hidden_size {D} must be divisible by 4 (2-D sin-cos positions)")
+        if D % 4:
+            raise ValueError(f"hidden_size {D} must be divisible by 4 (2-D sin-cos positions)")
         self.cfg = cfg
         self.grid = cfg.input_size // p
         self.patch_embed = nn.Linear(p * p * C, D)
@@ -105,8 +145,10 @@ class Generator(nn.Module):
         self.register_proj = nn.Linear(D, D)  # register token = W_r c + b_r + u_j
         self.register_embed = nn.Parameter(torch.empty(1, cfg.n_register, D))  # u_j
         hidden = cfg.ffn_hidden
-        self.blocks = nn.ModuleList(Block(D, cfg.num_heads, hidden, cfg.norm_eps, cfg.attn_fp32, cfg.qk_norm, cfg.norm,
-                                          cfg.mlp, cfg.rope) for _ in range(cfg.depth))
+        self.blocks = nn.ModuleList(
+            Block(D, cfg.num_heads, hidden, cfg.norm_eps, cfg.attn_fp32, cfg.qk_norm, cfg.norm, cfg.mlp, cfg.rope)
+            for _ in range(cfg.depth)
+        )
         self.final = FinalLayer(D, p * p * cfg.out_ch, cfg.norm_eps, cfg.norm)
         self.register_buffer("style_offsets", torch.empty(cfg.n_style, dtype=torch.long), persistent=False)
         self.register_buffer("rope_cos", torch.empty(cfg.seq_len, D // cfg.num_heads), persistent=False)
@@ -119,59 +161,73 @@ class Generator(nn.Module):
         cfg, D = self.cfg, self.cfg.hidden_size
         for m in self.modules():
             if isinstance(m, nn.Linear):  # DiT's basic init
-                nn.init.xavier_uniform_(m.weight); nn.init.zeros_(m.bias)
+                nn.init.xavier_uniform_(m.weight)
+                nn.init.zeros_(m.bias)
             elif isinstance(m, (nn.RMSNorm, nn.LayerNorm)) and m.weight is not None:
                 nn.init.ones_(m.weight)
-                if getattr(m, "bias", None) is not None: nn.init.zeros_(m.bias)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
         self.pos_embed.copy_(sincos_2d(D, self.grid)[None])  # constants are computed on the CPU and copied over
         for w in (self.class_embed.weight, self.style_embed.weight, self.register_embed):
             nn.init.normal_(w, std=0.02)
         for m in (self.alpha_embed.mlp[0], self.alpha_embed.mlp[2]):
             nn.init.normal_(m.weight, std=0.02)  # DiT's timestep-embedder init
         for lin in [b.adaLN for b in self.blocks] + [self.final.adaLN, self.final.linear]:  # adaLN-zero, zero output
-            nn.init.zeros_(lin.weight); nn.init.zeros_(lin.bias)
+            nn.init.zeros_(lin.weight)
+            nn.init.zeros_(lin.bias)
         self.style_offsets.copy_(torch.arange(cfg.n_style) * cfg.style_vocab)
         cos, sin = rope_tables(cfg.seq_len, D // cfg.num_heads, cfg.rope_base)
-        self.rope_cos.copy_(cos); self.rope_sin.copy_(sin)
+        self.rope_cos.copy_(cos)
+        self.rope_sin.copy_(sin)
 
-    def sample_style(self, batch: int,  # B
-                     generator: torch.Generator | None = None,  # RNG for the draw (its device must match)
-                     device=None,  # default: the model's device
-                     ) -> Tensor:  # [B, n_style] int64 in [0, style_vocab)
+    def sample_style(
+        self,
+        batch: int,  # B
+        generator: torch.Generator | None = None,  # RNG for the draw (its device must match)
+        device=None,  # default: the model's device
+    ) -> Tensor:  # [B, n_style] int64 in [0, style_vocab)
         "Draw style indices, one per table, uniformly and independently per sample."
         device = self.style_offsets.device if device is None else device
         return torch.randint(0, self.cfg.style_vocab, (batch, self.cfg.n_style), generator=generator, device=device)
 
-    def condition(self, labels: Tensor,  # [B] class indices
-                  alpha: Tensor,  # [B] CFG scales
-                  style: Tensor,  # [B, n_style] style indices
-                  ) -> Tensor:  # [B, D] float32 conditioning vector c
+    def condition(
+        self,
+        labels: Tensor,  # [B] class indices
+        alpha: Tensor,  # [B] CFG scales
+        style: Tensor,  # [B, n_style] style indices
+    ) -> Tensor:  # [B, D] float32 conditioning vector c
         "c = class embedding + Σ style embeddings + 0.02·RMSNorm(MLP(sincos(α)))."
         c = self.class_embed(labels)  # [B, D]
         c = c + self.style_embed(style + self.style_offsets).sum(1)  # [B, n_style, D] → [B, D]
         return c + self.alpha_embed(alpha)  # [B, D]
 
-    def forward(self, eps: Tensor,  # [B, C, H, W] noise (channels-first)
-                labels: Tensor,  # [B] integer class indices in [0, num_classes)
-                alpha: Tensor | float = 1.0,  # CFG scale(s) ≥ 1: a float or [B]
-                style: Tensor | None = None,  # [B, n_style] indices in [0, style_vocab); drawn if None
-                generator: torch.Generator | None = None,  # RNG for the style draw when `style` is None
-                ) -> Tensor:  # [B, C, H, W] float32 samples
+    def forward(
+        self,
+        eps: Tensor,  # [B, C, H, W] noise (channels-first)
+        labels: Tensor,  # [B] integer class indices in [0, num_classes)
+        alpha: Tensor | float = 1.0,  # CFG scale(s) ≥ 1: a float or [B]
+        style: Tensor | None = None,  # [B, n_style] indices in [0, style_vocab); drawn if None
+        generator: torch.Generator | None = None,  # RNG for the style draw when `style` is None
+    ) -> Tensor:  # [B, C, H, W] float32 samples
         "One step: noise, class, CFG scale (and style) → samples of the same shape as `eps`."
         cfg = self.cfg
         alpha = self._check(eps, labels, alpha, style)  # [B] float32
         B = eps.shape[0]
-        if style is None: style = self.sample_style(B, generator, eps.device)
-        with fp32_region(eps): c = self.condition(labels, alpha, style)  # [B, D] float32 even inside a caller's autocast
+        if style is None:
+            style = self.sample_style(B, generator, eps.device)
+        with fp32_region(eps):
+            c = self.condition(labels, alpha, style)  # [B, D] float32 even inside a caller's autocast
         with autocast(eps.device, enabled=cfg.use_bf16):
             x = self.patch_embed(patchify(eps, cfg.patch_size)) + self.pos_embed  # [B, N, D]
             reg = self.register_proj(c).unsqueeze(1) + self.register_embed  # [B, R, D]
             x = torch.cat([reg, x], dim=1)  # [B, R+N, D]
             ckpt = cfg.checkpointing and self.training and torch.is_grad_enabled()
             for blk in self.blocks:
-                if ckpt: x = checkpoint(blk, x, c, self.rope_cos, self.rope_sin, use_reentrant=False)
-                else: x = blk(x, c, self.rope_cos, self.rope_sin)  # [B, R+N, D]
-            out = self.final(x[:, cfg.n_register:], c)  # registers dropped: [B, N, p*p*C]
+                if ckpt:
+                    x = checkpoint(blk, x, c, self.rope_cos, self.rope_sin, use_reentrant=False)
+                else:
+                    x = blk(x, c, self.rope_cos, self.rope_sin)  # [B, R+N, D]
+            out = self.final(x[:, cfg.n_register :], c)  # registers dropped: [B, N, p*p*C]
         return unpatchify(out.float(), cfg.patch_size, cfg.out_ch, cfg.input_size, cfg.input_size)
 
     def _check(self, eps, labels, alpha, style) -> Tensor:
@@ -180,30 +236,51 @@ class Generator(nn.Module):
         want = (cfg.in_channels, cfg.input_size, cfg.input_size)
         if not isinstance(eps, Tensor) or eps.ndim != 4 or tuple(eps.shape[1:]) != want or not eps.is_floating_point():
             got = tuple(eps.shape) if isinstance(eps, Tensor) else type(eps).__name__
-            raise ValueError(f"eps must be a float tensor [B, {want[0]}, {want[1]}, {want[2]}] (channels-first) "
-                             f"for this generator; got {got}")
+            raise ValueError(
+                f"eps must be a float tensor [B, {want[0]}, {want[1]}, {want[2]}] (channels-first) "
+                f"for this generator; got {got}"
+            )
         B = eps.shape[0]
-        if not isinstance(labels, Tensor) or labels.shape != (B,) or labels.is_floating_point() or labels.dtype == torch.bool:
+        if (
+            not isinstance(labels, Tensor)
+            or labels.shape != (B,)
+            or labels.is_floating_point()
+            or labels.dtype == torch.bool
+        ):
             got = (tuple(labels.shape), labels.dtype) if isinstance(labels, Tensor) else type(labels).__name__
             raise ValueError(f"labels must be an integer tensor of shape [{B}] (one class per sample); got {got}")
-        alpha = alpha.to(eps.device, torch.float32) if isinstance(alpha, Tensor) else torch.tensor(float(alpha), device=eps.device)
-        if alpha.ndim == 0: alpha = alpha.expand(B)
-        if alpha.shape != (B,): raise ValueError(f"alpha must be a float or a tensor of shape [{B}]; got {tuple(alpha.shape)}")
+        alpha = (
+            alpha.to(eps.device, torch.float32)
+            if isinstance(alpha, Tensor)
+            else torch.tensor(float(alpha), device=eps.device)
+        )
+        if alpha.ndim == 0:
+            alpha = alpha.expand(B)
+        if alpha.shape != (B,):
+            raise ValueError(f"alpha must be a float or a tensor of shape [{B}]; got {tuple(alpha.shape)}")
         if style is not None and (style.shape != (B, cfg.n_style) or style.is_floating_point()):
-            raise ValueError(f"style must be an integer tensor [{B}, {cfg.n_style}]; got {tuple(style.shape)}, {style.dtype}")
+            raise ValueError(
+                f"style must be an integer tensor [{B}, {cfg.n_style}]; got {tuple(style.shape)}, {style.dtype}"
+            )
         if cfg.check_inputs and eps.device.type != "meta" and not torch.compiler.is_compiling():
             bad = (labels < 0) | (labels >= cfg.num_classes)
             if bad.any():
-                raise ValueError(f"class labels must lie in [0, {cfg.num_classes}); got {labels[bad].unique().tolist()}")
+                raise ValueError(
+                    f"class labels must lie in [0, {cfg.num_classes}); got {labels[bad].unique().tolist()}"
+                )
             if not (torch.isfinite(alpha) & (alpha >= 1)).all():
-                raise ValueError(f"alpha must be finite and >= 1 (alpha = 1/(1-gamma), Eq. 16); got min {alpha.min().item()}."
-                                 " Set check_inputs=False to extrapolate below 1")
+                raise ValueError(
+                    f"alpha must be finite and >= 1 (alpha = 1/(1-gamma), Eq. 16); got min {alpha.min().item()}."
+                    " Set check_inputs=False to extrapolate below 1"
+                )
             if style is not None and ((style < 0) | (style >= cfg.style_vocab)).any():
                 raise ValueError(f"style indices must lie in [0, {cfg.style_vocab})")
         return alpha
 
-def build_generator(name: str,  # a key of `GENERATOR_PRESETS`
-                    **overrides,  # fields of `GeneratorConfig` to change
-                    ) -> Generator:
+
+def build_generator(
+    name: str,  # a key of `GENERATOR_PRESETS`
+    **overrides,  # fields of `GeneratorConfig` to change
+) -> Generator:
     "Instantiate the preset `name` (use `with torch.device('meta'):` to count parameters without memory)."
     return Generator(generator_config(name, **overrides))

@@ -18,9 +18,10 @@ __all__ = ['patchify', 'unpatchify', 'sincos_1d', 'sincos_2d', 'timestep_embeddi
            'modulate', 'ada_params', 'Block', 'FinalLayer']
 
 # %% ../nbs/05a_generator_blocks.ipynb #73ac8ffd
-def patchify(x: Tensor,  # [B, C, H, W] images or latents
-             p: int,  # patch size (H and W divisible by p)
-             ) -> Tensor:  # [B, N, p*p*C] with N = (H/p)*(W/p), row-major
+def patchify(
+    x: Tensor,  # [B, C, H, W] images or latents
+    p: int,  # patch size (H and W divisible by p)
+) -> Tensor:  # [B, N, p*p*C] with N = (H/p)*(W/p), row-major
     "Cut `x` into non-overlapping p×p patches, each flattened in (row, column, channel) order."
     B, C, H, W = x.shape
     h, w = H // p, W // p
@@ -28,12 +29,14 @@ def patchify(x: Tensor,  # [B, C, H, W] images or latents
     x = x.permute(0, 2, 4, 3, 5, 1)  # [B, h, w, p, p, C]
     return x.reshape(B, h * w, p * p * C)  # [B, N, p*p*C]
 
-def unpatchify(t: Tensor,  # [B, N, p*p*C] tokens in row-major order
-               p: int,  # patch size
-               C: int,  # channels
-               H: int,  # image height
-               W: int,  # image width
-               ) -> Tensor:  # [B, C, H, W]
+
+def unpatchify(
+    t: Tensor,  # [B, N, p*p*C] tokens in row-major order
+    p: int,  # patch size
+    C: int,  # channels
+    H: int,  # image height
+    W: int,  # image width
+) -> Tensor:  # [B, C, H, W]
     "Inverse of `patchify`."
     B = t.shape[0]
     h, w = H // p, W // p
@@ -42,127 +45,160 @@ def unpatchify(t: Tensor,  # [B, N, p*p*C] tokens in row-major order
     return t.reshape(B, C, H, W)
 
 # %% ../nbs/05a_generator_blocks.ipynb #ad807026
-def sincos_1d(pos: Tensor,  # [M] positions
-              dim: int,  # output width (even)
-              ) -> Tensor:  # [M, dim] = [sin(pos·ω), cos(pos·ω)]
+def sincos_1d(
+    pos: Tensor,  # [M] positions
+    dim: int,  # output width (even)
+) -> Tensor:  # [M, dim] = [sin(pos·ω), cos(pos·ω)]
     "1-D sin-cos embedding with frequencies ω_k = 10000^(-k/(dim/2))."
     omega = 1.0 / 10000 ** (torch.arange(dim // 2, dtype=torch.float64, device=pos.device) / (dim // 2))  # [dim/2]
     ang = pos.to(torch.float64)[:, None] * omega[None]  # [M, dim/2]
     return torch.cat([ang.sin(), ang.cos()], dim=1).float()
 
-def sincos_2d(dim: int,  # embedding width, divisible by 4
-              grid: int,  # tokens per side
-              device=None,
-              ) -> Tensor:  # [grid*grid, dim], row-major token order
+
+def sincos_2d(
+    dim: int,  # embedding width, divisible by 4
+    grid: int,  # tokens per side
+    device=None,
+) -> Tensor:  # [grid*grid, dim], row-major token order
     "2-D sin-cos table: first half encodes the column, second half the row (MAE/DiT convention)."
-    if dim % 4: raise ValueError(f"2-D sin-cos needs a width divisible by 4, got {dim}")
+    if dim % 4:
+        raise ValueError(f"2-D sin-cos needs a width divisible by 4, got {dim}")
     idx = torch.arange(grid * grid, device=device)  # [N]
     row, col = idx // grid, idx % grid
     return torch.cat([sincos_1d(col, dim // 2), sincos_1d(row, dim // 2)], dim=1)  # [N, dim]
 
 # %% ../nbs/05a_generator_blocks.ipynb #7a50b370
-def timestep_embedding(t: Tensor,  # [B] scalars (here the CFG scale α)
-                       dim: int = 256,  # number of sinusoidal features
-                       max_period: float = 10000.0,  # lowest frequency is 1/max_period
-                       ) -> Tensor:  # [B, dim] float32, [cos, sin]
+def timestep_embedding(
+    t: Tensor,  # [B] scalars (here the CFG scale α)
+    dim: int = 256,  # number of sinusoidal features
+    max_period: float = 10000.0,  # lowest frequency is 1/max_period
+) -> Tensor:  # [B, dim] float32, [cos, sin]
     "DiT's sinusoidal timestep embedding, applied to raw values."
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)  # [half]
     args = t.float()[:, None] * freqs[None]  # [B, half]
     emb = torch.cat([args.cos(), args.sin()], dim=-1)  # [B, 2*half]
-    if dim % 2: emb = F.pad(emb, (0, 1))
+    if dim % 2:
+        emb = F.pad(emb, (0, 1))
     return emb
+
 
 class AlphaEmbedder(nn.Module):
     "α → 0.02·RMSNorm(MLP(sincos(α))): the CFG-scale part of the conditioning vector."
-    def __init__(self, dim: int,  # conditioning width (= hidden size)
-                 freq_dim: int = 256,  # sinusoidal features, DiT default
-                 out_scale: float = 0.02,  # final multiplier (official release)
-                 eps: float = 1e-6,  # RMSNorm epsilon
-                 ):
+
+    def __init__(
+        self,
+        dim: int,  # conditioning width (= hidden size)
+        freq_dim: int = 256,  # sinusoidal features, DiT default
+        out_scale: float = 0.02,  # final multiplier (official release)
+        eps: float = 1e-6,  # RMSNorm epsilon
+    ):
         super().__init__()
         self.freq_dim, self.out_scale = freq_dim, out_scale
         self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
         self.norm = nn.RMSNorm(dim, eps=eps)
         for m in (self.mlp[0], self.mlp[2]):  # DiT's timestep-embedder init: N(0, 0.02) weights, zero bias
-            nn.init.normal_(m.weight, std=0.02); nn.init.zeros_(m.bias)
+            nn.init.normal_(m.weight, std=0.02)
+            nn.init.zeros_(m.bias)
 
-    def forward(self, alpha: Tensor,  # [B] CFG scales
-                ) -> Tensor:  # [B, dim] float32
+    def forward(
+        self,
+        alpha: Tensor,  # [B] CFG scales
+    ) -> Tensor:  # [B, dim] float32
         return self.out_scale * self.norm(self.mlp(timestep_embedding(alpha, self.freq_dim)))
 
 # %% ../nbs/05a_generator_blocks.ipynb #aa9cd848
-def rope_tables(seq_len: int,  # L, number of positions
-                head_dim: int,  # d_h (even)
-                base: float = 10000.0,  # RoPE base
-                device=None,
-                ) -> tuple[Tensor, Tensor]:  # cos, sin: [L, d_h] float32
+def rope_tables(
+    seq_len: int,  # L, number of positions
+    head_dim: int,  # d_h (even)
+    base: float = 10000.0,  # RoPE base
+    device=None,
+) -> tuple[Tensor, Tensor]:  # cos, sin: [L, d_h] float32
     "cos and sin of the rotary angles m·θ_k, each frequency repeated for both halves (rotate-half layout)."
-    if head_dim % 2: raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
     theta = base ** (-torch.arange(0, head_dim, 2, dtype=torch.float32, device=device) / head_dim)  # [d_h/2]
     ang = torch.arange(seq_len, dtype=torch.float32, device=device)[:, None] * theta[None]  # [L, d_h/2]
     ang = torch.cat([ang, ang], dim=-1)  # [L, d_h]
     return ang.cos(), ang.sin()
+
 
 def rotate_half(x: Tensor) -> Tensor:
     "[x1, x2] → [-x2, x1] on the last dimension."
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat([-x2, x1], dim=-1)
 
-def apply_rope(x: Tensor,  # [..., L, d_h] queries or keys
-               cos: Tensor,  # [L, d_h]
-               sin: Tensor,  # [L, d_h]
-               ) -> Tensor:  # same shape as x
+
+def apply_rope(
+    x: Tensor,  # [..., L, d_h] queries or keys
+    cos: Tensor,  # [L, d_h]
+    sin: Tensor,  # [L, d_h]
+) -> Tensor:  # same shape as x
     "Rotate every position of `x` by its RoPE angle."
     return x * cos + rotate_half(x) * sin
 
 # %% ../nbs/05a_generator_blocks.ipynb #6f29d802
 def fp32_region(x: Tensor):
     "A context in which autocast is off on `x`'s device (no-op for devices without autocast, e.g. meta)."
-    if x.device.type in ("cuda", "cpu", "xpu", "mps"): return torch.autocast(x.device.type, enabled=False)
+    if x.device.type in ("cuda", "cpu", "xpu", "mps"):
+        return torch.autocast(x.device.type, enabled=False)
     return contextlib.nullcontext()
 
-def make_norm(kind: str,  # "rms": RMSNorm with a learnable scale; "layer": LayerNorm
-              dim: int,  # normalised width
-              eps: float = 1e-6,
-              affine: bool = True,  # LayerNorm only: learnable scale and bias
-              ) -> nn.Module:
+
+def make_norm(
+    kind: str,  # "rms": RMSNorm with a learnable scale; "layer": LayerNorm
+    dim: int,  # normalised width
+    eps: float = 1e-6,
+    affine: bool = True,  # LayerNorm only: learnable scale and bias
+) -> nn.Module:
     "The normalisation layer of kind `kind` (the official `use_rmsnorm` switch)."
-    if kind == "rms": return nn.RMSNorm(dim, eps=eps)
-    if kind == "layer": return nn.LayerNorm(dim, eps=eps, elementwise_affine=affine)
+    if kind == "rms":
+        return nn.RMSNorm(dim, eps=eps)
+    if kind == "layer":
+        return nn.LayerNorm(dim, eps=eps, elementwise_affine=affine)
     raise ValueError(f"norm must be 'rms' or 'layer', got {kind!r}")
+
 
 class Attention(nn.Module):
     "Multi-head self-attention with QK-RMSNorm and RoPE."
-    def __init__(self, dim: int,  # model width D
-                 num_heads: int,  # H; D must be divisible by H
-                 eps: float = 1e-6,  # QK-RMSNorm epsilon
-                 fp32: bool = False,  # run q·k, softmax and ·v in float32
-                 qk_norm: bool = True,  # per-head norm of q and k (official `use_qknorm`)
-                 norm: str = "rms",  # "layer": q/k LayerNorm with scale and bias (official `use_rmsnorm=False`)
-                 rope: bool = True,  # rotate q and k (official `use_rope`)
-                 ):
+
+    def __init__(
+        self,
+        dim: int,  # model width D
+        num_heads: int,  # H; D must be divisible by H
+        eps: float = 1e-6,  # QK-RMSNorm epsilon
+        fp32: bool = False,  # run q·k, softmax and ·v in float32
+        qk_norm: bool = True,  # per-head norm of q and k (official `use_qknorm`)
+        norm: str = "rms",  # "layer": q/k LayerNorm with scale and bias (official `use_rmsnorm=False`)
+        rope: bool = True,  # rotate q and k (official `use_rope`)
+    ):
         super().__init__()
-        if dim % num_heads: raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
+        if dim % num_heads:
+            raise ValueError(f"hidden size {dim} is not divisible by num_heads {num_heads}")
         self.num_heads, self.head_dim, self.fp32, self.rope = num_heads, dim // num_heads, fp32, rope
         self.qkv = nn.Linear(dim, 3 * dim)  # qkv bias, as in the release
         self.q_norm = make_norm(norm, self.head_dim, eps) if qk_norm else nn.Identity()
         self.k_norm = make_norm(norm, self.head_dim, eps) if qk_norm else nn.Identity()
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: Tensor,  # [B, L, D]
-                cos: Tensor,  # [L, d_h] RoPE table
-                sin: Tensor,  # [L, d_h]
-                ) -> Tensor:  # [B, L, D]
+    def forward(
+        self,
+        x: Tensor,  # [B, L, D]
+        cos: Tensor,  # [L, d_h] RoPE table
+        sin: Tensor,  # [L, d_h]
+    ) -> Tensor:  # [B, L, D]
         B, L, D = x.shape
         qkv = self.qkv(x).reshape(B, L, 3, self.num_heads, self.head_dim)  # [B, L, 3, H, d_h]
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 × [B, H, L, d_h]
         q, k = self.q_norm(q), self.k_norm(k)  # per-head RMSNorm over d_h
-        if not self.rope: cos, sin = torch.ones_like(cos), torch.zeros_like(sin)  # rotation by 0: the identity
+        if not self.rope:
+            cos, sin = torch.ones_like(cos), torch.zeros_like(sin)  # rotation by 0: the identity
         if self.fp32:
             with fp32_region(x):
                 q, k, v = q.float(), k.float(), v.float()
-                o = F.scaled_dot_product_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v)  # [B, H, L, d_h]
+                o = F.scaled_dot_product_attention(
+                    apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+                )  # [B, H, L, d_h]
         else:
             cos, sin = cos.to(q.dtype), sin.to(q.dtype)
             o = F.scaled_dot_product_attention(apply_rope(q, cos, sin), apply_rope(k, cos, sin), v.to(q.dtype))
@@ -170,92 +206,120 @@ class Attention(nn.Module):
         return self.proj(o)
 
 # %% ../nbs/05a_generator_blocks.ipynb #a062a2c0
-def swiglu_hidden(dim: int,  # model width D
-                  mlp_ratio: float = 4.0,  # nominal expansion
-                  multiple: int = 32,  # round up to a multiple of this
-                  ) -> int:
+def swiglu_hidden(
+    dim: int,  # model width D
+    mlp_ratio: float = 4.0,  # nominal expansion
+    multiple: int = 32,  # round up to a multiple of this
+) -> int:
     "SwiGLU hidden width: int(⅔·mlp_ratio·D) rounded up to `multiple`."
     h = int(2 / 3 * mlp_ratio * dim)
     return (h + multiple - 1) // multiple * multiple
 
+
 class SwiGLU(nn.Module):
     "SwiGLU feed-forward network."
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.w1, self.w3 = nn.Linear(dim, hidden), nn.Linear(dim, hidden)  # gate and value
         self.w2 = nn.Linear(hidden, dim)
 
-    def forward(self, x: Tensor,  # [B, L, D]
-                ) -> Tensor:  # [B, L, D]
+    def forward(
+        self,
+        x: Tensor,  # [B, L, D]
+    ) -> Tensor:  # [B, L, D]
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
 
 class GeluMLP(nn.Module):
     "fc1 → exact GELU → fc2: the official MLP when `use_swiglu` is off (hidden = int(mlp_ratio·D))."
+
     def __init__(self, dim: int, hidden: int):
         super().__init__()
         self.fc1, self.fc2 = nn.Linear(dim, hidden), nn.Linear(hidden, dim)
 
-    def forward(self, x: Tensor,  # [B, L, D]
-                ) -> Tensor:  # [B, L, D]
+    def forward(
+        self,
+        x: Tensor,  # [B, L, D]
+    ) -> Tensor:  # [B, L, D]
         return self.fc2(F.gelu(self.fc1(x)))
 
 # %% ../nbs/05a_generator_blocks.ipynb #bb35eaca
-def modulate(x: Tensor,  # [B, L, D]
-             shift: Tensor,  # [B, 1, D]
-             scale: Tensor,  # [B, 1, D]
-             ) -> Tensor:  # [B, L, D]
+def modulate(
+    x: Tensor,  # [B, L, D]
+    shift: Tensor,  # [B, 1, D]
+    scale: Tensor,  # [B, 1, D]
+) -> Tensor:  # [B, L, D]
     "adaLN modulation x·(1+scale)+shift."
     return x * (1 + scale) + shift
 
-def ada_params(lin: nn.Linear,  # the zero-initialised modulation layer
-               c: Tensor,  # [B, D] conditioning vector
-               n: int,  # how many D-wide chunks
-               ) -> tuple[Tensor, ...]:  # n × [B, 1, D], float32
+
+def ada_params(
+    lin: nn.Linear,  # the zero-initialised modulation layer
+    c: Tensor,  # [B, D] conditioning vector
+    n: int,  # how many D-wide chunks
+) -> tuple[Tensor, ...]:  # n × [B, 1, D], float32
     "SiLU → Linear on `c` in float32 (autocast off), split into `n` chunks."
     with fp32_region(c):
         mod = F.linear(F.silu(c.float()), lin.weight.float(), lin.bias.float())  # [B, n*D]
     return mod.unsqueeze(1).chunk(n, dim=-1)
 
+
 class Block(nn.Module):
     "Transformer block: RMSNorm → adaLN → attention → gated residual; RMSNorm → adaLN → SwiGLU → gated residual."
-    def __init__(self, dim: int,  # width D
-                 num_heads: int,  # attention heads
-                 mlp_hidden: int,  # SwiGLU hidden width
-                 eps: float = 1e-6,  # RMSNorm epsilon
-                 attn_fp32: bool = False,  # float32 attention core
-                 qk_norm: bool = True,  # official `use_qknorm`
-                 norm: str = "rms",  # "layer": LayerNorm without affine here (official `use_rmsnorm=False`)
-                 mlp: str = "swiglu",  # "gelu": fc1-GELU-fc2 (official `use_swiglu=False`)
-                 rope: bool = True,  # official `use_rope`
-                 ):
+
+    def __init__(
+        self,
+        dim: int,  # width D
+        num_heads: int,  # attention heads
+        mlp_hidden: int,  # SwiGLU hidden width
+        eps: float = 1e-6,  # RMSNorm epsilon
+        attn_fp32: bool = False,  # float32 attention core
+        qk_norm: bool = True,  # official `use_qknorm`
+        norm: str = "rms",  # "layer": LayerNorm without affine here (official `use_rmsnorm=False`)
+        mlp: str = "swiglu",  # "gelu": fc1-GELU-fc2 (official `use_swiglu=False`)
+        rope: bool = True,  # official `use_rope`
+    ):
         super().__init__()
         self.norm1, self.norm2 = make_norm(norm, dim, eps, affine=False), make_norm(norm, dim, eps, affine=False)
         self.attn = Attention(dim, num_heads, eps=eps, fp32=attn_fp32, qk_norm=qk_norm, norm=norm, rope=rope)
-        if mlp not in ("swiglu", "gelu"): raise ValueError(f"mlp must be 'swiglu' or 'gelu', got {mlp!r}")
+        if mlp not in ("swiglu", "gelu"):
+            raise ValueError(f"mlp must be 'swiglu' or 'gelu', got {mlp!r}")
         self.mlp = SwiGLU(dim, mlp_hidden) if mlp == "swiglu" else GeluMLP(dim, mlp_hidden)
         self.adaLN = nn.Linear(dim, 6 * dim)  # shift, scale, gate for attention then for the MLP
 
-    def forward(self, x: Tensor,  # [B, L, D]
-                c: Tensor,  # [B, D]
-                cos: Tensor, sin: Tensor,  # [L, d_h] RoPE tables
-                ) -> Tensor:  # [B, L, D]
+    def forward(
+        self,
+        x: Tensor,  # [B, L, D]
+        c: Tensor,  # [B, D]
+        cos: Tensor,
+        sin: Tensor,  # [L, d_h] RoPE tables
+    ) -> Tensor:  # [B, L, D]
         shift1, scale1, gate1, shift2, scale2, gate2 = ada_params(self.adaLN, c, 6)  # 6 × [B, 1, D]
         x = x + gate1 * self.attn(modulate(self.norm1(x), shift1, scale1), cos, sin)
         x = x + gate2 * self.mlp(modulate(self.norm2(x), shift2, scale2))
         return x
 
+
 class FinalLayer(nn.Module):
     "RMSNorm → adaLN (shift, scale) → Linear to p²·C values per token."
-    def __init__(self, dim: int, out_dim: int, eps: float = 1e-6,
-                 norm: str = "rms",  # "layer": LayerNorm without affine (official `use_rmsnorm=False`)
-                 ):
+
+    def __init__(
+        self,
+        dim: int,
+        out_dim: int,
+        eps: float = 1e-6,
+        norm: str = "rms",  # "layer": LayerNorm without affine (official `use_rmsnorm=False`)
+    ):
         super().__init__()
         self.norm = make_norm(norm, dim, eps, affine=False)
         self.adaLN = nn.Linear(dim, 2 * dim)
         self.linear = nn.Linear(dim, out_dim)
 
-    def forward(self, x: Tensor,  # [B, L, D]
-                c: Tensor,  # [B, D]
-                ) -> Tensor:  # [B, L, out_dim]
+    def forward(
+        self,
+        x: Tensor,  # [B, L, D]
+        c: Tensor,  # [B, D]
+    ) -> Tensor:  # [B, L, out_dim]
         shift, scale = ada_params(self.adaLN, c, 2)  # 2 × [B, 1, D]
         return self.linear(modulate(self.norm(x), shift, scale))

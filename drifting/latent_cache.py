@@ -22,23 +22,33 @@ __all__ = ['CACHE_FORMAT', 'CACHE_VERSION', 'REQUIRED_MANIFEST_KEYS', 'SHARD_VER
 CACHE_FORMAT, CACHE_VERSION = "drifting-latent-cache", 1
 REQUIRED_MANIFEST_KEYS = ("source_fingerprint", "encoder", "scaling_factor")
 
+
 @dataclass
 class LatentCache:
     "The arrays and manifest of a latent cache, verified."
+
     latents: torch.Tensor  # [N, C, H, W] as stored (float16 or float32)
     labels: torch.Tensor  # [N] int64
     latents_flip: torch.Tensor | None  # [N, C, H, W] latents of the flipped images, or None
     manifest: dict
 
-def _np(a) -> np.ndarray: return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
+def _np(a) -> np.ndarray:
+    return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
+
 
 def _check_required(manifest: dict):
     missing = [k for k in REQUIRED_MANIFEST_KEYS if k not in manifest]
-    if missing: raise ValueError(f"latent cache manifest lacks {missing}: give the source dataset fingerprint, "
-                                 "the encoder id and its scaling factor")
+    if missing:
+        raise ValueError(
+            f"latent cache manifest lacks {missing}: give the source dataset fingerprint, "
+            "the encoder id and its scaling factor"
+        )
+
 
 def _check_arrays(latents, labels, latents_flip):
-    if latents.ndim != 4: raise ValueError(f"latents must be [N, C, H, W], got shape {latents.shape}")
+    if latents.ndim != 4:
+        raise ValueError(f"latents must be [N, C, H, W], got shape {latents.shape}")
     if labels.shape != (len(latents),):
         raise ValueError(f"labels must be [N]=[{len(latents)}] to match latents, got shape {labels.shape}")
     if latents_flip is not None and latents_flip.shape != latents.shape:
@@ -47,42 +57,61 @@ def _check_arrays(latents, labels, latents_flip):
     if latents.dtype not in (np.float16, np.float32) or flip_dtype != latents.dtype:
         raise ValueError(f"latents (and latents_flip) must be float16 or float32 alike, got {latents.dtype}")
 
+
 def _cache_manifest(latents, labels, latents_flip, manifest) -> dict:
-    _check_required(manifest); _check_arrays(latents, labels, latents_flip)
+    _check_required(manifest)
+    _check_arrays(latents, labels, latents_flip)
     cls, cnt = np.unique(labels, return_counts=True)
     sha = dict(latents=sha256_arrays(latents), labels=sha256_arrays(labels))
-    if latents_flip is not None: sha["latents_flip"] = sha256_arrays(latents_flip)
-    return dict(manifest, format=CACHE_FORMAT, format_version=CACHE_VERSION, count=int(len(latents)),
-                shape=list(latents.shape[1:]), dtype=str(latents.dtype), has_flip=latents_flip is not None,
-                count_per_class={str(int(c)): int(n) for c, n in zip(cls, cnt)}, sha256=sha)
+    if latents_flip is not None:
+        sha["latents_flip"] = sha256_arrays(latents_flip)
+    return dict(
+        manifest,
+        format=CACHE_FORMAT,
+        format_version=CACHE_VERSION,
+        count=int(len(latents)),
+        shape=list(latents.shape[1:]),
+        dtype=str(latents.dtype),
+        has_flip=latents_flip is not None,
+        count_per_class={str(int(c)): int(n) for c, n in zip(cls, cnt)},
+        sha256=sha,
+    )
+
 
 def _write_npz_cache(path, latents, labels, manifest, latents_flip) -> dict:
     lat, lab = _np(latents), _np(labels).astype(np.int64)
     flip = None if latents_flip is None else _np(latents_flip)
     man = _cache_manifest(lat, lab, flip, manifest)
     arrays = dict(latents=lat, labels=lab, manifest=np.frombuffer(json.dumps(man).encode(), dtype=np.uint8))
-    if flip is not None: arrays["latents_flip"] = flip
-    with atomic_open(path) as f: np.savez(f, **arrays)
+    if flip is not None:
+        arrays["latents_flip"] = flip
+    with atomic_open(path) as f:
+        np.savez(f, **arrays)
     return man
 
-def save_latent_cache(path: str | os.PathLike,  # destination .npz
-                      latents: torch.Tensor | np.ndarray,  # [N, C, H, W] scaled latents, float16 or float32
-                      labels: torch.Tensor | np.ndarray,  # [N] class ids
-                      manifest: dict,  # at least source_fingerprint, encoder, scaling_factor (+ e.g. class_names)
-                      latents_flip: torch.Tensor | np.ndarray | None = None,  # [N, C, H, W] of the flipped images
-                      ) -> Path:
+
+def save_latent_cache(
+    path: str | os.PathLike,  # destination .npz
+    latents: torch.Tensor | np.ndarray,  # [N, C, H, W] scaled latents, float16 or float32
+    labels: torch.Tensor | np.ndarray,  # [N] class ids
+    manifest: dict,  # at least source_fingerprint, encoder, scaling_factor (+ e.g. class_names)
+    latents_flip: torch.Tensor | np.ndarray | None = None,  # [N, C, H, W] of the flipped images
+) -> Path:
     "Write a single-file latent cache atomically, with its manifest and array hashes embedded."
     path = Path(path)
-    if path.suffix != ".npz": raise ValueError(f"a latent cache file must end in .npz, got {path}")
+    if path.suffix != ".npz":
+        raise ValueError(f"a latent cache file must end in .npz, got {path}")
     _write_npz_cache(path, latents, labels, manifest, latents_flip)
     return path
+
 
 def _load_npz_cache(path: Path) -> LatentCache:
     try:
         with np.load(path, allow_pickle=False) as z:
             arrays = {k: z[k] for k in z.files}
         man = json.loads(arrays.pop("manifest").tobytes().decode())
-        if man.get("format") != CACHE_FORMAT: raise ValueError(f"its manifest is not a {CACHE_FORMAT} manifest")
+        if man.get("format") != CACHE_FORMAT:
+            raise ValueError(f"its manifest is not a {CACHE_FORMAT} manifest")
         lat, lab, flip = arrays["latents"], arrays["labels"], arrays.get("latents_flip")
         if flip is not None and not man["has_flip"]:  # an array its manifest does not hash would be used unverified
             raise ValueError("it holds a latents_flip array that its manifest does not list (has_flip false)")
@@ -91,80 +120,128 @@ def _load_npz_cache(path: Path) -> LatentCache:
     except (zipfile.BadZipFile, OSError, ValueError, KeyError, EOFError) as e:
         raise ValueError(f"latent cache {path} is unreadable (truncated, corrupt or not a cache): {e!r}") from e
     for k, a in zip(names, (lat, lab, flip)):
-        if a is None: raise ValueError(f"latent cache {path} lacks the array {k!r}")
+        if a is None:
+            raise ValueError(f"latent cache {path} lacks the array {k!r}")
         if sha256_arrays(a) != sha.get(k):
             raise ValueError(f"latent cache {path}: sha256 mismatch for {k!r} (modified or corrupt); re-export it")
     if list(lat.shape) != [count] + shape or lab.shape != (count,):
-        raise ValueError(f"latent cache {path}: shapes {lat.shape}/{lab.shape} disagree with its manifest "
-                         f"(count {count}, shape {shape})")
+        raise ValueError(
+            f"latent cache {path}: shapes {lat.shape}/{lab.shape} disagree with its manifest "
+            f"(count {count}, shape {shape})"
+        )
     t = lambda a: None if a is None else torch.from_numpy(a)
     return LatentCache(t(lat), t(lab), t(flip), man)
 
-def load_latent_cache(path: str | os.PathLike,  # a .npz cache or a sharded cache directory
-                      allow_incomplete: bool = False,  # accept a sharded cache whose export did not finish
-                      ) -> LatentCache:
+
+def load_latent_cache(
+    path: str | os.PathLike,  # a .npz cache or a sharded cache directory
+    allow_incomplete: bool = False,  # accept a sharded cache whose export did not finish
+) -> LatentCache:
     "Load and verify a whole latent cache into memory (hashes, shapes and, for a directory, the shard list)."
     path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"latent cache {path} does not exist")
+    if not path.exists():
+        raise FileNotFoundError(f"latent cache {path} does not exist")
     return _load_npz_cache(path) if path.is_file() else _load_sharded(path, allow_incomplete)
 
 # %% ../nbs/07a_latent_cache.ipynb #b5378d0c
 SHARD_VERSION = 2  # sharded directories: one memory-mappable .npy file per array and shard, and a JSON record per shard
 _ROLES = ("latents", "labels", "flip")
 
-def shard_name(k: int) -> str: return f"shard_{k:05d}"
+
+def shard_name(k: int) -> str:
+    return f"shard_{k:05d}"
+
 
 class LatentCacheWriter:
     "Write the shards of a cache directory (any order, any process); reopen to resume; `finish()` writes the manifest."
-    def __init__(self, root: str | os.PathLike,  # cache directory (created)
-                 manifest: dict):  # as for `save_latent_cache`
+
+    def __init__(
+        self,
+        root: str | os.PathLike,  # cache directory (created)
+        manifest: dict,
+    ):  # as for `save_latent_cache`
         _check_required(manifest)
         self.root, self.base = Path(root), json.loads(json.dumps(manifest))  # JSON-normalised
         mp = self.root / "manifest.json"
         if mp.exists():
             self.man = _read_manifest(mp)
             if self.man.get("format_version") != SHARD_VERSION:
-                raise ValueError(f"{self.root} is a format-{self.man.get('format_version')} cache (.npz shards), not "
-                                 f"format {SHARD_VERSION}: export into a new directory")
+                raise ValueError(
+                    f"{self.root} is a format-{self.man.get('format_version')} cache (.npz shards), not "
+                    f"format {SHARD_VERSION}: export into a new directory"
+                )
             for k, v in self.base.items():
                 if self.man.get(k) != v:
-                    raise ValueError(f"cannot resume {self.root}: manifest field {k!r} is {self.man.get(k)!r} there, "
-                                     f"{v!r} now; use a new directory")
+                    raise ValueError(
+                        f"cannot resume {self.root}: manifest field {k!r} is {self.man.get(k)!r} there, "
+                        f"{v!r} now; use a new directory"
+                    )
         else:
-            self.man = dict(self.base, format=CACHE_FORMAT, format_version=SHARD_VERSION, sharded=True, complete=False,
-                            count=0, shards=[])
+            self.man = dict(
+                self.base,
+                format=CACHE_FORMAT,
+                format_version=SHARD_VERSION,
+                sharded=True,
+                complete=False,
+                count=0,
+                shards=[],
+            )
             atomic_write_text(mp, json.dumps(self.man, indent=1))
+
     @property
-    def n_written(self) -> int: return self.man["count"]
+    def n_written(self) -> int:
+        return self.man["count"]
 
     def done(self, k: int) -> dict | None:
         "The record of shard `k` if it was written completely by this export (its files present, sizes as recorded)."
         p = self.root / f"{shard_name(k)}.json"
-        if not p.exists(): return None
+        if not p.exists():
+            return None
         rec = _read_manifest(p)
         ok = rec.get("base") == sha256_json(self.base) and all(
-            (self.root / f).is_file() and (self.root / f).stat().st_size == rec["bytes"][r] for r, f in rec["files"].items())
+            (self.root / f).is_file() and (self.root / f).stat().st_size == rec["bytes"][r]
+            for r, f in rec["files"].items()
+        )
         return rec if ok else None
 
-    def write(self, k: int,  # shard number
-              start: int,  # index of its first item in the whole cache
-              latents, labels, latents_flip=None,  # as for `save_latent_cache`, this shard's items
-              **extra) -> dict:  # JSON-able extras kept in the shard's record (e.g. source digests)
+    def write(
+        self,
+        k: int,  # shard number
+        start: int,  # index of its first item in the whole cache
+        latents,
+        labels,
+        latents_flip=None,  # as for `save_latent_cache`, this shard's items
+        **extra,
+    ) -> dict:  # JSON-able extras kept in the shard's record (e.g. source digests)
         "Write shard `k` atomically: its `.npy` files, then its record (the record marks it done). Returns the record."
-        if self.man["complete"]: raise ValueError(f"{self.root} is marked complete; use a new directory")
+        if self.man["complete"]:
+            raise ValueError(f"{self.root} is marked complete; use a new directory")
         lat, lab = _np(latents), _np(labels).astype(np.int64)
         flip = None if latents_flip is None else _np(latents_flip)
         _check_arrays(lat, lab, flip)
         files, sha, size = {}, {}, {}
         for role, a in zip(_ROLES, (lat, lab, flip)):
-            if a is None: continue
+            if a is None:
+                continue
             f = self.root / f"{shard_name(k)}.{role}.npy"
-            with atomic_open(f) as fh: np.save(fh, np.ascontiguousarray(a), allow_pickle=False)
+            with atomic_open(f) as fh:
+                np.save(fh, np.ascontiguousarray(a), allow_pickle=False)
             files[role], sha[role], size[role] = f.name, sha256_file(f), f.stat().st_size
         cls, cnt = np.unique(lab, return_counts=True)
-        rec = dict(index=k, start=int(start), count=len(lat), shape=list(lat.shape[1:]), dtype=str(lat.dtype),
-                   has_flip=flip is not None, files=files, sha256=sha, bytes=size, base=sha256_json(self.base),
-                   count_per_class={str(int(c)): int(n) for c, n in zip(cls, cnt)}, **extra)
+        rec = dict(
+            index=k,
+            start=int(start),
+            count=len(lat),
+            shape=list(lat.shape[1:]),
+            dtype=str(lat.dtype),
+            has_flip=flip is not None,
+            files=files,
+            sha256=sha,
+            bytes=size,
+            base=sha256_json(self.base),
+            count_per_class={str(int(c)): int(n) for c, n in zip(cls, cnt)},
+            **extra,
+        )
         atomic_write_text(self.root / f"{shard_name(k)}.json", json.dumps(rec))
         return rec
 
@@ -174,7 +251,8 @@ class LatentCacheWriter:
         rec = self.write(k, self.man["count"], latents, labels, latents_flip)
         for f in ("shape", "dtype", "has_flip"):
             if self.man["shards"] and rec[f] != self.man[f]:
-                for p in rec["files"].values(): (self.root / p).unlink()
+                for p in rec["files"].values():
+                    (self.root / p).unlink()
                 (self.root / f"{shard_name(k)}.json").unlink()
                 raise ValueError(f"shard {f} {rec[f]!r} differs from the cache's {self.man[f]!r}")
             self.man[f] = rec[f]
@@ -187,35 +265,45 @@ class LatentCacheWriter:
         self.man["shards"] = [{k: r[k] for k in keep} for r in recs]
         self.man["count"] = sum(r["count"] for r in recs)
 
-    def finish(self, n_shards: int | None = None,  # shards the export has (None: those listed by `append`)
-               **update) -> Path:  # manifest fields known only at the end (e.g. the source fingerprint)
+    def finish(
+        self,
+        n_shards: int | None = None,  # shards the export has (None: those listed by `append`)
+        **update,
+    ) -> Path:  # manifest fields known only at the end (e.g. the source fingerprint)
         "Check that shards 0..n-1 are all written and consistent, list them with their hashes, mark the cache complete."
         n = len(self.man["shards"]) if n_shards is None else n_shards
         recs = [self.done(k) for k in range(n)]
         missing = [shard_name(k) for k, r in enumerate(recs) if r is None]
-        if not n or missing: raise ValueError(f"cannot finish {self.root}: shards not written: {missing or 'all'}")
+        if not n or missing:
+            raise ValueError(f"cannot finish {self.root}: shards not written: {missing or 'all'}")
         pos = 0
         for r in recs:
             for f in ("shape", "dtype", "has_flip"):
-                if r[f] != recs[0][f]: raise ValueError(f"{shard_name(r['index'])}: {f} {r[f]!r} differs from shard 0's {recs[0][f]!r}")
-            if r["start"] != pos: raise ValueError(f"{shard_name(r['index'])} starts at item {r['start']}, expected {pos}")
+                if r[f] != recs[0][f]:
+                    raise ValueError(f"{shard_name(r['index'])}: {f} {r[f]!r} differs from shard 0's {recs[0][f]!r}")
+            if r["start"] != pos:
+                raise ValueError(f"{shard_name(r['index'])} starts at item {r['start']}, expected {pos}")
             pos += r["count"]
         per_class = {}
         for r in recs:
-            for c, m in r["count_per_class"].items(): per_class[c] = per_class.get(c, 0) + m
+            for c, m in r["count_per_class"].items():
+                per_class[c] = per_class.get(c, 0) + m
         self._list(recs)
         self.man.update({f: recs[0][f] for f in ("shape", "dtype", "has_flip")}, count_per_class=per_class, **update)
         self.man["complete"] = True
         return atomic_write_text(self.root / "manifest.json", json.dumps(self.man, indent=1))
 
-def _read_manifest(mp: Path) -> dict:
-    try: return json.loads(mp.read_text())
-    except ValueError as e: raise ValueError(f"{mp} is not valid JSON ({e}); the cache directory is corrupt") from e
 
+def _read_manifest(mp: Path) -> dict:
+    try:
+        return json.loads(mp.read_text())
+    except ValueError as e:
+        raise ValueError(f"{mp} is not valid JSON ({e}); the cache directory is corrupt") from e
 
 # %% ../nbs/07a_latent_cache.ipynb #aa885710
 def _map_npy(path: Path):  # (the mmap, the array viewing it); the file's size is checked against its header
     import mmap
+
     try:
         with open(path, "rb") as f:
             version = np.lib.format.read_magic(f)
@@ -227,15 +315,22 @@ def _map_npy(path: Path):  # (the mmap, the array viewing it); the file's size i
         raise ValueError(f"latent cache shard file {path} is unreadable (truncated, corrupt or missing): {e!r}") from e
     n = int(np.prod(shape)) * dtype.itemsize
     if fortran or len(mm) != offset + n:
-        raise ValueError(f"latent cache shard file {path} is {len(mm)} bytes, its header says {offset + n} for "
-                         f"{dtype} {tuple(shape)}: truncated or corrupt; re-export this shard (delete it and its .json)")
+        raise ValueError(
+            f"latent cache shard file {path} is {len(mm)} bytes, its header says {offset + n} for "
+            f"{dtype} {tuple(shape)}: truncated or corrupt; re-export this shard (delete it and its .json)"
+        )
     return mm, np.frombuffer(mm, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
+
 
 class ShardedRows:
     "Rows `[N, ...]` of memory-mapped `.npy` shards: indexing reads only the rows asked for and releases their pages."
-    def __init__(self, files: list,  # one .npy per shard, in order
-                 index: np.ndarray | None = None,  # rows of the whole that this view shows (None: all)
-                 _maps: list | None = None):
+
+    def __init__(
+        self,
+        files: list,  # one .npy per shard, in order
+        index: np.ndarray | None = None,  # rows of the whole that this view shows (None: all)
+        _maps: list | None = None,
+    ):
         self.files = [Path(f) for f in files]
         self._maps = _maps if _maps is not None else [_map_npy(f) for f in self.files]
         self.counts = np.array([a.shape[0] for _, a in self._maps], dtype=np.int64)
@@ -246,19 +341,31 @@ class ShardedRows:
             raise ValueError(f"shards {self.files[0].parent} disagree in row shape or dtype")
         self.row_shape, self.np_dtype = tuple(a0.shape[1:]), a0.dtype
 
-    def __len__(self) -> int: return int(self.ends[-1]) if self.index is None else len(self.index)
+    def __len__(self) -> int:
+        return int(self.ends[-1]) if self.index is None else len(self.index)
+
     @property
-    def shape(self) -> torch.Size: return torch.Size((len(self),) + self.row_shape)
+    def shape(self) -> torch.Size:
+        return torch.Size((len(self),) + self.row_shape)
+
     @property
-    def dtype(self) -> torch.dtype: return torch.from_numpy(np.zeros(0, self.np_dtype)).dtype
-    def __repr__(self): return f"ShardedRows({len(self.files)} shards, shape={tuple(self.shape)}, dtype={self.np_dtype})"
+    def dtype(self) -> torch.dtype:
+        return torch.from_numpy(np.zeros(0, self.np_dtype)).dtype
+
+    def __repr__(self):
+        return f"ShardedRows({len(self.files)} shards, shape={tuple(self.shape)}, dtype={self.np_dtype})"
+
     def __getattr__(self, name):  # tensor methods that would need every row (float, to, split, ...)
-        if name.startswith("__") or name in ("files", "_maps", "counts", "ends", "index", "row_shape", "np_dtype"): raise AttributeError(name)
-        raise AttributeError(f"ShardedRows has no {name!r}: it is a lazily read latent cache ({len(self)} rows); index it "
-                             "with row indices, or load the cache whole (load_dataset(..., lazy=False))")
+        if name.startswith("__") or name in ("files", "_maps", "counts", "ends", "index", "row_shape", "np_dtype"):
+            raise AttributeError(name)
+        raise AttributeError(
+            f"ShardedRows has no {name!r}: it is a lazily read latent cache ({len(self)} rows); index it "
+            "with row indices, or load the cache whole (load_dataset(..., lazy=False))"
+        )
 
     def _rows(self, key) -> np.ndarray:  # [n] int64 rows of the whole
-        if isinstance(key, torch.Tensor): key = key.cpu().numpy()
+        if isinstance(key, torch.Tensor):
+            key = key.cpu().numpy()
         idx = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key, dtype=np.int64)
         if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
             raise IndexError(f"row index out of range for {len(self)} rows")
@@ -278,7 +385,9 @@ class ShardedRows:
             m = shard == s
             mm, a = self._maps[s]
             out[m] = a[rows[m] - (self.ends[s] - self.counts[s])]
-            mm.madvise(__import__("mmap").MADV_DONTNEED)  # drop the pages from this process (the OS page cache keeps them)
+            mm.madvise(
+                __import__("mmap").MADV_DONTNEED
+            )  # drop the pages from this process (the OS page cache keeps them)
         t = torch.from_numpy(out)
         return t[0] if scalar else t
 
@@ -286,70 +395,107 @@ class ShardedRows:
         "Every row in memory (small caches)."
         return self[np.arange(len(self))]
 
+
 def _check_files(root: Path, s: dict, verify: bool):
     for role, f in s["files"].items():
         if not f or Path(f).name != f or f in (".", ".."):  # a bare file name: nothing outside the cache is read
-            raise ValueError(f"latent cache {root}: its manifest names the shard file {f!r}, which is not a file inside "
-                             "the cache directory; the manifest is corrupt or forged: re-export the cache")
+            raise ValueError(
+                f"latent cache {root}: its manifest names the shard file {f!r}, which is not a file inside "
+                "the cache directory; the manifest is corrupt or forged: re-export the cache"
+            )
         p = root / f
-        if not p.is_file(): raise ValueError(f"latent cache {root}: shard file {f} is missing; re-export it")
+        if not p.is_file():
+            raise ValueError(f"latent cache {root}: shard file {f} is missing; re-export it")
         if p.stat().st_size != s["bytes"][role]:
-            raise ValueError(f"latent cache {root}: shard file {f} is {p.stat().st_size} bytes, the manifest says "
-                             f"{s['bytes'][role]}: truncated or replaced; re-export this shard")
+            raise ValueError(
+                f"latent cache {root}: shard file {f} is {p.stat().st_size} bytes, the manifest says "
+                f"{s['bytes'][role]}: truncated or replaced; re-export this shard"
+            )
         if verify and sha256_file(p) != s["sha256"][role]:
-            raise ValueError(f"latent cache {root}: shard file {f} does not match its sha256 in the manifest (modified or "
-                             "corrupt); re-export this shard")
+            raise ValueError(
+                f"latent cache {root}: shard file {f} does not match its sha256 in the manifest (modified or "
+                "corrupt); re-export this shard"
+            )
 
-def open_latent_cache(path: str | os.PathLike,  # a sharded cache directory of format 2
-                      allow_incomplete: bool = False,  # accept an export that has not finished (its listed shards)
-                      verify: bool = True,  # hash every shard file (streamed; False checks sizes and headers only)
-                      ) -> LatentCache:  # latents and flips as lazy `ShardedRows`, labels in memory
+
+def open_latent_cache(
+    path: str | os.PathLike,  # a sharded cache directory of format 2
+    allow_incomplete: bool = False,  # accept an export that has not finished (its listed shards)
+    verify: bool = True,  # hash every shard file (streamed; False checks sizes and headers only)
+) -> LatentCache:  # latents and flips as lazy `ShardedRows`, labels in memory
     "Open a sharded cache without reading its latents: the shards are memory-mapped and read row by row on demand."
     root = Path(path)
     mp = root / "manifest.json"
-    if not mp.exists(): raise FileNotFoundError(f"{root} is not a directory with a manifest.json: not a sharded latent cache")
+    if not mp.exists():
+        raise FileNotFoundError(f"{root} is not a directory with a manifest.json: not a sharded latent cache")
     man = _read_manifest(mp)
     if man.get("format_version") != SHARD_VERSION:
-        raise ValueError(f"latent cache {root} is format {man.get('format_version')} (.npz shards): it can only be loaded "
-                         f"whole (load_latent_cache); re-export it for lazy reading")
+        raise ValueError(
+            f"latent cache {root} is format {man.get('format_version')} (.npz shards): it can only be loaded "
+            f"whole (load_latent_cache); re-export it for lazy reading"
+        )
     if not man.get("complete") and not allow_incomplete:
-        raise ValueError(f"latent cache {root} is incomplete ({man.get('count')} items written); finish the export "
-                         "or pass allow_incomplete=True")
+        raise ValueError(
+            f"latent cache {root} is incomplete ({man.get('count')} items written); finish the export "
+            "or pass allow_incomplete=True"
+        )
     if not man.get("complete"):  # an unfinished export: the shards written so far from the first on, by their records
         recs, k = [], 0
-        while (root / f"{shard_name(k)}.json").exists(): recs.append(_read_manifest(root / f"{shard_name(k)}.json")); k += 1
-        if recs: man = dict(man, shards=recs, count=sum(r["count"] for r in recs),
-                            **{f: recs[0][f] for f in ("shape", "dtype", "has_flip")})
-    if not man.get("shards"): raise ValueError(f"latent cache {root} holds no shards")
-    for s in man["shards"]: _check_files(root, s, verify)
+        while (root / f"{shard_name(k)}.json").exists():
+            recs.append(_read_manifest(root / f"{shard_name(k)}.json"))
+            k += 1
+        if recs:
+            man = dict(
+                man,
+                shards=recs,
+                count=sum(r["count"] for r in recs),
+                **{f: recs[0][f] for f in ("shape", "dtype", "has_flip")},
+            )
+    if not man.get("shards"):
+        raise ValueError(f"latent cache {root} holds no shards")
+    for s in man["shards"]:
+        _check_files(root, s, verify)
     rows = lambda r: ShardedRows([root / s["files"][r] for s in man["shards"]])
     lat, lab = rows("latents"), rows("labels").materialize()
     flip = rows("flip") if man.get("has_flip") else None
     if list(lat.shape) != [man["count"]] + list(man["shape"]) or lab.shape != (man["count"],):
-        raise ValueError(f"latent cache {root}: shapes {tuple(lat.shape)}/{tuple(lab.shape)} disagree with its manifest")
+        raise ValueError(
+            f"latent cache {root}: shapes {tuple(lat.shape)}/{tuple(lab.shape)} disagree with its manifest"
+        )
     return LatentCache(lat, lab, flip, man)
+
 
 def _load_sharded(path: Path, allow_incomplete: bool) -> LatentCache:
     mp = path / "manifest.json"
-    if not mp.exists(): raise FileNotFoundError(f"{path} is a directory without manifest.json: not a latent cache")
+    if not mp.exists():
+        raise FileNotFoundError(f"{path} is a directory without manifest.json: not a latent cache")
     man = _read_manifest(mp)
     if man.get("format_version") == SHARD_VERSION:
         c = open_latent_cache(path, allow_incomplete)
-        return LatentCache(c.latents.materialize(), c.labels, None if c.latents_flip is None else c.latents_flip.materialize(), c.manifest)
+        return LatentCache(
+            c.latents.materialize(),
+            c.labels,
+            None if c.latents_flip is None else c.latents_flip.materialize(),
+            c.manifest,
+        )
     if not man.get("complete") and not allow_incomplete:  # format 1: .npz shards, read whole
-        raise ValueError(f"latent cache {path} is incomplete ({man.get('count')} items written); finish the export "
-                         "or pass allow_incomplete=True")
-    if not man.get("shards"): raise ValueError(f"latent cache {path} holds no shards")
+        raise ValueError(
+            f"latent cache {path} is incomplete ({man.get('count')} items written); finish the export "
+            "or pass allow_incomplete=True"
+        )
+    if not man.get("shards"):
+        raise ValueError(f"latent cache {path} holds no shards")
     parts = []
     for s in man["shards"]:
         f = str(s.get("file", ""))
         if not f or Path(f).name != f or f in (".", ".."):
-            raise ValueError(f"latent cache {path}: its manifest names the shard {f!r}, which is not a file inside the "
-                             "cache directory; the manifest is corrupt or forged: re-export the cache")
+            raise ValueError(
+                f"latent cache {path}: its manifest names the shard {f!r}, which is not a file inside the "
+                "cache directory; the manifest is corrupt or forged: re-export the cache"
+            )
         c = _load_npz_cache(path / f)
         if c.manifest["sha256"] != s["sha256"]:
             raise ValueError(f"shard {s['file']} of {path} is not the one its manifest lists (hash mismatch)")
         parts.append(c)
     cat = lambda k: None if getattr(parts[0], k) is None else torch.cat([getattr(p, k) for p in parts])
     return LatentCache(cat("latents"), cat("labels"), cat("latents_flip"), man)
-

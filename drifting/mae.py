@@ -25,15 +25,23 @@ __all__ = ['MAE_PRESETS', 'ENCODER_FORMAT', 'MAEConfig', 'mae_config', 'gn_group
 @dataclass(frozen=True)
 class MAEConfig:
     "Architecture and masking recipe of the ResNet MAE (defaults: the paper's latent-MAE, width 256)."
+
     in_channels: int = 4  # channels of one input item: 4 for SD-VAE latents (32×32×4), 3 for pixels
     width: int = 256  # base width C; stages have C, 2C, 4C, 8C channels (App. A.3: 256 ablation, 640 final)
-    blocks: tuple = (3, 4, 6, 3)  # basic blocks per stage, the ResNet-34 layout (App. A.3; Tab. 8 says bottleneck, §13.1)
+    blocks: tuple = (
+        3,
+        4,
+        6,
+        3,
+    )  # basic blocks per stage, the ResNet-34 layout (App. A.3; Tab. 8 says bottleneck, §13.1)
     input_patch: int = 1  # patchify p×p before the stem (pixel-MAE: 8, 256×256×3 -> 32×32×192; App. A.3)
     gn_max_groups: int = 32  # GroupNorm groups = largest divisor of the channels that is ≤ this (release)
     num_classes: int = 1000  # classes of the linear head used only by the cls fine-tune (ImageNet)
     mask_ratio: float = 0.5  # probability that a mask patch is zeroed (App. A.3; release mask_ratio_min=max=0.5)
     mask_patch: int = 2  # side of the square mask patches on the (patchified) grid (release patch_size: 2)
-    gn_eps: float = 1e-5  # GroupNorm ε (PyTorch's default); the official Flax models use Flax's 1e-6 (drifting.official)
+    gn_eps: float = (
+        1e-5  # GroupNorm ε (PyTorch's default); the official Flax models use Flax's 1e-6 (drifting.official)
+    )
 
     def __post_init__(self):
         object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
@@ -45,21 +53,31 @@ class MAEConfig:
             raise ValueError(f"MAEConfig.blocks must be 4 positive block counts (one per stage), got {self.blocks!r}")
         if not 0.0 <= self.mask_ratio < 1.0:
             raise ValueError(f"MAEConfig.mask_ratio must be in [0, 1), got {self.mask_ratio!r}")
+
     @property
     def channels(self) -> tuple:  # (C_stem, C1, C2, C3, C4)
         "Channels of the stem and of the four stages: C, C, 2C, 4C, 8C."
         c = self.width
         return (c, c, 2 * c, 4 * c, 8 * c)
+
     @property
     def patch_channels(self) -> int:
         "Channels the stem sees: in_channels · input_patch²."
-        return self.in_channels * self.input_patch ** 2
+        return self.in_channels * self.input_patch**2
+
     def encoder_dict(self) -> dict:
         "The fields that determine the encoder (what an encoder export records)."
-        d = dict(in_channels=self.in_channels, width=self.width, blocks=list(self.blocks),
-                 input_patch=self.input_patch, gn_max_groups=self.gn_max_groups)
-        if self.gn_eps != 1e-5: d["gn_eps"] = self.gn_eps  # only when set: default exports are unchanged
+        d = dict(
+            in_channels=self.in_channels,
+            width=self.width,
+            blocks=list(self.blocks),
+            input_patch=self.input_patch,
+            gn_max_groups=self.gn_max_groups,
+        )
+        if self.gn_eps != 1e-5:
+            d["gn_eps"] = self.gn_eps  # only when set: default exports are unchanged
         return d
+
 
 MAE_PRESETS = {
     "latent-256": MAEConfig(width=256),  # ablation encoder, HF `mae_latent_256` (Tab. 8)
@@ -67,23 +85,29 @@ MAE_PRESETS = {
     "latent-512": MAEConfig(width=512),  # Tab. 3
     "latent-640": MAEConfig(width=640),  # final latent encoder, HF `mae_latent_640` (Tab. 8)
     "pixel-640": MAEConfig(in_channels=3, width=640, input_patch=8),  # 256×256×3 -> 32×32×192 (App. A.3)
-    "pixel-small": MAEConfig(in_channels=1, width=32, blocks=(2, 2, 2, 2), input_patch=4, num_classes=10),  # ours: the built-in digits' pixels, 32×32×1 -> 8×8×16
+    "pixel-small": MAEConfig(
+        in_channels=1, width=32, blocks=(2, 2, 2, 2), input_patch=4, num_classes=10
+    ),  # ours: the built-in digits' pixels, 32×32×1 -> 8×8×16
     "small": MAEConfig(width=32, blocks=(2, 2, 2, 2), num_classes=10),  # ours: CPU runs on the built-in data
     "tiny": MAEConfig(width=8, blocks=(1, 1, 1, 1), num_classes=10),  # ours: tests
 }
 
-def mae_config(preset: str | MAEConfig = "latent-256",  # a name in MAE_PRESETS or a config
-               **overrides,  # fields to replace, e.g. in_channels=1, num_classes=10
-               ) -> MAEConfig:
+
+def mae_config(
+    preset: str | MAEConfig = "latent-256",  # a name in MAE_PRESETS or a config
+    **overrides,  # fields to replace, e.g. in_channels=1, num_classes=10
+) -> MAEConfig:
     "A preset by name with some fields replaced."
     return from_preset(MAE_PRESETS, preset, "MAE", **overrides)
 
 # %% ../nbs/04_mae.ipynb #15cc1030
-def gn_groups(channels: int,  # channels to normalise
-              max_groups: int = 32,  # upper bound on the groups (release: 32)
-              ) -> int:
+def gn_groups(
+    channels: int,  # channels to normalise
+    max_groups: int = 32,  # upper bound on the groups (release: 32)
+) -> int:
     "The largest divisor of `channels` that is ≤ `max_groups`."
     return max(g for g in range(1, min(channels, max_groups) + 1) if channels % g == 0)
+
 
 def group_norm(channels: int, max_groups: int = 32, eps: float = 1e-5) -> nn.GroupNorm:
     "GroupNorm with `gn_groups(channels, max_groups)` groups (ε 1e-5 unless given, affine)."
@@ -92,61 +116,95 @@ def group_norm(channels: int, max_groups: int = 32, eps: float = 1e-5) -> nn.Gro
 # %% ../nbs/04_mae.ipynb #5e42d789
 class BasicBlock(nn.Module):
     "conv3×3(stride)–GN–ReLU–conv3×3–GN plus a (1×1 conv + GN) shortcut when the shape changes; ReLU of the sum."
+
     def __init__(self, c_in: int, c_out: int, stride: int = 1, max_groups: int = 32, eps: float = 1e-5):
         super().__init__()
         self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
         self.gn1 = group_norm(c_out, max_groups, eps)
         self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
         self.gn2 = group_norm(c_out, max_groups, eps)
-        self.proj = (nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), group_norm(c_out, max_groups, eps))
-                     if stride != 1 or c_in != c_out else nn.Identity())
+        self.proj = (
+            nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), group_norm(c_out, max_groups, eps))
+            if stride != 1 or c_in != c_out
+            else nn.Identity()
+        )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, c_in, H, W] -> [B, c_out, H/s, W/s]
         y = self.gn2(self.conv2(F.relu(self.gn1(self.conv1(x)))))
         return F.relu(y + self.proj(x))
 
-def patchify(x: torch.Tensor,  # [B, C, H, W]
-             p: int,  # patch side
-             ) -> torch.Tensor:  # [B, C·p·p, H/p, W/p], channel order (p_h, p_w, C) as the release
+
+def patchify(
+    x: torch.Tensor,  # [B, C, H, W]
+    p: int,  # patch side
+) -> torch.Tensor:  # [B, C·p·p, H/p, W/p], channel order (p_h, p_w, C) as the release
     "Fold p×p patches into channels (pixel-MAE: 256×256×3 -> 32×32×192)."
-    if p == 1: return x
+    if p == 1:
+        return x
     B, C, H, W = x.shape
-    if H % p or W % p: raise ValueError(f"input {H}×{W} is not divisible by the input patch size {p}")
+    if H % p or W % p:
+        raise ValueError(f"input {H}×{W} is not divisible by the input patch size {p}")
     x = x.reshape(B, C, H // p, p, W // p, p)  # [B, C, h, p, w, p]
     return x.permute(0, 3, 5, 1, 2, 4).reshape(B, p * p * C, H // p, W // p)
 
-def unpatchify(x: torch.Tensor,  # [B, C·p·p, h, w]
-               p: int,  # patch side
-               ) -> torch.Tensor:  # [B, C, h·p, w·p]
+
+def unpatchify(
+    x: torch.Tensor,  # [B, C·p·p, h, w]
+    p: int,  # patch side
+) -> torch.Tensor:  # [B, C, h·p, w·p]
     "Inverse of `patchify`."
-    if p == 1: return x
+    if p == 1:
+        return x
     B, D, h, w = x.shape
     C = D // (p * p)
     x = x.reshape(B, p, p, C, h, w).permute(0, 3, 4, 1, 5, 2)  # [B, C, h, p, w, p]
     return x.reshape(B, C, h * p, w * p)
 
+
 class ResNetEncoder(nn.Module):
     "The MAE encoder: GN stem and 4 stages of basic blocks, each stage output GN-normalised (`layer{i}_norm`)."
-    def __init__(self, in_channels: int = 4, width: int = 256, blocks=(3, 4, 6, 3), input_patch: int = 1,
-                 gn_max_groups: int = 32, gn_eps: float = 1e-5):
+
+    def __init__(
+        self,
+        in_channels: int = 4,
+        width: int = 256,
+        blocks=(3, 4, 6, 3),
+        input_patch: int = 1,
+        gn_max_groups: int = 32,
+        gn_eps: float = 1e-5,
+    ):
         super().__init__()
-        self.config = MAEConfig(in_channels=in_channels, width=width, blocks=tuple(blocks), input_patch=input_patch,
-                                gn_max_groups=gn_max_groups, gn_eps=gn_eps).encoder_dict()
+        self.config = MAEConfig(
+            in_channels=in_channels,
+            width=width,
+            blocks=tuple(blocks),
+            input_patch=input_patch,
+            gn_max_groups=gn_max_groups,
+            gn_eps=gn_eps,
+        ).encoder_dict()
         cs = (width, width, 2 * width, 4 * width, 8 * width)
-        self.conv1 = nn.Conv2d(in_channels * input_patch ** 2, width, 3, 1, 1, bias=False)
+        self.conv1 = nn.Conv2d(in_channels * input_patch**2, width, 3, 1, 1, bias=False)
         self.gn1 = group_norm(width, gn_max_groups, gn_eps)
         self.stages, self.stage_norms = nn.ModuleList(), nn.ModuleList()
         for i, n in enumerate(blocks):
             c_in, c = cs[i], cs[i + 1]
             s = 1 if i == 0 else 2  # stride 2 in the first block of stages 2–4
-            self.stages.append(nn.ModuleList([BasicBlock(c_in if b == 0 else c, c, s if b == 0 else 1, gn_max_groups, gn_eps)
-                                              for b in range(n)]))
+            self.stages.append(
+                nn.ModuleList(
+                    [BasicBlock(c_in if b == 0 else c, c, s if b == 0 else 1, gn_max_groups, gn_eps) for b in range(n)]
+                )
+            )
             self.stage_norms.append(group_norm(c, gn_max_groups, gn_eps))
-    @classmethod
-    def from_config(cls, cfg: MAEConfig) -> "ResNetEncoder": return cls(**cfg.encoder_dict())
 
-    def features(self, x: torch.Tensor,  # [B, C·p², h, w] patchified input
-                 every_k_block: int | None = 2,  # keep every k-th raw block output (None: none)
-                 ) -> "OrderedDict[str, torch.Tensor]":  # name -> [B, C_i, H_i, W_i]
+    @classmethod
+    def from_config(cls, cfg: MAEConfig) -> "ResNetEncoder":
+        return cls(**cfg.encoder_dict())
+
+    def features(
+        self,
+        x: torch.Tensor,  # [B, C·p², h, w] patchified input
+        every_k_block: int | None = 2,  # keep every k-th raw block output (None: none)
+    ) -> "OrderedDict[str, torch.Tensor]":  # name -> [B, C_i, H_i, W_i]
         "Stem and stage outputs (GN-normalised), plus every k-th raw block output."
         out = OrderedDict()
         x = F.relu(self.gn1(self.conv1(x)))  # [B, C, h, w]
@@ -155,15 +213,18 @@ class ResNetEncoder(nn.Module):
             raw = OrderedDict()
             for k, blk in enumerate(blocks, start=1):
                 x = blk(x)  # [B, C_i, H_i, W_i]
-                if every_k_block and k % every_k_block == 0: raw[f"layer{i}_blk{k}"] = x
+                if every_k_block and k % every_k_block == 0:
+                    raw[f"layer{i}_blk{k}"] = x
             x = norm(x)  # the stage output that is returned and fed on
             out[f"layer{i}"] = x
             out.update(raw)
         return out
 
-    def get_activations(self, x: torch.Tensor,  # [B, in_channels, H, W] raw input (latents or pixels)
-                        every_k_block: int | None = 2,  # release `every_k_block`
-                        ) -> "OrderedDict[str, torch.Tensor]":  # name -> [B, C_i, H_i, W_i]
+    def get_activations(
+        self,
+        x: torch.Tensor,  # [B, in_channels, H, W] raw input (latents or pixels)
+        every_k_block: int | None = 2,  # release `every_k_block`
+    ) -> "OrderedDict[str, torch.Tensor]":  # name -> [B, C_i, H_i, W_i]
         "The feature maps of spec §2.4 (`conv1`, `layer{i}`, `layer{i}_blk{k}`), differentiable w.r.t. `x`."
         if x.ndim != 4 or x.shape[1] != self.config["in_channels"]:
             raise ValueError(f"expected input [B, {self.config['in_channels']}, H, W], got {tuple(x.shape)}")
@@ -177,50 +238,64 @@ def conv_gn_relu(c_in: int, c_out: int, max_groups: int = 32) -> nn.Sequential:
     "3×3 conv (no bias) → GN → ReLU."
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, 1, 1, bias=False), group_norm(c_out, max_groups), nn.ReLU())
 
+
 class UpBlock(nn.Module):
     "Bilinear resize to the skip → concat → GN → two Conv–GN–ReLU."
+
     def __init__(self, c_in: int, c_skip: int, c_out: int, max_groups: int = 32):
         super().__init__()
         self.norm = group_norm(c_in + c_skip, max_groups)
-        self.convs = nn.Sequential(conv_gn_relu(c_in + c_skip, c_out, max_groups), conv_gn_relu(c_out, c_out, max_groups))
+        self.convs = nn.Sequential(
+            conv_gn_relu(c_in + c_skip, c_out, max_groups), conv_gn_relu(c_out, c_out, max_groups)
+        )
+
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:  # [B, c_in, h, w], [B, c_skip, H, W]
         x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)  # [B, c_in, H, W]
         return self.convs(self.norm(torch.cat([x, skip], 1)))  # [B, c_out, H, W]
 
+
 class UNetDecoder(nn.Module):
     "Bridge on layer4, up-blocks with skips layer3, layer2, layer1, conv1, and a 1×1 output conv."
+
     def __init__(self, cfg: MAEConfig):
         super().__init__()
         c0, c1, c2, c3, c4 = cfg.channels
         g = cfg.gn_max_groups
         self.bridge = conv_gn_relu(c4, c4, g)
-        self.ups = nn.ModuleList([UpBlock(c4, c3, c3, g), UpBlock(c3, c2, c2, g), UpBlock(c2, c1, c1, g),
-                                  UpBlock(c1, c0, c0, g)])
+        self.ups = nn.ModuleList(
+            [UpBlock(c4, c3, c3, g), UpBlock(c3, c2, c2, g), UpBlock(c2, c1, c1, g), UpBlock(c1, c0, c0, g)]
+        )
         self.head = nn.Conv2d(c0, cfg.patch_channels, 1)
+
     def forward(self, feats: dict) -> torch.Tensor:  # encoder maps -> [B, C·p², h, w]
         x = self.bridge(feats["layer4"])
-        for up, skip in zip(self.ups, ("layer3", "layer2", "layer1", "conv1")): x = up(x, feats[skip])
+        for up, skip in zip(self.ups, ("layer3", "layer2", "layer1", "conv1")):
+            x = up(x, feats[skip])
         return self.head(x)
 
 # %% ../nbs/04_mae.ipynb #6ea79471
-def patch_mask(shape: tuple,  # (B, H, W) of the grid to mask
-               patch: int = 2,  # side of the square mask patches
-               ratio: float = 0.5,  # probability that a patch is masked
-               generator: torch.Generator | None = None,  # seeded noise (its device is used)
-               device: torch.device | str | None = None,  # where the mask goes (default: the generator's device)
-               ) -> torch.Tensor:  # [B, 1, H, W] float, 1 = masked
+def patch_mask(
+    shape: tuple,  # (B, H, W) of the grid to mask
+    patch: int = 2,  # side of the square mask patches
+    ratio: float = 0.5,  # probability that a patch is masked
+    generator: torch.Generator | None = None,  # seeded noise (its device is used)
+    device: torch.device | str | None = None,  # where the mask goes (default: the generator's device)
+) -> torch.Tensor:  # [B, 1, H, W] float, 1 = masked
     "A random patch mask: each patch×patch patch is masked independently with probability `ratio`."
     B, H, W = shape
-    if H % patch or W % patch: raise ValueError(f"grid {H}×{W} is not divisible by the mask patch size {patch}")
+    if H % patch or W % patch:
+        raise ValueError(f"grid {H}×{W} is not divisible by the mask patch size {patch}")
     g_dev = generator.device if generator is not None else (device or "cpu")
     noise = torch.rand(B, 1, H // patch, W // patch, generator=generator, device=g_dev)  # [B, 1, H/p, W/p]
     m = (noise < ratio).float().repeat_interleave(patch, 2).repeat_interleave(patch, 3)  # [B, 1, H, W]
     return m.to(device) if device is not None else m
 
-def masked_l2(recon: torch.Tensor,  # [B, C, H, W] reconstruction
-              target: torch.Tensor,  # [B, C, H, W] the unmasked input
-              mask: torch.Tensor,  # [B, 1, H, W] 1 = masked
-              ) -> torch.Tensor:  # [B] per-item loss
+
+def masked_l2(
+    recon: torch.Tensor,  # [B, C, H, W] reconstruction
+    target: torch.Tensor,  # [B, C, H, W] the unmasked input
+    mask: torch.Tensor,  # [B, 1, H, W] 1 = masked
+) -> torch.Tensor:  # [B] per-item loss
     "Squared error summed over channels and masked positions, divided by the number of masked positions."
     num = ((recon.float() - target.float()).square() * mask).sum((1, 2, 3))  # [B]
     return num / (mask.sum((1, 2, 3)) + 1e-8)
@@ -228,6 +303,7 @@ def masked_l2(recon: torch.Tensor,  # [B, C, H, W] reconstruction
 # %% ../nbs/04_mae.ipynb #9ded3bc2
 class MAE(nn.Module):
     "ResNet encoder + U-Net decoder + linear classifier on pooled layer4; masked reconstruction loss."
+
     def __init__(self, cfg: MAEConfig = MAEConfig()):
         super().__init__()
         self.cfg = cfg
@@ -239,24 +315,28 @@ class MAE(nn.Module):
         "The encoder's feature maps (see `ResNetEncoder.get_activations`)."
         return self.encoder.get_activations(x, every_k_block)
 
-    def reconstruct(self, xp: torch.Tensor,  # [B, C·p², h, w] patchified input
-                    mask: torch.Tensor,  # [B, 1, h, w] 1 = masked
-                    ) -> tuple[torch.Tensor, dict]:  # reconstruction [B, C·p², h, w], encoder maps
+    def reconstruct(
+        self,
+        xp: torch.Tensor,  # [B, C·p², h, w] patchified input
+        mask: torch.Tensor,  # [B, 1, h, w] 1 = masked
+    ) -> tuple[torch.Tensor, dict]:  # reconstruction [B, C·p², h, w], encoder maps
         "Decode the input with its masked patches zeroed (not dropped)."
         feats = self.encoder.features(xp * (1 - mask), None)
         return self.decoder(feats), feats
 
-    def forward(self, x: torch.Tensor,  # [B, in_channels, H, W]
-                labels: torch.Tensor | None = None,  # [B] int64 class ids (needed when lambda_cls > 0)
-                lambda_cls: float = 0.0,  # weight λ of the classification loss
-                generator: torch.Generator | None = None,  # mask noise
-                mask: torch.Tensor | None = None,  # [B, 1, h, w] explicit mask on the patchified grid
-                ) -> tuple[torch.Tensor, dict]:  # loss [B], metrics of [B] tensors
+    def forward(
+        self,
+        x: torch.Tensor,  # [B, in_channels, H, W]
+        labels: torch.Tensor | None = None,  # [B] int64 class ids (needed when lambda_cls > 0)
+        lambda_cls: float = 0.0,  # weight λ of the classification loss
+        generator: torch.Generator | None = None,  # mask noise
+        mask: torch.Tensor | None = None,  # [B, 1, h, w] explicit mask on the patchified grid
+    ) -> tuple[torch.Tensor, dict]:  # loss [B], metrics of [B] tensors
         "Per-item loss λ·CE + (1-λ)·masked ℓ2 on a randomly masked input, and metrics."
         cfg = self.cfg
         xp = patchify(x.float(), cfg.input_patch)  # [B, C·p², h, w]
-        if mask is None: mask = patch_mask((xp.shape[0], *xp.shape[2:]), cfg.mask_patch, cfg.mask_ratio, generator,
-                                           xp.device)
+        if mask is None:
+            mask = patch_mask((xp.shape[0], *xp.shape[2:]), cfg.mask_patch, cfg.mask_ratio, generator, xp.device)
         recon, feats = self.reconstruct(xp, mask)  # [B, C·p², h, w]
         rec = masked_l2(recon, xp, mask)  # [B]
         logits = self.fc(feats["layer4"].mean((2, 3)))  # [B, num_classes]
@@ -266,74 +346,98 @@ class MAE(nn.Module):
             ce = F.cross_entropy(logits.float(), labels, reduction="none")  # [B]
             m.update(cls_loss=ce, accuracy=(logits.argmax(-1) == labels).float())
             loss = lambda_cls * ce + (1 - lambda_cls) * rec
-        elif lambda_cls > 0: raise ValueError("lambda_cls > 0 needs labels")
+        elif lambda_cls > 0:
+            raise ValueError("lambda_cls > 0 needs labels")
         m["loss"] = loss
         return loss, m
 
 # %% ../nbs/04_mae.ipynb #049132ab
 def mae_param_counts(cfg: MAEConfig) -> dict:
     "Parameters of the encoder, decoder and head of an MAE, counted on the meta device."
-    with torch.device("meta"): m = MAE(cfg)
+    with torch.device("meta"):
+        m = MAE(cfg)
     n = lambda mod: sum(p.numel() for p in mod.parameters())
     return dict(encoder=n(m.encoder), decoder=n(m.decoder), head=n(m.fc), total=n(m))
 
 # %% ../nbs/04_mae.ipynb #2d92e78a
 ENCODER_FORMAT = 1  # bump when the export layout changes
 
-def save_encoder(encoder: ResNetEncoder | MAE,  # the encoder (an MAE's encoder is taken)
-                 out_dir: str | os.PathLike,  # folder (created)
-                 info: dict | None = None,  # JSON-able provenance (training recipe, data, metrics)
-                 ) -> Path:
+
+def save_encoder(
+    encoder: ResNetEncoder | MAE,  # the encoder (an MAE's encoder is taken)
+    out_dir: str | os.PathLike,  # folder (created)
+    info: dict | None = None,  # JSON-able provenance (training recipe, data, metrics)
+) -> Path:
     "Write the encoder's state dict and config to `out_dir` atomically; return the folder."
     enc = encoder.encoder if isinstance(encoder, MAE) else encoder
-    d = Path(out_dir); d.mkdir(parents=True, exist_ok=True)
+    d = Path(out_dir)
+    d.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().cpu().clone() for k, v in enc.state_dict().items()}
     atomic_torch_save(sd, d / "encoder.pt")
-    atomic_write_text(d / "config.json", json.dumps(dict(format=ENCODER_FORMAT, kind="drifting.mae.ResNetEncoder",
-                                                         config=enc.config, info=info or {}), indent=1))
+    atomic_write_text(
+        d / "config.json",
+        json.dumps(
+            dict(format=ENCODER_FORMAT, kind="drifting.mae.ResNetEncoder", config=enc.config, info=info or {}), indent=1
+        ),
+    )
     return d
 
-def load_encoder(path: str | os.PathLike,  # folder written by `save_encoder`
-                 expect: MAEConfig | dict | None = None,  # refuse the export unless its encoder config equals this
-                 device: torch.device | str = "cpu",  # where the weights go
-                 frozen: bool = True,  # requires_grad False on every weight (gradients still reach the input)
-                 ) -> ResNetEncoder:
+
+def load_encoder(
+    path: str | os.PathLike,  # folder written by `save_encoder`
+    expect: MAEConfig | dict | None = None,  # refuse the export unless its encoder config equals this
+    device: torch.device | str = "cpu",  # where the weights go
+    frozen: bool = True,  # requires_grad False on every weight (gradients still reach the input)
+) -> ResNetEncoder:
     "Load an exported encoder in eval mode (frozen by default), checking its config against `expect`."
     d = Path(path)
     if not (d / "config.json").exists() or not (d / "encoder.pt").exists():
         raise FileNotFoundError(f"{d} is not an encoder export: it needs config.json and encoder.pt (save_encoder)")
     meta = json.loads((d / "config.json").read_text())
     if meta.get("format") != ENCODER_FORMAT or meta.get("kind") != "drifting.mae.ResNetEncoder":
-        raise ValueError(f"{d}/config.json has format {meta.get('format')!r}, kind {meta.get('kind')!r}; "
-                         f"expected format {ENCODER_FORMAT} of drifting.mae.ResNetEncoder")
+        raise ValueError(
+            f"{d}/config.json has format {meta.get('format')!r}, kind {meta.get('kind')!r}; "
+            f"expected format {ENCODER_FORMAT} of drifting.mae.ResNetEncoder"
+        )
     cfg = meta["config"]
     if expect is not None:
         want = expect.encoder_dict() if isinstance(expect, MAEConfig) else dict(expect)
         diff = {k: (cfg.get(k), want[k]) for k in want if cfg.get(k) != want[k]}
-        if diff: raise ValueError(f"encoder export {d} does not match the expected config: "
-                                  + ", ".join(f"{k}={a!r} (expected {b!r})" for k, (a, b) in diff.items()))
+        if diff:
+            raise ValueError(
+                f"encoder export {d} does not match the expected config: "
+                + ", ".join(f"{k}={a!r} (expected {b!r})" for k, (a, b) in diff.items())
+            )
     enc = ResNetEncoder(**cfg)
     sd = torch.load(d / "encoder.pt", map_location="cpu", weights_only=True)
-    try: enc.load_state_dict(sd, strict=True)
+    try:
+        enc.load_state_dict(sd, strict=True)
     except RuntimeError as e:
         raise ValueError(f"the weights in {d}/encoder.pt do not fit the config in config.json {cfg}: {e}") from None
     enc.info = meta.get("info", {})
     return enc.to(device).eval().requires_grad_(not frozen)
 
 # %% ../nbs/04_mae.ipynb #02513bdc
-def check_encoder_spec(feature_encoder,  # None, 'builtin' or an export folder (the `feature_encoder` parameter of a run)
-                       mae_preset: str = "small",  # the built-in latent-MAE's architecture
-                       ):
+def check_encoder_spec(
+    feature_encoder,  # None, 'builtin' or an export folder (the `feature_encoder` parameter of a run)
+    mae_preset: str = "small",  # the built-in latent-MAE's architecture
+):
     "Refuse a `feature_encoder` / `mae_preset` that would fail later, reading at most a config.json (nothing is loaded)."
-    if feature_encoder is None: return
+    if feature_encoder is None:
+        return
     if str(feature_encoder) == "builtin":
-        if mae_preset not in MAE_PRESETS: raise ValueError(f"unknown mae_preset {mae_preset!r}; choose one of {sorted(MAE_PRESETS)}")
+        if mae_preset not in MAE_PRESETS:
+            raise ValueError(f"unknown mae_preset {mae_preset!r}; choose one of {sorted(MAE_PRESETS)}")
         return
     d = Path(str(feature_encoder)).expanduser()
     if not (d / "config.json").is_file() or not (d / "encoder.pt").is_file():
-        raise FileNotFoundError(f"feature_encoder={str(feature_encoder)!r} is not None, 'builtin' or an encoder export "
-                                "(a folder with config.json and encoder.pt written by drifting.mae.save_encoder)")
-    try: meta = json.loads((d / "config.json").read_text())
-    except ValueError as e: raise ValueError(f"{d}/config.json is not JSON ({e})") from None
+        raise FileNotFoundError(
+            f"feature_encoder={str(feature_encoder)!r} is not None, 'builtin' or an encoder export "
+            "(a folder with config.json and encoder.pt written by drifting.mae.save_encoder)"
+        )
+    try:
+        meta = json.loads((d / "config.json").read_text())
+    except ValueError as e:
+        raise ValueError(f"{d}/config.json is not JSON ({e})") from None
     if meta.get("format") != ENCODER_FORMAT or meta.get("kind") != "drifting.mae.ResNetEncoder":
         raise ValueError(f"{d} is not a drifting.mae.ResNetEncoder export of format {ENCODER_FORMAT}")

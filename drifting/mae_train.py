@@ -14,8 +14,18 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .core import (atomic_folder, autocast, cache_root, default_device, ema_copy, ema_update, lr_at,
-                           progress_bar, sha256_arrays, sha256_json)
+from drifting.core import (
+    atomic_folder,
+    autocast,
+    cache_root,
+    default_device,
+    ema_copy,
+    ema_update,
+    lr_at,
+    progress_bar,
+    sha256_arrays,
+    sha256_json,
+)
 from .data import ImageDataset, batches
 from .mae import MAE, load_encoder, mae_config, patch_mask, patchify, save_encoder
 
@@ -27,6 +37,7 @@ __all__ = ['MAE_RECIPES', 'BUILTIN_MAE_RECIPE', 'MAETrainConfig', 'MAERecipe', '
 @dataclass
 class MAETrainConfig:
     "Optimiser, schedule, EMA and fine-tune recipe of MAE pre-training (defaults: the release, spec §6.2)."
+
     lr: float = 4e-3  # peak AdamW learning rate (App. A.3)
     betas: tuple = (0.9, 0.95)  # AdamW β1, β2 (release)
     weight_decay: float = 0.01  # AdamW, on all parameters (release)
@@ -41,37 +52,48 @@ class MAETrainConfig:
 
     def __post_init__(self):
         for k in ("lr", "lr_init"):
-            if not getattr(self, k) > 0: raise ValueError(f"MAETrainConfig.{k} must be > 0, got {getattr(self, k)!r}")
-        if not 0 <= self.ema_decay < 1: raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
+            if not getattr(self, k) > 0:
+                raise ValueError(f"MAETrainConfig.{k} must be > 0, got {getattr(self, k)!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         for k in ("warmup", "finetune_last_steps", "finetune_warmup"):
             v = getattr(self, k)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
                 raise ValueError(f"MAETrainConfig.{k} must be a non-negative int, got {v!r}")
-        if not 0 <= self.finetune_cls <= 1: raise ValueError(f"finetune_cls must be in [0, 1], got {self.finetune_cls!r}")
+        if not 0 <= self.finetune_cls <= 1:
+            raise ValueError(f"finetune_cls must be in [0, 1], got {self.finetune_cls!r}")
 
 # %% ../nbs/04a_mae_train.ipynb #a7c3e002
 @dataclass(frozen=True)
 class MAERecipe:
     "One released MAE's pre-training: architecture preset, length, batch and optimiser recipe (spec §6.2)."
+
     preset: str  # a `drifting.mae.MAE_PRESETS` name
     steps: int  # optimiser steps
     batch_size: int  # items per step
     train: MAETrainConfig  # optimiser, schedule, EMA and fine-tune
 
+
 MAE_RECIPES: dict[str, MAERecipe] = {
-    "latent-256": MAERecipe("latent-256", 30_000, 8192, MAETrainConfig(finetune_last_steps=0)),  # ablation encoder: no fine-tune
+    "latent-256": MAERecipe(
+        "latent-256", 30_000, 8192, MAETrainConfig(finetune_last_steps=0)
+    ),  # ablation encoder: no fine-tune
     "latent-640": MAERecipe("latent-640", 200_000, 8192, MAETrainConfig()),  # the latent generators' encoder
-    "pixel-640": MAERecipe("pixel-640", 200_000, 8192, MAETrainConfig()),  # the pixel generators' MAE (input patch 8 at 256²)
+    "pixel-640": MAERecipe(
+        "pixel-640", 200_000, 8192, MAETrainConfig()
+    ),  # the pixel generators' MAE (input patch 8 at 256²)
 }
 
 # %% ../nbs/04a_mae_train.ipynb #4e785542
-def cls_lambda(step: int,  # 0-based step
-               total_steps: int,  # length of the run
-               tcfg: MAETrainConfig,  # recipe
-               ) -> float:
+def cls_lambda(
+    step: int,  # 0-based step
+    total_steps: int,  # length of the run
+    tcfg: MAETrainConfig,  # recipe
+) -> float:
     "λ of the classification loss: 0 before the fine-tune, then a linear ramp to `finetune_cls`."
     start = total_steps - tcfg.finetune_last_steps
-    if tcfg.finetune_last_steps == 0 or step < start: return 0.0
+    if tcfg.finetune_last_steps == 0 or step < start:
+        return 0.0
     return tcfg.finetune_cls * min(1.0, (step - start) / max(1, tcfg.finetune_warmup))
 
 # %% ../nbs/04a_mae_train.ipynb #a49a3424
@@ -79,18 +101,21 @@ def make_optimizer(model: nn.Module, tcfg: MAETrainConfig) -> torch.optim.AdamW:
     "AdamW over all parameters with the recipe's betas and weight decay (the rate is set per step)."
     return torch.optim.AdamW(model.parameters(), lr=tcfg.lr, betas=tuple(tcfg.betas), weight_decay=tcfg.weight_decay)
 
-def mae_train_step(model: MAE,  # trained in place
-                   opt: torch.optim.Optimizer,  # its optimiser
-                   x: torch.Tensor,  # [B, C, H, W] batch on the model's device
-                   labels: torch.Tensor | None,  # [B] int64 class ids or None
-                   lr: float,  # learning rate for this step
-                   lambda_cls: float,  # λ of the classification loss
-                   tcfg: MAETrainConfig,  # clip and precision
-                   generator: torch.Generator | None = None,  # mask noise
-                   ) -> dict:  # float metrics: loss, recon_loss, (cls_loss, accuracy), grad_norm, lr, lambda_cls
+
+def mae_train_step(
+    model: MAE,  # trained in place
+    opt: torch.optim.Optimizer,  # its optimiser
+    x: torch.Tensor,  # [B, C, H, W] batch on the model's device
+    labels: torch.Tensor | None,  # [B] int64 class ids or None
+    lr: float,  # learning rate for this step
+    lambda_cls: float,  # λ of the classification loss
+    tcfg: MAETrainConfig,  # clip and precision
+    generator: torch.Generator | None = None,  # mask noise
+) -> dict:  # float metrics: loss, recon_loss, (cls_loss, accuracy), grad_norm, lr, lambda_cls
     "One AdamW step on the masked-reconstruction (+ λ·classification) loss; returns the batch metrics."
     model.train()
-    for pg in opt.param_groups: pg["lr"] = lr
+    for pg in opt.param_groups:
+        pg["lr"] = lr
     with autocast(x.device, tcfg.bf16):
         loss, m = model(x, labels, lambda_cls=lambda_cls, generator=generator)
     loss = loss.float().mean()
@@ -103,18 +128,20 @@ def mae_train_step(model: MAE,  # trained in place
     return out
 
 # %% ../nbs/04a_mae_train.ipynb #34711705
-def train_mae(model: MAE,  # trained in place
-              data_iter,  # yields (x [B, C, H, W], labels [B]) batches, forever or at least `steps` times
-              steps: int,  # optimiser steps
-              tcfg: MAETrainConfig | None = None,  # recipe (default: the release's)
-              ema_model: MAE | None = None,  # EMA copy to continue (default: a fresh copy of `model`)
-              seed: int = 0,  # mask noise seed
-              device: torch.device | str | None = None,  # default: where the model is
-              progress: bool = True,  # progress bar (sparse off a terminal)
-              ) -> tuple[MAE, dict]:  # EMA model, history of per-step metric lists
+def train_mae(
+    model: MAE,  # trained in place
+    data_iter,  # yields (x [B, C, H, W], labels [B]) batches, forever or at least `steps` times
+    steps: int,  # optimiser steps
+    tcfg: MAETrainConfig | None = None,  # recipe (default: the release's)
+    ema_model: MAE | None = None,  # EMA copy to continue (default: a fresh copy of `model`)
+    seed: int = 0,  # mask noise seed
+    device: torch.device | str | None = None,  # default: where the model is
+    progress: bool = True,  # progress bar (sparse off a terminal)
+) -> tuple[MAE, dict]:  # EMA model, history of per-step metric lists
     "Pre-train an MAE (with the optional cls fine-tune at the end); return its EMA and the history."
     tcfg = tcfg or MAETrainConfig()
-    if not isinstance(steps, int) or steps < 1: raise ValueError(f"steps must be a positive int, got {steps!r}")
+    if not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps must be a positive int, got {steps!r}")
     dev = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(dev)
     ema_model = (ema_model or ema_copy(model)).to(dev)
@@ -126,28 +153,33 @@ def train_mae(model: MAE,  # trained in place
         x, y = next(data_iter)
         lam = cls_lambda(step, steps, tcfg)
         m = mae_train_step(model, opt, x.to(dev), y.to(dev), lr_at(step, tcfg), lam, tcfg, g)
-        if not math.isfinite(m["loss"]): raise FloatingPointError(f"MAE loss became {m['loss']} at step {step}")
+        if not math.isfinite(m["loss"]):
+            raise FloatingPointError(f"MAE loss became {m['loss']} at step {step}")
         ema_update(ema_model, model, tcfg.ema_decay)
-        for k, v in m.items(): hist.setdefault(k, []).append(v)
-        bar.update(1); bar.set_postfix(loss=f"{m['loss']:.4f}", lam=f"{lam:.3f}", refresh=False)
+        for k, v in m.items():
+            hist.setdefault(k, []).append(v)
+        bar.update(1)
+        bar.set_postfix(loss=f"{m['loss']:.4f}", lam=f"{lam:.3f}", refresh=False)
     bar.close()
     hist["time_s"] = time.perf_counter() - t0
     return ema_model.eval(), hist
 
+
 @torch.no_grad()
-def evaluate_mae(model: MAE,  # model to evaluate (EMA or raw)
-                 x: torch.Tensor,  # [N, C, H, W] held-out items
-                 labels: torch.Tensor | None = None,  # [N] class ids (for the head's accuracy)
-                 seed: int = 0,  # mask seed: every model evaluated with it sees the same masks
-                 batch_size: int = 256,  # items per forward pass
-                 ) -> dict:  # recon_loss (masked); accuracy (masked input) and accuracy_nomask with labels
+def evaluate_mae(
+    model: MAE,  # model to evaluate (EMA or raw)
+    x: torch.Tensor,  # [N, C, H, W] held-out items
+    labels: torch.Tensor | None = None,  # [N] class ids (for the head's accuracy)
+    seed: int = 0,  # mask seed: every model evaluated with it sees the same masks
+    batch_size: int = 256,  # items per forward pass
+) -> dict:  # recon_loss (masked); accuracy (masked input) and accuracy_nomask with labels
     "Held-out masked reconstruction loss with fixed masks, and the head's accuracy on masked and clean inputs."
     model.eval()
     dev = next(model.parameters()).device
     g, sums = torch.Generator().manual_seed(seed), {}
     for i in range(0, len(x), batch_size):
-        xb = x[i:i + batch_size].to(dev)  # [b, C, H, W]
-        yb = labels[i:i + batch_size].to(dev) if labels is not None else None
+        xb = x[i : i + batch_size].to(dev)  # [b, C, H, W]
+        yb = labels[i : i + batch_size].to(dev) if labels is not None else None
         grid = patchify(xb, model.cfg.input_patch).shape  # [b, C·p², h, w]
         mask = patch_mask((grid[0], *grid[2:]), model.cfg.mask_patch, model.cfg.mask_ratio, g).to(dev)
         _, m = model(xb, yb, mask=mask)
@@ -155,43 +187,72 @@ def evaluate_mae(model: MAE,  # model to evaluate (EMA or raw)
         if yb is not None:
             res["accuracy"] = m["accuracy"]
             res["accuracy_nomask"] = model(xb, yb, mask=torch.zeros_like(mask))[1]["accuracy"]
-        for k, v in res.items(): sums[k] = sums.get(k, 0.0) + v.sum().item()
+        for k, v in res.items():
+            sums[k] = sums.get(k, 0.0) + v.sum().item()
     return {k: v / len(x) for k, v in sums.items()}
 
 # %% ../nbs/04a_mae_train.ipynb #ca8457c8
-BUILTIN_MAE_RECIPE = MAETrainConfig(warmup=50, ema_decay=0.99, finetune_last_steps=0)  # the release's recipe, short for a CPU run
+BUILTIN_MAE_RECIPE = MAETrainConfig(
+    warmup=50, ema_decay=0.99, finetune_last_steps=0
+)  # the release's recipe, short for a CPU run
 
-def latent_mae_encoder(x: Tensor,  # [N, C, H, W] training latents (or pixels)
-                       y: Tensor,  # [N] int64 labels (the MAE head is unused without a fine-tune)
-                       preset: str = "small",  # a MAE_PRESETS name
-                       steps: int = 300,  # optimiser steps (paper: 30k at batch 8192)
-                       batch_size: int = 64,
-                       recipe: MAETrainConfig | None = None,  # default: `BUILTIN_MAE_RECIPE` (warm-up 50, EMA 0.99, no fine-tune)
-                       seed: int = 0,
-                       cache_dir: str | os.PathLike | None = None,  # default: cache_root("mae")
-                       device: torch.device | str | None = None,
-                       progress: bool = True,
-                       ) -> tuple[nn.Module, dict]:  # (frozen encoder in eval mode on `device`, its record)
+
+def latent_mae_encoder(
+    x: Tensor,  # [N, C, H, W] training latents (or pixels)
+    y: Tensor,  # [N] int64 labels (the MAE head is unused without a fine-tune)
+    preset: str = "small",  # a MAE_PRESETS name
+    steps: int = 300,  # optimiser steps (paper: 30k at batch 8192)
+    batch_size: int = 64,
+    recipe: MAETrainConfig | None = None,  # default: `BUILTIN_MAE_RECIPE` (warm-up 50, EMA 0.99, no fine-tune)
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,  # default: cache_root("mae")
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> tuple[nn.Module, dict]:  # (frozen encoder in eval mode on `device`, its record)
     "The EMA encoder of a latent-MAE pre-trained on `x`: from the cache, or trained now and cached."
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1: raise ValueError(f"MAE steps must be an int ≥ 1, got {steps!r}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        raise ValueError(f"MAE steps must be an int ≥ 1, got {steps!r}")
     recipe = recipe or BUILTIN_MAE_RECIPE
     num_classes = max(int(y.max()) + 1, 1)
     mcfg = mae_config(preset, in_channels=x.shape[1], num_classes=num_classes)
     rec_cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(recipe).items()}
-    key = sha256_json(dict(data=sha256_arrays(x, y), model=dataclasses.asdict(mcfg), recipe=rec_cfg, steps=steps,
-                           batch_size=batch_size, seed=seed))[:16]
-    root = cache_root("mae", cache_dir); final = root / key
+    key = sha256_json(
+        dict(
+            data=sha256_arrays(x, y),
+            model=dataclasses.asdict(mcfg),
+            recipe=rec_cfg,
+            steps=steps,
+            batch_size=batch_size,
+            seed=seed,
+        )
+    )[:16]
+    root = cache_root("mae", cache_dir)
+    final = root / key
     if not (final / "record.json").exists():
         dev = torch.device(device) if device is not None else default_device()
         g = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed); model = MAE(mcfg)
+            torch.manual_seed(seed)
+            model = MAE(mcfg)
         ds = ImageDataset(x.float(), y, [str(i) for i in range(num_classes)], "latents", "mae-input", kind="latents")
         t0 = time.perf_counter()
-        ema, hist = train_mae(model, batches(ds, min(batch_size, len(ds)), g), steps, recipe, seed=seed, device=dev, progress=progress)
-        rec = dict(key=key, preset=preset, model=dataclasses.asdict(mcfg), recipe=rec_cfg, steps=steps, batch_size=batch_size,
-                   seed=seed, n=len(x), seconds=round(time.perf_counter() - t0, 2), weights="ema",
-                   recon_loss_first=hist["recon_loss"][0], recon_loss_last10=float(np.mean(hist["recon_loss"][-10:])))
+        ema, hist = train_mae(
+            model, batches(ds, min(batch_size, len(ds)), g), steps, recipe, seed=seed, device=dev, progress=progress
+        )
+        rec = dict(
+            key=key,
+            preset=preset,
+            model=dataclasses.asdict(mcfg),
+            recipe=rec_cfg,
+            steps=steps,
+            batch_size=batch_size,
+            seed=seed,
+            n=len(x),
+            seconds=round(time.perf_counter() - t0, 2),
+            weights="ema",
+            recon_loss_first=hist["recon_loss"][0],
+            recon_loss_last10=float(np.mean(hist["recon_loss"][-10:])),
+        )
         with atomic_folder(final, "record.json") as tmp:
             save_encoder(ema, tmp, info=rec)
             (tmp / "record.json").write_text(json.dumps(rec, indent=1))  # written last: marks a complete folder

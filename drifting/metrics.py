@@ -25,16 +25,19 @@ __all__ = ['STATS_FORMAT', 'FeatureNet', 'extract_features', 'RunningStats', 'Fe
 # %% ../nbs/09_metrics.ipynb #be23dec8
 class FeatureNet(nn.Module):
     "A frozen feature network with the protocol (name, weights hash, preprocessing, width) that identifies its features."
-    def __init__(self, net: nn.Module,  # images (after `transform`) -> [N, D] features, or (features, logits)
-                 name: str,  # short name of the network, e.g. 'tf-inception-pool3'
-                 preprocess: dict,  # JSON-able description of `transform` (resize, input range, quantisation)
-                 num_features: int,  # D
-                 transform: Callable | None = None,  # [N, C, H, W] in [-1, 1] -> network input
-                 head: nn.Module | None = None,  # features -> logits, when `net` does not return logits itself
-                 weights_sha256: str | None = None,  # None: hash of the state_dicts of `net` and `head`
-                 has_logits: bool | None = None,  # None: True when `head` is given
-                 batch_size: int = 64,  # default batch of `extract_features`
-                 ):
+
+    def __init__(
+        self,
+        net: nn.Module,  # images (after `transform`) -> [N, D] features, or (features, logits)
+        name: str,  # short name of the network, e.g. 'tf-inception-pool3'
+        preprocess: dict,  # JSON-able description of `transform` (resize, input range, quantisation)
+        num_features: int,  # D
+        transform: Callable | None = None,  # [N, C, H, W] in [-1, 1] -> network input
+        head: nn.Module | None = None,  # features -> logits, when `net` does not return logits itself
+        weights_sha256: str | None = None,  # None: hash of the state_dicts of `net` and `head`
+        has_logits: bool | None = None,  # None: True when `head` is given
+        batch_size: int = 64,  # default batch of `extract_features`
+    ):
         super().__init__()
         self.net, self.head, self.transform = net.eval(), (head.eval() if head is not None else None), transform
         self.name, self.preprocess, self.num_features = name, dict(preprocess), int(num_features)
@@ -44,36 +47,49 @@ class FeatureNet(nn.Module):
         json.dumps(self.preprocess)  # fail early if the description is not JSON-able
         self.requires_grad_(False).eval()
 
-    def train(self, mode: bool = True): return super().train(False)  # always frozen, always eval
+    def train(self, mode: bool = True):
+        return super().train(False)  # always frozen, always eval
 
     @property
     def protocol(self) -> dict:
-        return dict(name=self.name, weights_sha256=self.weights_sha256, preprocess=self.preprocess,
-                    num_features=self.num_features)
-    @property
-    def protocol_hash(self) -> str: return sha256_json(self.protocol)
+        return dict(
+            name=self.name,
+            weights_sha256=self.weights_sha256,
+            preprocess=self.preprocess,
+            num_features=self.num_features,
+        )
 
-    def features_and_logits(self, x: torch.Tensor,  # [N, C, H, W] in [-1, 1]
-                            ) -> tuple[torch.Tensor, torch.Tensor | None]:  # [N, D], [N, K] or None
+    @property
+    def protocol_hash(self) -> str:
+        return sha256_json(self.protocol)
+
+    def features_and_logits(
+        self,
+        x: torch.Tensor,  # [N, C, H, W] in [-1, 1]
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:  # [N, D], [N, K] or None
         "Features and (if the network has them) logits of one batch."
-        if self.transform is not None: x = self.transform(x)
+        if self.transform is not None:
+            x = self.transform(x)
         out = self.net(x)
         f, logits = out if isinstance(out, (tuple, list)) else (out, None)
         f = f.reshape(f.shape[0], -1)  # [N, D] (drops trailing 1x1 spatial dims)
         if f.shape[1] != self.num_features:
             raise ValueError(f"{self.name} returned {f.shape[1]} features, its protocol says {self.num_features}")
-        if logits is None and self.head is not None: logits = self.head(f)  # [N, K]
+        if logits is None and self.head is not None:
+            logits = self.head(f)  # [N, K]
         return f, logits
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # [N, C, H, W] -> [N, D]
         return self.features_and_logits(x)[0]
 
-    def __repr__(self): return f"FeatureNet({self.name}, D={self.num_features}, protocol={self.protocol_hash[:12]})"
+    def __repr__(self):
+        return f"FeatureNet({self.name}, D={self.num_features}, protocol={self.protocol_hash[:12]})"
 
 # %% ../nbs/09_metrics.ipynb #4ac25269
 def _device_of(m: nn.Module) -> torch.device:
     p = next(m.parameters(), None)
     return p.device if p is not None else torch.device("cpu")
+
 
 def _check_range(x: torch.Tensor):
     if x.dtype == torch.uint8 or not x.is_floating_point():
@@ -82,12 +98,14 @@ def _check_range(x: torch.Tensor):
     if lo < -1.001 or hi > 1.001:
         raise ValueError(f"images must be in [-1, 1], got values in [{lo:.3g}, {hi:.3g}]")
 
+
 @torch.inference_mode()
-def extract_features(net: FeatureNet,  # the feature network
-                     images: torch.Tensor | Iterable[torch.Tensor],  # [N, C, H, W] in [-1, 1], or batches of them
-                     batch_size: int | None = None,  # None: `net.batch_size`
-                     logits: bool = False,  # also return the logits
-                     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # [N, D] float32 (, [N, K])
+def extract_features(
+    net: FeatureNet,  # the feature network
+    images: torch.Tensor | Iterable[torch.Tensor],  # [N, C, H, W] in [-1, 1], or batches of them
+    batch_size: int | None = None,  # None: `net.batch_size`
+    logits: bool = False,  # also return the logits
+) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:  # [N, D] float32 (, [N, K])
     "Features (and logits) of all images, in batches, on the network's device; float32 on the CPU."
     if logits and not net.has_logits:
         raise ValueError(f"{net.name} has no logits (no classifier head): Inception Score / accuracy need one")
@@ -99,14 +117,17 @@ def extract_features(net: FeatureNet,  # the feature network
         _check_range(x)
         f, l = net.features_and_logits(x.to(dev, torch.float32))
         fs.append(f.float().cpu())
-        if logits: ls.append(l.float().cpu())
-    if not fs: raise ValueError("no images given")
+        if logits:
+            ls.append(l.float().cpu())
+    if not fs:
+        raise ValueError("no images given")
     f = torch.cat(fs)  # [N, D]
     return (f, torch.cat(ls)) if logits else f
 
 # %% ../nbs/09_metrics.ipynb #3a3a6ef5
 class RunningStats:
     "Mean and covariance of features accumulated batch by batch in float64 (Chan et al. pairwise update)."
+
     def __init__(self, dim: int):
         self.n, self.mean, self.m2 = 0, np.zeros(dim), np.zeros((dim, dim))  # [D], [D, D]
 
@@ -115,7 +136,8 @@ class RunningStats:
         if x.ndim != 2 or x.shape[1] != len(self.mean):
             raise ValueError(f"expected features [B, {len(self.mean)}], got {list(x.shape)}")
         b = len(x)
-        if b == 0: return self
+        if b == 0:
+            return self
         mb = x.mean(0)  # [D]
         xc = x - mb  # [B, D]
         d, n = mb - self.mean, self.n + b
@@ -126,20 +148,25 @@ class RunningStats:
 
     @property
     def cov(self) -> np.ndarray:  # [D, D] unbiased
-        if self.n < 2: raise ValueError(f"a covariance needs at least 2 samples, got {self.n}")
+        if self.n < 2:
+            raise ValueError(f"a covariance needs at least 2 samples, got {self.n}")
         return self.m2 / (self.n - 1)
 
 # %% ../nbs/09_metrics.ipynb #dc00eb18
 STATS_FORMAT = 1  # version of the .npz layout
 
+
 class FeatureStats:
     "Gaussian statistics of features (mu, sigma, n) with the feature protocol and source that produced them."
-    def __init__(self, mu: np.ndarray,  # [D] float64
-                 sigma: np.ndarray,  # [D, D] float64
-                 n: int,  # number of samples
-                 protocol: dict,  # `FeatureNet.protocol`
-                 source: dict | None = None,  # what the samples were (dataset manifest, run, ...)
-                 ):
+
+    def __init__(
+        self,
+        mu: np.ndarray,  # [D] float64
+        sigma: np.ndarray,  # [D, D] float64
+        n: int,  # number of samples
+        protocol: dict,  # `FeatureNet.protocol`
+        source: dict | None = None,  # what the samples were (dataset manifest, run, ...)
+    ):
         self.mu, self.sigma, self.n = np.asarray(mu, np.float64), np.asarray(sigma, np.float64), int(n)
         self.protocol, self.source = dict(protocol), dict(source or {})
         D = self.protocol.get("num_features", len(self.mu))
@@ -147,11 +174,16 @@ class FeatureStats:
             raise ValueError(f"mu {self.mu.shape} / sigma {self.sigma.shape} do not match num_features={D}")
 
     @property
-    def protocol_hash(self) -> str: return sha256_json(self.protocol)
+    def protocol_hash(self) -> str:
+        return sha256_json(self.protocol)
 
     @classmethod
-    def from_features(cls, feats: torch.Tensor | np.ndarray,  # [N, D]
-                      protocol: dict | FeatureNet, source: dict | None = None) -> FeatureStats:
+    def from_features(
+        cls,
+        feats: torch.Tensor | np.ndarray,  # [N, D]
+        protocol: dict | FeatureNet,
+        source: dict | None = None,
+    ) -> FeatureStats:
         p = protocol.protocol if isinstance(protocol, FeatureNet) else protocol
         rs = RunningStats(p["num_features"]).update(feats)
         return cls(rs.mean, rs.cov, rs.n, p, source)
@@ -167,24 +199,32 @@ class FeatureStats:
     def load(cls, path: str | os.PathLike) -> FeatureStats:
         with np.load(path, allow_pickle=False) as z:
             if "meta" not in z or "protocol_hash" not in z:
-                raise ValueError(f"{path} is not a drifting FeatureStats file (no protocol record): statistics "
-                                 "from other tools cannot be checked against a feature protocol; recompute them "
-                                 "with `reference_stats`")
+                raise ValueError(
+                    f"{path} is not a drifting FeatureStats file (no protocol record): statistics "
+                    "from other tools cannot be checked against a feature protocol; recompute them "
+                    "with `reference_stats`"
+                )
             meta = json.loads(str(z["meta"]))
             st = cls(z["mu"], z["sigma"], int(z["n"]), meta["protocol"], meta["source"])
-            if st.protocol_hash != str(z["protocol_hash"]): raise ValueError(f"{path}: protocol hash does not match its record")
+            if st.protocol_hash != str(z["protocol_hash"]):
+                raise ValueError(f"{path}: protocol hash does not match its record")
         return st
 
-    def __repr__(self): return f"FeatureStats(n={self.n}, net={self.protocol.get('name')}, protocol={self.protocol_hash[:12]})"
+    def __repr__(self):
+        return f"FeatureStats(n={self.n}, net={self.protocol.get('name')}, protocol={self.protocol_hash[:12]})"
 
 # %% ../nbs/09_metrics.ipynb #c867f07c
 def _psd_sqrt(a: np.ndarray) -> np.ndarray:  # [D, D] symmetric PSD -> its symmetric square root
     w, v = np.linalg.eigh((a + a.T) / 2)
     return (v * np.sqrt(w.clip(min=0))) @ v.T
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray,  # [D], [D, D]
-                     mu2: np.ndarray, sigma2: np.ndarray,  # [D], [D, D]
-                     ) -> float:
+
+def frechet_distance(
+    mu1: np.ndarray,
+    sigma1: np.ndarray,  # [D], [D, D]
+    mu2: np.ndarray,
+    sigma2: np.ndarray,  # [D], [D, D]
+) -> float:
     "Squared Fréchet (2-Wasserstein) distance between two Gaussians, in float64."
     mu1, mu2, s1, s2 = (np.asarray(a, np.float64) for a in (mu1, mu2, sigma1, sigma2))
     if mu1.shape != mu2.shape or s1.shape != s2.shape or s1.shape != mu1.shape * 2:
@@ -199,29 +239,44 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray,  # [D], [D, D]
 class ProtocolMismatch(ValueError):
     "Two sets of feature statistics were produced under different feature protocols."
 
-def check_same_protocol(a: FeatureStats | FeatureNet | dict, b: FeatureStats | FeatureNet | dict,
-                        what: str = "statistics"):
+
+def check_same_protocol(
+    a: FeatureStats | FeatureNet | dict, b: FeatureStats | FeatureNet | dict, what: str = "statistics"
+):
     "Raise `ProtocolMismatch` naming the differing fields unless `a` and `b` share a feature protocol."
     pa, pb = (x.protocol if hasattr(x, "protocol") else x for x in (a, b))
-    if sha256_json(pa) == sha256_json(pb): return
+    if sha256_json(pa) == sha256_json(pb):
+        return
     diff = sorted(k for k in set(pa) | set(pb) if pa.get(k) != pb.get(k))
     detail = "; ".join(f"{k}: {pa.get(k)!r} vs {pb.get(k)!r}" for k in diff)
-    raise ProtocolMismatch(f"refusing to compare {what} from different feature protocols ({detail}). Recompute "
-                           "the reference statistics with the same feature network, weights and preprocessing.")
+    raise ProtocolMismatch(
+        f"refusing to compare {what} from different feature protocols ({detail}). Recompute "
+        "the reference statistics with the same feature network, weights and preprocessing."
+    )
 
-def compute_fid(gen: FeatureStats | torch.Tensor | np.ndarray,  # generated: stats, or features [N, D]
-                ref: FeatureStats,  # reference statistics
-                net: FeatureNet | dict | None = None,  # protocol of `gen` when it is raw features
-                ) -> dict:  # {'fid', 'n_gen', 'n_ref', 'feature_net', 'protocol_hash', 'reference'}
+
+def compute_fid(
+    gen: FeatureStats | torch.Tensor | np.ndarray,  # generated: stats, or features [N, D]
+    ref: FeatureStats,  # reference statistics
+    net: FeatureNet | dict | None = None,  # protocol of `gen` when it is raw features
+) -> dict:  # {'fid', 'n_gen', 'n_ref', 'feature_net', 'protocol_hash', 'reference'}
     "Fréchet distance between generated and reference features, refusing mismatched protocols."
-    if not isinstance(ref, FeatureStats): raise TypeError(f"ref must be FeatureStats, got {type(ref).__name__}")
+    if not isinstance(ref, FeatureStats):
+        raise TypeError(f"ref must be FeatureStats, got {type(ref).__name__}")
     if not isinstance(gen, FeatureStats):
-        if net is None: raise ValueError("gen is raw features: pass `net=` (the FeatureNet that produced them)")
+        if net is None:
+            raise ValueError("gen is raw features: pass `net=` (the FeatureNet that produced them)")
         gen = FeatureStats.from_features(gen, net)
     check_same_protocol(gen, ref, "FID statistics")
     fid = frechet_distance(gen.mu, gen.sigma, ref.mu, ref.sigma)
-    return dict(fid=fid, n_gen=gen.n, n_ref=ref.n, feature_net=ref.protocol["name"],
-                protocol_hash=ref.protocol_hash, reference=ref.source)
+    return dict(
+        fid=fid,
+        n_gen=gen.n,
+        n_ref=ref.n,
+        feature_net=ref.protocol["name"],
+        protocol_hash=ref.protocol_hash,
+        reference=ref.source,
+    )
 
 # %% ../nbs/09_metrics.ipynb #39493c45
 def _mmd2_poly(x: torch.Tensor, y: torch.Tensor) -> float:  # [m, D], [n, D] float64
@@ -231,69 +286,96 @@ def _mmd2_poly(x: torch.Tensor, y: torch.Tensor) -> float:  # [m, D], [n, D] flo
     syy = (kyy.sum() - kyy.diagonal().sum()) / (n * (n - 1))
     return float(sxx + syy - 2 * kxy.mean())
 
-def compute_kid(gen: torch.Tensor | np.ndarray,  # [N, D] generated features
-                ref: torch.Tensor | np.ndarray,  # [M, D] reference features
-                subset_size: int = 1000,  # per-subset sample count (capped at the smaller set)
-                n_subsets: int = 100,  # number of random subsets
-                seed: int = 0,  # subset draws
-                ) -> dict:  # {'kid_mean', 'kid_std', 'subset_size', 'n_subsets', 'n_gen', 'n_ref', 'seed'}
+
+def compute_kid(
+    gen: torch.Tensor | np.ndarray,  # [N, D] generated features
+    ref: torch.Tensor | np.ndarray,  # [M, D] reference features
+    subset_size: int = 1000,  # per-subset sample count (capped at the smaller set)
+    n_subsets: int = 100,  # number of random subsets
+    seed: int = 0,  # subset draws
+) -> dict:  # {'kid_mean', 'kid_std', 'subset_size', 'n_subsets', 'n_gen', 'n_ref', 'seed'}
     "Kernel Inception Distance: mean and std of the unbiased polynomial-kernel MMD² over random subsets."
     x, y = (torch.as_tensor(np.asarray(a), dtype=torch.float64) for a in (gen, ref))
-    if x.shape[1] != y.shape[1]: raise ValueError(f"feature widths differ: {x.shape[1]} vs {y.shape[1]}")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"feature widths differ: {x.shape[1]} vs {y.shape[1]}")
     s = min(subset_size, len(x), len(y))
-    if s < 2: raise ValueError(f"KID needs at least 2 samples per side, got {len(x)} and {len(y)}")
+    if s < 2:
+        raise ValueError(f"KID needs at least 2 samples per side, got {len(x)} and {len(y)}")
     g = torch.Generator().manual_seed(seed)
-    vals = torch.tensor([_mmd2_poly(x[torch.randperm(len(x), generator=g)[:s]],
-                                    y[torch.randperm(len(y), generator=g)[:s]]) for _ in range(n_subsets)])
-    return dict(kid_mean=float(vals.mean()), kid_std=float(vals.std()) if n_subsets > 1 else 0.0,
-                subset_size=s, n_subsets=n_subsets, n_gen=len(x), n_ref=len(y), seed=seed)
+    vals = torch.tensor(
+        [
+            _mmd2_poly(x[torch.randperm(len(x), generator=g)[:s]], y[torch.randperm(len(y), generator=g)[:s]])
+            for _ in range(n_subsets)
+        ]
+    )
+    return dict(
+        kid_mean=float(vals.mean()),
+        kid_std=float(vals.std()) if n_subsets > 1 else 0.0,
+        subset_size=s,
+        n_subsets=n_subsets,
+        n_gen=len(x),
+        n_ref=len(y),
+        seed=seed,
+    )
 
 # %% ../nbs/09_metrics.ipynb #c7153ec8
-def inception_score(logits: torch.Tensor,  # [N, K] class logits
-                    splits: int = 10,  # number of chunks (spec §8: 10)
-                    seed: int | None = 0,  # shuffle before splitting; None keeps the given order
-                    ) -> dict:  # {'is_mean', 'is_std', 'splits', 'n', 'seed'}
+def inception_score(
+    logits: torch.Tensor,  # [N, K] class logits
+    splits: int = 10,  # number of chunks (spec §8: 10)
+    seed: int | None = 0,  # shuffle before splitting; None keeps the given order
+) -> dict:  # {'is_mean', 'is_std', 'splits', 'n', 'seed'}
     "Inception Score from logits: mean and std over `splits` chunks of exp(E KL(p(y|x) || p(y)))."
     logits = torch.as_tensor(logits, dtype=torch.float64)
     if logits.ndim != 2 or len(logits) < splits:
         raise ValueError(f"need logits [N, K] with N >= splits={splits}, got {list(logits.shape)}")
-    if seed is not None: logits = logits[torch.randperm(len(logits), generator=torch.Generator().manual_seed(seed))]
+    if seed is not None:
+        logits = logits[torch.randperm(len(logits), generator=torch.Generator().manual_seed(seed))]
     logp = logits.log_softmax(1)  # [N, K]
     scores = []
     for lp in logp.chunk(splits):
         log_py = lp.exp().mean(0).log()  # [K] log marginal
         scores.append(float((lp.exp() * (lp - log_py)).sum(1).mean().exp()))
     s = torch.tensor(scores)
-    return dict(is_mean=float(s.mean()), is_std=float(s.std()) if splits > 1 else 0.0, splits=splits, n=len(logits), seed=seed)
+    return dict(
+        is_mean=float(s.mean()), is_std=float(s.std()) if splits > 1 else 0.0, splits=splits, n=len(logits), seed=seed
+    )
 
 # %% ../nbs/09_metrics.ipynb #57b3d74c
 def _chunked_cdist(a: torch.Tensor, b: torch.Tensor, chunk: int):  # yields (row offset, [c, M] distances)
     for i in range(0, len(a), chunk):
-        yield i, torch.cdist(a[i:i + chunk], b, compute_mode="donot_use_mm_for_euclid_dist")
+        yield i, torch.cdist(a[i : i + chunk], b, compute_mode="donot_use_mm_for_euclid_dist")
 
-def knn_radii(feats: torch.Tensor,  # [N, D]
-              k: int = 3,  # which neighbour (self excluded)
-              chunk: int = 512,  # rows per distance block
-              ) -> torch.Tensor:  # [N] distance to the k-th nearest other point
+
+def knn_radii(
+    feats: torch.Tensor,  # [N, D]
+    k: int = 3,  # which neighbour (self excluded)
+    chunk: int = 512,  # rows per distance block
+) -> torch.Tensor:  # [N] distance to the k-th nearest other point
     "Distance from each point to its k-th nearest neighbour in the same set (itself excluded)."
     x = torch.as_tensor(np.asarray(feats), dtype=torch.float64)
-    if not 1 <= k < len(x): raise ValueError(f"k must be in [1, N-1] = [1, {len(x) - 1}], got {k}")
+    if not 1 <= k < len(x):
+        raise ValueError(f"k must be in [1, N-1] = [1, {len(x) - 1}], got {k}")
     return torch.cat([d.topk(k + 1, dim=1, largest=False).values[:, k] for _, d in _chunked_cdist(x, x, chunk)])
 
-def manifold_coverage(points: torch.Tensor,  # [P, D] points to test
-                      centres: torch.Tensor,  # [M, D] ball centres
-                      radii: torch.Tensor,  # [M] ball radii
-                      chunk: int = 512) -> float:
+
+def manifold_coverage(
+    points: torch.Tensor,  # [P, D] points to test
+    centres: torch.Tensor,  # [M, D] ball centres
+    radii: torch.Tensor,  # [M] ball radii
+    chunk: int = 512,
+) -> float:
     "Fraction of `points` inside at least one ball (centre, radius)."
     p, c = (torch.as_tensor(np.asarray(a), dtype=torch.float64) for a in (points, centres))
     inside = [(d <= radii[None]).any(1) for _, d in _chunked_cdist(p, c, chunk)]  # [c] bool each
     return float(torch.cat(inside).double().mean())
 
-def precision_recall(real: torch.Tensor,  # [N, D] real features
-                     gen: torch.Tensor,  # [M, D] generated features
-                     k: int = 3,  # Kynkäänniemi et al. 2019 default
-                     chunk: int = 512,  # rows per distance block
-                     ) -> dict:  # {'precision', 'recall', 'k', 'n_real', 'n_gen'}
+
+def precision_recall(
+    real: torch.Tensor,  # [N, D] real features
+    gen: torch.Tensor,  # [M, D] generated features
+    k: int = 3,  # Kynkäänniemi et al. 2019 default
+    chunk: int = 512,  # rows per distance block
+) -> dict:  # {'precision', 'recall', 'k', 'n_real', 'n_gen'}
     "Improved precision and recall (Kynkäänniemi et al. 2019) of generated vs real features."
     real, gen = (torch.as_tensor(np.asarray(a), dtype=torch.float64) for a in (real, gen))
     prec = manifold_coverage(gen, real, knn_radii(real, k, chunk), chunk)
@@ -301,37 +383,50 @@ def precision_recall(real: torch.Tensor,  # [N, D] real features
     return dict(precision=prec, recall=rec, k=k, n_real=len(real), n_gen=len(gen))
 
 # %% ../nbs/09_metrics.ipynb #0ebf8f90
-def nearest_neighbours(gen_feats: torch.Tensor,  # [G, D] generated
-                       train_feats: torch.Tensor,  # [N, D] training set
-                       k: int = 3,  # neighbours per sample
-                       chunk: int = 512,  # rows per distance block
-                       ) -> tuple[torch.Tensor, torch.Tensor]:  # distances [G, k] float64, indices [G, k] int64
+def nearest_neighbours(
+    gen_feats: torch.Tensor,  # [G, D] generated
+    train_feats: torch.Tensor,  # [N, D] training set
+    k: int = 3,  # neighbours per sample
+    chunk: int = 512,  # rows per distance block
+) -> tuple[torch.Tensor, torch.Tensor]:  # distances [G, k] float64, indices [G, k] int64
     "The k nearest training items of each generated item (Euclidean, ascending), computed in chunks."
     a, b = (torch.as_tensor(np.asarray(x), dtype=torch.float64).flatten(1) for x in (gen_feats, train_feats))
-    if not 1 <= k <= len(b): raise ValueError(f"k must be in [1, {len(b)}], got {k}")
+    if not 1 <= k <= len(b):
+        raise ValueError(f"k must be in [1, {len(b)}], got {k}")
     ds, ix = zip(*[d.topk(k, dim=1, largest=False) for _, d in _chunked_cdist(a, b, chunk)])
     return torch.cat(ds), torch.cat(ix)
 
-def nn_figure(gen_images: torch.Tensor,  # [G, C, H, W] in [-1, 1]
-              train_images: torch.Tensor,  # [N, C, H, W] in [-1, 1]
-              dists: torch.Tensor, idx: torch.Tensor,  # [G, k] from `nearest_neighbours`
-              n: int = 6,  # rows (samples) to draw
-              title: str = "",  # figure title: say which feature space and data
-              ):
+
+def nn_figure(
+    gen_images: torch.Tensor,  # [G, C, H, W] in [-1, 1]
+    train_images: torch.Tensor,  # [N, C, H, W] in [-1, 1]
+    dists: torch.Tensor,
+    idx: torch.Tensor,  # [G, k] from `nearest_neighbours`
+    n: int = 6,  # rows (samples) to draw
+    title: str = "",  # figure title: say which feature space and data
+):
     "A small figure: each generated sample (left, red frame) followed by its nearest training images and distances."
     import matplotlib.pyplot as plt
+
     n, k = min(n, len(gen_images)), idx.shape[1]
     fig, axs = plt.subplots(n, k + 1, figsize=(1.2 * (k + 1), 1.25 * n), dpi=72, squeeze=False)
-    show = lambda ax, im: ax.imshow(((im.float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).squeeze(-1).cpu().numpy(),
-                                    cmap="gray", vmin=0, vmax=1)
+    show = lambda ax, im: ax.imshow(
+        ((im.float().clamp(-1, 1) + 1) / 2).permute(1, 2, 0).squeeze(-1).cpu().numpy(), cmap="gray", vmin=0, vmax=1
+    )
     for r in range(n):
-        show(axs[r, 0], gen_images[r]); axs[r, 0].set_title("sample", fontsize=7)
-        for s in axs[r, 0].spines.values(): s.set_color("red"); s.set_linewidth(2)
+        show(axs[r, 0], gen_images[r])
+        axs[r, 0].set_title("sample", fontsize=7)
+        for s in axs[r, 0].spines.values():
+            s.set_color("red")
+            s.set_linewidth(2)
         for j in range(k):
             show(axs[r, j + 1], train_images[int(idx[r, j])])
             axs[r, j + 1].set_title(f"#{int(idx[r, j])} d={float(dists[r, j]):.3g}", fontsize=7)
-    for ax in axs.flat: ax.set_xticks([]); ax.set_yticks([])
-    if title: fig.suptitle(title, fontsize=8)
+    for ax in axs.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=8)
     fig.tight_layout()
     return fig
 
@@ -340,16 +435,26 @@ def stats_cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     "Where reference statistics are cached: `cache_dir`, else $DRIFTING_CACHE/ref_stats, else ~/.cache/drifting/ref_stats."
     return cache_root("ref_stats", cache_dir)
 
+
 def reference_key(net: FeatureNet, dataset: ImageDataset) -> str:
     "Cache key of reference statistics: hash of format, feature protocol and dataset manifest (24 hex digits)."
-    return sha256_json(dict(format=STATS_FORMAT, protocol=net.protocol_hash, data=dataset.fingerprint,
-                            split=dataset.split, n=len(dataset)))[:24]
+    return sha256_json(
+        dict(
+            format=STATS_FORMAT,
+            protocol=net.protocol_hash,
+            data=dataset.fingerprint,
+            split=dataset.split,
+            n=len(dataset),
+        )
+    )[:24]
 
-def reference_stats(net: FeatureNet,  # feature network
-                    dataset: ImageDataset,  # the reference images ([N, C, H, W] in [-1, 1])
-                    cache_dir: str | os.PathLike | None = None,  # see `stats_cache_root`
-                    batch_size: int | None = None,  # feature-extraction batch
-                    ) -> FeatureStats:
+
+def reference_stats(
+    net: FeatureNet,  # feature network
+    dataset: ImageDataset,  # the reference images ([N, C, H, W] in [-1, 1])
+    cache_dir: str | os.PathLike | None = None,  # see `stats_cache_root`
+    batch_size: int | None = None,  # feature-extraction batch
+) -> FeatureStats:
     "Feature statistics of a dataset: loaded from the cache when present, else computed in batches and cached."
     key = reference_key(net, dataset)
     path = stats_cache_root(cache_dir) / f"{key}.npz"
@@ -358,7 +463,8 @@ def reference_stats(net: FeatureNet,  # feature network
         check_same_protocol(st, net, f"cached statistics {path}")
         return st
     rs = RunningStats(net.num_features)
-    for x in dataset.images.split(batch_size or net.batch_size): rs.update(extract_features(net, x))
+    for x in dataset.images.split(batch_size or net.batch_size):
+        rs.update(extract_features(net, x))
     source = dict(dataset.describe(), key=key)
     st = FeatureStats(rs.mean, rs.cov, rs.n, net.protocol, source)
     st.save(path)

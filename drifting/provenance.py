@@ -14,10 +14,30 @@ import psutil
 import torch
 from omegaconf import OmegaConf
 
-from .core import atomic_open, atomic_torch_save, atomic_write_bytes, atomic_write_text, sha256_bytes, sha256_file
-from .fingerprint import (canonical_json, codebase_fingerprint, compose_config, config_yaml,
-    KEY_PACKAGES, env_fingerprint, env_snapshot, git_state, jsonable, redact_env, redact_obj, register_secrets,
-    resolve_config, scrub)
+from drifting.core import (
+    atomic_open,
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_text,
+    sha256_bytes,
+    sha256_file,
+)
+from drifting.fingerprint import (
+    canonical_json,
+    codebase_fingerprint,
+    compose_config,
+    config_yaml,
+    KEY_PACKAGES,
+    env_fingerprint,
+    env_snapshot,
+    git_state,
+    jsonable,
+    redact_env,
+    redact_obj,
+    register_secrets,
+    resolve_config,
+    scrub,
+)
 from .smoke import SmokeGateError, failed_checks, project_root, smoke_test
 from .bundle import run_md, writer_alive
 
@@ -34,22 +54,34 @@ CONTRACT_VERSION = "1.0"  # the predictions contract: samples_<id>.npz (images u
 BUNDLE_DIRS = ("provenance", "artifacts/predictions", "artifacts/checkpoints", "logs")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
+
 class BundleError(ValueError):
     "Bad input to the run bundle (project name, runs directory, resume checkpoint, predictions)."
 
-def _utc() -> dt.datetime: return dt.datetime.now(dt.timezone.utc)
-def _iso(t: dt.datetime) -> str: return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+def _utc() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _iso(t: dt.datetime) -> str:
+    return t.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
 
 def check_name(name: str, what: str = "project name") -> str:
     "`name` if it is a safe single folder name (letters, digits, `_ . -`; no `..`, no `/`), else a `BundleError`."
     if not isinstance(name, str) or not _NAME.match(name) or ".." in name:
-        raise BundleError(f"invalid {what} {name!r}: use 1-64 letters, digits, '_', '.', '-' (no '/', no '..'), e.g. 'toy'")
+        raise BundleError(
+            f"invalid {what} {name!r}: use 1-64 letters, digits, '_', '.', '-' (no '/', no '..'), e.g. 'toy'"
+        )
     return name
+
 
 def default_runs_dir(root: Path) -> Path:
     "`$DRIFTING_RUNS_DIR`, else `<root>/runs` in a checkout (root holds settings.ini), else `./runs`."
-    if os.environ.get("DRIFTING_RUNS_DIR"): return Path(os.environ["DRIFTING_RUNS_DIR"])
+    if os.environ.get("DRIFTING_RUNS_DIR"):
+        return Path(os.environ["DRIFTING_RUNS_DIR"])
     return Path(root) / "runs" if (Path(root) / "settings.ini").is_file() else Path.cwd() / "runs"
+
 
 def check_writable(runs_dir: Path) -> Path:
     "Create `runs_dir` if needed and prove a file can be written in it, else a `BundleError` saying what to do."
@@ -57,66 +89,91 @@ def check_writable(runs_dir: Path) -> Path:
     try:
         runs_dir.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(dir=runs_dir, prefix=".write_probe.")  # a private name: runs may start together
-        os.close(fd); os.unlink(probe)
+        os.close(fd)
+        os.unlink(probe)
     except OSError as e:
-        raise BundleError(f"runs directory {str(runs_dir)!r} is not writable ({e.strerror or e}); "
-                          "pass runs_dir= or set DRIFTING_RUNS_DIR to a writable folder") from e
+        raise BundleError(
+            f"runs directory {str(runs_dir)!r} is not writable ({e.strerror or e}); "
+            "pass runs_dir= or set DRIFTING_RUNS_DIR to a writable folder"
+        ) from e
     return runs_dir
+
 
 def new_run_dir(runs_dir: Path, project: str, short_hash: str, now: dt.datetime) -> Path:
     "Create `runs_dir/project/<UTC time>_<hash>` (suffix `-2`, `-3`… when that name exists; nothing is reused)."
-    parent = Path(runs_dir) / check_name(project); parent.mkdir(parents=True, exist_ok=True)
+    parent = Path(runs_dir) / check_name(project)
+    parent.mkdir(parents=True, exist_ok=True)
     base = f"{now:%Y-%m-%d_%H-%M-%S}_{short_hash}"
     for i in range(1, 1000):
         d = parent / (base if i == 1 else f"{base}-{i}")
-        try: d.mkdir(); return d
-        except FileExistsError: continue
+        try:
+            d.mkdir()
+            return d
+        except FileExistsError:
+            continue
     raise BundleError(f"too many runs named {base} in {parent}")
 
 # %% ../nbs/10_provenance.ipynb #d262b9b7
 _OK_LEAVES = (torch.Tensor, int, float, bool, str, bytes, type(None), torch.dtype, torch.device, torch.Size)
 
+
 class CheckpointError(BundleError):
     "A checkpoint that cannot be trusted: missing, truncated, not the bytes its bundle recorded, or non-finite."
+
 
 def check_state(obj, where: str = "state"):
     "Raise `TypeError` naming the first value in `obj` that is not a tensor/number/string/container of them."
     if isinstance(obj, dict):
         for k, v in obj.items():
-            if not isinstance(k, (str, int)): raise TypeError(f"checkpoint key {k!r} at {where} must be str or int")
+            if not isinstance(k, (str, int)):
+                raise TypeError(f"checkpoint key {k!r} at {where} must be str or int")
             check_state(v, f"{where}.{k}")
     elif isinstance(obj, (list, tuple)) and not isinstance(obj, torch.Size):
-        for i, v in enumerate(obj): check_state(v, f"{where}[{i}]")
+        for i, v in enumerate(obj):
+            check_state(v, f"{where}[{i}]")
     elif not isinstance(obj, _OK_LEAVES):
-        raise TypeError(f"checkpoint value at {where} is a {type(obj).__module__}.{type(obj).__name__}: store state dicts "
-                        "(module.state_dict(), optimizer.state_dict()), tensors and plain numbers only")
+        raise TypeError(
+            f"checkpoint value at {where} is a {type(obj).__module__}.{type(obj).__name__}: store state dicts "
+            "(module.state_dict(), optimizer.state_dict()), tensors and plain numbers only"
+        )
+
 
 def nonfinite_paths(obj, where: str = "state") -> list[str]:
     "Where `obj` (a state dict) holds NaN/inf: floating tensors and float numbers."
-    if isinstance(obj, dict): return [p for k, v in obj.items() for p in nonfinite_paths(v, f"{where}.{k}")]
+    if isinstance(obj, dict):
+        return [p for k, v in obj.items() for p in nonfinite_paths(v, f"{where}.{k}")]
     if isinstance(obj, (list, tuple)) and not isinstance(obj, torch.Size):
         return [p for i, v in enumerate(obj) for p in nonfinite_paths(v, f"{where}[{i}]")]
     if isinstance(obj, torch.Tensor) and (obj.is_floating_point() or obj.is_complex()):
         return [] if bool(torch.isfinite(obj).all()) else [where]
-    if isinstance(obj, float) and not math.isfinite(obj): return [where]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return [where]
     return []
+
 
 def check_finite(state: dict, what: str = "checkpoint"):
     "Refuse (FloatingPointError) a state dict holding NaN/inf, naming where: a non-finite checkpoint is never written."
     bad = nonfinite_paths(state)
     if bad:
-        raise FloatingPointError(f"refusing to write a {what} with NaN/inf values at {', '.join(bad[:5])}"
-                                 f"{' …' if len(bad) > 5 else ''}; the earlier checkpoints are unchanged (lower lr, check the data)")
+        raise FloatingPointError(
+            f"refusing to write a {what} with NaN/inf values at {', '.join(bad[:5])}"
+            f"{' …' if len(bad) > 5 else ''}; the earlier checkpoints are unchanged (lower lr, check the data)"
+        )
+
 
 def read_events(bundle: str | os.PathLike) -> list[dict]:
     "The records of `provenance/events.jsonl`; a line cut short by a kill is skipped (it was never complete)."
     f = Path(bundle) / "provenance" / "events.jsonl"
-    if not f.is_file(): return []
+    if not f.is_file():
+        return []
     out = []
     for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
-        try: out.append(json.loads(line))
-        except ValueError: continue
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue
     return out
+
 
 def recorded_hashes(bundle: str | os.PathLike) -> dict[str, str]:
     "{bundle-relative path: sha256} of every checkpoint file the bundle's events recorded (the latest record wins)."
@@ -124,13 +181,20 @@ def recorded_hashes(bundle: str | os.PathLike) -> dict[str, str]:
     for ev in read_events(bundle):
         if ev.get("event") == "checkpoint" and ev.get("sha256"):
             for p in [ev.get("path"), *ev.get("copies", [])]:
-                if p: out[p] = ev["sha256"]
+                if p:
+                    out[p] = ev["sha256"]
     return out
+
 
 def _bundle_of(path: Path) -> Path | None:
     "The run folder holding a checkpoint file (…/artifacts/checkpoints/x.pt), else None."
     b = path.parent.parent.parent
-    return b if path.parent.name == "checkpoints" and path.parent.parent.name == "artifacts" and (b / "provenance").is_dir() else None
+    return (
+        b
+        if path.parent.name == "checkpoints" and path.parent.parent.name == "artifacts" and (b / "provenance").is_dir()
+        else None
+    )
+
 
 def _load_verified(path: Path, mmap: bool = False) -> dict:
     "Load `path` after checking its bytes against the hash its bundle recorded (if any); CheckpointError when bad."
@@ -138,69 +202,96 @@ def _load_verified(path: Path, mmap: bool = False) -> dict:
     want = recorded_hashes(b).get(str(path.relative_to(b))) if b is not None else None
     if want is not None and sha256_file(path) != want:
         raise CheckpointError(f"{path} does not match the sha256 its bundle recorded (corrupted or replaced)")
-    try: return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # truncated zip, bad pickle, a foreign file: one clear message
         raise CheckpointError(f"{path} cannot be read as a checkpoint ({type(e).__name__}: {str(e)[:200]})") from e
 
+
 class CheckpointNotFound(CheckpointError, FileNotFoundError):
     "No checkpoint where one was named."
+
 
 def _step_files(ck: Path) -> list[Path]:
     "The `step_N.pt` files of a checkpoint folder, newest step first."
     return sorted(ck.glob("step_*.pt"), key=lambda p: int(p.stem[5:]) if p.stem[5:].isdigit() else -1, reverse=True)
 
-def open_checkpoint(path: str | os.PathLike,  # a .pt file or a run bundle folder (its last.pt)
-                    mmap: bool = False,  # memory-map tensors (a quick look at the config)
-                    ) -> tuple[Path, dict]:  # (the file actually loaded, its state)
+
+def open_checkpoint(
+    path: str | os.PathLike,  # a .pt file or a run bundle folder (its last.pt)
+    mmap: bool = False,  # memory-map tensors (a quick look at the config)
+) -> tuple[Path, dict]:  # (the file actually loaded, its state)
     "Load a checkpoint, verified against its bundle's record; a bad `last.pt` falls back to the newest good `step_N.pt`."
     path = Path(str(path)).expanduser()
-    if path.is_dir(): path = path / "artifacts" / "checkpoints" / "last.pt"
+    if path.is_dir():
+        path = path / "artifacts" / "checkpoints" / "last.pt"
     steps = _step_files(path.parent) if path.name == "last.pt" else []
     if not path.is_file() and not steps:
-        raise CheckpointNotFound(f"no checkpoint at {path} (not found): pass a .pt file or a run bundle folder (its last.pt)")
+        raise CheckpointNotFound(
+            f"no checkpoint at {path} (not found): pass a .pt file or a run bundle folder (its last.pt)"
+        )
     try:
-        if not path.is_file(): raise CheckpointError(f"{path} is missing")
+        if not path.is_file():
+            raise CheckpointError(f"{path} is missing")
         return path, _load_verified(path, mmap)
     except CheckpointError as e:
-        if not steps: raise CheckpointError(f"{e}; no step_N.pt beside it to fall back to: resume from another "
-                                            "checkpoint or start afresh") from None
+        if not steps:
+            raise CheckpointError(
+                f"{e}; no step_N.pt beside it to fall back to: resume from another checkpoint or start afresh"
+            ) from None
         why = [str(e)]
         for s in steps:
-            try: sd = _load_verified(s, mmap)
-            except CheckpointError as e2: why.append(str(e2)); continue
+            try:
+                sd = _load_verified(s, mmap)
+            except CheckpointError as e2:
+                why.append(str(e2))
+                continue
             print(f"drifting: {why[0]}; using the newest good checkpoint {s.name} instead", file=sys.stderr)
             return s, sd
         raise CheckpointError("no good checkpoint in " + str(path.parent) + ":\n  " + "\n  ".join(why)) from None
 
-def checkpoint_file(path: str | os.PathLike,  # a checkpoint file, or a run bundle folder
-                    ) -> Path:  # the file: a bundle's `last.pt`, or its newest good step file when last.pt is bad
+
+def checkpoint_file(
+    path: str | os.PathLike,  # a checkpoint file, or a run bundle folder
+) -> Path:  # the file: a bundle's `last.pt`, or its newest good step file when last.pt is bad
     "The checkpoint file that `path` names, verified against its bundle's record, or a clear error when there is none."
     return open_checkpoint(path, mmap=True)[0]
 
-def load_checkpoint(path: str | os.PathLike,  # a checkpoint file, or a run bundle folder (its last.pt)
-                    ) -> dict:
+
+def load_checkpoint(
+    path: str | os.PathLike,  # a checkpoint file, or a run bundle folder (its last.pt)
+) -> dict:
     "Load a checkpoint on CPU with `weights_only=True` (no code from the file is run), verified (see `open_checkpoint`)."
     return open_checkpoint(path)[1]
 
+
 def _readable(path: Path) -> Path:
     "Give a bundle file the usual rw-r--r-- mode (the atomic writers create private 0600 temp files)."
-    os.chmod(path, 0o644); return path
+    os.chmod(path, 0o644)
+    return path
+
 
 def _copy_atomic(src: Path, dst: Path) -> Path:
     "Make `dst` an independent copy of `src`'s bytes, atomically (never a hard link: one bad sector must not hit both)."
     with atomic_open(dst) as f, open(src, "rb") as g:
-        while b := g.read(1 << 20): f.write(b)
+        while b := g.read(1 << 20):
+            f.write(b)
     return _readable(dst)
 
 # %% ../nbs/10_provenance.ipynb #4fb6641e
 RESERVE = "provenance/.reserve"  # 64 KiB held from the start, freed so the failure record fits on a full disk
 
+
 def _release_reserve(d: Path):
-    try: (Path(d) / RESERVE).unlink()
-    except FileNotFoundError: pass
+    try:
+        (Path(d) / RESERVE).unlink()
+    except FileNotFoundError:
+        pass
+
 
 class Run:
     "One run's bundle folder and the methods that write into it (made by `start_run`)."
+
     def __init__(self, dir: Path, project: str, manifest: dict, repro: dict, config: dict, resume_state=None):
         self.dir, self.project, self.config, self.resume_state = Path(dir), project, config, resume_state
         self.manifest, self.repro, self._t0 = manifest, repro, time.monotonic()
@@ -209,107 +300,173 @@ class Run:
 
     run_id = property(lambda self: self.dir.name)
     status = property(lambda self: self.manifest["status"])
-    def __repr__(self): return f"Run({str(self.dir)!r}, status={self.status!r})"
+
+    def __repr__(self):
+        return f"Run({str(self.dir)!r}, status={self.status!r})"
 
     # -- writing ------------------------------------------------------------------------------------------------
-    def _text(self, rel: str, text: str) -> Path: return _readable(atomic_write_text(self.dir / rel, scrub(text)))
+    def _text(self, rel: str, text: str) -> Path:
+        return _readable(atomic_write_text(self.dir / rel, scrub(text)))
+
     def _json(self, rel: str, obj) -> Path:  # redacted as data, then serialised: the file always parses
         return _readable(atomic_write_text(self.dir / rel, canonical_json(redact_obj(jsonable(obj), entropy=False))))
+
     def save_json(self, *parts: str, obj) -> Path:
         "Write `obj` as JSON at `parts` inside the bundle: redacted as data, then written atomically (a kill leaves old or new)."
         return self._json(str(self.path(*parts).relative_to(self.dir)), obj)
 
-    def event(self, kind: str,  # start, resume, checkpoint, eval, predictions, end, failure, or your own word
-              **data) -> dict:
+    def event(
+        self,
+        kind: str,  # start, resume, checkpoint, eval, predictions, end, failure, or your own word
+        **data,
+    ) -> dict:
         "Append one line to `provenance/events.jsonl` (time, seconds since start, event, data)."
         rec = dict(time=_iso(_utc()), elapsed_s=round(time.monotonic() - self._t0, 3), event=kind, **jsonable(data))
         line = (json.dumps(redact_obj(rec, entropy=True), sort_keys=True, ensure_ascii=False) + "\n").encode()
         fd = os.open(self.dir / "provenance" / "events.jsonl", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try: os.write(fd, line); os.fsync(fd)
-        finally: os.close(fd)
+        try:
+            os.write(fd, line)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         return rec
 
     def log(self, msg: str):
         "Append a timestamped line to `logs/run.log`."
-        with open(self.dir / "logs" / "run.log", "a", encoding="utf-8") as f: f.write(f"{_iso(_utc())} {scrub(str(msg))}\n")
+        with open(self.dir / "logs" / "run.log", "a", encoding="utf-8") as f:
+            f.write(f"{_iso(_utc())} {scrub(str(msg))}\n")
 
-    def log_metrics(self, step: int | None = None,  # None: headline scalars; an int: a point of each time series
-                    **values):
+    def log_metrics(
+        self,
+        step: int | None = None,  # None: headline scalars; an int: a point of each time series
+        **values,
+    ):
         "Record metrics in `metrics.json` (scalars at once; series points at most every 10 s, and always at the end)."
         for k, v in jsonable(values).items():
-            if step is None: self.metrics["scalars"][k] = v
-            else: self.metrics["series"].setdefault(k, []).append(dict(step=int(step), value=v))
-        if step is None or time.monotonic() - self._metrics_t > 10: self._write_metrics()
+            if step is None:
+                self.metrics["scalars"][k] = v
+            else:
+                self.metrics["series"].setdefault(k, []).append(dict(step=int(step), value=v))
+        if step is None or time.monotonic() - self._metrics_t > 10:
+            self._write_metrics()
 
     def _write_metrics(self):
-        self._json("metrics.json", self.metrics); self._metrics_t = time.monotonic()
+        self._json("metrics.json", self.metrics)
+        self._metrics_t = time.monotonic()
 
     def log_series(self, name: str, values, steps=None):
         "Record a whole time series at once (one write), e.g. a loss history; `steps` default 1..len(values)."
-        values = jsonable(list(values)); steps = list(steps) if steps is not None else range(1, len(values) + 1)
+        values = jsonable(list(values))
+        steps = list(steps) if steps is not None else range(1, len(values) + 1)
         self.metrics["series"].setdefault(name, []).extend(dict(step=int(s), value=v) for s, v in zip(steps, values))
         self._write_metrics()
 
     def path(self, *parts: str) -> Path:
         "A path inside the bundle (parent folders created), e.g. `run.path('artifacts', 'figures', 'loss.png')`."
         p = self.dir.joinpath(*parts)
-        if not p.resolve().is_relative_to(self.dir.resolve()): raise BundleError(f"{p} is outside the bundle {self.dir}")
-        p.parent.mkdir(parents=True, exist_ok=True); return p
+        if not p.resolve().is_relative_to(self.dir.resolve()):
+            raise BundleError(f"{p} is outside the bundle {self.dir}")
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
 
     def log_eval(self, step: int, **metrics):
         "Record evaluation metrics as a time series and an `eval` event."
-        self.log_metrics(step, **metrics); self._write_metrics(); self.event("eval", step=int(step), metrics=metrics)
+        self.log_metrics(step, **metrics)
+        self._write_metrics()
+        self.event("eval", step=int(step), metrics=metrics)
 
     def set_dataset(self, **info):
         "Record what the data was (e.g. `name=`, `fingerprint=data_fingerprint(x)`) in `repro.json`."
-        self.repro["dataset"] = jsonable(info); self._json("provenance/repro.json", self.repro)
+        self.repro["dataset"] = jsonable(info)
+        self._json("provenance/repro.json", self.repro)
 
     # -- artifacts ----------------------------------------------------------------------------------------------
-    def save_checkpoint(self, state: dict,  # a state dict: tensors, numbers, strings, containers of them
-                        step: int,  # training step (names step_<step>.pt)
-                        best: bool = False,  # also make it best.pt
-                        keep_step: bool = True,  # keep step_<step>.pt (False: only last.pt)
-                        ) -> Path:
+    def save_checkpoint(
+        self,
+        state: dict,  # a state dict: tensors, numbers, strings, containers of them
+        step: int,  # training step (names step_<step>.pt)
+        best: bool = False,  # also make it best.pt
+        keep_step: bool = True,  # keep step_<step>.pt (False: only last.pt)
+    ) -> Path:
         "Save `state` atomically as `step_<n>.pt`, copied to `last.pt` (and `best.pt`); log a `checkpoint` event with its sha256."
-        check_state(state); check_finite(state); ck = self.dir / "artifacts" / "checkpoints"
+        check_state(state)
+        check_finite(state)
+        ck = self.dir / "artifacts" / "checkpoints"
         path = _readable(atomic_torch_save(state, ck / (f"step_{int(step)}.pt" if keep_step else "last.pt")))
-        copies = ([_copy_atomic(path, ck / "last.pt")] if keep_step else []) + ([_copy_atomic(path, ck / "best.pt")] if best else [])
-        self.event("checkpoint", step=int(step), path=str(path.relative_to(self.dir)), sha256=sha256_file(path),
-                   bytes=path.stat().st_size, best=best, copies=[str(c.relative_to(self.dir)) for c in copies])
+        copies = ([_copy_atomic(path, ck / "last.pt")] if keep_step else []) + (
+            [_copy_atomic(path, ck / "best.pt")] if best else []
+        )
+        self.event(
+            "checkpoint",
+            step=int(step),
+            path=str(path.relative_to(self.dir)),
+            sha256=sha256_file(path),
+            bytes=path.stat().st_size,
+            best=best,
+            copies=[str(c.relative_to(self.dir)) for c in copies],
+        )
         return path
 
-    def save_predictions(self, images,  # uint8 [N, H, W, C] (array or tensor)
-                         labels,  # integer [N] (stored as int64)
-                         sample_id: str = "final",  # names samples_<id>.npz
-                         checkpoint: str | os.PathLike | None = None,  # the checkpoint the samples came from
-                         **extra,  # more arrays, e.g. latents=[N, ...]
-                         ) -> Path:
+    def save_predictions(
+        self,
+        images,  # uint8 [N, H, W, C] (array or tensor)
+        labels,  # integer [N] (stored as int64)
+        sample_id: str = "final",  # names samples_<id>.npz
+        checkpoint: str | os.PathLike | None = None,  # the checkpoint the samples came from
+        **extra,  # more arrays, e.g. latents=[N, ...]
+    ) -> Path:
         "Write `samples_<id>.npz` and add its entry (id, time, model/config/checkpoint reference) to `metadata.json`."
         check_name(sample_id, "sample id")
         arr = lambda x: x.detach().cpu().numpy() if isinstance(x, torch.Tensor) else np.asarray(x)
         images, labels, extra = arr(images), arr(labels), {k: arr(v) for k, v in extra.items()}
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3, 4):
-            raise BundleError(f"images must be uint8 [N,H,W,C] with C in 1/3/4, got {images.dtype} {list(images.shape)}; "
-                              "convert with (x.clamp(0,1)*255).round().to(torch.uint8).permute(0,2,3,1)")
+            raise BundleError(
+                f"images must be uint8 [N,H,W,C] with C in 1/3/4, got {images.dtype} {list(images.shape)}; "
+                "convert with (x.clamp(0,1)*255).round().to(torch.uint8).permute(0,2,3,1)"
+            )
         if labels.ndim != 1 or len(labels) != len(images) or not np.issubdtype(labels.dtype, np.integer):
             raise BundleError(f"labels must be integers [N={len(images)}], got {labels.dtype} {list(labels.shape)}")
-        if any(a.dtype == object for a in extra.values()): raise BundleError("extra arrays must be numeric (no object dtype)")
-        pdir = self.dir / "artifacts" / "predictions"; meta_path = pdir / "metadata.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.exists() else dict(contract_version=CONTRACT_VERSION, samples=[])
+        if any(a.dtype == object for a in extra.values()):
+            raise BundleError("extra arrays must be numeric (no object dtype)")
+        pdir = self.dir / "artifacts" / "predictions"
+        meta_path = pdir / "metadata.json"
+        meta = (
+            json.loads(meta_path.read_text())
+            if meta_path.exists()
+            else dict(contract_version=CONTRACT_VERSION, samples=[])
+        )
         if any(s["id"] == sample_id for s in meta["samples"]):
             raise BundleError(f"sample id {sample_id!r} already saved in this run; pass a new sample_id")
         path = pdir / f"samples_{sample_id}.npz"
-        with atomic_open(path) as f: np.savez(f, images=images, labels=labels.astype(np.int64), **extra)
+        with atomic_open(path) as f:
+            np.savez(f, images=images, labels=labels.astype(np.int64), **extra)
         _readable(path)
         ck = Path(checkpoint) if checkpoint is not None else None
-        meta["samples"].append(dict(
-            id=sample_id, file=path.name, timestamp=_iso(_utc()), contract_version=CONTRACT_VERSION, n=len(images),
-            arrays={k: dict(dtype=str(v.dtype), shape=list(v.shape)) for k, v in dict(images=images, labels=labels.astype(np.int64), **extra).items()},
-            sha256=sha256_file(path),
-            model=dict(run_id=self.run_id, project=self.project, git_hash=self.manifest["git_hash"],
-                       config="config_resolved.yaml", config_sha256=self.repro["config_sha256"],
-                       checkpoint=str(ck.resolve().relative_to(self.dir.resolve())) if ck and ck.resolve().is_relative_to(self.dir.resolve()) else (str(ck) if ck else None),
-                       checkpoint_sha256=sha256_file(ck) if ck and ck.is_file() else None)))
+        meta["samples"].append(
+            dict(
+                id=sample_id,
+                file=path.name,
+                timestamp=_iso(_utc()),
+                contract_version=CONTRACT_VERSION,
+                n=len(images),
+                arrays={
+                    k: dict(dtype=str(v.dtype), shape=list(v.shape))
+                    for k, v in dict(images=images, labels=labels.astype(np.int64), **extra).items()
+                },
+                sha256=sha256_file(path),
+                model=dict(
+                    run_id=self.run_id,
+                    project=self.project,
+                    git_hash=self.manifest["git_hash"],
+                    config="config_resolved.yaml",
+                    config_sha256=self.repro["config_sha256"],
+                    checkpoint=str(ck.resolve().relative_to(self.dir.resolve()))
+                    if ck and ck.resolve().is_relative_to(self.dir.resolve())
+                    else (str(ck) if ck else None),
+                    checkpoint_sha256=sha256_file(ck) if ck and ck.is_file() else None,
+                ),
+            )
+        )
         self._json("artifacts/predictions/metadata.json", meta)
         self.event("predictions", id=sample_id, path=str(path.relative_to(self.dir)), n=len(images))
         return path
@@ -319,263 +476,425 @@ class Run:
         "Write the final manifest first (the one file that must land), then metrics and RUN.md; on a full disk free the reserve."
         self.manifest.update(status=status, ended=_iso(_utc()), seconds=round(time.monotonic() - self._t0, 3), **fields)
         try:
-            for write in (lambda: self._json("run_manifest.json", self.manifest), self._write_metrics,
-                          lambda: self._text("RUN.md", run_md(self.manifest, self.repro, self.config, self.metrics))):
-                try: write()
+            for write in (
+                lambda: self._json("run_manifest.json", self.manifest),
+                self._write_metrics,
+                lambda: self._text("RUN.md", run_md(self.manifest, self.repro, self.config, self.metrics)),
+            ):
+                try:
+                    write()
                 except OSError as e:
-                    if e.errno != errno.ENOSPC: raise
-                    _release_reserve(self.dir); self.manifest["disk_full"] = True
+                    if e.errno != errno.ENOSPC:
+                        raise
+                    _release_reserve(self.dir)
+                    self.manifest["disk_full"] = True
                     self._json("run_manifest.json", self.manifest)  # into the space the reserve held
                     break
             _release_reserve(self.dir)
         finally:
-            for unhook in self._hooks: unhook()
+            for unhook in self._hooks:
+                unhook()
             self._hooks = []
 
     def finish(self, **scalars) -> "Run":
         "Record headline `scalars`, mark the run completed (a failed run stays failed) and write RUN.md."
-        if scalars: self.log_metrics(**scalars)
-        if self.status != "running": return self
-        self.event("end", status="completed"); self._close("completed")
+        if scalars:
+            self.log_metrics(**scalars)
+        if self.status != "running":
+            return self
+        self.event("end", status="completed")
+        self._close("completed")
         return self
 
     def fail(self, exc: BaseException | str, status: str = "failed") -> "Run":
         "Record a failure (exception type, message, traceback, all redacted) and mark the run `status`."
-        if self.status not in ("running", "completed"): return self
+        if self.status not in ("running", "completed"):
+            return self
         if isinstance(exc, BaseException):
-            err = dict(type=type(exc).__name__, message=str(exc),
-                       traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-8000:])
-        else: err = dict(type="RuntimeError", message=str(exc), traceback="")
+            err = dict(
+                type=type(exc).__name__,
+                message=str(exc),
+                traceback="".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-8000:],
+            )
+        else:
+            err = dict(type="RuntimeError", message=str(exc), traceback="")
         err = {k: scrub(v, entropy=True) for k, v in err.items()}
-        try: self.event("failure", **err)
-        except OSError: pass  # a full disk: the manifest below still records the failure
+        try:
+            self.event("failure", **err)
+        except OSError:
+            pass  # a full disk: the manifest below still records the failure
         self._close(status, error=err)
         return self
 
-    def __enter__(self): return self
+    def __enter__(self):
+        return self
+
     def __exit__(self, et, ev, tb):
-        if ev is not None: self.fail(ev)
-        else: self.finish()
+        if ev is not None:
+            self.fail(ev)
+        else:
+            self.finish()
         return False
 
 # %% ../nbs/10_provenance.ipynb #786cbacd
-_PM_VALUE_OPTS = {"-f", "--parameters_file", "-y", "--parameters_yaml", "-b", "--parameters_base64", "--engine",
-                  "--autosave-cell-every", "-k", "--kernel", "-l", "--language", "--cwd", "--stdout-file",
-                  "--stderr-file", "--log-level", "--start-timeout", "--start_timeout", "--execution-timeout",
-                  "--execution_timeout"}
+_PM_VALUE_OPTS = {
+    "-f",
+    "--parameters_file",
+    "-y",
+    "--parameters_yaml",
+    "-b",
+    "--parameters_base64",
+    "--engine",
+    "--autosave-cell-every",
+    "-k",
+    "--kernel",
+    "-l",
+    "--language",
+    "--cwd",
+    "--stdout-file",
+    "--stderr-file",
+    "--log-level",
+    "--start-timeout",
+    "--start_timeout",
+    "--execution-timeout",
+    "--execution_timeout",
+}
+
 
 def parse_papermill_argv(argv: list[str], cwd: str) -> dict | None:
     "Input/output notebook (absolute) and arguments from a papermill command line, or None if it is not one."
-    i = next((k for k, a in enumerate(argv) if Path(a).name == "papermill" or (a == "papermill" and k and argv[k - 1] == "-m")), None)
-    if i is None: return None
-    args, pos, k = argv[i + 1:], [], 0
+    i = next(
+        (
+            k
+            for k, a in enumerate(argv)
+            if Path(a).name == "papermill" or (a == "papermill" and k and argv[k - 1] == "-m")
+        ),
+        None,
+    )
+    if i is None:
+        return None
+    args, pos, k = argv[i + 1 :], [], 0
     while k < len(args):
         a = args[k]
-        if a in ("-p", "--parameters", "-r", "--parameters_raw"): k += 3; continue
-        if a in _PM_VALUE_OPTS: k += 2; continue
-        if not a.startswith("-"): pos.append(a)
+        if a in ("-p", "--parameters", "-r", "--parameters_raw"):
+            k += 3
+            continue
+        if a in _PM_VALUE_OPTS:
+            k += 2
+            continue
+        if not a.startswith("-"):
+            pos.append(a)
         k += 1
-    if not pos: return None
+    if not pos:
+        return None
     res = lambda p: str(Path(cwd, p).resolve()) if "://" not in p else p
-    return dict(argv=list(argv), args=list(args), cwd=cwd, input=res(pos[0]), output=res(pos[1]) if len(pos) > 1 else None)
+    return dict(
+        argv=list(argv), args=list(args), cwd=cwd, input=res(pos[0]), output=res(pos[1]) if len(pos) > 1 else None
+    )
+
 
 def papermill_invocation() -> dict | None:
     "The papermill command that started this kernel (via `JPY_PARENT_PID`), or None."
     try:
         p = psutil.Process(int(os.environ["JPY_PARENT_PID"]))
         info = parse_papermill_argv(p.cmdline(), p.cwd())
-    except (KeyError, ValueError, psutil.Error): return None
-    if info: info.update(pid=p.pid, create_time=p.create_time())
+    except (KeyError, ValueError, psutil.Error):
+        return None
+    if info:
+        info.update(pid=p.pid, create_time=p.create_time())
     return info
 
 # %% ../nbs/10_provenance.ipynb #73ce7ebb
 def _injected_values(nb: dict) -> list[str]:
     "String values of papermill's injected parameters (the `injected-parameters` cell and the notebook metadata)."
-    vals = [v for v in ((nb.get("metadata") or {}).get("papermill") or {}).get("parameters", {}).values() if isinstance(v, str)]
+    vals = [
+        v
+        for v in ((nb.get("metadata") or {}).get("papermill") or {}).get("parameters", {}).values()
+        if isinstance(v, str)
+    ]
     for c in nb.get("cells", []):
-        if "injected-parameters" not in (c.get("metadata") or {}).get("tags", []): continue
-        try: tree = ast.parse("".join(c.get("source", [])))
-        except SyntaxError: continue
+        if "injected-parameters" not in (c.get("metadata") or {}).get("tags", []):
+            continue
+        try:
+            tree = ast.parse("".join(c.get("source", [])))
+        except SyntaxError:
+            continue
         vals += [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)]
     return vals
 
-def attach_notebook(bundle: str | os.PathLike,  # the run folder
-                    src: str | os.PathLike,  # the executed notebook (papermill's output)
-                    ) -> Path:
+
+def attach_notebook(
+    bundle: str | os.PathLike,  # the run folder
+    src: str | os.PathLike,  # the executed notebook (papermill's output)
+) -> Path:
     "Copy the executed notebook into `bundle/notebook.ipynb` (redacted) if it is this run's, and record it in the manifest."
     bundle, src = Path(bundle), Path(src)
-    text = src.read_text(encoding="utf-8"); nb = json.loads(text)  # a complete notebook only
+    text = src.read_text(encoding="utf-8")
+    nb = json.loads(text)  # a complete notebook only
     man = json.loads((bundle / "run_manifest.json").read_text())
-    if not re.search(re.escape(bundle.name) + r"(?![\w.-])", text):  # start_run prints the bundle path (`…_abc1234-2` is another run)
-        if (bundle / "notebook.ipynb").is_symlink(): (bundle / "notebook.ipynb").unlink()
+    if not re.search(
+        re.escape(bundle.name) + r"(?![\w.-])", text
+    ):  # start_run prints the bundle path (`…_abc1234-2` is another run)
+        if (bundle / "notebook.ipynb").is_symlink():
+            (bundle / "notebook.ipynb").unlink()
         man["notebook"] = None
         _readable(atomic_write_text(bundle / "run_manifest.json", canonical_json(redact_obj(man, entropy=False))))
         _append_event(bundle, "notebook_refused", source=str(src))
-        raise BundleError(f"{src} is not the notebook of run {bundle.name} (it never names this bundle; another run "
-                          "overwrote the output path?): not attached. Give each run its own papermill output path")
+        raise BundleError(
+            f"{src} is not the notebook of run {bundle.name} (it never names this bundle; another run "
+            "overwrote the output path?): not attached. Give each run its own papermill output path"
+        )
     register_secrets(_injected_values(nb))
-    dst = _readable(atomic_write_text(bundle / "notebook.ipynb", json.dumps(redact_obj(nb, entropy=True), indent=1, ensure_ascii=False) + "\n"))
+    dst = _readable(
+        atomic_write_text(
+            bundle / "notebook.ipynb", json.dumps(redact_obj(nb, entropy=True), indent=1, ensure_ascii=False) + "\n"
+        )
+    )
     man["notebook"] = dict(man.get("notebook") or {}, path="notebook.ipynb", kind="copy", sha256=sha256_file(dst))
     _readable(atomic_write_text(bundle / "run_manifest.json", canonical_json(redact_obj(man, entropy=False))))
     _append_event(bundle, "notebook", path="notebook.ipynb", source=str(src))
     return dst
 
+
 def _append_event(bundle: Path, kind: str, **data):
     "An event line written by a process that holds no `Run` (the CLI, the watcher, whoever closes a crashed run)."
-    line = json.dumps(redact_obj(dict(time=_iso(_utc()), event=kind, **jsonable(data))), sort_keys=True, ensure_ascii=False)
-    f = Path(bundle) / "provenance" / "events.jsonl"; _trim_partial(f)
-    with open(f, "a", encoding="utf-8") as g: g.write(line + "\n")
+    line = json.dumps(
+        redact_obj(dict(time=_iso(_utc()), event=kind, **jsonable(data))), sort_keys=True, ensure_ascii=False
+    )
+    f = Path(bundle) / "provenance" / "events.jsonl"
+    _trim_partial(f)
+    with open(f, "a", encoding="utf-8") as g:
+        g.write(line + "\n")
+
 
 def _trim_partial(f: Path):
     "Drop a last line that a kill cut short (no newline: it was never complete) from a JSON-lines file."
-    if not f.is_file(): return
+    if not f.is_file():
+        return
     data = f.read_bytes()
     if data and not data.endswith(b"\n"):
-        with open(f, "r+b") as g: g.truncate(data.rfind(b"\n") + 1)
+        with open(f, "r+b") as g:
+            g.truncate(data.rfind(b"\n") + 1)
+
 
 def _last_step(bundle: Path) -> int | None:
     "The last step `logs/steps.jsonl` completed (a line cut short by a kill is ignored)."
-    f = Path(bundle) / "logs" / "steps.jsonl"; step = None
+    f = Path(bundle) / "logs" / "steps.jsonl"
+    step = None
     if f.is_file():
         for line in f.read_text(encoding="utf-8", errors="replace").splitlines():
-            try: step = int(json.loads(line)["step"])
-            except (ValueError, KeyError, TypeError): continue
+            try:
+                step = int(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError):
+                continue
     return step
 
-def close_stale(bundle: str | os.PathLike,  # a run folder
-                reason: str | None = None,  # what the noticer knows (e.g. papermill's exit code)
-                force: bool = False,  # close even when the writer cannot be proven dead (the caller knows it is)
-                ) -> dict | None:  # the manifest written, or None when nothing was closed
+
+def close_stale(
+    bundle: str | os.PathLike,  # a run folder
+    reason: str | None = None,  # what the noticer knows (e.g. papermill's exit code)
+    force: bool = False,  # close even when the writer cannot be proven dead (the caller knows it is)
+) -> dict | None:  # the manifest written, or None when nothing was closed
     "Close a `running` bundle whose writer process is gone as `crashed`, naming the last completed step and checkpoint."
     b = Path(bundle)
-    try: man = json.loads((b / "run_manifest.json").read_text())
-    except (OSError, ValueError): return None
-    if man.get("status") != "running" or (not force and writer_alive(man) is not False): return None
+    try:
+        man = json.loads((b / "run_manifest.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if man.get("status") != "running" or (not force and writer_alive(man) is not False):
+        return None
     _trim_partial(b / "logs" / "steps.jsonl")
     cks = [e for e in read_events(b) if e.get("event") == "checkpoint"]
     step, ck = _last_step(b), (cks[-1] if cks else None)
     w = man.get("writer") or {}
-    msg = (reason or f"the process that wrote this run (pid {w.get('pid')} on {w.get('host')}) is gone: killed, out of "
-           "memory or stopped") + (f"; last logged step {step}" if step is not None else "; no step logged") + \
-          (f"; last checkpoint {ck['path']} (step {ck['step']}): resume from this bundle" if ck else "; no checkpoint was written")
+    msg = (
+        (
+            reason
+            or f"the process that wrote this run (pid {w.get('pid')} on {w.get('host')}) is gone: killed, out of "
+            "memory or stopped"
+        )
+        + (f"; last logged step {step}" if step is not None else "; no step logged")
+        + (
+            f"; last checkpoint {ck['path']} (step {ck['step']}): resume from this bundle"
+            if ck
+            else "; no checkpoint was written"
+        )
+    )
     err = dict(type="Crashed", message=msg, traceback="")
     _append_event(b, "failure", **err, last_step=step, last_checkpoint=ck["path"] if ck else None)
-    man.update(status="crashed", ended=_iso(_utc()), error=err, last_step=step, last_checkpoint=ck["path"] if ck else None)
+    man.update(
+        status="crashed", ended=_iso(_utc()), error=err, last_step=step, last_checkpoint=ck["path"] if ck else None
+    )
     _readable(atomic_write_text(b / "run_manifest.json", canonical_json(redact_obj(man, entropy=False))))
-    for t in b.rglob(".*.tmp"): t.unlink(missing_ok=True)  # half-written files of the dead writer
+    for t in b.rglob(".*.tmp"):
+        t.unlink(missing_ok=True)  # half-written files of the dead writer
     _release_reserve(b)
     try:
         cfg = OmegaConf.to_container(OmegaConf.load(b / "config_resolved.yaml"))
-        text = run_md(man, json.loads((b / "provenance/repro.json").read_text()), cfg, json.loads((b / "metrics.json").read_text()))
+        text = run_md(
+            man,
+            json.loads((b / "provenance/repro.json").read_text()),
+            cfg,
+            json.loads((b / "metrics.json").read_text()),
+        )
         _readable(atomic_write_text(b / "RUN.md", scrub(text)))
-    except (OSError, ValueError, KeyError): pass  # the manifest is the record; RUN.md is its summary
+    except (OSError, ValueError, KeyError):
+        pass  # the manifest is the record; RUN.md is its summary
     return man
+
 
 def close_stale_runs(parent: str | os.PathLike) -> list[Path]:
     "Close every stale `running` bundle directly under `parent` (a project folder); return the ones closed."
     return [m.parent for m in sorted(Path(parent).glob("*/run_manifest.json")) if close_stale(m.parent)]
 
-_WATCH = ("import sys, psutil\n"
-          "try:\n p = psutil.Process(int(sys.argv[3]))\n if abs(p.create_time() - float(sys.argv[4])) < 1e-2: p.wait()\n"
-          "except psutil.Error: pass\n"
-          "try:\n from drifting.provenance import attach_notebook; attach_notebook(sys.argv[1], sys.argv[2])\n"
-          "except Exception as e:\n open(sys.argv[1] + '/logs/notebook_watch.log', 'a').write(repr(e) + '\\n')\n"
-          "import time; time.sleep(2)\nfrom drifting.provenance import close_stale; close_stale(sys.argv[1])\n")
 
-_SPAWN = ("import subprocess, sys\nd = subprocess.DEVNULL\n"
-          "subprocess.Popen(sys.argv[1:], stdin=d, stdout=d, stderr=d, start_new_session=True, close_fds=True)\n")
+_WATCH = (
+    "import sys, psutil\n"
+    "try:\n p = psutil.Process(int(sys.argv[3]))\n if abs(p.create_time() - float(sys.argv[4])) < 1e-2: p.wait()\n"
+    "except psutil.Error: pass\n"
+    "try:\n from drifting.provenance import attach_notebook; attach_notebook(sys.argv[1], sys.argv[2])\n"
+    "except Exception as e:\n open(sys.argv[1] + '/logs/notebook_watch.log', 'a').write(repr(e) + '\\n')\n"
+    "import time; time.sleep(2)\nfrom drifting.provenance import close_stale; close_stale(sys.argv[1])\n"
+)
+
+_SPAWN = (
+    "import subprocess, sys\nd = subprocess.DEVNULL\n"
+    "subprocess.Popen(sys.argv[1:], stdin=d, stdout=d, stderr=d, start_new_session=True, close_fds=True)\n"
+)
+
 
 def _watch_papermill(bundle: Path, pm: dict):
     "Start the detached watcher that copies papermill's final output into the bundle when papermill exits."
     # spawned through a short-lived middle process, so the watcher is no child of the kernel (ipykernel kills its
     # children at shutdown) and never holds the kernel's stdout/stderr open
     watcher = [sys.executable, "-c", _WATCH, str(bundle), pm["output"], str(pm["pid"]), repr(pm["create_time"])]
-    subprocess.run([sys.executable, "-c", _SPAWN, *watcher], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                   stderr=subprocess.DEVNULL, close_fds=True, timeout=60)
+    subprocess.run(
+        [sys.executable, "-c", _SPAWN, *watcher],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        close_fds=True,
+        timeout=60,
+    )
+
 
 _INV_VARS = ("DRIFTING_RUN_POINTER", "DRIFTING_COMMAND", "DRIFTING_CWD", "DRIFTING_TEMP_OUTPUT")
 _INV: dict = {}
+
 
 def _invocation() -> dict:
     "What `drifting run` told this process (pointer file, command, cwd), read once and taken out of the environment,"
     "so that a run this process starts in a child (a nested notebook) does not report itself to the outer command."
     given = {k: os.environ.pop(k) for k in _INV_VARS if k in os.environ}
-    if given or _INV.get("pid") != os.getpid(): _INV.clear(); _INV.update(pid=os.getpid(), **given)
+    if given or _INV.get("pid") != os.getpid():
+        _INV.clear()
+        _INV.update(pid=os.getpid(), **given)
     return _INV
+
 
 def _writer() -> dict:
     "Who writes the bundle: a `running` bundle whose writer is gone is stale (`writer_alive`)."
     p = psutil.Process()
     return dict(pid=p.pid, create_time=p.create_time(), host=socket.gethostname())
 
+
 def _leaves(obj):
     "Every string inside a JSON-like `obj`."
-    if isinstance(obj, dict): return [s for v in obj.values() for s in _leaves(v)]
-    if isinstance(obj, (list, tuple)): return [s for v in obj for s in _leaves(v)]
+    if isinstance(obj, dict):
+        return [s for v in obj.values() for s in _leaves(v)]
+    if isinstance(obj, (list, tuple)):
+        return [s for v in obj for s in _leaves(v)]
     return [obj] if isinstance(obj, str) else []
+
 
 def _words(cmd: str | None) -> list[str]:
     "The words of a command line (the whole line when it does not split)."
-    try: return shlex.split(cmd or "")
-    except ValueError: return [cmd]
+    try:
+        return shlex.split(cmd or "")
+    except ValueError:
+        return [cmd]
+
 
 def _command(pm: dict | None, inv: dict) -> tuple[str, str]:
     "The command line that re-runs this run, and the folder to run it from."
-    if inv.get("DRIFTING_COMMAND"): return inv["DRIFTING_COMMAND"], inv.get("DRIFTING_CWD", os.getcwd())
+    if inv.get("DRIFTING_COMMAND"):
+        return inv["DRIFTING_COMMAND"], inv.get("DRIFTING_CWD", os.getcwd())
     if pm:
         argv = pm["argv"][1:] if len(pm["argv"]) > 1 and Path(pm["argv"][1]).name == "papermill" else pm["argv"]
         return shlex.join(argv), pm["cwd"]
     if "ipykernel" in Path(sys.argv[0]).name or "ipykernel" in " ".join(sys.argv[:2]):
-        return "(interactive kernel: no command re-runs this run; execute the notebook with papermill or `drifting run`)", os.getcwd()
+        return (
+            "(interactive kernel: no command re-runs this run; execute the notebook with papermill or `drifting run`)",
+            os.getcwd(),
+        )
     return shlex.join([sys.executable, *sys.argv]), os.getcwd()
+
 
 def _install_hooks(run: Run):
     "Mark the run failed when a notebook cell raises, and aborted when the process exits before `finish()`."
     ip = sys.modules["IPython"].get_ipython() if "IPython" in sys.modules else None
     if ip is not None:
+
         def _post(result):
             err = getattr(result, "error_in_exec", None)
-            if err is not None and run.status == "running": run.fail(err)
+            if err is not None and run.status == "running":
+                run.fail(err)
+
         ip.events.register("post_run_cell", _post)
         run._hooks.append(lambda: ip.events.unregister("post_run_cell", _post))
     else:  # a script: an uncaught exception fails the run, then Python reports it as usual
         prev = sys.excepthook
+
         def _hook(et, ev, tb):
-            if run.status == "running": run.fail(ev)
+            if run.status == "running":
+                run.fail(ev)
             prev(et, ev, tb)
+
         sys.excepthook = _hook
         run._hooks.append(lambda: setattr(sys, "excepthook", prev) if sys.excepthook is _hook else None)
+
     def _exit():
-        if run.status == "running": run.fail("the process exited before run.finish() was called", status="aborted")
-    atexit.register(_exit); run._hooks.append(lambda: atexit.unregister(_exit))
+        if run.status == "running":
+            run.fail("the process exited before run.finish() was called", status="aborted")
+
+    atexit.register(_exit)
+    run._hooks.append(lambda: atexit.unregister(_exit))
     if threading.current_thread() is threading.main_thread():  # SIGTERM (docker stop, a scheduler): record, then die
         prev_term = signal.getsignal(signal.SIGTERM)
+
         def _term(signum, frame):
             run.terminated = True
-            if run.in_loop: return  # the training loop checkpoints at the end of the step, then fails the run
-            if run.status == "running": run.fail("terminated by SIGTERM (no training loop was running to checkpoint)")
+            if run.in_loop:
+                return  # the training loop checkpoints at the end of the step, then fails the run
+            if run.status == "running":
+                run.fail("terminated by SIGTERM (no training loop was running to checkpoint)")
             signal.signal(signal.SIGTERM, prev_term if callable(prev_term) else signal.SIG_DFL)
             os.kill(os.getpid(), signal.SIGTERM)
+
         signal.signal(signal.SIGTERM, _term)
-        run._hooks.append(lambda: signal.signal(signal.SIGTERM, prev_term) if signal.getsignal(signal.SIGTERM) is _term else None)
+        run._hooks.append(
+            lambda: signal.signal(signal.SIGTERM, prev_term) if signal.getsignal(signal.SIGTERM) is _term else None
+        )
 
 # %% ../nbs/10_provenance.ipynb #36abf1e6
-def start_run(project: str,  # folder name under runs/, e.g. 'toy'
-              config=None,  # base config: dict, DictConfig or YAML path (may hold ${...})
-              overrides: list[str] | None = None,  # dotlist overrides, e.g. ['train.lr=1e-4']
-              *,
-              runs_dir: str | os.PathLike | None = None,  # default $DRIFTING_RUNS_DIR or <root>/runs
-              seed: int | None = None,  # recorded in repro.json (default: config['seed'])
-              dataset: dict | None = None,  # what the data is, e.g. {'name':..., **data_fingerprint(x)}
-              resume_from: str | os.PathLike | None = None,  # a checkpoint or a bundle folder (its last.pt)
-              smoke: bool = True,  # run the environment smoke gate first
-              code_root: str | os.PathLike | None = None,  # the checkout (default: the folder above the package)
-              package: str = "drifting",  # the package folder fingerprinted under code_root
-              manifest: str | os.PathLike | None = None,  # environment manifest (default: root's)
-              ) -> Run:
+def start_run(
+    project: str,  # folder name under runs/, e.g. 'toy'
+    config=None,  # base config: dict, DictConfig or YAML path (may hold ${...})
+    overrides: list[str] | None = None,  # dotlist overrides, e.g. ['train.lr=1e-4']
+    *,
+    runs_dir: str | os.PathLike | None = None,  # default $DRIFTING_RUNS_DIR or <root>/runs
+    seed: int | None = None,  # recorded in repro.json (default: config['seed'])
+    dataset: dict | None = None,  # what the data is, e.g. {'name':..., **data_fingerprint(x)}
+    resume_from: str | os.PathLike | None = None,  # a checkpoint or a bundle folder (its last.pt)
+    smoke: bool = True,  # run the environment smoke gate first
+    code_root: str | os.PathLike | None = None,  # the checkout (default: the folder above the package)
+    package: str = "drifting",  # the package folder fingerprinted under code_root
+    manifest: str | os.PathLike | None = None,  # environment manifest (default: root's)
+) -> Run:
     "Create a run bundle, record config, code, environment and invocation, and return the `Run` that writes into it."
     check_name(project)
-    cfg = compose_config(config, overrides); resolved = resolve_config(cfg)
+    cfg = compose_config(config, overrides)
+    resolved = resolve_config(cfg)
     inv = _invocation()
     register_secrets([*_leaves(resolved), *_words(inv.get("DRIFTING_COMMAND"))])  # secrets given as parameters
     root = Path(code_root) if code_root is not None else project_root()
@@ -584,69 +903,137 @@ def start_run(project: str,  # folder name under runs/, e.g. 'toy'
     resume_state = resume = None
     if resume_from is not None:
         rp, resume_state = open_checkpoint(resume_from)  # verified; a bad last.pt falls back to the newest good step
-        resume = dict(path=str(rp.resolve()), sha256=sha256_file(rp), step=resume_state.get("step") if isinstance(resume_state, dict) else None)
-    git = git_state(root); code = codebase_fingerprint(root / package, git)
-    snap = env_snapshot(); rec = smoke_test(root=root, manifest=manifest) if smoke else None
-    if rec is not None: snap["smoke"] = rec
+        resume = dict(
+            path=str(rp.resolve()),
+            sha256=sha256_file(rp),
+            step=resume_state.get("step") if isinstance(resume_state, dict) else None,
+        )
+    git = git_state(root)
+    code = codebase_fingerprint(root / package, git)
+    snap = env_snapshot()
+    rec = smoke_test(root=root, manifest=manifest) if smoke else None
+    if rec is not None:
+        snap["smoke"] = rec
     envfp, hw, pm = env_fingerprint(snap), snap["hardware"], papermill_invocation()
-    if pm: register_secrets(pm["argv"])
+    if pm:
+        register_secrets(pm["argv"])
     command, cwd = _command(pm, inv)
     seed = seed if seed is not None else (resolved.get("seed") if isinstance(resolved, dict) else None)
     entry = None
     if pm and Path(pm["input"]).is_file():
-        inp = Path(pm["input"]); rel = inp.relative_to(root.resolve()) if inp.is_relative_to(root.resolve()) else inp.name
+        inp = Path(pm["input"])
+        rel = inp.relative_to(root.resolve()) if inp.is_relative_to(root.resolve()) else inp.name
         entry = dict(notebook=str(rel), sha256=sha256_file(inp))
     cfg_red = redact_obj(resolved)  # by value: keys are data
-    repro = dict(schema_version=SCHEMA_VERSION, project=project, config=cfg_red,
-                 config_sha256=sha256_bytes(canonical_json(cfg_red).encode()), seed=seed,
-                 dataset=jsonable(dataset) if dataset is not None else None,
-                 resume=dict(sha256=resume["sha256"], step=resume["step"]) if resume else None,
-                 code=dict(commit=git["commit"], dirty=git["dirty"], diff_sha256=sha256_bytes(git["diff"].encode()),
-                           untracked=git["untracked"], package_sha256=code["sha256"]),
-                 environment={k: envfp[k] for k in ("sha256", "python", "system", "machine", "torch", "cuda")},
-                 hardware=dict(device_type=hw["device_type"], cuda_devices=[x["name"] for x in hw["cuda_devices"]],
-                               cpu_count=hw["cpu_count"]), entry=entry)
+    repro = dict(
+        schema_version=SCHEMA_VERSION,
+        project=project,
+        config=cfg_red,
+        config_sha256=sha256_bytes(canonical_json(cfg_red).encode()),
+        seed=seed,
+        dataset=jsonable(dataset) if dataset is not None else None,
+        resume=dict(sha256=resume["sha256"], step=resume["step"]) if resume else None,
+        code=dict(
+            commit=git["commit"],
+            dirty=git["dirty"],
+            diff_sha256=sha256_bytes(git["diff"].encode()),
+            untracked=git["untracked"],
+            package_sha256=code["sha256"],
+        ),
+        environment={k: envfp[k] for k in ("sha256", "python", "system", "machine", "torch", "cuda")},
+        hardware=dict(
+            device_type=hw["device_type"],
+            cuda_devices=[x["name"] for x in hw["cuda_devices"]],
+            cpu_count=hw["cpu_count"],
+        ),
+        entry=entry,
+    )
     canonical_json(repro)  # fails here, before a folder exists, if something is not JSON
     now = _utc()
-    manifest_ = dict(schema_version=SCHEMA_VERSION, project_name=project, run_id="", status="running", created=_iso(now),
-                     ended=None, seconds=None, git_hash=git["commit"], git_short=git["short"], git_dirty=git["dirty"],
-                     package_versions={k: snap["packages"].get(k) for k in KEY_PACKAGES},
-                     python=snap["python"]["version"], torch_version=hw["torch_version"], cuda_version=hw["cuda_version"],
-                     cudnn_version=hw["cudnn_version"],
-                     device=dict(type=hw["device_type"], name=hw["cuda_devices"][0]["name"] if hw["cuda_devices"] else None,
-                                 count=len(hw["cuda_devices"]) or 1, cpu_count=hw["cpu_count"],
-                                 torch_threads=hw.get("torch_threads"), cpu_capability=hw.get("cpu_capability")),
-                     command=scrub(command, entropy=True), cwd=cwd, notebook=None, resume_from=resume, seed=seed,
-                     smoke_ok=rec["ok"] if rec is not None else None, env_fingerprint=envfp["sha256"], error=None,
-                     writer=_writer())
-    d = new_run_dir(runs, project, git["short"], now); manifest_["run_id"] = d.name
+    manifest_ = dict(
+        schema_version=SCHEMA_VERSION,
+        project_name=project,
+        run_id="",
+        status="running",
+        created=_iso(now),
+        ended=None,
+        seconds=None,
+        git_hash=git["commit"],
+        git_short=git["short"],
+        git_dirty=git["dirty"],
+        package_versions={k: snap["packages"].get(k) for k in KEY_PACKAGES},
+        python=snap["python"]["version"],
+        torch_version=hw["torch_version"],
+        cuda_version=hw["cuda_version"],
+        cudnn_version=hw["cudnn_version"],
+        device=dict(
+            type=hw["device_type"],
+            name=hw["cuda_devices"][0]["name"] if hw["cuda_devices"] else None,
+            count=len(hw["cuda_devices"]) or 1,
+            cpu_count=hw["cpu_count"],
+            torch_threads=hw.get("torch_threads"),
+            cpu_capability=hw.get("cpu_capability"),
+        ),
+        command=scrub(command, entropy=True),
+        cwd=cwd,
+        notebook=None,
+        resume_from=resume,
+        seed=seed,
+        smoke_ok=rec["ok"] if rec is not None else None,
+        env_fingerprint=envfp["sha256"],
+        error=None,
+        writer=_writer(),
+    )
+    d = new_run_dir(runs, project, git["short"], now)
+    manifest_["run_id"] = d.name
     try:  # a bundle is whole or absent: any failure here (a full disk, a bad value) removes the folder
-        for sub in BUNDLE_DIRS: (d / sub).mkdir(parents=True, exist_ok=True)
+        for sub in BUNDLE_DIRS:
+            (d / sub).mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(d / RESERVE, bytes(1 << 16))
         run = Run(d, project, manifest_, repro, resolved, resume_state)
         if pm and pm.get("output") and "://" not in pm["output"]:
             os.symlink(os.path.relpath(pm["output"], d), d / "notebook.ipynb")
-            temp_out = inv.get("DRIFTING_TEMP_OUTPUT") == pm["output"]  # `drifting run` without OUTPUT: bundle copy only
-            manifest_["notebook"] = dict(path="notebook.ipynb", kind="link", input=pm["input"], output=None if temp_out else pm["output"])
-        run._text("config.yaml", config_yaml(cfg)); run._text("config_resolved.yaml", config_yaml(cfg, resolve=True))
-        run._json("env_snapshot.json", redact_obj(snap, entropy=False)); run._json("env_fingerprint.json", envfp)
-        run._json("codebase_fingerprint.json", code); run._json("provenance/repro.json", repro)
-        run._text("provenance/git.diff", git["diff"]); run._text("provenance/env.txt", redact_env())
-        run._json("metrics.json", run.metrics); run._json("run_manifest.json", manifest_); run._text("RUN.md", run_md(run.manifest, run.repro, run.config, run.metrics))
+            temp_out = (
+                inv.get("DRIFTING_TEMP_OUTPUT") == pm["output"]
+            )  # `drifting run` without OUTPUT: bundle copy only
+            manifest_["notebook"] = dict(
+                path="notebook.ipynb", kind="link", input=pm["input"], output=None if temp_out else pm["output"]
+            )
+        run._text("config.yaml", config_yaml(cfg))
+        run._text("config_resolved.yaml", config_yaml(cfg, resolve=True))
+        run._json("env_snapshot.json", redact_obj(snap, entropy=False))
+        run._json("env_fingerprint.json", envfp)
+        run._json("codebase_fingerprint.json", code)
+        run._json("provenance/repro.json", repro)
+        run._text("provenance/git.diff", git["diff"])
+        run._text("provenance/env.txt", redact_env())
+        run._json("metrics.json", run.metrics)
+        run._json("run_manifest.json", manifest_)
+        run._text("RUN.md", run_md(run.manifest, run.repro, run.config, run.metrics))
         run.event("start", run_id=d.name, project=project, pid=os.getpid(), command=manifest_["command"])
         run.log(f"start {project}/{d.name}")
-        if resume: run.event("resume", **{"from": resume["path"], "step": resume["step"], "sha256": resume["sha256"]})
+        if resume:
+            run.event("resume", **{"from": resume["path"], "step": resume["step"], "sha256": resume["sha256"]})
     except BaseException as e:
         shutil.rmtree(d, ignore_errors=True)
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            raise BundleError(f"the disk under {runs} is full: no run bundle was kept (free space and start again)") from e
+            raise BundleError(
+                f"the disk under {runs} is full: no run bundle was kept (free space and start again)"
+            ) from e
         raise
-    print(f"drifting: run bundle {d}", file=sys.stderr)  # also how `attach_notebook` knows an executed notebook belongs to this run
+    print(
+        f"drifting: run bundle {d}", file=sys.stderr
+    )  # also how `attach_notebook` knows an executed notebook belongs to this run
     if inv.get("DRIFTING_RUN_POINTER"):
-        with open(inv["DRIFTING_RUN_POINTER"], "a") as f: f.write(f"{d.resolve()}\n")
-    elif manifest_["notebook"] and not os.environ.get("DRIFTING_NO_WATCH"): _watch_papermill(d, pm)
+        with open(inv["DRIFTING_RUN_POINTER"], "a") as f:
+            f.write(f"{d.resolve()}\n")
+    elif manifest_["notebook"] and not os.environ.get("DRIFTING_NO_WATCH"):
+        _watch_papermill(d, pm)
     if rec is not None and not rec["ok"]:
-        err = SmokeGateError("environment smoke gate failed (see environment.manifest.json):\n  " + "\n  ".join(failed_checks(rec)))
-        run.fail(err); raise err
+        err = SmokeGateError(
+            "environment smoke gate failed (see environment.manifest.json):\n  " + "\n  ".join(failed_checks(rec))
+        )
+        run.fail(err)
+        raise err
     _install_hooks(run)
     return run

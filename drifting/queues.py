@@ -17,15 +17,19 @@ __all__ = ['RingQueues', 'SampleQueues', 'sample_alpha', 'alpha_cdf', 'alpha_mea
 # %% ../nbs/06_queues.ipynb #cdecab3a
 class RingQueues(nn.Module):
     "`n_queues` FIFO ring buffers of `capacity` items (with labels), pushed and sampled without Python loops."
-    def __init__(self, n_queues: int,  # number of queues (classes, or 1 for a global queue)
-                 capacity: int,  # items kept per queue (the oldest are overwritten)
-                 item_shape: tuple[int, ...],  # shape of one item, e.g. (4, 32, 32) for a latent
-                 dtype: torch.dtype = torch.float32,  # storage dtype (uint8 saves 4× for pixel images)
-                 device=None,  # where the buffers live
-                 strict: bool = False,  # raise, instead of sampling with replacement, when a queue is short
-                 ):
+
+    def __init__(
+        self,
+        n_queues: int,  # number of queues (classes, or 1 for a global queue)
+        capacity: int,  # items kept per queue (the oldest are overwritten)
+        item_shape: tuple[int, ...],  # shape of one item, e.g. (4, 32, 32) for a latent
+        dtype: torch.dtype = torch.float32,  # storage dtype (uint8 saves 4× for pixel images)
+        device=None,  # where the buffers live
+        strict: bool = False,  # raise, instead of sampling with replacement, when a queue is short
+    ):
         super().__init__()
-        if n_queues < 1 or capacity < 1: raise ValueError(f"n_queues and capacity must be >= 1, got {n_queues}, {capacity}")
+        if n_queues < 1 or capacity < 1:
+            raise ValueError(f"n_queues and capacity must be >= 1, got {n_queues}, {capacity}")
         self.n_queues, self.capacity, self.item_shape, self.strict = n_queues, capacity, tuple(item_shape), strict
         self.register_buffer("items", torch.zeros(n_queues, capacity, *self.item_shape, dtype=dtype, device=device))
         self.register_buffer("labels", torch.full((n_queues, capacity), -1, dtype=torch.long, device=device))
@@ -33,20 +37,27 @@ class RingQueues(nn.Module):
         self.register_buffer("count", torch.zeros(n_queues, dtype=torch.long, device=device))  # valid entries
 
     @torch.no_grad()
-    def push(self, items: Tensor,  # [n, *item_shape] new items, oldest first
-             labels: Tensor,  # [n] their class labels
-             queue_ids: Tensor | None = None,  # [n] which queue each goes to; default: `labels`
-             ) -> None:
+    def push(
+        self,
+        items: Tensor,  # [n, *item_shape] new items, oldest first
+        labels: Tensor,  # [n] their class labels
+        queue_ids: Tensor | None = None,  # [n] which queue each goes to; default: `labels`
+    ) -> None:
         "Append `items` (in order) to their queues, overwriting the oldest entries of full queues."
         dev, cap = self.items.device, self.capacity
         if items.shape[1:] != self.item_shape or items.shape[0] != labels.shape[0] or labels.ndim != 1:
-            raise ValueError(f"push expects items [n{''.join(f', {d}' for d in self.item_shape)}] and labels [n]; "
-                             f"got {tuple(items.shape)} and {tuple(labels.shape)}")
-        if labels.is_floating_point(): raise ValueError(f"labels must be integers, got {labels.dtype}")
+            raise ValueError(
+                f"push expects items [n{''.join(f', {d}' for d in self.item_shape)}] and labels [n]; "
+                f"got {tuple(items.shape)} and {tuple(labels.shape)}"
+            )
+        if labels.is_floating_point():
+            raise ValueError(f"labels must be integers, got {labels.dtype}")
         qid = (labels if queue_ids is None else queue_ids).to(dev, torch.long)  # [n]
         if qid.numel() and (qid.min() < 0 or qid.max() >= self.n_queues):
-            raise ValueError(f"queue ids (labels) must lie in [0, {self.n_queues}); got range "
-                             f"[{qid.min().item()}, {qid.max().item()}]")
+            raise ValueError(
+                f"queue ids (labels) must lie in [0, {self.n_queues}); got range "
+                f"[{qid.min().item()}, {qid.max().item()}]"
+            )
         n = qid.shape[0]
         order = torch.argsort(qid, stable=True)  # [n] arrival order kept within a queue
         qs = qid[order]  # [n] sorted queue ids
@@ -57,18 +68,21 @@ class RingQueues(nn.Module):
         keep = rank >= per_q[qid] - cap  # [n] only the last `capacity` arrivals of a queue survive
         slot = (self.ptr[qid] + rank) % cap  # [n]
         items, labels = items.to(dev, self.items.dtype), labels.to(dev, torch.long)
-        if not keep.all(): qid, slot, items, labels = qid[keep], slot[keep], items[keep], labels[keep]
+        if not keep.all():
+            qid, slot, items, labels = qid[keep], slot[keep], items[keep], labels[keep]
         self.items[qid, slot] = items  # no gather of the items in the common case (no queue overflows)
         self.labels[qid, slot] = labels
         self.ptr.copy_((self.ptr + per_q) % cap)
         self.count.copy_(torch.clamp(self.count + per_q, max=cap))
 
     @torch.no_grad()
-    def sample(self, queue_ids: Tensor,  # [m] queues to draw from (repeats allowed)
-               n: int,  # items per queue
-               generator: torch.Generator | None = None,  # RNG (on the queues' device)
-               strict: bool | None = None,  # override the queues' `strict` setting
-               ) -> tuple[Tensor, Tensor]:  # items [m, n, *item_shape], labels [m, n]
+    def sample(
+        self,
+        queue_ids: Tensor,  # [m] queues to draw from (repeats allowed)
+        n: int,  # items per queue
+        generator: torch.Generator | None = None,  # RNG (on the queues' device)
+        strict: bool | None = None,  # override the queues' `strict` setting
+    ) -> tuple[Tensor, Tensor]:  # items [m, n, *item_shape], labels [m, n]
         "Draw `n` items from each queue in `queue_ids`: without replacement when it holds ≥ n, else per `strict`."
         strict = self.strict if strict is None else strict
         dev, cap = self.items.device, self.capacity
@@ -80,19 +94,24 @@ class RingQueues(nn.Module):
             raise RuntimeError(f"cannot sample from empty queue(s) {qid[cnt == 0].unique().tolist()}: push data first")
         short = cnt < n  # [m]
         if strict and short.any():
-            raise RuntimeError(f"queue(s) {qid[short].unique().tolist()} hold fewer than {n} items "
-                               f"(min {cnt.min().item()}); push more data first or use strict=False")
+            raise RuntimeError(
+                f"queue(s) {qid[short].unique().tolist()} hold fewer than {n} items "
+                f"(min {cnt.min().item()}); push more data first or use strict=False"
+            )
         keys = torch.rand(m, cap, generator=generator, device=dev)  # [m, cap]
         keys = keys.masked_fill(torch.arange(cap, device=dev) >= cnt[:, None], 2.0)  # invalid slots last
         idx = keys.topk(min(n, cap), dim=1, largest=False).indices  # [m, min(n, cap)] distinct valid slots
-        if n > cap: idx = torch.cat([idx, idx.new_zeros(m, n - cap)], 1)  # rows with n > cap are all short
+        if n > cap:
+            idx = torch.cat([idx, idx.new_zeros(m, n - cap)], 1)  # rows with n > cap are all short
         rep = (torch.rand(m, n, generator=generator, device=dev) * cnt[:, None]).long()  # [m, n] with replacement
         idx = torch.where(short[:, None], rep.clamp(max=cap - 1), idx)  # [m, n]
         return self.items[qid[:, None], idx], self.labels[qid[:, None], idx]
 
     @torch.no_grad()
-    def ordered(self, q: int,  # a queue index
-                ) -> tuple[Tensor, Tensor]:  # items [count, *item_shape], labels [count], oldest first
+    def ordered(
+        self,
+        q: int,  # a queue index
+    ) -> tuple[Tensor, Tensor]:  # items [count, *item_shape], labels [count], oldest first
         "The valid contents of queue `q`, oldest first."
         c = int(self.count[q])
         slots = (self.ptr[q] - c + torch.arange(c, device=self.items.device)) % self.capacity  # [c]
@@ -104,75 +123,104 @@ class RingQueues(nn.Module):
 # %% ../nbs/06_queues.ipynb #0de9ebff
 class SampleQueues(nn.Module):
     "Per-class queues for positives plus one global queue for unconditional (CFG) negatives."
-    def __init__(self, num_classes: int,  # number of classes
-                 item_shape: tuple[int, ...],  # shape of one sample
-                 per_class: int = 128,  # App. A.8: 128 per class
-                 uncond: int = 1000,  # App. A.8: global queue of 1000
-                 dtype: torch.dtype = torch.float32, device=None,
-                 strict: bool = False,  # raise instead of sampling with replacement from short queues
-                 ):
+
+    def __init__(
+        self,
+        num_classes: int,  # number of classes
+        item_shape: tuple[int, ...],  # shape of one sample
+        per_class: int = 128,  # App. A.8: 128 per class
+        uncond: int = 1000,  # App. A.8: global queue of 1000
+        dtype: torch.dtype = torch.float32,
+        device=None,
+        strict: bool = False,  # raise instead of sampling with replacement from short queues
+    ):
         super().__init__()
         self.pos = RingQueues(num_classes, per_class, item_shape, dtype, device, strict)
         self.unc = RingQueues(1, uncond, item_shape, dtype, device, strict)
 
-    def push(self, items: Tensor,  # [n, *item_shape] real samples
-             labels: Tensor,  # [n] their classes
-             ) -> None:
+    def push(
+        self,
+        items: Tensor,  # [n, *item_shape] real samples
+        labels: Tensor,  # [n] their classes
+    ) -> None:
         "Push a real batch into its class queues and into the global queue."
         self.pos.push(items, labels)
         self.unc.push(items, labels, torch.zeros_like(labels))
 
-    def sample_pos(self, labels: Tensor,  # [N_c] classes of the step
-                   n_pos: int, generator: torch.Generator | None = None,
-                   ) -> tuple[Tensor, Tensor]:  # [N_c, n_pos, *item_shape], labels [N_c, n_pos]
+    def sample_pos(
+        self,
+        labels: Tensor,  # [N_c] classes of the step
+        n_pos: int,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:  # [N_c, n_pos, *item_shape], labels [N_c, n_pos]
         "N_pos positives for each class in `labels`."
         return self.pos.sample(labels, n_pos, generator)
 
-    def sample_unc(self, n_groups: int,  # N_c class groups
-                   n_unc: int, generator: torch.Generator | None = None,
-                   ) -> tuple[Tensor, Tensor]:  # [N_c, n_unc, *item_shape], labels [N_c, n_unc]
+    def sample_unc(
+        self,
+        n_groups: int,  # N_c class groups
+        n_unc: int,
+        generator: torch.Generator | None = None,
+    ) -> tuple[Tensor, Tensor]:  # [N_c, n_unc, *item_shape], labels [N_c, n_unc]
         "N_unc unconditional samples for each of `n_groups` groups (independent draws from the global queue)."
         return self.unc.sample(torch.zeros(n_groups, dtype=torch.long, device=self.unc.items.device), n_unc, generator)
 
 # %% ../nbs/06_queues.ipynb #0cb64314
-def sample_alpha(n: int,  # number of α values (one per class group)
-                 k: float = 3.0,  # power-law exponent, p(α) ∝ α^-k (Tab. 8: 3 or 5)
-                 no_cfg_frac: float = 0.0,  # probability of α = 1 (Tab. 8: 0.5 for L/2)
-                 alpha_max: float = 4.0,  # upper end of the range [1, alpha_max] (Tab. 8)
-                 generator: torch.Generator | None = None,
-                 device=None,
-                 ) -> Tensor:  # [n] float32 in [1, alpha_max]
+def sample_alpha(
+    n: int,  # number of α values (one per class group)
+    k: float = 3.0,  # power-law exponent, p(α) ∝ α^-k (Tab. 8: 3 or 5)
+    no_cfg_frac: float = 0.0,  # probability of α = 1 (Tab. 8: 0.5 for L/2)
+    alpha_max: float = 4.0,  # upper end of the range [1, alpha_max] (Tab. 8)
+    generator: torch.Generator | None = None,
+    device=None,
+) -> Tensor:  # [n] float32 in [1, alpha_max]
     "Draw α from the truncated power law on [1, alpha_max] by inverse CDF, with a point mass at 1."
-    if not alpha_max > 1: raise ValueError(f"alpha_max must be > 1, got {alpha_max}")
-    if not 0 <= no_cfg_frac <= 1: raise ValueError(f"no_cfg_frac must lie in [0, 1], got {no_cfg_frac}")
+    if not alpha_max > 1:
+        raise ValueError(f"alpha_max must be > 1, got {alpha_max}")
+    if not 0 <= no_cfg_frac <= 1:
+        raise ValueError(f"no_cfg_frac must lie in [0, 1], got {no_cfg_frac}")
     u = torch.rand(n, generator=generator, device=device, dtype=torch.float64)  # [n]
-    if abs(k - 1) < 1e-12: a = alpha_max ** u  # log-uniform
-    else: a = (1 + u * (alpha_max ** (1 - k) - 1)) ** (1 / (1 - k))
+    if abs(k - 1) < 1e-12:
+        a = alpha_max**u  # log-uniform
+    else:
+        a = (1 + u * (alpha_max ** (1 - k) - 1)) ** (1 / (1 - k))
     if no_cfg_frac > 0:
         a = torch.where(torch.rand(n, generator=generator, device=device, dtype=torch.float64) < no_cfg_frac, 1.0, a)
     return a.clamp(1.0, alpha_max).float()
 
-def alpha_cdf(x: Tensor,  # points at which to evaluate
-              k: float = 3.0, no_cfg_frac: float = 0.0, alpha_max: float = 4.0,
-              ) -> Tensor:  # P(α ≤ x), same shape as x (float64)
+
+def alpha_cdf(
+    x: Tensor,  # points at which to evaluate
+    k: float = 3.0,
+    no_cfg_frac: float = 0.0,
+    alpha_max: float = 4.0,
+) -> Tensor:  # P(α ≤ x), same shape as x (float64)
     "The CDF of `sample_alpha`'s distribution (right-continuous, with the jump of the point mass at 1)."
     xc = x.double().clamp(1.0, alpha_max)
-    cont = torch.log(xc) / math.log(alpha_max) if abs(k - 1) < 1e-12 else (xc ** (1 - k) - 1) / (alpha_max ** (1 - k) - 1)
+    cont = (
+        torch.log(xc) / math.log(alpha_max) if abs(k - 1) < 1e-12 else (xc ** (1 - k) - 1) / (alpha_max ** (1 - k) - 1)
+    )
     return torch.where(x < 1, 0.0, no_cfg_frac + (1 - no_cfg_frac) * cont)
+
 
 def alpha_mean(k: float = 3.0, no_cfg_frac: float = 0.0, alpha_max: float = 4.0) -> float:
     "E[α] of `sample_alpha`'s distribution."
     A = alpha_max
-    if abs(k - 1) < 1e-12: m = (A - 1) / math.log(A)
-    elif abs(k - 2) < 1e-12: m = math.log(A) / (1 - 1 / A)
-    else: m = (1 - k) / (2 - k) * (A ** (2 - k) - 1) / (A ** (1 - k) - 1)
+    if abs(k - 1) < 1e-12:
+        m = (A - 1) / math.log(A)
+    elif abs(k - 2) < 1e-12:
+        m = math.log(A) / (1 - 1 / A)
+    else:
+        m = (1 - k) / (2 - k) * (A ** (2 - k) - 1) / (A ** (1 - k) - 1)
     return no_cfg_frac + (1 - no_cfg_frac) * m
 
 # %% ../nbs/06_queues.ipynb #1c1ae44e
-def uncond_weight(alpha: Tensor | float,  # CFG scale(s) α ≥ 1
-                  n_neg: int,  # N_neg generated samples per group (they are the negatives)
-                  n_unc: int,  # N_unc unconditional samples per group
-                  ) -> Tensor | float:  # w, same shape as alpha
+def uncond_weight(
+    alpha: Tensor | float,  # CFG scale(s) α ≥ 1
+    n_neg: int,  # N_neg generated samples per group (they are the negatives)
+    n_unc: int,  # N_unc unconditional samples per group
+) -> Tensor | float:  # w, same shape as alpha
     "Weight of each unconditional negative that realises CFG scale α: w = (α−1)(N_neg−1)/N_unc."
-    if n_unc < 1 or n_neg < 2: raise ValueError(f"need n_unc >= 1 and n_neg >= 2, got {n_unc}, {n_neg}")
+    if n_unc < 1 or n_neg < 2:
+        raise ValueError(f"need n_unc >= 1 and n_neg >= 2, got {n_unc}, {n_neg}")
     return (alpha - 1) * (n_neg - 1) / n_unc

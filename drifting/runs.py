@@ -22,8 +22,17 @@ from .metrics import FeatureNet, compute_fid, extract_features, reference_key, r
 from .provenance import open_checkpoint
 from .sample import sweep_alpha, training_run_config
 from .tokenizer import Tokenizer, check_vae_spec, item_seeds, load_vae
-from .train import (ConfigMismatch, TrainConfig, check_flag, check_keep_checkpoints, check_resume_params, config_diff,
-    describe_diff, train_checkpoint, train_config)
+from drifting.train import (
+    ConfigMismatch,
+    TrainConfig,
+    check_flag,
+    check_keep_checkpoints,
+    check_resume_params,
+    config_diff,
+    describe_diff,
+    train_checkpoint,
+    train_config,
+)
 
 # %% auto #0
 __all__ = ['MAE_RUN_RECIPE_FIELDS', 'METRIC_NETS', 'check_int', 'parse_alphas', 'machine', 'check_dataset_arg',
@@ -36,93 +45,135 @@ __all__ = ['MAE_RUN_RECIPE_FIELDS', 'METRIC_NETS', 'check_int', 'parse_alphas', 
            'AugmentedStream', 'data_stream']
 
 # %% ../nbs/13_runs.ipynb #4923967c
-def check_int(v,  # the value given
-              name: str,  # the parameter's name, for the message
-              lo: int = 1,  # the smallest allowed value
-              none_ok: bool = False,  # None is allowed (it keeps a default)
-              ):
+def check_int(
+    v,  # the value given
+    name: str,  # the parameter's name, for the message
+    lo: int = 1,  # the smallest allowed value
+    none_ok: bool = False,  # None is allowed (it keeps a default)
+):
     "`v` if it is an int ≥ `lo` (or None when allowed), else a `ValueError` naming the parameter."
-    if v is None and none_ok: return v
+    if v is None and none_ok:
+        return v
     if not isinstance(v, int) or isinstance(v, bool) or v < lo:
         raise ValueError(f"{name} must be {'None or ' if none_ok else ''}an int ≥ {lo}, got {v!r}")
     return v
 
-def parse_alphas(alpha_eval,  # CFG scales: a list of numbers or a string such as '1, 1.5, 2'
-                 ) -> list[float]:
+
+def parse_alphas(
+    alpha_eval,  # CFG scales: a list of numbers or a string such as '1, 1.5, 2'
+) -> list[float]:
     "The CFG grid as floats, each ≥ 1 (α = 1/(1-γ), Eq. 16)."
-    if isinstance(alpha_eval, str): alpha_eval = [a for a in alpha_eval.replace(",", " ").split() if a]
-    if isinstance(alpha_eval, (int, float)): alpha_eval = [alpha_eval]
-    try: alphas = [float(a) for a in alpha_eval]
-    except (TypeError, ValueError): raise ValueError(f"alpha_eval must be a list of numbers ≥ 1 (or '1,1.5,2'), got {alpha_eval!r}") from None
-    if not alphas: raise ValueError("alpha_eval is empty: give at least one CFG scale, e.g. [1.0]")
+    if isinstance(alpha_eval, str):
+        alpha_eval = [a for a in alpha_eval.replace(",", " ").split() if a]
+    if isinstance(alpha_eval, (int, float)):
+        alpha_eval = [alpha_eval]
+    try:
+        alphas = [float(a) for a in alpha_eval]
+    except (TypeError, ValueError):
+        raise ValueError(f"alpha_eval must be a list of numbers ≥ 1 (or '1,1.5,2'), got {alpha_eval!r}") from None
+    if not alphas:
+        raise ValueError("alpha_eval is empty: give at least one CFG scale, e.g. [1.0]")
     bad = [a for a in alphas if not (math.isfinite(a) and a >= 1)]
-    if bad: raise ValueError(f"alpha_eval values must be ≥ 1 (α = 1/(1-γ), Eq. 16), got {bad}")
+    if bad:
+        raise ValueError(f"alpha_eval values must be ≥ 1 (α = 1/(1-γ), Eq. 16), got {bad}")
     return alphas
 
-def machine(device: str | None = None,  # None: the best available; or 'cpu', 'cuda'
-            num_threads: int | None = None,  # torch CPU threads; None keeps torch's default
-            ) -> torch.device:
+
+def machine(
+    device: str | None = None,  # None: the best available; or 'cpu', 'cuda'
+    num_threads: int | None = None,  # torch CPU threads; None keeps torch's default
+) -> torch.device:
     "Check and apply the machine parameters of a run; return its device."
     check_int(num_threads, "num_threads", 1, none_ok=True)
     dev = default_device(device)
-    if num_threads is not None: torch.set_num_threads(num_threads)
+    if num_threads is not None:
+        torch.set_num_threads(num_threads)
     return dev
 
 # %% ../nbs/13_runs.ipynb #0a0ca45d
 def check_dataset_arg(dataset) -> str:
     "A `dataset` parameter must be a built-in name or an existing path; refused before a bundle exists."
     if str(dataset) not in BUILTIN_DATASETS and not Path(str(dataset)).expanduser().exists():
-        raise FileNotFoundError(f"dataset {dataset!r} is neither a built-in ({sorted(BUILTIN_DATASETS)}) nor an existing "
-                                "path (a class-folder directory or a latent cache); check the path")
+        raise FileNotFoundError(
+            f"dataset {dataset!r} is neither a built-in ({sorted(BUILTIN_DATASETS)}) nor an existing "
+            "path (a class-folder directory or a latent cache); check the path"
+        )
     return str(dataset)
 
-def check_latent_run(preset: str,  # a TRAIN_PRESETS name
-                     steps: int,  # optimiser steps of the whole run (a resume continues to it)
-                     dataset,  # a built-in name, a class-folder directory or a latent cache
-                     alpha_eval,  # CFG scales to evaluate
-                     resume=None,  # a checkpoint or a run bundle folder
-                     ckpt_every=None, eval_per_class: int = 100, fid_n: int = 0, keep_checkpoints=None, log_every: int = 1,
-                     allow_changes: bool = False,  # accept a resume whose configuration differs
-                     vae=None,  # the VAE spec (`get_vae`), checked without loading; None: not checked
-                     nproc: int = 1,  # training processes (torch.distributed); each takes whole label groups
-                     dist_mode: str = "exact",  # 'exact' (global-batch statistics, the release) or 'per_rank'
-                     feature_encoder="preset",  # 'builtin', an encoder folder, None (no encoder: the raw drift loss only) or 'preset'
-                     **overrides,  # other TrainConfig fields; None keeps the preset's
-                     ) -> tuple[TrainConfig, list[float]]:  # (checked config, α grid)
+
+def check_latent_run(
+    preset: str,  # a TRAIN_PRESETS name
+    steps: int,  # optimiser steps of the whole run (a resume continues to it)
+    dataset,  # a built-in name, a class-folder directory or a latent cache
+    alpha_eval,  # CFG scales to evaluate
+    resume=None,  # a checkpoint or a run bundle folder
+    ckpt_every=None,
+    eval_per_class: int = 100,
+    fid_n: int = 0,
+    keep_checkpoints=None,
+    log_every: int = 1,
+    allow_changes: bool = False,  # accept a resume whose configuration differs
+    vae=None,  # the VAE spec (`get_vae`), checked without loading; None: not checked
+    nproc: int = 1,  # training processes (torch.distributed); each takes whole label groups
+    dist_mode: str = "exact",  # 'exact' (global-batch statistics, the release) or 'per_rank'
+    feature_encoder="preset",  # 'builtin', an encoder folder, None (no encoder: the raw drift loss only) or 'preset'
+    **overrides,  # other TrainConfig fields; None keeps the preset's
+) -> tuple[TrainConfig, list[float]]:  # (checked config, α grid)
     "Validate a training run's parameters before any work; return its config and the α grid."
-    enc = {} if feature_encoder == "preset" else dict(feature_encoder=feature_encoder)  # None here means none, not the preset's
+    enc = (
+        {} if feature_encoder == "preset" else dict(feature_encoder=feature_encoder)
+    )  # None here means none, not the preset's
     cfg = train_config(preset, steps=steps, **enc, **{k: v for k, v in overrides.items() if v is not None})
     check_dataset_arg(dataset)
     allow_changes = check_flag("allow_config_change", allow_changes)
-    if vae is not None: check_vae_spec(vae)
+    if vae is not None:
+        check_vae_spec(vae)
     check_encoder_spec(cfg.feature_encoder, cfg.mae_preset)
     if resume is not None and not Path(str(resume)).expanduser().exists():
         raise FileNotFoundError(f"resume={resume!r} does not exist: give a checkpoint file or a run bundle folder")
-    check_int(ckpt_every, "ckpt_every", 1, none_ok=True); check_keep_checkpoints(keep_checkpoints)
-    check_int(eval_per_class, "eval_per_class", 2); check_int(fid_n, "fid_n", 0); check_int(log_every, "log_every")
+    check_int(ckpt_every, "ckpt_every", 1, none_ok=True)
+    check_keep_checkpoints(keep_checkpoints)
+    check_int(eval_per_class, "eval_per_class", 2)
+    check_int(fid_n, "fid_n", 0)
+    check_int(log_every, "log_every")
     check_int(nproc, "nproc")
     if nproc > 1 and cfg.n_c % (cfg.grad_accum * nproc):
-        raise ValueError(f"n_c={cfg.n_c} does not split into equal whole-class shares over nproc={nproc} (grad_accum="
-                         f"{cfg.grad_accum}): make n_c a multiple of {cfg.grad_accum * nproc}, e.g. -p n_c {cfg.grad_accum * nproc}")
-    if dist_mode not in ("exact", "per_rank"): raise ValueError(f"dist_mode must be 'exact' or 'per_rank', got {dist_mode!r}")
+        raise ValueError(
+            f"n_c={cfg.n_c} does not split into equal whole-class shares over nproc={nproc} (grad_accum="
+            f"{cfg.grad_accum}): make n_c a multiple of {cfg.grad_accum * nproc}, e.g. -p n_c {cfg.grad_accum * nproc}"
+        )
+    if dist_mode not in ("exact", "per_rank"):
+        raise ValueError(f"dist_mode must be 'exact' or 'per_rank', got {dist_mode!r}")
     alphas = parse_alphas(alpha_eval)
     if resume is not None:  # refused now, before a bundle exists: another run's inputs, then another configuration
-        check_resume_params(resume, allow_changes, dataset=str(dataset), vae=None if vae is None else str(vae),
-                            feature_encoder=None if cfg.feature_encoder is None else str(cfg.feature_encoder),
-                            mae_preset=cfg.mae_preset, mae_steps=cfg.mae_steps)
-        rp, sd = open_checkpoint(resume, mmap=True)  # verified; a bad last.pt falls back to the newest good step, and says so
+        check_resume_params(
+            resume,
+            allow_changes,
+            dataset=str(dataset),
+            vae=None if vae is None else str(vae),
+            feature_encoder=None if cfg.feature_encoder is None else str(cfg.feature_encoder),
+            mae_preset=cfg.mae_preset,
+            mae_steps=cfg.mae_steps,
+        )
+        rp, sd = open_checkpoint(
+            resume, mmap=True
+        )  # verified; a bad last.pt falls back to the newest good step, and says so
         sd = train_checkpoint(sd, str(rp))
         diff = config_diff(sd["config"], cfg.to_dict())
         if diff and not allow_changes:
-            raise ConfigMismatch(f"{rp} (step {sd['step']}) was written with a different configuration:\n{describe_diff(diff)}\n"
-                                 "resume with the same settings, or set allow_config_change=True to continue anyway")
-        if sd["step"] >= steps: raise ValueError(f"the checkpoint is at step {sd['step']} ≥ steps={steps}: raise steps to train on")
+            raise ConfigMismatch(
+                f"{rp} (step {sd['step']}) was written with a different configuration:\n{describe_diff(diff)}\n"
+                "resume with the same settings, or set allow_config_change=True to continue anyway"
+            )
+        if sd["step"] >= steps:
+            raise ValueError(f"the checkpoint is at step {sd['step']} ≥ steps={steps}: raise steps to train on")
     return cfg, alphas
 
 # %% ../nbs/13_runs.ipynb #382a5156
 @dataclass
 class EvalPlan:
     "What an evaluation run measures, resolved from its parameters and the training run's records."
+
     checkpoint: Path  # the checkpoint file
     alphas: list  # CFG scales
     dataset: object  # the reference data (images)
@@ -139,67 +190,110 @@ class EvalPlan:
 
     def decoder(self, device=None, progress: bool = True) -> Tokenizer | None:
         "The VAE that decodes the generator's samples (None for a pixel generator), checked against the training run's."
-        if self.vae is None: return None
+        if self.vae is None:
+            return None
         tok = get_vae(self.vae, device=device, progress=progress)
         want = (self.trained_data.get("tokenizer") or {}).get("encoder_fingerprint")
         if want and want != tok.fingerprint():
-            raise ValueError(f"the decoder {self.vae!r} has weights {tok.fingerprint()[:16]}…, the training run used "
-                             f"{want[:16]}… (another cache or a retrained built-in VAE); pass vae=<the run's VAE folder>")
+            raise ValueError(
+                f"the decoder {self.vae!r} has weights {tok.fingerprint()[:16]}…, the training run used "
+                f"{want[:16]}… (another cache or a retrained built-in VAE); pass vae=<the run's VAE folder>"
+            )
         return tok
 
     def classifier(self, net: FeatureNet) -> FeatureNet | None:
         "The metric network when it is the data's classifier (class accuracy and Fréchet distance), else None."
         return net if self.net_kind == "classifier" else None
 
-def check_eval_run(checkpoint,  # a run bundle folder or a checkpoint file (`pipeline.resolve_checkpoint` maps a released model name to one)
-                   alphas, n_per_class: int, nn_pool: int, metric_net: str,
-                   dataset=None, resolution=None, vae=None,  # None: the training run's
-                   nproc: int = 1,  # processes sharing the sampling (torch.distributed)
-                   ) -> EvalPlan:
+
+def check_eval_run(
+    # a run bundle folder or a checkpoint file (`pipeline.resolve_checkpoint` maps a released model name to one)
+    checkpoint,
+    alphas,
+    n_per_class: int,
+    nn_pool: int,
+    metric_net: str,
+    dataset=None,
+    resolution=None,
+    vae=None,  # None: the training run's
+    nproc: int = 1,  # processes sharing the sampling (torch.distributed)
+) -> EvalPlan:
     "Validate an evaluation run's parameters before any work; fill the data, resolution and VAE from the training run."
     ck, trained, trained_data = training_run_config(checkpoint)
     alpha_list = parse_alphas(alphas)
-    check_int(n_per_class, "n_per_class", 2); check_int(nn_pool, "nn_pool", 3); check_int(nproc, "nproc")
-    if metric_net not in METRIC_NETS: raise ValueError(f"metric_net must be 'auto', 'classifier' or 'inception', got {metric_net!r}")
+    check_int(n_per_class, "n_per_class", 2)
+    check_int(nn_pool, "nn_pool", 3)
+    check_int(nproc, "nproc")
+    if metric_net not in METRIC_NETS:
+        raise ValueError(f"metric_net must be 'auto', 'classifier' or 'inception', got {metric_net!r}")
     data = dataset if dataset is not None else trained.get("dataset")
     res = resolution if resolution is not None else trained.get("resolution")
-    if data is None: raise ValueError("the training run records no dataset; pass dataset=<name or path>")
+    if data is None:
+        raise ValueError("the training run records no dataset; pass dataset=<name or path>")
     check_dataset_arg(data)  # before a bundle exists
     vae = vae if vae is not None else trained.get("vae")
-    if vae is not None: check_vae_spec(vae)
+    if vae is not None:
+        check_vae_spec(vae)
     manifest = Path(ck).parent.parent.parent / "run_manifest.json"
     status = json.loads(manifest.read_text()).get("status") if manifest.is_file() else None
     if status not in (None, "completed"):
         print(f"note: the training run that wrote {ck} is '{status}', not completed (recorded as training_status)")
     if is_latent_cache(data):
-        raise ValueError(f"the reference {data!r} is a latent cache, not images: pass dataset=<the image folder or "
-                         "built-in name> (and resolution) so the metrics compare generated images with real ones")
+        raise ValueError(
+            f"the reference {data!r} is a latent cache, not images: pass dataset=<the image folder or "
+            "built-in name> (and resolution) so the metrics compare generated images with real ones"
+        )
     return EvalPlan(ck, alpha_list, data, res, vae, metric_net_kind(metric_net, data, res), trained_data, status)
 
-def check_mae_run(preset: str, width: int | None, steps: int, batch_size: int, seed: int, out_dir: str,
-                  input_patch: int | None = None,  # p×p patchify before the stem (pixel MAE); None: the preset's
-                  **recipe,  # MAETrainConfig fields (lr, warmup, ema_decay, finetune_*)
-                  ):
+
+def check_mae_run(
+    preset: str,
+    width: int | None,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    out_dir: str,
+    input_patch: int | None = None,  # p×p patchify before the stem (pixel MAE); None: the preset's
+    **recipe,  # MAETrainConfig fields (lr, warmup, ema_decay, finetune_*)
+):
     "Validate an MAE pre-training run's parameters; return its recipe and model config (channels and classes to fill)."
     from drifting.mae import mae_config
-    check_int(steps, "steps"); check_int(batch_size, "batch_size"); check_int(seed, "seed", 0); check_int(width, "width", 1, none_ok=True)
+
+    check_int(steps, "steps")
+    check_int(batch_size, "batch_size")
+    check_int(seed, "seed", 0)
+    check_int(width, "width", 1, none_ok=True)
     check_int(input_patch, "input_patch", 1, none_ok=True)
-    if not isinstance(out_dir, str) or not out_dir.strip(): raise ValueError(f"out_dir must be a non-empty path string, got {out_dir!r}")
+    if not isinstance(out_dir, str) or not out_dir.strip():
+        raise ValueError(f"out_dir must be a non-empty path string, got {out_dir!r}")
     tcfg = MAETrainConfig(**recipe)
-    cfg = mae_config(preset, **({} if width is None else dict(width=width)), **({} if input_patch is None else dict(input_patch=input_patch)))  # checks the preset name
+    cfg = mae_config(
+        preset,
+        **({} if width is None else dict(width=width)),
+        **({} if input_patch is None else dict(input_patch=input_patch)),
+    )  # checks the preset name
     if tcfg.finetune_last_steps >= steps:
-        print(f"note: finetune_last_steps={tcfg.finetune_last_steps} ≥ steps={steps}: the whole run is the cls fine-tune")
+        print(
+            f"note: finetune_last_steps={tcfg.finetune_last_steps} ≥ steps={steps}: the whole run is the cls fine-tune"
+        )
     return tcfg, cfg
+
 
 MAE_RUN_RECIPE_FIELDS = ("lr", "warmup", "ema_decay", "finetune_last_steps", "finetune_warmup", "finetune_cls")
 
-def release_mae_recipe(recipe: str | None,  # a `mae_train.MAE_RECIPES` name; None: keep the values given
-                       preset: str, steps: int, batch_size: int,  # run_mae's own values
-                       **opt,  # run_mae's optimiser values (`MAE_RUN_RECIPE_FIELDS`)
-                       ) -> tuple[str, int, int, dict]:  # (preset, steps, batch_size, optimiser values)
+
+def release_mae_recipe(
+    recipe: str | None,  # a `mae_train.MAE_RECIPES` name; None: keep the values given
+    preset: str,
+    steps: int,
+    batch_size: int,  # run_mae's own values
+    **opt,  # run_mae's optimiser values (`MAE_RUN_RECIPE_FIELDS`)
+) -> tuple[str, int, int, dict]:  # (preset, steps, batch_size, optimiser values)
     "run_mae's model, length, batch and optimiser values: a released recipe's in place of the given ones, or these."
-    if recipe is None: return preset, steps, batch_size, opt
-    if recipe not in MAE_RECIPES: raise ValueError(f"unknown MAE recipe {recipe!r}; choose one of {sorted(MAE_RECIPES)} or None")
+    if recipe is None:
+        return preset, steps, batch_size, opt
+    if recipe not in MAE_RECIPES:
+        raise ValueError(f"unknown MAE recipe {recipe!r}; choose one of {sorted(MAE_RECIPES)} or None")
     r = MAE_RECIPES[recipe]
     return r.preset, r.steps, r.batch_size, {k: getattr(r.train, k) for k in MAE_RUN_RECIPE_FIELDS}
 
@@ -207,6 +301,7 @@ def release_mae_recipe(recipe: str | None,  # a `mae_train.MAE_RECIPES` name; No
 @dataclass
 class LatentData:
     "A dataset's splits and the latents a run trains on."
+
     train: ImageDataset  # the training split as loaded (pixels or latents)
     heldout: ImageDataset  # the held-out split as loaded
     latents: ImageDataset  # the training split in the generator's space
@@ -214,176 +309,292 @@ class LatentData:
     heldout_latents: ImageDataset | None = None  # the held-out split encoded (when asked)
     seconds: float = 0.0  # time spent encoding
     describe: dict = field(default_factory=dict)  # what the run bundle records about the data
-    decode = property(lambda self: None if self.tokenizer is None else self.tokenizer.decode)  # samples -> images (None: they are images)
+    decode = property(
+        lambda self: None if self.tokenizer is None else self.tokenizer.decode
+    )  # samples -> images (None: they are images)
 
-def get_vae(spec: str | os.PathLike,  # 'builtin', a hub id/alias, or a save_pretrained directory
-            device: torch.device | str | None = None,  # where it runs
-            progress: bool = True,  # the built-in VAE's training bar (when it is not cached yet)
-            **kwargs,  # passed on to `builtin_vae` or `load_vae`
-            ) -> Tokenizer:
+
+def get_vae(
+    spec: str | os.PathLike,  # 'builtin', a hub id/alias, or a save_pretrained directory
+    device: torch.device | str | None = None,  # where it runs
+    progress: bool = True,  # the built-in VAE's training bar (when it is not cached yet)
+    **kwargs,  # passed on to `builtin_vae` or `load_vae`
+) -> Tokenizer:
     "The VAE named by `spec` as a `Tokenizer`: 'builtin' is the small autoencoder of `08a_builtin_vae`, else `load_vae`."
-    if str(spec) == "builtin": return builtin_vae(device=device, progress=progress, **kwargs)
+    if str(spec) == "builtin":
+        return builtin_vae(device=device, progress=progress, **kwargs)
     return load_vae(spec, device=device, **kwargs)
 
-def encode_latents(ds: ImageDataset,  # pixel data
-                   tok: Tokenizer,  # the VAE
-                   seed: int = 0,  # item i uses the noise item_seeds(seed, offset + i)
-                   offset: int = 0,  # index of the first item in the seed stream
-                   ) -> ImageDataset:
+
+def encode_latents(
+    ds: ImageDataset,  # pixel data
+    tok: Tokenizer,  # the VAE
+    seed: int = 0,  # item i uses the noise item_seeds(seed, offset + i)
+    offset: int = 0,  # index of the first item in the seed stream
+) -> ImageDataset:
     "The posterior-sampled, scaled latents of `ds` as a dataset of kind 'latents'."
     z = tok.encode(ds.images, sample=True, seeds=item_seeds(seed, torch.arange(len(ds)) + offset))  # [N, c, h, w]
-    return ImageDataset(z.cpu(), ds.labels, ds.class_names, ds.name, f"{ds.fingerprint}|{tok.fingerprint()}|s{seed}",
-                        ds.split, kind="latents")
+    return ImageDataset(
+        z.cpu(),
+        ds.labels,
+        ds.class_names,
+        ds.name,
+        f"{ds.fingerprint}|{tok.fingerprint()}|s{seed}",
+        ds.split,
+        kind="latents",
+    )
+
 
 def is_latent_cache(dataset) -> bool:
     "Whether `dataset` names a latent cache (a .npz file or a folder with a manifest.json)."
     p = Path(str(dataset)).expanduser()
     return p.suffix == ".npz" or (p / "manifest.json").exists()
 
-def latent_data(dataset,  # a built-in name, a class-folder directory or a latent cache
-                resolution: int | None,  # pixel side of images (ignored for a latent cache)
-                vae: str | os.PathLike | None,  # the VAE spec (`get_vae`); None: keep the data as they are
-                seed: int = 0,  # posterior-sample seed
-                device=None, progress: bool = True,
-                heldout_frac: float = 0.1,  # stratified held-out share (split seed 0)
-                encode_heldout: bool = False,  # also encode the held-out split (items continue the seed stream)
-                decoder: bool = True,  # for a latent cache: also load (and check) the VAE that decodes it
-                ) -> LatentData:
+
+def latent_data(
+    dataset,  # a built-in name, a class-folder directory or a latent cache
+    resolution: int | None,  # pixel side of images (ignored for a latent cache)
+    vae: str | os.PathLike | None,  # the VAE spec (`get_vae`); None: keep the data as they are
+    seed: int = 0,  # posterior-sample seed
+    device=None,
+    progress: bool = True,
+    heldout_frac: float = 0.1,  # stratified held-out share (split seed 0)
+    encode_heldout: bool = False,  # also encode the held-out split (items continue the seed stream)
+    decoder: bool = True,  # for a latent cache: also load (and check) the VAE that decodes it
+) -> LatentData:
     "Load a dataset's splits and its training latents (encoded now, or read from a latent cache)."
     res = None if is_latent_cache(dataset) else resolution
     train = load_dataset(dataset, split="train", resolution=res, heldout_frac=heldout_frac, seed=0)
     held = load_dataset(dataset, split="heldout", resolution=res, heldout_frac=heldout_frac, seed=0)
-    tok = None if vae is None or (train.kind == "latents" and not decoder) else get_vae(vae, device=device, progress=progress)
+    tok = (
+        None
+        if vae is None or (train.kind == "latents" and not decoder)
+        else get_vae(vae, device=device, progress=progress)
+    )
     lat, lat_held, t0 = train, None, time.perf_counter()
     if tok is not None and train.kind == "pixels":
         lat = encode_latents(train, tok, seed)
-        if encode_heldout: lat_held = encode_latents(held, tok, seed, offset=len(train))
+        if encode_heldout:
+            lat_held = encode_latents(held, tok, seed, offset=len(train))
     elif tok is not None:
         enc_fp = (train.meta or {}).get("encoder_fingerprint")  # recorded by export_latent_cache
         if enc_fp and enc_fp != tok.fingerprint():
-            raise ValueError(f"the latent cache {dataset} was encoded by {train.meta.get('encoder')!r} (weights "
-                             f"{enc_fp[:12]}…), but vae={vae!r} has weights {tok.fingerprint()[:12]}…: pass the VAE that "
-                             "encoded the cache, e.g. -p vae stabilityai/sd-vae-ft-mse, or samples will decode wrongly")
-    if encode_heldout and lat_held is None: lat_held = held
-    desc = dict(name=str(dataset), fingerprint=train.fingerprint, split=train.split, n_train=len(train), n_heldout=len(held),
-                latents=lat.fingerprint, tokenizer=None if tok is None else tok.describe())
+            raise ValueError(
+                f"the latent cache {dataset} was encoded by {train.meta.get('encoder')!r} (weights "
+                f"{enc_fp[:12]}…), but vae={vae!r} has weights {tok.fingerprint()[:12]}…: pass the VAE that "
+                "encoded the cache, e.g. -p vae stabilityai/sd-vae-ft-mse, or samples will decode wrongly"
+            )
+    if encode_heldout and lat_held is None:
+        lat_held = held
+    desc = dict(
+        name=str(dataset),
+        fingerprint=train.fingerprint,
+        split=train.split,
+        n_train=len(train),
+        n_heldout=len(held),
+        latents=lat.fingerprint,
+        tokenizer=None if tok is None else tok.describe(),
+    )
     return LatentData(train, held, lat, tok, lat_held, time.perf_counter() - t0, desc)
 
 # %% ../nbs/13_runs.ipynb #82db89ec
 def builtin_mae_recipe(cfg: TrainConfig) -> MAETrainConfig | None:
     "The built-in MAE's recipe: the CPU default of `latent_mae_encoder` (None), with the cls fine-tune of `cfg.mae_finetune` when set."
-    if not cfg.mae_finetune: return None  # the default recipe, so existing cached encoders keep their keys
-    ramp = max(1, min(1000, cfg.mae_finetune // 2))  # λ's ramp: half the fine-tune, at most the release's 1000 (App. A.3)
+    if not cfg.mae_finetune:
+        return None  # the default recipe, so existing cached encoders keep their keys
+    ramp = max(
+        1, min(1000, cfg.mae_finetune // 2)
+    )  # λ's ramp: half the fine-tune, at most the release's 1000 (App. A.3)
     return dataclasses.replace(BUILTIN_MAE_RECIPE, finetune_last_steps=cfg.mae_finetune, finetune_warmup=ramp)
 
-def feature_space(cfg: TrainConfig,  # the run's config (feature-space fields)
-                  data: ImageDataset,  # the training latents (what a built-in encoder is pre-trained on)
-                  device=None, progress: bool = True,
-                  ) -> tuple[FeatureSpace, dict]:  # (the feature space, what the bundle records about its encoder)
+
+def feature_space(
+    cfg: TrainConfig,  # the run's config (feature-space fields)
+    data: ImageDataset,  # the training latents (what a built-in encoder is pre-trained on)
+    device=None,
+    progress: bool = True,
+) -> tuple[FeatureSpace, dict]:  # (the feature space, what the bundle records about its encoder)
     "The feature space a config names, with its encoder trained, loaded or absent."
     if cfg.feature_encoder == "builtin":
-        encoder, info = latent_mae_encoder(data.images, data.labels, cfg.mae_preset, cfg.mae_steps, recipe=builtin_mae_recipe(cfg), seed=cfg.seed,
-                                           device=device, progress=progress)
-    elif cfg.feature_encoder is None: encoder, info = None, dict(encoder="none (raw drift loss only)")  # (`kind` would clash with `Run.event`)
-    else: encoder, info = load_encoder(cfg.feature_encoder, device=device), dict(path=str(cfg.feature_encoder))
+        encoder, info = latent_mae_encoder(
+            data.images,
+            data.labels,
+            cfg.mae_preset,
+            cfg.mae_steps,
+            recipe=builtin_mae_recipe(cfg),
+            seed=cfg.seed,
+            device=device,
+            progress=progress,
+        )
+    elif cfg.feature_encoder is None:
+        encoder, info = None, dict(encoder="none (raw drift loss only)")  # (`kind` would clash with `Run.event`)
+    else:
+        encoder, info = load_encoder(cfg.feature_encoder, device=device), dict(path=str(cfg.feature_encoder))
     fs = FeatureSpace(encoder, cfg.every_k_block, cfg.patch_sizes, cfg.norm_x, cfg.raw_key, cfg.bf16)
     return fs, {k: v for k, v in info.items() if k in ("key", "path", "seconds", "steps", "preset", "encoder")}
 
 # %% ../nbs/13_runs.ipynb #15a99456
 METRIC_NETS = ("auto", "classifier", "inception")
 
+
 def is_builtin_digits(dataset, resolution) -> bool:
     "Whether the data are the built-in MNIST-5k digits at 32×32 (what the small classifier was trained on)."
     return str(dataset) == "mnist5k" and resolution == 32
 
-def metric_net_kind(name: str,  # one of METRIC_NETS
-                    dataset, resolution,  # the reference data
-                    ) -> str:
+
+def metric_net_kind(
+    name: str,  # one of METRIC_NETS
+    dataset,
+    resolution,  # the reference data
+) -> str:
     "'classifier' or 'inception' for `name` on this data; a clear error when it cannot be used."
-    if name not in METRIC_NETS: raise ValueError(f"metric_net must be 'auto', 'classifier' or 'inception', got {name!r}")
+    if name not in METRIC_NETS:
+        raise ValueError(f"metric_net must be 'auto', 'classifier' or 'inception', got {name!r}")
     kind = ("classifier" if is_builtin_digits(dataset, resolution) else "inception") if name == "auto" else name
     if kind == "classifier" and not is_builtin_digits(dataset, resolution):
-        raise ValueError("metric_net='classifier' is the MNIST-5k classifier: it needs dataset='mnist5k' at resolution 32")
+        raise ValueError(
+            "metric_net='classifier' is the MNIST-5k classifier: it needs dataset='mnist5k' at resolution 32"
+        )
     if kind == "inception":
         from drifting.metrics_nets import find_inception_weights
+
         find_inception_weights()  # raises with the offline recipe when missing
     return kind
 
-def build_metric_net(kind: str,  # 'classifier' or 'inception' (`metric_net_kind`)
-               device=None) -> FeatureNet:
+
+def build_metric_net(
+    kind: str,  # 'classifier' or 'inception' (`metric_net_kind`)
+    device=None,
+) -> FeatureNet:
     "The metric network of that kind."
     if kind == "classifier":
         from drifting.metrics_nets import small_classifier
+
         return small_classifier(device=device)
     from drifting.metrics_nets import find_inception_weights, tf_inception
+
     return tf_inception(find_inception_weights(), device=device)
+
 
 def digit_classifier(dataset, resolution, device=None) -> FeatureNet | None:
     "The small classifier when the data are the built-in digits it knows, else None (no class accuracy)."
     return build_metric_net("classifier", device) if is_builtin_digits(dataset, resolution) else None
 
 # %% ../nbs/13_runs.ipynb #8c1bc7bd
-def evaluate_alphas(model, alphas, per_class: int,
-                    decode=None,  # latents -> images (the VAE's decode); None: samples are images
-                    classifier: FeatureNet | None = None,  # `digit_classifier(...)`: class accuracy and Fréchet distance
-                    train: ImageDataset | None = None, heldout: ImageDataset | None = None,  # image splits (Fréchet reference)
-                    seed: int = 0, progress: bool = True,
-                    ) -> tuple[list, dict, dict, dict]:  # (rows per α, {α: images}, {α: raw samples}, best row)
+def evaluate_alphas(
+    model,
+    alphas,
+    per_class: int,
+    decode=None,  # latents -> images (the VAE's decode); None: samples are images
+    classifier: FeatureNet | None = None,  # `digit_classifier(...)`: class accuracy and Fréchet distance
+    train: ImageDataset | None = None,
+    heldout: ImageDataset | None = None,  # image splits (Fréchet reference)
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[list, dict, dict, dict]:  # (rows per α, {α: images}, {α: raw samples}, best row)
     "Sample every class at each α; the best α by Fréchet distance with a classifier, else the first."
-    rows, images, raw = sweep_alpha(model, alphas, per_class, decode=decode, classifier=classifier, train=train,
-                                    heldout=heldout, seed=seed, progress=progress)
+    rows, images, raw = sweep_alpha(
+        model,
+        alphas,
+        per_class,
+        decode=decode,
+        classifier=classifier,
+        train=train,
+        heldout=heldout,
+        seed=seed,
+        progress=progress,
+    )
     best = min(rows, key=lambda r: r["frechet"]) if classifier is not None and "frechet" in rows[0] else rows[0]
     return rows, images, raw, best
 
-def autoencoder_floor(tokenizer,  # the run's `Tokenizer` (None: pixels, no floor)
-                      classifier: FeatureNet | None,  # `digit_classifier(...)` (None: no metrics, no floor)
-                      train: ImageDataset, heldout: ImageDataset,  # image splits: the held-out images are reconstructed
-                      seed: int = 0,  # posterior noise and the real-vs-real draw
-                      ) -> dict | None:  # `classifier_metrics` of the reconstructions, with n and source
-    "The metrics of the tokenizer's decoded reconstructions of the held-out images: what a generator in its space can reach at best."
-    if tokenizer is None or classifier is None or heldout.kind != "pixels": return None
-    from drifting.sample import classifier_metrics
-    with torch.no_grad():
-        x = tokenizer.decode(tokenizer.encode(heldout.images, generator=torch.Generator().manual_seed(seed)))  # posterior samples, as the training latents
-    return dict(n=len(x), source="decoded posterior samples of the held-out images",
-                **classifier_metrics(classifier, x, heldout.labels, train, heldout, seed=seed))
 
-def fid_at_alpha(model, alpha: float, n: int,  # samples (rounded down to whole classes, ≥ 1 per class)
-                 heldout: ImageDataset,  # the reference images
-                 decode=None, seed: int = 0, device=None,
-                 ) -> tuple[dict | None, str]:  # (FID record or None, what happened)
+def autoencoder_floor(
+    tokenizer,  # the run's `Tokenizer` (None: pixels, no floor)
+    classifier: FeatureNet | None,  # `digit_classifier(...)` (None: no metrics, no floor)
+    train: ImageDataset,
+    heldout: ImageDataset,  # image splits: the held-out images are reconstructed
+    seed: int = 0,  # posterior noise and the real-vs-real draw
+) -> dict | None:  # `classifier_metrics` of the reconstructions, with n and source
+    "The metrics of the tokenizer's decoded reconstructions of the held-out images: what a generator in its space can reach at best."
+    if tokenizer is None or classifier is None or heldout.kind != "pixels":
+        return None
+    from drifting.sample import classifier_metrics
+
+    with torch.no_grad():
+        x = tokenizer.decode(
+            tokenizer.encode(heldout.images, generator=torch.Generator().manual_seed(seed))
+        )  # posterior samples, as the training latents
+    return dict(
+        n=len(x),
+        source="decoded posterior samples of the held-out images",
+        **classifier_metrics(classifier, x, heldout.labels, train, heldout, seed=seed),
+    )
+
+
+def fid_at_alpha(
+    model,
+    alpha: float,
+    n: int,  # samples (rounded down to whole classes, ≥ 1 per class)
+    heldout: ImageDataset,  # the reference images
+    decode=None,
+    seed: int = 0,
+    device=None,
+) -> tuple[dict | None, str]:  # (FID record or None, what happened)
     "FID (TF-Inception) of `n` samples at one α against the held-out images, when it can be computed here."
-    if n <= 0: return None, "FID not asked for (fid_n = 0)"
+    if n <= 0:
+        return None, "FID not asked for (fid_n = 0)"
     if heldout.kind != "pixels":
-        return None, ("FID skipped: the data is a latent cache, so there are no reference images here; run "
-                      "nbs/run_eval.ipynb with dataset=<the image folder> for FID against real images")
+        return None, (
+            "FID skipped: the data is a latent cache, so there are no reference images here; run "
+            "nbs/run_eval.ipynb with dataset=<the image folder> for FID against real images"
+        )
     from drifting.metrics_nets import find_inception_weights, tf_inception
-    try: w = find_inception_weights()
-    except FileNotFoundError as e: return None, "FID skipped: " + str(e).split(". ")[0]
+
+    try:
+        w = find_inception_weights()
+    except FileNotFoundError as e:
+        return None, "FID skipped: " + str(e).split(". ")[0]
     net = tf_inception(w, device=device)
     k = max(1, n // model.cfg.num_classes)
     x = sweep_alpha(model, [alpha], k, decode=decode, seed=seed, progress=False)[1][float(alpha)]
     fid = dict(compute_fid(extract_features(net, x), reference_stats(net, heldout), net), alpha=float(alpha))
     return fid, f"FID@{fid['n_gen']} vs held-out ({fid['n_ref']}) at α={alpha}: {fid['fid']:.2f}"
 
-def reference_protocol(net: FeatureNet, train: ImageDataset, heldout: ImageDataset,
-                       n: int,  # samples per α: the real-vs-real floor uses as many training images
-                       seed: int = 0,
-                       ) -> tuple[dict, object, torch.Tensor]:  # (protocol fields, reference stats, reference features)
+
+def reference_protocol(
+    net: FeatureNet,
+    train: ImageDataset,
+    heldout: ImageDataset,
+    n: int,  # samples per α: the real-vs-real floor uses as many training images
+    seed: int = 0,
+) -> tuple[dict, object, torch.Tensor]:  # (protocol fields, reference stats, reference features)
     "The metric network's reference (held-out) statistics and features, and the FID floor of real images at the same N."
     ref_stats, ref_feats = reference_stats(net, heldout), extract_features(net, heldout.images)
-    sub = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:min(n, len(train))]
-    floor = dict(fid=compute_fid(extract_features(net, train.images[sub]), ref_stats, net)["fid"], n=len(sub),
-                 source="random subset of the training split")
-    protocol = dict(metric_net=dict(net.protocol, protocol_hash=net.protocol_hash),
-                    reference=dict(ref_stats.source, n=ref_stats.n, stats_key=reference_key(net, heldout)),
-                    fid_real_vs_real=floor)
+    sub = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: min(n, len(train))]
+    floor = dict(
+        fid=compute_fid(extract_features(net, train.images[sub]), ref_stats, net)["fid"],
+        n=len(sub),
+        source="random subset of the training split",
+    )
+    protocol = dict(
+        metric_net=dict(net.protocol, protocol_hash=net.protocol_hash),
+        reference=dict(ref_stats.source, n=ref_stats.n, stats_key=reference_key(net, heldout)),
+        fid_real_vs_real=floor,
+    )
     return protocol, ref_stats, ref_feats
 
-def nn_audit_figure(net: FeatureNet, samples: torch.Tensor,  # [N, C, H, W] images at one α
-             train: ImageDataset, pool: int, seed: int = 0, n_show: int = 6):
+
+def nn_audit_figure(
+    net: FeatureNet,
+    samples: torch.Tensor,  # [N, C, H, W] images at one α
+    train: ImageDataset,
+    pool: int,
+    seed: int = 0,
+    n_show: int = 6,
+):
     "Nearest training images (in `net`'s features) of a few samples: (figure, record of the distances)."
     from drifting.metrics import nearest_neighbours, nn_figure
+
     pick = torch.arange(0, len(samples), max(1, len(samples) // n_show))[:n_show]
     idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:pool].sort().values
     d, ix = nearest_neighbours(extract_features(net, samples[pick]), extract_features(net, train.images[idx]), k=3)
@@ -391,31 +602,48 @@ def nn_audit_figure(net: FeatureNet, samples: torch.Tensor,  # [N, C, H, W] imag
     return fig, dict(pool=len(idx), min_distance=float(d[:, 0].min()), median_distance=float(d[:, 0].median()))
 
 # %% ../nbs/13_runs.ipynb #e0153687
-def training_curves_figure(hist: dict,  # `Trainer.fit` history
-                           taus) -> plt.Figure | None:
+def training_curves_figure(
+    hist: dict,  # `Trainer.fit` history
+    taus,
+) -> plt.Figure | None:
     "Loss, raw E‖V‖² per τ, gradient norm and learning rate against step (None when no step was taken)."
-    if not hist["loss"]: return None
+    if not hist["loss"]:
+        return None
     fig, ax = plt.subplots(1, 3, figsize=(10, 2.8), dpi=70)
-    ax[0].plot(hist["step"], hist["loss"], lw=0.8); ax[0].set_title("loss", fontsize=9)
-    for t, tau in enumerate(taus): ax[1].plot(hist["step"], [v[t] for v in hist["v2_total"]], lw=0.8, label=f"τ={tau}")
-    ax[1].set_yscale("log"); ax[1].legend(fontsize=7); ax[1].set_title("raw E‖V‖², Σ keys", fontsize=9)
-    ax[2].plot(hist["step"], hist["grad_norm"], lw=0.8, label="grad norm"); ax[2].set_yscale("log")
-    ax2 = ax[2].twinx(); ax2.plot(hist["step"], hist["lr"], color="grey", lw=0.8, ls="--"); ax2.set_ylabel("lr", fontsize=8)
+    ax[0].plot(hist["step"], hist["loss"], lw=0.8)
+    ax[0].set_title("loss", fontsize=9)
+    for t, tau in enumerate(taus):
+        ax[1].plot(hist["step"], [v[t] for v in hist["v2_total"]], lw=0.8, label=f"τ={tau}")
+    ax[1].set_yscale("log")
+    ax[1].legend(fontsize=7)
+    ax[1].set_title("raw E‖V‖², Σ keys", fontsize=9)
+    ax[2].plot(hist["step"], hist["grad_norm"], lw=0.8, label="grad norm")
+    ax[2].set_yscale("log")
+    ax2 = ax[2].twinx()
+    ax2.plot(hist["step"], hist["lr"], color="grey", lw=0.8, ls="--")
+    ax2.set_ylabel("lr", fontsize=8)
     ax[2].set_title("grad norm (before clip), lr", fontsize=9)
-    for a in ax: a.set_xlabel("step", fontsize=8)
+    for a in ax:
+        a.set_xlabel("step", fontsize=8)
     fig.tight_layout()
     return fig
+
 
 def metrics_vs_alpha_figure(rows: list, floor: float, net_name: str, title: str) -> plt.Figure:
     "FID (and IS when the network has logits) against α, with the real-vs-real FID at the same N."
     fig, ax = plt.subplots(1, 2 if "is_mean" in rows[0] else 1, figsize=(7, 2.6), dpi=70, squeeze=False)
     a = [r["alpha"] for r in rows]
-    ax[0, 0].plot(a, [r["fid"] for r in rows], "o-"); ax[0, 0].set_xlabel("α"); ax[0, 0].set_ylabel(f"FID ({net_name})", fontsize=8)
-    ax[0, 0].axhline(floor, color="grey", ls="--", lw=0.8, label="real vs real, same N"); ax[0, 0].legend(fontsize=7)
+    ax[0, 0].plot(a, [r["fid"] for r in rows], "o-")
+    ax[0, 0].set_xlabel("α")
+    ax[0, 0].set_ylabel(f"FID ({net_name})", fontsize=8)
+    ax[0, 0].axhline(floor, color="grey", ls="--", lw=0.8, label="real vs real, same N")
+    ax[0, 0].legend(fontsize=7)
     if "is_mean" in rows[0]:
         ax[0, 1].errorbar(a, [r["is_mean"] for r in rows], [r["is_std"] for r in rows], fmt="o-")
-        ax[0, 1].set_xlabel("α"); ax[0, 1].set_ylabel(f"IS ({net_name})", fontsize=8)
-    fig.suptitle(title, fontsize=9); fig.tight_layout()
+        ax[0, 1].set_xlabel("α")
+        ax[0, 1].set_ylabel(f"IS ({net_name})", fontsize=8)
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
     return fig
 
 # %% ../nbs/13_runs.ipynb #45ce75d6
@@ -424,108 +652,171 @@ import torch.nn.functional as F
 from .official import FeatureStack, MAEFeatures, load_convnext
 from .train import DataStream
 
-def default_preset(preset: str | None,  # the `preset` parameter; None: the default of the data kind
-                   vae,  # the `vae` parameter: None means the run trains on pixels (or on a latent cache as it is)
-                   ) -> str:
+
+def default_preset(
+    preset: str | None,  # the `preset` parameter; None: the default of the data kind
+    vae,  # the `vae` parameter: None means the run trains on pixels (or on a latent cache as it is)
+) -> str:
     "The training preset: as given, else 'cpu' (latents of a VAE) or 'cpu-pixel' (no VAE: pixels)."
-    if preset is not None: return str(preset)
+    if preset is not None:
+        return str(preset)
     return "cpu" if vae is not None else "cpu-pixel"
+
 
 def hub_ref(spec: str) -> tuple[str, str | None]:
     "('hub id', 'revision') of 'hub id@revision'; (spec, None) without a revision."
     name, sep, rev = str(spec).rpartition("@")
     return (name, rev) if sep and name and rev else (str(spec), None)
 
+
 def check_convnext_spec(spec) -> None:
     "Refuse a `convnext` that would fail later: a folder needs config.json; a hub id needs '@revision'."
-    if spec is None: return
+    if spec is None:
+        return
     p = Path(str(spec)).expanduser()
     if p.is_dir():
         if not (p / "config.json").is_file():
-            raise FileNotFoundError(f"convnext={str(spec)!r} has no config.json: give a transformers save_pretrained folder "
-                                    "of a ConvNextV2 model (e.g. facebook/convnextv2-base-22k-224 saved on a networked machine)")
+            raise FileNotFoundError(
+                f"convnext={str(spec)!r} has no config.json: give a transformers save_pretrained folder "
+                "of a ConvNextV2 model (e.g. facebook/convnextv2-base-22k-224 saved on a networked machine)"
+            )
         return
     if str(spec).startswith(("/", ".", "~")) or hub_ref(spec)[1] is None:
-        raise ValueError(f"convnext={str(spec)!r} is neither an existing folder nor 'hub id@revision' (e.g. "
-                         "'facebook/convnextv2-base-22k-224@main'); offline, pass a local folder or convnext='none'")
+        raise ValueError(
+            f"convnext={str(spec)!r} is neither an existing folder nor 'hub id@revision' (e.g. "
+            "'facebook/convnextv2-base-22k-224@main'); offline, pass a local folder or convnext='none'"
+        )
 
-def check_train_run(preset: str | None,  # a TRAIN_PRESETS name; None: `default_preset`
-                    steps: int | None,  # None: the preset's
-                    dataset, alpha_eval,
-                    vae=None,  # the VAE spec; None: pixels
-                    convnext=None,  # None keeps the preset's; 'none' for no ConvNeXt; a folder or 'hub id@revision'
-                    **kwargs,  # everything else of `check_latent_run`
-                    ) -> tuple[TrainConfig, list[float]]:  # (checked config, α grid)
+
+def check_train_run(
+    preset: str | None,  # a TRAIN_PRESETS name; None: `default_preset`
+    steps: int | None,  # None: the preset's
+    dataset,
+    alpha_eval,
+    vae=None,  # the VAE spec; None: pixels
+    convnext=None,  # None keeps the preset's; 'none' for no ConvNeXt; a folder or 'hub id@revision'
+    **kwargs,  # everything else of `check_latent_run`
+) -> tuple[TrainConfig, list[float]]:  # (checked config, α grid)
     "`check_latent_run` for either kind of run, and the pixel-only settings (ConvNeXt, augmentation) checked against the data."
     base = train_config(default_preset(preset, vae))
-    if convnext is not None: base = dataclasses.replace(base, convnext=None if str(convnext).lower() == "none" else str(convnext))
+    if convnext is not None:
+        base = dataclasses.replace(base, convnext=None if str(convnext).lower() == "none" else str(convnext))
     cfg, alphas = check_latent_run(base, base.steps if steps is None else steps, dataset, alpha_eval, vae=vae, **kwargs)
     if (cfg.convnext is not None or cfg.aug is not None) and (vae is not None or is_latent_cache(dataset)):
-        raise ValueError(f"convnext={cfg.convnext!r} and aug={cfg.aug!r} act on pixels, but this run trains on latents "
-                         "(a VAE or a latent cache): pass vae=None with image data, or convnext='none' and aug=None")
+        raise ValueError(
+            f"convnext={cfg.convnext!r} and aug={cfg.aug!r} act on pixels, but this run trains on latents "
+            "(a VAE or a latent cache): pass vae=None with image data, or convnext='none' and aug=None"
+        )
     check_convnext_spec(cfg.convnext)
     return cfg, alphas
 
 # %% ../nbs/13_runs.ipynb #232d5a77
 class GrayAsRGB(nn.Module):
     "An RGB feature network used on one-channel images: the channel repeated three times (ours, for the built-in digits)."
+
     def __init__(self, net: nn.Module):  # with `activations(x)` on [B, 3, H, W]
-        super().__init__(); self.net = net
+        super().__init__()
+        self.net = net
+
     def activations(self, x: torch.Tensor) -> dict:  # x [B, 1 or 3, H, W]
         return self.net.activations(x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x)
+
     forward = activations
 
-def convnext_features(spec: str,  # a transformers folder or 'hub id@revision'
-                      device=None) -> nn.Module:
+
+def convnext_features(
+    spec: str,  # a transformers folder or 'hub id@revision'
+    device=None,
+) -> nn.Module:
     "ConvNeXt-V2 features (`official.ConvNeXtFeatures`) for generator outputs in [−1, 1]."
     check_convnext_spec(spec)
     p = Path(str(spec)).expanduser()
     name, rev = (p, None) if p.is_dir() else hub_ref(spec)
-    return load_convnext(name, revision=rev, input_range="minus_one_one", device=device if device is not None else "cpu")
+    return load_convnext(
+        name, revision=rev, input_range="minus_one_one", device=device if device is not None else "cpu"
+    )
 
-def pixel_feature_space(cfg: TrainConfig,  # feature_encoder, mae_preset/steps, convnext, every_k_block, patch_sizes, raw_key, bf16
-                        data: ImageDataset,  # the training pixels (what a built-in MAE is pre-trained on)
-                        device=None, progress: bool = True,
-                        ) -> tuple[FeatureSpace, dict]:  # (the feature space, its record)
+
+def pixel_feature_space(
+    cfg: TrainConfig,  # feature_encoder, mae_preset/steps, convnext, every_k_block, patch_sizes, raw_key, bf16
+    data: ImageDataset,  # the training pixels (what a built-in MAE is pre-trained on)
+    device=None,
+    progress: bool = True,
+) -> tuple[FeatureSpace, dict]:  # (the feature space, its record)
     "Pixel MAE keys + ConvNeXt-V2 keys (when named) + the raw `global` key, as one frozen `FeatureSpace`."
-    if data.kind != "pixels": raise ValueError(f"pixel_feature_space needs pixel data, got kind {data.kind!r}")
+    if data.kind != "pixels":
+        raise ValueError(f"pixel_feature_space needs pixel data, got kind {data.kind!r}")
     nets, info, parts = [], {}, []
     if cfg.feature_encoder == "builtin":
-        enc, info = latent_mae_encoder(data.images, data.labels, cfg.mae_preset, cfg.mae_steps, recipe=builtin_mae_recipe(cfg), seed=cfg.seed,
-                                       device=device, progress=progress)
+        enc, info = latent_mae_encoder(
+            data.images,
+            data.labels,
+            cfg.mae_preset,
+            cfg.mae_steps,
+            recipe=builtin_mae_recipe(cfg),
+            seed=cfg.seed,
+            device=device,
+            progress=progress,
+        )
         parts.append(f"pixel MAE '{cfg.mae_preset}' (built in: {cfg.mae_steps} steps on these pixels, cached)")
     elif cfg.feature_encoder is not None:
         enc, info = load_encoder(cfg.feature_encoder, device=device or "cpu"), dict(path=str(cfg.feature_encoder))
         parts.append(f"pixel MAE from {cfg.feature_encoder}")
-    else: enc = None
-    if enc is not None: nets.append(MAEFeatures(enc, cfg.every_k_block, cfg.patch_sizes))
+    else:
+        enc = None
+    if enc is not None:
+        nets.append(MAEFeatures(enc, cfg.every_k_block, cfg.patch_sizes))
     if cfg.convnext is not None:
         cnx = convnext_features(cfg.convnext, device)
         nets.append(GrayAsRGB(cnx) if data.images.shape[1] == 1 else cnx)
         parts.append(f"ConvNeXt-V2 from {cfg.convnext}")
-    else: parts.append("no ConvNeXt-V2 (convnext=None: no weights given — offline there are none; the paper's pixel "
-                       "models add facebook/convnextv2-base-22k-224)")
-    if cfg.raw_key: parts.append("the raw 'global' key")
-    if not nets and not cfg.raw_key: raise ValueError("the pixel feature space is empty: give a feature encoder, a convnext or raw_key=True")
-    fs = FeatureSpace(FeatureStack(*nets, raw_key=cfg.raw_key), cfg.every_k_block, cfg.patch_sizes, norm_x=False,
-                      raw_key=False, bf16=cfg.bf16)
+    else:
+        parts.append(
+            "no ConvNeXt-V2 (convnext=None: no weights given — offline there are none; the paper's pixel "
+            "models add facebook/convnextv2-base-22k-224)"
+        )
+    if cfg.raw_key:
+        parts.append("the raw 'global' key")
+    if not nets and not cfg.raw_key:
+        raise ValueError("the pixel feature space is empty: give a feature encoder, a convnext or raw_key=True")
+    fs = FeatureSpace(
+        FeatureStack(*nets, raw_key=cfg.raw_key),
+        cfg.every_k_block,
+        cfg.patch_sizes,
+        norm_x=False,
+        raw_key=False,
+        bf16=cfg.bf16,
+    )
     keep = {k: v for k, v in info.items() if k in ("key", "path", "seconds", "steps", "preset", "encoder")}
     return fs, dict(keep, space="pixels", convnext=cfg.convnext, summary="pixel feature space: " + "; ".join(parts))
 
-def run_features(cfg: TrainConfig, data: ImageDataset,  # the training data in the generator's space
-                 device=None, progress: bool = True) -> tuple[FeatureSpace, dict]:
+
+def run_features(
+    cfg: TrainConfig,
+    data: ImageDataset,  # the training data in the generator's space
+    device=None,
+    progress: bool = True,
+) -> tuple[FeatureSpace, dict]:
     "The feature space of a run: `pixel_feature_space` on pixels, `feature_space` on latents; the record has a `summary`."
-    if data.kind == "pixels": return pixel_feature_space(cfg, data, device, progress)
+    if data.kind == "pixels":
+        return pixel_feature_space(cfg, data, device, progress)
     fs, info = feature_space(cfg, data, device, progress)
-    what = {"builtin": f"latent MAE '{cfg.mae_preset}' (built in)", None: "no encoder"}.get(cfg.feature_encoder, f"latent MAE from {cfg.feature_encoder}")
-    return fs, dict(info, space="latents", summary=f"latent feature space: {what}" + ("; the raw 'global' key" if cfg.raw_key else ""))
+    what = {"builtin": f"latent MAE '{cfg.mae_preset}' (built in)", None: "no encoder"}.get(
+        cfg.feature_encoder, f"latent MAE from {cfg.feature_encoder}"
+    )
+    return fs, dict(
+        info,
+        space="latents",
+        summary=f"latent feature space: {what}" + ("; the raw 'global' key" if cfg.raw_key else ""),
+    )
 
 # %% ../nbs/13_runs.ipynb #6c28859f
-def random_resized_crop(x: torch.Tensor,  # [N, C, H, W] images in [-1, 1]
-                        g: torch.Generator,  # the draws
-                        scale=(0.2, 1.0),  # share of the area kept (release)
-                        ratio=(3 / 4, 4 / 3),  # aspect-ratio range (torchvision default)
-                        ) -> torch.Tensor:  # [N, C, H, W]
+def random_resized_crop(
+    x: torch.Tensor,  # [N, C, H, W] images in [-1, 1]
+    g: torch.Generator,  # the draws
+    scale=(0.2, 1.0),  # share of the area kept (release)
+    ratio=(3 / 4, 4 / 3),  # aspect-ratio range (torchvision default)
+) -> torch.Tensor:  # [N, C, H, W]
     "torchvision's RandomResizedCrop per image, resized back to H×W (bicubic, clamped to [-1, 1])."
     N, C, H, W = x.shape
     out, lr = torch.empty_like(x), torch.tensor(ratio).log()
@@ -536,21 +827,30 @@ def random_resized_crop(x: torch.Tensor,  # [N, C, H, W] images in [-1, 1]
             r = math.exp(float(lr[0] + (lr[1] - lr[0]) * u[1]))
             w, h = round(math.sqrt(area * r)), round(math.sqrt(area / r))
             if 0 < w <= W and 0 < h <= H:
-                top, left = int(u[2] * (H - h + 1)), int(u[3] * (W - w + 1)); break
+                top, left = int(u[2] * (H - h + 1)), int(u[3] * (W - w + 1))
+                break
         else:  # the fallback: a centred crop with the ratio clamped into range
-            w, h = (W, min(H, round(W / ratio[0]))) if W / H < ratio[0] else ((min(W, round(H * ratio[1])), H) if W / H > ratio[1] else (W, H))
+            w, h = (
+                (W, min(H, round(W / ratio[0])))
+                if W / H < ratio[0]
+                else ((min(W, round(H * ratio[1])), H) if W / H > ratio[1] else (W, H))
+            )
             top, left = (H - h) // 2, (W - w) // 2
-        crop = x[i:i + 1, :, top:top + h, left:left + w].float()
+        crop = x[i : i + 1, :, top : top + h, left : left + w].float()
         out[i] = F.interpolate(crop, size=(H, W), mode="bicubic", align_corners=False).clamp(-1, 1)[0]
     return out
 
+
 class AugmentedStream(DataStream):
     "A `DataStream` whose batches are also randomly resized crops (`aug='rrc'`), drawn from (seed, batch number) alone."
+
     def batch(self, i: int):
         x, y = super().batch(i)
         return random_resized_crop(x, torch.Generator().manual_seed((self.seed + 1) * 2_000_029 + i)), y
 
+
 def data_stream(cfg: TrainConfig, ds: ImageDataset) -> DataStream:
     "The run's stream of real samples: `push_per_step` a batch, the config's flip, and its augmentation of pixels."
-    if cfg.aug is not None and ds.kind != "pixels": raise ValueError(f"aug={cfg.aug!r} augments pixels; the data are {ds.kind}")
+    if cfg.aug is not None and ds.kind != "pixels":
+        raise ValueError(f"aug={cfg.aug!r} augments pixels; the data are {ds.kind}")
     return (AugmentedStream if cfg.aug == "rrc" else DataStream)(ds, cfg.push_per_step, cfg.seed, cfg.flip)

@@ -21,22 +21,29 @@ __all__ = ['load_generator', 'training_run_config', 'generate', 'class_labels', 
            'feature_metrics', 'classifier_metrics', 'sweep_alpha']
 
 # %% ../nbs/12_sample.ipynb #0be40c44
-def load_generator(ckpt: str | os.PathLike | dict,  # a checkpoint path, a bundle folder (its last.pt) or a state dict
-                   ema: bool = True,  # the EMA weights (the paper's) or the online ones
-                   device: torch.device | str = "cpu",
-                   ) -> Generator:
+def load_generator(
+    ckpt: str | os.PathLike | dict,  # a checkpoint path, a bundle folder (its last.pt) or a state dict
+    ema: bool = True,  # the EMA weights (the paper's) or the online ones
+    device: torch.device | str = "cpu",
+) -> Generator:
     "Rebuild the generator of a training checkpoint in eval mode."
-    ckpt = train_checkpoint(ckpt if isinstance(ckpt, dict) else load_checkpoint(ckpt), "the state dict" if isinstance(ckpt, dict) else str(ckpt))
+    ckpt = train_checkpoint(
+        ckpt if isinstance(ckpt, dict) else load_checkpoint(ckpt),
+        "the state dict" if isinstance(ckpt, dict) else str(ckpt),
+    )
     model = Generator(GeneratorConfig(**ckpt["generator_config"]))
     model.load_state_dict(ckpt["ema" if ema else "model"])
     return model.to(device).eval()
 
 # %% ../nbs/12_sample.ipynb #ea04b658
-def training_run_config(checkpoint: str | os.PathLike | None,  # a run bundle folder or a checkpoint file
-                        ) -> tuple[Path, dict, dict]:  # (checkpoint file, the run's config or {}, its dataset record or {})
+def training_run_config(
+    checkpoint: str | os.PathLike | None,  # a run bundle folder or a checkpoint file
+) -> tuple[Path, dict, dict]:  # (checkpoint file, the run's config or {}, its dataset record or {})
     "The checkpoint file to evaluate, and the config and data record of the run that wrote it; clear errors for bad paths."
     import json
-    if checkpoint is None: raise ValueError("checkpoint is not set: pass a run bundle folder or a .pt file (-p checkpoint <path>)")
+
+    if checkpoint is None:
+        raise ValueError("checkpoint is not set: pass a run bundle folder or a .pt file (-p checkpoint <path>)")
     p = checkpoint_file(checkpoint)
     train_checkpoint(torch.load(p, map_location="cpu", weights_only=True, mmap=True), str(p))
     repro = p.parent.parent.parent / "provenance" / "repro.json"
@@ -45,13 +52,14 @@ def training_run_config(checkpoint: str | os.PathLike | None,  # a run bundle fo
 
 # %% ../nbs/12_sample.ipynb #0d0cca2f
 @torch.no_grad()
-def generate(model: Generator,  # a generator (eval mode)
-             labels: Tensor,  # [N] class indices
-             alpha: float | Tensor = 1.0,  # CFG scale(s) ≥ 1: a float or [N]
-             seed: int = 0,  # noise and style draw
-             batch_size: int = 512,  # samples per forward pass
-             rows: slice | None = None,  # only these samples of the call (one process's share), with the same noise
-             ) -> Tensor:  # [N, C, H, W] float32 samples on the CPU (latents for a latent generator)
+def generate(
+    model: Generator,  # a generator (eval mode)
+    labels: Tensor,  # [N] class indices
+    alpha: float | Tensor = 1.0,  # CFG scale(s) ≥ 1: a float or [N]
+    seed: int = 0,  # noise and style draw
+    batch_size: int = 512,  # samples per forward pass
+    rows: slice | None = None,  # only these samples of the call (one process's share), with the same noise
+) -> Tensor:  # [N, C, H, W] float32 samples on the CPU (latents for a latent generator)
     "1-NFE samples for `labels` at CFG scale `alpha`; the same seed gives the same samples for any batch size."
     cfg, dev = model.cfg, next(model.parameters()).device
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
@@ -59,81 +67,107 @@ def generate(model: Generator,  # a generator (eval mode)
     g = torch.Generator().manual_seed(seed)
     eps = torch.randn(n, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g)  # [N, C, H, W]
     style = model.sample_style(n, g, "cpu")  # [N, n_style]
-    alpha = torch.as_tensor(alpha, dtype=torch.float32).expand(n) if not isinstance(alpha, Tensor) or alpha.ndim == 0 else alpha
+    alpha = (
+        torch.as_tensor(alpha, dtype=torch.float32).expand(n)
+        if not isinstance(alpha, Tensor) or alpha.ndim == 0
+        else alpha
+    )
     if rows is not None:  # the noise of the whole call is drawn first, so a share is the same for any split
-        eps, style, labels, alpha = eps[rows], style[rows], labels[rows], alpha[rows]; n = labels.shape[0]
+        eps, style, labels, alpha = eps[rows], style[rows], labels[rows], alpha[rows]
+        n = labels.shape[0]
     out = []
     for i in range(0, n, batch_size):
         sl = slice(i, i + batch_size)
         out.append(model(eps[sl].to(dev), labels[sl].to(dev), alpha[sl].to(dev), style[sl].to(dev)).float().cpu())
     return torch.cat(out) if out else eps.new_zeros(0, *eps.shape[1:])
 
-def class_labels(num_classes: int,  # K
-                 per_class: int,  # samples per class
-                 classes=None,  # a subset of classes (default: all)
-                 ) -> Tensor:  # [len(classes) * per_class], class-major
+
+def class_labels(
+    num_classes: int,  # K
+    per_class: int,  # samples per class
+    classes=None,  # a subset of classes (default: all)
+) -> Tensor:  # [len(classes) * per_class], class-major
     "Labels 0,0,…,1,1,… for per-class sample grids."
     classes = torch.arange(num_classes) if classes is None else torch.as_tensor(classes, dtype=torch.long)
     return classes.repeat_interleave(per_class)
 
-def to_uint8(images: Tensor,  # [N, C, H, W] in [-1, 1]
-             ) -> np.ndarray:  # [N, H, W, C] uint8 (the bundle's predictions contract)
+
+def to_uint8(
+    images: Tensor,  # [N, C, H, W] in [-1, 1]
+) -> np.ndarray:  # [N, H, W, C] uint8 (the bundle's predictions contract)
     "Quantise images in [-1, 1] to uint8 channels-last."
-    return ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    return (
+        ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    )
 
 # %% ../nbs/12_sample.ipynb #7d05e51d
-def alpha_grid_figure(images: dict,  # {α: [K*n, C, H, W] in [-1, 1], class-major}
-                      per_class: int,  # n: columns per class block
-                      title: str = "",
-                      dpi: int = 70,
-                      ):
+def alpha_grid_figure(
+    images: dict,  # {α: [K*n, C, H, W] in [-1, 1], class-major}
+    per_class: int,  # n: columns per class block
+    title: str = "",
+    dpi: int = 70,
+):
     "One panel per α: rows are classes, columns samples (small, for notebooks and bundles)."
     import matplotlib.pyplot as plt
     from drifting.data import image_grid
+
     fig, axes = plt.subplots(1, len(images), figsize=(2.2 * len(images), 2.4), dpi=dpi, squeeze=False)
     for ax, (a, x) in zip(axes[0], images.items()):
         g = image_grid(x.detach().cpu().float(), per_class)
-        ax.imshow(g[..., 0] if g.shape[-1] == 1 else g, cmap="gray", vmin=0, vmax=1); ax.axis("off")
+        ax.imshow(g[..., 0] if g.shape[-1] == 1 else g, cmap="gray", vmin=0, vmax=1)
+        ax.axis("off")
         ax.set_title(f"α = {a:g}", fontsize=8)
-    if title: fig.suptitle(title, fontsize=9)
+    if title:
+        fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
 
 # %% ../nbs/12_sample.ipynb #3c74c6b0
-def feature_metrics(net,  # a `drifting.metrics.FeatureNet`
-                    images: Tensor,  # [N, C, H, W] generated images in [-1, 1]
-                    ref_feats: Tensor,  # [M, D] the network's features of the reference images
-                    ref_stats,  # the network's `FeatureStats` of the reference images
-                    seed: int = 0,  # subset draws of KID and the IS split order
-                    feats: Tensor | None = None, logits: Tensor | None = None,  # the images' features (and logits) if
-                                                                                 # already computed (e.g. by many processes)
-                    ) -> dict:  # fid, kid_mean, kid_std, (is_mean, is_std), precision, recall, metric_net, n
+def feature_metrics(
+    net,  # a `drifting.metrics.FeatureNet`
+    images: Tensor,  # [N, C, H, W] generated images in [-1, 1]
+    ref_feats: Tensor,  # [M, D] the network's features of the reference images
+    ref_stats,  # the network's `FeatureStats` of the reference images
+    seed: int = 0,  # subset draws of KID and the IS split order
+    feats: Tensor | None = None,
+    logits: Tensor | None = None,  # the images' features (and logits) if
+    # already computed (e.g. by many processes)
+) -> dict:  # fid, kid_mean, kid_std, (is_mean, is_std), precision, recall, metric_net, n
     "FID, KID, IS (with logits) and precision/recall of generated images in one feature network."
     from drifting.metrics import compute_fid, compute_kid, extract_features, inception_score, precision_recall
+
     if feats is None:
-        feats, logits = extract_features(net, images, logits=True) if net.has_logits else (extract_features(net, images), None)
+        feats, logits = (
+            extract_features(net, images, logits=True) if net.has_logits else (extract_features(net, images), None)
+        )
     out = dict(metric_net=net.name, n=len(images), fid=compute_fid(feats, ref_stats, net)["fid"])
     kid = compute_kid(feats, ref_feats, subset_size=1000, n_subsets=100, seed=seed)
     out.update(kid_mean=kid["kid_mean"], kid_std=kid["kid_std"], kid_subset=kid["subset_size"])
     if logits is not None and len(images) >= 10:
-        iscore = inception_score(logits, splits=10, seed=seed); out.update(is_mean=iscore["is_mean"], is_std=iscore["is_std"])
+        iscore = inception_score(logits, splits=10, seed=seed)
+        out.update(is_mean=iscore["is_mean"], is_std=iscore["is_std"])
     if len(images) > 3 and len(ref_feats) > 3:
-        pr = precision_recall(ref_feats, feats, k=3); out.update(precision=pr["precision"], recall=pr["recall"])
+        pr = precision_recall(ref_feats, feats, k=3)
+        out.update(precision=pr["precision"], recall=pr["recall"])
     return out
 
 # %% ../nbs/12_sample.ipynb #fb2b3092
-def classifier_metrics(classifier,  # a `FeatureNet` with logits for this data (e.g. `small_classifier()`)
-                       x: Tensor,  # [N, C, H, W] images in [-1, 1]
-                       labels: Tensor,  # [N] the class each image should show
-                       train=None, heldout=None,  # `ImageDataset` splits: the Fréchet reference (None: accuracy only)
-                       seed: int = 0,  # draw of the real-vs-real subset
-                       ref_feats: Tensor | None = None,  # the classifier's features of `heldout` if already computed
-                       ) -> dict:  # class_accuracy, (frechet, frechet_real_vs_real, frechet_net, precision, recall)
+def classifier_metrics(
+    classifier,  # a `FeatureNet` with logits for this data (e.g. `small_classifier()`)
+    x: Tensor,  # [N, C, H, W] images in [-1, 1]
+    labels: Tensor,  # [N] the class each image should show
+    train=None,
+    heldout=None,  # `ImageDataset` splits: the Fréchet reference (None: accuracy only)
+    seed: int = 0,  # draw of the real-vs-real subset
+    ref_feats: Tensor | None = None,  # the classifier's features of `heldout` if already computed
+) -> dict:  # class_accuracy, (frechet, frechet_real_vs_real, frechet_net, precision, recall)
     "Class accuracy; with the splits also the held-out Fréchet distance and precision/recall (k = 3) in the classifier's features."
     from drifting.metrics import extract_features, precision_recall
     from drifting.metrics_nets import class_accuracy, heldout_frechet
+
     out = dict(class_accuracy=class_accuracy(classifier, x, labels))
-    if train is None or heldout is None: return out
+    if train is None or heldout is None:
+        return out
     fd = heldout_frechet(classifier, x, train, heldout, seed=seed)
     out.update(frechet=fd["fd"], frechet_real_vs_real=fd["fd_real_vs_real"], frechet_net=fd["feature_net"])
     if len(x) > 3 and len(heldout) > 3:
@@ -142,36 +176,56 @@ def classifier_metrics(classifier,  # a `FeatureNet` with logits for this data (
         out.update(precision=pr["precision"], recall=pr["recall"])
     return out
 
-def sweep_alpha(model: Generator,  # the generator (EMA weights for the paper's numbers)
-                alphas,  # CFG scales to evaluate
-                per_class: int,  # samples per class at each α
-                decode=None,  # latents -> images in [-1, 1] (e.g. `Tokenizer.decode`); None: samples are images (clipped to [-1, 1])
-                classifier=None,  # a `FeatureNet` with logits for this data (e.g. `small_classifier()`), or None
-                train=None, heldout=None,  # `ImageDataset` splits for the Fréchet reference (with a classifier)
-                seed: int = 0,  # noise draw (shared by all α)
-                progress: bool = True,
-                metric_net=None,  # a `FeatureNet` for FID/KID/IS/precision-recall (e.g. TF-Inception), or None
-                ref_feats: Tensor | None = None,  # [M, D] its features of the reference images
-                ref_stats=None,  # its `FeatureStats` of the reference (e.g. `reference_stats(net, heldout)`)
-                samples: dict | None = None,  # {α: dict(raw, images, feats, logits)} made elsewhere
-                                              # (`distributed.eval_local`); None: generated here
-                ) -> tuple[list, dict, dict]:  # (rows of metrics per α, {α: images}, {α: raw samples})
+
+def sweep_alpha(
+    model: Generator,  # the generator (EMA weights for the paper's numbers)
+    alphas,  # CFG scales to evaluate
+    per_class: int,  # samples per class at each α
+    # latents -> images in [-1, 1] (e.g. `Tokenizer.decode`); None: samples are images (clipped to [-1, 1])
+    decode=None,
+    classifier=None,  # a `FeatureNet` with logits for this data (e.g. `small_classifier()`), or None
+    train=None,
+    heldout=None,  # `ImageDataset` splits for the Fréchet reference (with a classifier)
+    seed: int = 0,  # noise draw (shared by all α)
+    progress: bool = True,
+    metric_net=None,  # a `FeatureNet` for FID/KID/IS/precision-recall (e.g. TF-Inception), or None
+    ref_feats: Tensor | None = None,  # [M, D] its features of the reference images
+    ref_stats=None,  # its `FeatureStats` of the reference (e.g. `reference_stats(net, heldout)`)
+    samples: dict | None = None,  # {α: dict(raw, images, feats, logits)} made elsewhere
+    # (`distributed.eval_local`); None: generated here
+) -> tuple[list, dict, dict]:  # (rows of metrics per α, {α: images}, {α: raw samples})
     "Samples of every class at each α, decoded, with `classifier_metrics` and `feature_metrics` when possible."
     from tqdm.auto import tqdm
     from drifting.metrics import extract_features
+
     if metric_net is not None and (ref_feats is None or ref_stats is None):
         raise ValueError("metric_net needs ref_feats and ref_stats of the reference images")
     labels = class_labels(model.cfg.num_classes, per_class)
-    cls_ref = None if classifier is None or heldout is None else extract_features(classifier, heldout.images)  # once for every α
+    cls_ref = (
+        None if classifier is None or heldout is None else extract_features(classifier, heldout.images)
+    )  # once for every α
     rows, images, raw = [], {}, {}
     for a in tqdm(list(alphas), desc="α sweep", disable=not progress):
         pre = None if samples is None else samples[float(a)]
         z = generate(model, labels, float(a), seed=seed) if pre is None else pre["raw"]
-        x = (decode(z) if decode is not None else z.clamp(-1, 1)) if pre is None else pre["images"]  # pixels: clipped, as the release clips when it saves images
+        x = (
+            (decode(z) if decode is not None else z.clamp(-1, 1)) if pre is None else pre["images"]
+        )  # pixels: clipped, as the release clips when it saves images
         row = dict(alpha=float(a), n=len(labels))
-        if classifier is not None: row.update(classifier_metrics(classifier, x, labels, train, heldout, seed=seed, ref_feats=cls_ref))
+        if classifier is not None:
+            row.update(classifier_metrics(classifier, x, labels, train, heldout, seed=seed, ref_feats=cls_ref))
         if metric_net is not None:
-            row.update(feature_metrics(metric_net, x, ref_feats, ref_stats, seed=seed,
-                                       **({} if pre is None else dict(feats=pre["feats"], logits=pre["logits"]))))
-        rows.append(row); images[float(a)] = x; raw[float(a)] = z
+            row.update(
+                feature_metrics(
+                    metric_net,
+                    x,
+                    ref_feats,
+                    ref_stats,
+                    seed=seed,
+                    **({} if pre is None else dict(feats=pre["feats"], logits=pre["logits"])),
+                )
+            )
+        rows.append(row)
+        images[float(a)] = x
+        raw[float(a)] = z
     return rows, images, raw

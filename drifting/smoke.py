@@ -20,91 +20,143 @@ __all__ = ['MANIFEST_NAME', 'LOCK_NAME', 'project_root', 'parse_lock', 'pip_chec
 # %% ../nbs/10b_smoke.ipynb #b3570344
 MANIFEST_NAME, LOCK_NAME = "environment.manifest.json", "requirements.lock.txt"
 
+
 def project_root() -> Path:
     "The drifting checkout: `$DRIFTING_ROOT`, else the folder holding the `drifting` package."
-    if os.environ.get("DRIFTING_ROOT"): return Path(os.environ["DRIFTING_ROOT"]).resolve()
+    if os.environ.get("DRIFTING_ROOT"):
+        return Path(os.environ["DRIFTING_ROOT"]).resolve()
     return Path(importlib.util.find_spec("drifting").origin).resolve().parent.parent
 
 # %% ../nbs/10b_smoke.ipynb #a1bc30aa
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?==([^\s;\\]+)")
+
 
 def parse_lock(path: str | os.PathLike) -> dict[str, str]:
     "The pins of a lock file as {normalised name: version}; a clear error on a line that is not a pin."
     pins = {}
     for i, line in enumerate(Path(path).read_text().splitlines(), 1):
         s = line.strip()
-        if not s or s.startswith("#") or s.startswith("--") or s.startswith("-"): continue
+        if not s or s.startswith("#") or s.startswith("--") or s.startswith("-"):
+            continue
         m = _PIN.match(s)
-        if not m: raise ValueError(f"{path}:{i}: not an exact pin (name==version): {s!r}")
+        if not m:
+            raise ValueError(f"{path}:{i}: not an exact pin (name==version): {s!r}")
         pins[norm_name(m[1])] = m[3]
-    if not pins: raise ValueError(f"{path}: no pins found")
+    if not pins:
+        raise ValueError(f"{path}: no pins found")
     return pins
 
+
 def _same_version(installed: str, pinned: str) -> bool:
-    try: return Version(installed).public == Version(pinned).public and (not Version(pinned).local or installed == pinned)
-    except InvalidVersion: return installed == pinned
+    try:
+        return Version(installed).public == Version(pinned).public and (
+            not Version(pinned).local or installed == pinned
+        )
+    except InvalidVersion:
+        return installed == pinned
 
 # %% ../nbs/10b_smoke.ipynb #e0106a54
 _PIP_CHECK: dict[str, dict] = {}
 
+
 def _install_state() -> str:
     "A key that changes whenever a distribution is installed or removed: the interpreter and its package folders' mtimes."
-    dirs = sorted({str(Path(p).resolve()) for p in sys.path if p and Path(p).is_dir() and any(Path(p).glob("*.dist-info"))})
+    dirs = sorted(
+        {str(Path(p).resolve()) for p in sys.path if p and Path(p).is_dir() and any(Path(p).glob("*.dist-info"))}
+    )
     return json.dumps([sys.prefix, [(d, os.stat(d).st_mtime_ns) for d in dirs]])
+
 
 def _cache_file() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "drifting" / "pip_check.json"
 
+
 def pip_check(refresh: bool = False) -> dict:
     "`python -m pip check` for this interpreter: {'ok', 'output', 'cached'}; reused while no package is (un)installed."
     key = _install_state()
-    if not refresh and key in _PIP_CHECK: return _PIP_CHECK[key]
-    try: disk = json.loads(_cache_file().read_text())
-    except (OSError, ValueError): disk = {}
+    if not refresh and key in _PIP_CHECK:
+        return _PIP_CHECK[key]
+    try:
+        disk = json.loads(_cache_file().read_text())
+    except (OSError, ValueError):
+        disk = {}
     if not refresh and disk.get("key") == key and isinstance(disk.get("result"), dict):
-        _PIP_CHECK[key] = dict(disk["result"], cached=True); return _PIP_CHECK[key]
+        _PIP_CHECK[key] = dict(disk["result"], cached=True)
+        return _PIP_CHECK[key]
     try:
         r = subprocess.run([sys.executable, "-m", "pip", "check"], capture_output=True, text=True, timeout=120)
         res = dict(ok=r.returncode == 0, output=(r.stdout + r.stderr).strip()[-2000:], cached=False)
-    except (OSError, subprocess.TimeoutExpired) as e: res = dict(ok=False, output=str(e), cached=False)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        res = dict(ok=False, output=str(e), cached=False)
     _PIP_CHECK[key] = res
     try:  # best effort: a read-only home only costs the next run a fresh check
         _cache_file().parent.mkdir(parents=True, exist_ok=True)
-        tmp = _cache_file().with_suffix(f".{os.getpid()}.tmp"); tmp.write_text(json.dumps(dict(key=key, result=res)))
+        tmp = _cache_file().with_suffix(f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(dict(key=key, result=res)))
         os.replace(tmp, _cache_file())
-    except OSError: pass
+    except OSError:
+        pass
     return res
 
+
 def _version_of(mod: str) -> str | None:
-    try: return md.version({"yaml": "pyyaml", "sklearn": "scikit-learn"}.get(mod, mod))
+    try:
+        return md.version({"yaml": "pyyaml", "sklearn": "scikit-learn"}.get(mod, mod))
     except md.PackageNotFoundError:
         v = getattr(sys.modules.get(mod), "__version__", None)
         return v if isinstance(v, str) else None
 
-def smoke_test(root: str | os.PathLike | None = None,  # project root holding the manifest and the lock
-               manifest: str | os.PathLike | None = None,  # manifest path (default: root/environment.manifest.json)
-               run_pip_check: bool = True,  # run `pip check` (cached per process)
-               ) -> dict:
+
+def smoke_test(
+    root: str | os.PathLike | None = None,  # project root holding the manifest and the lock
+    manifest: str | os.PathLike | None = None,  # manifest path (default: root/environment.manifest.json)
+    run_pip_check: bool = True,  # run `pip check` (cached per process)
+) -> dict:
     "Observe the environment and compare it with the manifest: {'ok', 'checks', 'expected', 'observed', 'seconds'}."
-    t0 = time.perf_counter(); root = Path(root) if root is not None else project_root()
+    t0 = time.perf_counter()
+    root = Path(root) if root is not None else project_root()
     mpath = Path(manifest) if manifest is not None else root / MANIFEST_NAME
     checks, exp = [], {}
-    def check(name, ok, detail="", severity="error"): checks.append(dict(name=name, ok=bool(ok), severity=severity, detail=str(detail)))
-    obs = dict(python=dict(version=platform.python_version(), executable=sys.executable),
-               platform=dict(os_family=os.name, system=platform.system(), machine=platform.machine(),
-                             platform=platform.platform()), manifest=str(mpath))
-    try: exp = json.loads(mpath.read_text()); check("manifest", isinstance(exp, dict), f"{mpath} parses")
-    except (OSError, ValueError) as e: check("manifest", False, f"cannot read {mpath}: {e}; run from a drifting checkout or pass manifest=")
-    if not isinstance(exp, dict): exp = {}
+
+    def check(name, ok, detail="", severity="error"):
+        checks.append(dict(name=name, ok=bool(ok), severity=severity, detail=str(detail)))
+
+    obs = dict(
+        python=dict(version=platform.python_version(), executable=sys.executable),
+        platform=dict(
+            os_family=os.name, system=platform.system(), machine=platform.machine(), platform=platform.platform()
+        ),
+        manifest=str(mpath),
+    )
+    try:
+        exp = json.loads(mpath.read_text())
+        check("manifest", isinstance(exp, dict), f"{mpath} parses")
+    except (OSError, ValueError) as e:
+        check("manifest", False, f"cannot read {mpath}: {e}; run from a drifting checkout or pass manifest=")
+    if not isinstance(exp, dict):
+        exp = {}
     if "python" in exp:
-        try: check("python", platform.python_version() in SpecifierSet(exp["python"]), f"{platform.python_version()} vs {exp['python']}")
-        except InvalidSpecifier as e: check("python", False, f"bad python range in manifest: {e}")
-    if "os_family" in exp: check("os_family", os.name == exp["os_family"], f"{os.name} vs {exp['os_family']}")
-    if "systems" in exp: check("system", platform.system() in exp["systems"], f"{platform.system()} vs {exp['systems']}")
+        try:
+            check(
+                "python",
+                platform.python_version() in SpecifierSet(exp["python"]),
+                f"{platform.python_version()} vs {exp['python']}",
+            )
+        except InvalidSpecifier as e:
+            check("python", False, f"bad python range in manifest: {e}")
+    if "os_family" in exp:
+        check("os_family", os.name == exp["os_family"], f"{os.name} vs {exp['os_family']}")
+    if "systems" in exp:
+        check("system", platform.system() in exp["systems"], f"{platform.system()} vs {exp['systems']}")
     imports = obs["imports"] = {}
     for mod in exp.get("required_imports", []):
-        try: importlib.import_module(mod); imports[mod] = _version_of(mod) or "imported"; check(f"import {mod}", True, imports[mod])
-        except Exception as e: imports[mod] = None; check(f"import {mod}", False, f"{type(e).__name__}: {e}")
+        try:
+            importlib.import_module(mod)
+            imports[mod] = _version_of(mod) or "imported"
+            check(f"import {mod}", True, imports[mod])
+        except Exception as e:
+            imports[mod] = None
+            check(f"import {mod}", False, f"{type(e).__name__}: {e}")
     for mod in exp.get("required_modules", []):
         found = mod in sys.modules or importlib.util.find_spec(mod) is not None
         imports[mod] = (_version_of(mod) or "found") if found else None
@@ -114,31 +166,51 @@ def smoke_test(root: str | os.PathLike | None = None,  # project root holding th
         venv_tool = Path(sys.executable).parent / tool
         tools[tool] = shutil.which(tool) or (str(venv_tool) if venv_tool.exists() else None)
         check(f"tool {tool}", tools[tool], tools[tool] or f"{tool} not on PATH nor next to {sys.executable}")
-    lpath = root / exp.get("lock_file", LOCK_NAME); obs["lock"] = dict(path=str(lpath))
+    lpath = root / exp.get("lock_file", LOCK_NAME)
+    obs["lock"] = dict(path=str(lpath))
     try:
-        pins = parse_lock(lpath); obs["lock"]["n_pins"] = len(pins); check("lock", True, f"{len(pins)} pins")
+        pins = parse_lock(lpath)
+        obs["lock"]["n_pins"] = len(pins)
+        check("lock", True, f"{len(pins)} pins")
         inst = installed_packages()
-        bad = sorted(f"{n}: installed {inst.get(n)} locked {v}" for n, v in pins.items()
-                     if n in inst and not _same_version(inst[n], v))
+        bad = sorted(
+            f"{n}: installed {inst.get(n)} locked {v}"
+            for n, v in pins.items()
+            if n in inst and not _same_version(inst[n], v)
+        )
         missing = sorted(n for n in pins if n not in inst)
         obs["lock"].update(mismatched=bad, missing=missing)
-        check("lock matches installed", not bad and not missing, "; ".join(bad + [f"{n}: not installed" for n in missing])[:2000] or "all pins installed", "warning")
-    except (OSError, ValueError) as e: check("lock", False, f"cannot read the lock file: {e}")
+        check(
+            "lock matches installed",
+            not bad and not missing,
+            "; ".join(bad + [f"{n}: not installed" for n in missing])[:2000] or "all pins installed",
+            "warning",
+        )
+    except (OSError, ValueError) as e:
+        check("lock", False, f"cannot read the lock file: {e}")
     if run_pip_check:
-        obs["pip_check"] = pip_check(); check("pip check", obs["pip_check"]["ok"], obs["pip_check"]["output"])
+        obs["pip_check"] = pip_check()
+        check("pip check", obs["pip_check"]["ok"], obs["pip_check"]["output"])
     ok = all(c["ok"] for c in checks if c["severity"] == "error")
-    return dict(schema_version="1", ok=ok, checks=checks, expected=exp, observed=obs, seconds=round(time.perf_counter() - t0, 3))
+    return dict(
+        schema_version="1", ok=ok, checks=checks, expected=exp, observed=obs, seconds=round(time.perf_counter() - t0, 3)
+    )
+
 
 class SmokeGateError(RuntimeError):
     "The environment does not match `environment.manifest.json`: the run stops before any work."
+
 
 def failed_checks(record: dict) -> list[str]:
     "One line per failed error-level check of a smoke record."
     return [f"{c['name']}: {c['detail']}" for c in record["checks"] if c["severity"] == "error" and not c["ok"]]
 
+
 def smoke_gate(**kwargs) -> dict:
     "Run `smoke_test(**kwargs)`; raise `SmokeGateError` listing what failed, else return the record."
     rec = smoke_test(**kwargs)
     if not rec["ok"]:
-        raise SmokeGateError("environment smoke gate failed (see environment.manifest.json):\n  " + "\n  ".join(failed_checks(rec)))
+        raise SmokeGateError(
+            "environment smoke gate failed (see environment.manifest.json):\n  " + "\n  ".join(failed_checks(rec))
+        )
     return rec

@@ -22,82 +22,122 @@ __all__ = ['SD_VAE_ID', 'PINNED_REVISIONS', 'VAE_ALIASES', 'item_noise', 'item_s
            'export_latent_cache']
 
 # %% ../nbs/08_tokenizer.ipynb #f41b600a
-def item_noise(seeds: torch.Tensor,  # [B] int64, one seed per item
-               shape: tuple,  # (C, h, w) latent shape of one item
-               ) -> torch.Tensor:  # [B, C, h, w] float32 standard normal, on the CPU
+def item_noise(
+    seeds: torch.Tensor,  # [B] int64, one seed per item
+    shape: tuple,  # (C, h, w) latent shape of one item
+) -> torch.Tensor:  # [B, C, h, w] float32 standard normal, on the CPU
     "Standard normal noise drawn item by item from `torch.Generator().manual_seed(seed)`: independent of batching."
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
 
-def item_seeds(seed: int,  # export seed
-               index: torch.Tensor,  # [B] int64 item indices in the dataset
-               flip: bool = False,  # the flipped copy of the item gets its own stream
-               ) -> torch.Tensor:  # [B] int64 in [0, 2**63)
+
+def item_seeds(
+    seed: int,  # export seed
+    index: torch.Tensor,  # [B] int64 item indices in the dataset
+    flip: bool = False,  # the flipped copy of the item gets its own stream
+) -> torch.Tensor:  # [B] int64 in [0, 2**63)
     "Per-item noise seeds derived by hashing (seed, index, flip): stable across runs, machines and orders."
-    return torch.tensor([int.from_bytes(hashlib.sha256(f"{seed}:{int(i)}:{int(flip)}".encode()).digest()[:8],
-                                        "little") >> 1 for i in index], dtype=torch.int64)
+    return torch.tensor(
+        [
+            int.from_bytes(hashlib.sha256(f"{seed}:{int(i)}:{int(flip)}".encode()).digest()[:8], "little") >> 1
+            for i in index
+        ],
+        dtype=torch.int64,
+    )
 
 # %% ../nbs/08_tokenizer.ipynb #d9522fec
 class Tokenizer:
     "An `AutoencoderKL` with scaled, batched, seeded `encode` and `decode` (images in [-1, 1])."
-    def __init__(self, vae: AutoencoderKL,  # the autoencoder (put in eval mode, frozen)
-                 name: str,  # id recorded in latent caches, e.g. 'stabilityai/sd-vae-ft-mse@<sha>'
-                 device: torch.device | str | None = None,  # None: the device the weights are on
-                 batch_size: int = 64,  # items per forward pass
-                 info: dict | None = None):  # extra provenance (revision, source path, training record)
-        if not isinstance(vae, AutoencoderKL): raise TypeError(f"expected a diffusers AutoencoderKL, got {type(vae)}")
+
+    def __init__(
+        self,
+        vae: AutoencoderKL,  # the autoencoder (put in eval mode, frozen)
+        name: str,  # id recorded in latent caches, e.g. 'stabilityai/sd-vae-ft-mse@<sha>'
+        device: torch.device | str | None = None,  # None: the device the weights are on
+        batch_size: int = 64,  # items per forward pass
+        info: dict | None = None,
+    ):  # extra provenance (revision, source path, training record)
+        if not isinstance(vae, AutoencoderKL):
+            raise TypeError(f"expected a diffusers AutoencoderKL, got {type(vae)}")
         if vae.config.scaling_factor is None or not vae.config.scaling_factor > 0:
-            raise ValueError(f"the VAE config has scaling_factor={vae.config.scaling_factor!r}: set a positive one "
-                             "(1/std of its latents) with vae.register_to_config(scaling_factor=...)")
+            raise ValueError(
+                f"the VAE config has scaling_factor={vae.config.scaling_factor!r}: set a positive one "
+                "(1/std of its latents) with vae.register_to_config(scaling_factor=...)"
+            )
         self.device = torch.device(device) if device is not None else next(vae.parameters()).device
         self.vae = vae.to(self.device).eval().requires_grad_(False)
         self.name, self.batch_size, self.info, self._fp = name, batch_size, dict(info or {}), None
+
     @property
-    def scaling_factor(self) -> float: return float(self.vae.config.scaling_factor)
+    def scaling_factor(self) -> float:
+        return float(self.vae.config.scaling_factor)
+
     @property
-    def shift_factor(self) -> float: return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+    def shift_factor(self) -> float:
+        return float(getattr(self.vae.config, "shift_factor", None) or 0.0)
+
     @property
-    def downsample(self) -> int: return 2 ** (len(self.vae.config.block_out_channels) - 1)
+    def downsample(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
     def latent_shape(self, image_shape: tuple) -> tuple:  # (C, H, W) -> (latent_channels, H/f, W/f)
         "The shape of one item's latent for an image of shape (C, H, W)."
         h, w = image_shape[-2:]
         if h % self.downsample or w % self.downsample:
             raise ValueError(f"image size {h}x{w} is not divisible by the VAE downsampling factor {self.downsample}")
         return (self.vae.config.latent_channels, h // self.downsample, w // self.downsample)
+
     def fingerprint(self) -> str:
         "sha256 of the config and every weight (computed once)."
         if self._fp is None:
             sd = self.vae.state_dict()
-            self._fp = sha256_json(dict(config={k: v for k, v in self.vae.config.items() if not k.startswith("_")},
-                                        weights=sha256_arrays(*[sd[k] for k in sorted(sd)]), names=sorted(sd)))
+            self._fp = sha256_json(
+                dict(
+                    config={k: v for k, v in self.vae.config.items() if not k.startswith("_")},
+                    weights=sha256_arrays(*[sd[k] for k in sorted(sd)]),
+                    names=sorted(sd),
+                )
+            )
         return self._fp
+
     def describe(self) -> dict:
         "JSON-able provenance: name, fingerprint, scale, shift, downsampling and extra info."
-        return dict(encoder=self.name, encoder_fingerprint=self.fingerprint(), scaling_factor=self.scaling_factor,
-                    shift_factor=self.shift_factor, downsample=self.downsample, **self.info)
+        return dict(
+            encoder=self.name,
+            encoder_fingerprint=self.fingerprint(),
+            scaling_factor=self.scaling_factor,
+            shift_factor=self.shift_factor,
+            downsample=self.downsample,
+            **self.info,
+        )
 
     def _prep(self, x: torch.Tensor) -> torch.Tensor:  # [b, C, H, W] on the model's device and dtype
         want = self.vae.config.in_channels
-        if x.ndim != 4: raise ValueError(f"images must be [B, C, H, W], got shape {tuple(x.shape)}")
-        if x.shape[1] == 1 and want == 3: x = x.expand(-1, 3, -1, -1)  # grey -> RGB
+        if x.ndim != 4:
+            raise ValueError(f"images must be [B, C, H, W], got shape {tuple(x.shape)}")
+        if x.shape[1] == 1 and want == 3:
+            x = x.expand(-1, 3, -1, -1)  # grey -> RGB
         if x.shape[1] != want:
             raise ValueError(f"images have {x.shape[1]} channels but the VAE expects {want}")
         return x.to(self.device, self.vae.dtype)
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor,  # [B, C, H, W] images in [-1, 1]
-               sample: bool = True,  # posterior sample (the release) or its mean
-               generator: torch.Generator | None = None,  # noise source when sampling (its device's noise)
-               seeds: torch.Tensor | None = None,  # [B] per-item seeds (see `item_noise`); overrides `generator`
-               ) -> torch.Tensor:  # [B, latent_channels, H/f, W/f] scaled latents, on x's device
+    def encode(
+        self,
+        x: torch.Tensor,  # [B, C, H, W] images in [-1, 1]
+        sample: bool = True,  # posterior sample (the release) or its mean
+        generator: torch.Generator | None = None,  # noise source when sampling (its device's noise)
+        seeds: torch.Tensor | None = None,  # [B] per-item seeds (see `item_noise`); overrides `generator`
+    ) -> torch.Tensor:  # [B, latent_channels, H/f, W/f] scaled latents, on x's device
         "Scaled latents s·(z - b) of images: a seeded posterior sample or the posterior mean."
         if seeds is not None and len(seeds) != len(x):
             raise ValueError(f"seeds has {len(seeds)} entries for {len(x)} images; give one seed per image")
         out = []
         for i in range(0, len(x), self.batch_size):
-            post = self.vae.encode(self._prep(x[i:i + self.batch_size])).latent_dist
+            post = self.vae.encode(self._prep(x[i : i + self.batch_size])).latent_dist
             z = post.mean  # [b, c, h, w]
             if sample:
-                if seeds is not None: eps = item_noise(seeds[i:i + self.batch_size], z.shape[1:])
+                if seeds is not None:
+                    eps = item_noise(seeds[i : i + self.batch_size], z.shape[1:])
                 else:
                     g_dev = generator.device if generator is not None else z.device
                     eps = torch.randn(z.shape, generator=generator, device=g_dev)  # as diffusers' randn_tensor
@@ -106,19 +146,23 @@ class Tokenizer:
         return torch.cat(out)
 
     @torch.no_grad()
-    def decode(self, z: torch.Tensor,  # [B, latent_channels, h, w] scaled latents
-               clamp: bool = True,  # clip the images to [-1, 1]
-               ) -> torch.Tensor:  # [B, out_channels, h*f, w*f] images, on z's device
+    def decode(
+        self,
+        z: torch.Tensor,  # [B, latent_channels, h, w] scaled latents
+        clamp: bool = True,  # clip the images to [-1, 1]
+    ) -> torch.Tensor:  # [B, out_channels, h*f, w*f] images, on z's device
         "Images from scaled latents: D(z/s + b)."
         if z.ndim != 4 or z.shape[1] != self.vae.config.latent_channels:
             raise ValueError(f"latents must be [B, {self.vae.config.latent_channels}, h, w], got {tuple(z.shape)}")
         out = []
         for i in range(0, len(z), self.batch_size):
-            zb = z[i:i + self.batch_size].to(self.device, self.vae.dtype) / self.scaling_factor + self.shift_factor
+            zb = z[i : i + self.batch_size].to(self.device, self.vae.dtype) / self.scaling_factor + self.shift_factor
             x = self.vae.decode(zb).sample.float()  # [b, C, H, W]
             out.append((x.clamp(-1, 1) if clamp else x).to(z.device))
         return torch.cat(out)
-    def __repr__(self): return f"Tokenizer({self.name!r}, scaling_factor={self.scaling_factor:.6g}, f={self.downsample})"
+
+    def __repr__(self):
+        return f"Tokenizer({self.name!r}, scaling_factor={self.scaling_factor:.6g}, f={self.downsample})"
 
 # %% ../nbs/08_tokenizer.ipynb #3dd31c1e
 SD_VAE_ID = "stabilityai/sd-vae-ft-mse"  # spec §5.1 (PyTorch weights of pcuenq/sd-vae-ft-mse-flax)
@@ -126,18 +170,22 @@ PINNED_REVISIONS = {SD_VAE_ID: "31f26fdeee1355a5c34592e401dd41e45d25a493"}  # hu
 VAE_ALIASES = {"sd-vae-ft-mse": SD_VAE_ID, "sd-vae": SD_VAE_ID}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
-def load_vae(spec: str | os.PathLike,  # a hub id/alias, or a save_pretrained directory
-             revision: str | None = None,  # hub commit; pinned by default for the SD-VAE, required for other ids
-             device: torch.device | str | None = None,  # where to run (default: CPU, as loaded)
-             batch_size: int = 64,  # items per forward pass
-             subfolder: str | None = None,  # e.g. 'vae' inside a pipeline repository or directory
-             **kwargs,  # passed on to from_pretrained (cache_dir, local_files_only, torch_dtype)
-             ) -> Tokenizer:
+
+def load_vae(
+    spec: str | os.PathLike,  # a hub id/alias, or a save_pretrained directory
+    revision: str | None = None,  # hub commit; pinned by default for the SD-VAE, required for other ids
+    device: torch.device | str | None = None,  # where to run (default: CPU, as loaded)
+    batch_size: int = 64,  # items per forward pass
+    subfolder: str | None = None,  # e.g. 'vae' inside a pipeline repository or directory
+    **kwargs,  # passed on to from_pretrained (cache_dir, local_files_only, torch_dtype)
+) -> Tokenizer:
     "Load an `AutoencoderKL` as a `Tokenizer` from the hub (pinned revision) or a local directory."
     s = str(spec)
     if s == "builtin":
-        raise ValueError("the built-in VAE is `drifting.builtin_vae.builtin_vae()`; `drifting.runs.get_vae(spec)` "
-                         "takes 'builtin' as well as hub ids and directories")
+        raise ValueError(
+            "the built-in VAE is `drifting.builtin_vae.builtin_vae()`; `drifting.runs.get_vae(spec)` "
+            "takes 'builtin' as well as hub ids and directories"
+        )
     s = VAE_ALIASES.get(s, s)
     kwargs.setdefault("low_cpu_mem_usage", is_accelerate_available())  # without accelerate: no warning, same result
     p = Path(s).expanduser()
@@ -148,43 +196,61 @@ def load_vae(spec: str | os.PathLike,  # a hub id/alias, or a save_pretrained di
         vae = AutoencoderKL.from_pretrained(p, subfolder=subfolder, **kwargs)
         return Tokenizer(vae, f"local:{p.resolve().name}", device, batch_size, dict(source=str(p.resolve())))
     if s.startswith((".", "/", "~")) or not _HUB_ID.match(s):
-        raise FileNotFoundError(f"VAE {s!r} is not 'builtin', not an existing directory and not a hub id like "
-                                f"'{SD_VAE_ID}'")
+        raise FileNotFoundError(
+            f"VAE {s!r} is not 'builtin', not an existing directory and not a hub id like '{SD_VAE_ID}'"
+        )
     rev = revision or PINNED_REVISIONS.get(s)
     if rev is None:
-        raise ValueError(f"hub VAE {s!r} has no pinned revision: pass revision=<commit sha> (or revision='main' to "
-                         "accept whatever the hub holds today)")
+        raise ValueError(
+            f"hub VAE {s!r} has no pinned revision: pass revision=<commit sha> (or revision='main' to "
+            "accept whatever the hub holds today)"
+        )
     vae = AutoencoderKL.from_pretrained(s, revision=rev, subfolder=subfolder, **kwargs)
     return Tokenizer(vae, f"{s}@{rev}", device, batch_size, dict(source=s, revision=rev, subfolder=subfolder))
 
 # %% ../nbs/08_tokenizer.ipynb #a6df68a0
-def check_vae_spec(spec,  # the `vae` parameter of a run
-                   revision: str | None = None,  # an explicit hub revision
-                   ):
+def check_vae_spec(
+    spec,  # the `vae` parameter of a run
+    revision: str | None = None,  # an explicit hub revision
+):
     "Refuse a `vae` that `load_vae` would refuse, without loading anything (run notebooks call it before a bundle exists)."
     s = str(spec)
-    if s == "builtin": return spec
-    s = VAE_ALIASES.get(s, s); p = Path(s).expanduser()
+    if s == "builtin":
+        return spec
+    s = VAE_ALIASES.get(s, s)
+    p = Path(s).expanduser()
     if p.is_dir():
         if not (p / "config.json").exists() and not (p / "vae" / "config.json").exists():
-            raise FileNotFoundError(f"vae={s!r} is a folder without config.json: not written by AutoencoderKL.save_pretrained")
+            raise FileNotFoundError(
+                f"vae={s!r} is a folder without config.json: not written by AutoencoderKL.save_pretrained"
+            )
         return spec
     if s.startswith((".", "/", "~")) or not _HUB_ID.match(s):
-        raise FileNotFoundError(f"vae={s!r} is not 'builtin', not an existing directory and not a hub id like '{SD_VAE_ID}'")
+        raise FileNotFoundError(
+            f"vae={s!r} is not 'builtin', not an existing directory and not a hub id like '{SD_VAE_ID}'"
+        )
     if (revision or PINNED_REVISIONS.get(s)) is None:
-        raise ValueError(f"hub VAE {s!r} has no pinned revision: pass a save_pretrained folder or a pinned id ({sorted(PINNED_REVISIONS)})")
+        raise ValueError(
+            f"hub VAE {s!r} has no pinned revision: pass a save_pretrained folder or a pinned id ({sorted(PINNED_REVISIONS)})"
+        )
     return spec
 
 # %% ../nbs/08_tokenizer.ipynb #d3716060
 class _Items(torch.utils.data.Dataset):
     "Item i to encode: (image [C, H, W] in [-1, 1], i, sha256 of its file or ''), from memory or decoded from a file."
+
     def __init__(self, images=None, files=None, resolution=None):
         self.images, self.files, self.resolution = images, files, resolution
-    def __len__(self): return len(self.files) if self.files is not None else len(self.images)
+
+    def __len__(self):
+        return len(self.files) if self.files is not None else len(self.images)
+
     def __getitem__(self, i):
-        if self.files is None: return self.images[i], i, ""
+        if self.files is None:
+            return self.images[i], i, ""
         f = self.files[i]
         return load_image(f, self.resolution), i, hashlib.sha256(f.read_bytes()).hexdigest()
+
 
 def _rank_and_world(rank, world_size) -> tuple:
     if rank is not None or world_size is not None:
@@ -193,54 +259,98 @@ def _rank_and_world(rank, world_size) -> tuple:
         return rank, world_size
     return (dist.get_rank(), dist.get_world_size()) if dist.is_available() and dist.is_initialized() else (0, 1)
 
+
 def _folder_fingerprint(root: Path, files: list, classes: list, resolution, recs: list) -> str:
     "`load_image_folder(root, resolution).fingerprint`, from the file digests the shards recorded."
     h, digests = hashlib.sha256(), [x for r in recs for x in r["source_sha256"]]
-    for f, x in zip(files, digests): h.update(str(f.relative_to(root)).encode()); h.update(bytes.fromhex(x))
-    return sha256_json(dict(source=h.hexdigest(), classes=classes, resolution=resolution,
-                            resize="adm_center_crop" if resolution else None, max_per_class=None, channels=3))
+    for f, x in zip(files, digests):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(bytes.fromhex(x))
+    return sha256_json(
+        dict(
+            source=h.hexdigest(),
+            classes=classes,
+            resolution=resolution,
+            resize="adm_center_crop" if resolution else None,
+            max_per_class=None,
+            channels=3,
+        )
+    )
 
-def export_latent_cache(data: ImageDataset | str | os.PathLike,  # dataset, built-in name, or class-folder directory
-                        tokenizer: Tokenizer,  # the encoder
-                        out_dir: str | os.PathLike,  # sharded cache directory (created; resumed if present)
-                        batch_size: int = 64,  # items per forward pass
-                        flip: bool = True,  # also store the latents of the horizontally flipped images
-                        chunk_size: int = 1024,  # items per shard (the resume granularity)
-                        seed: int = 0,  # noise seed; item i uses item_seeds(seed, i, flip)
-                        sample: bool = True,  # posterior sample (the release) or mean
-                        dtype: str = "float32",  # stored dtype: 'float32' or 'float16'
-                        progress: bool = True,  # a bar over items, with images/s
-                        max_chunks: int | None = None,  # stop after writing this many shards (None: to the end)
-                        num_workers: int = 0,  # DataLoader worker processes decoding images (0: in this process)
-                        rank: int | None = None, world_size: int | None = None,  # this process's share (default:
-                                                                                 # the process group's, else 0 of 1)
-                        resolution: int | None = None,  # ADM centre crop side (class folders, built-ins)
-                        **load_kwargs,  # for a built-in name: channels, ... (split defaults to 'all')
-                        ) -> Path:
+
+def export_latent_cache(
+    data: ImageDataset | str | os.PathLike,  # dataset, built-in name, or class-folder directory
+    tokenizer: Tokenizer,  # the encoder
+    out_dir: str | os.PathLike,  # sharded cache directory (created; resumed if present)
+    batch_size: int = 64,  # items per forward pass
+    flip: bool = True,  # also store the latents of the horizontally flipped images
+    chunk_size: int = 1024,  # items per shard (the resume granularity)
+    seed: int = 0,  # noise seed; item i uses item_seeds(seed, i, flip)
+    sample: bool = True,  # posterior sample (the release) or mean
+    dtype: str = "float32",  # stored dtype: 'float32' or 'float16'
+    progress: bool = True,  # a bar over items, with images/s
+    max_chunks: int | None = None,  # stop after writing this many shards (None: to the end)
+    num_workers: int = 0,  # DataLoader worker processes decoding images (0: in this process)
+    rank: int | None = None,
+    world_size: int | None = None,  # this process's share (default:
+    # the process group's, else 0 of 1)
+    resolution: int | None = None,  # ADM centre crop side (class folders, built-ins)
+    **load_kwargs,  # for a built-in name: channels, ... (split defaults to 'all')
+) -> Path:
     "Encode a dataset (and its flips) into a resumable sharded latent cache, streaming class folders; return the directory."
-    if dtype not in ("float32", "float16"): raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
-    if chunk_size < 1 or batch_size < 1: raise ValueError("chunk_size and batch_size must be positive")
+    if dtype not in ("float32", "float16"):
+        raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
+    if chunk_size < 1 or batch_size < 1:
+        raise ValueError("chunk_size and batch_size must be positive")
     rank, world_size = _rank_and_world(rank, world_size)
     folder = None if isinstance(data, ImageDataset) or str(data) in BUILTIN_DATASETS else Path(data)
     if folder is not None and (folder.suffix == ".npz" or (folder / "manifest.json").exists()):
         raise ValueError(f"{folder} is a latent cache, not images: encode a pixel dataset")
     if folder is None:  # in memory (small data)
-        ds = data if isinstance(data, ImageDataset) else load_dataset(data, **{"split": "all", "resolution": resolution, **load_kwargs})
-        if ds.kind != "pixels": raise ValueError(f"{ds.name} holds {ds.kind}, not images: encode a pixel dataset")
+        ds = (
+            data
+            if isinstance(data, ImageDataset)
+            else load_dataset(data, **{"split": "all", "resolution": resolution, **load_kwargs})
+        )
+        if ds.kind != "pixels":
+            raise ValueError(f"{ds.name} holds {ds.kind}, not images: encode a pixel dataset")
         items, labels, n = _Items(images=ds.images), ds.labels, len(ds)
-        src = dict(source_fingerprint=ds.fingerprint, source_name=ds.name, source_split=ds.split, source_n=n,
-                   class_names=list(ds.class_names))
+        src = dict(
+            source_fingerprint=ds.fingerprint,
+            source_name=ds.name,
+            source_split=ds.split,
+            source_n=n,
+            class_names=list(ds.class_names),
+        )
     else:  # streamed from disk: only the file list is held
         files, lab, classes = scan_image_folder(folder)
         items, labels, n = _Items(files=files, resolution=resolution), torch.tensor(lab, dtype=torch.int64), len(files)
         listing = sha256_json([[str(f.relative_to(folder)), f.stat().st_size] for f in files])
-        src = dict(source_fingerprint=None, source_listing=listing, source_name=folder.name, source_n=n,
-                   source_split=dict(split="all", n=n), class_names=classes)  # fingerprint: from the shards, at the end
-    man = dict(src, **tokenizer.describe(),
-               export=dict(seed=seed, sample=sample, flip=flip, chunk_size=chunk_size, batch_size=batch_size,
-                           dtype=dtype, resolution=resolution, noise="item_seeds(seed, index, flip)"))
+        src = dict(
+            source_fingerprint=None,
+            source_listing=listing,
+            source_name=folder.name,
+            source_n=n,
+            source_split=dict(split="all", n=n),
+            class_names=classes,
+        )  # fingerprint: from the shards, at the end
+    man = dict(
+        src,
+        **tokenizer.describe(),
+        export=dict(
+            seed=seed,
+            sample=sample,
+            flip=flip,
+            chunk_size=chunk_size,
+            batch_size=batch_size,
+            dtype=dtype,
+            resolution=resolution,
+            noise="item_seeds(seed, index, flip)",
+        ),
+    )
     w = LatentCacheWriter(out_dir, man)
-    if w.man["complete"]: return Path(out_dir)
+    if w.man["complete"]:
+        return Path(out_dir)
     n_shards = -(-n // chunk_size)
     mine = [k for k in range(rank, n_shards, world_size)]
     todo = [k for k in mine if w.done(k) is None][:max_chunks]
@@ -248,8 +358,12 @@ def export_latent_cache(data: ImageDataset | str | os.PathLike,  # dataset, buil
     batches_ = [list(range(b, min(b + batch_size, spans[k][1]))) for k in todo for b in range(*spans[k], batch_size)]
     loader = torch.utils.data.DataLoader(items, batch_sampler=batches_, num_workers=num_workers)
     total = sum(min(n, (k + 1) * chunk_size) - k * chunk_size for k in mine)
-    bar = progress_bar(total, total - sum(e - s for s, e in spans.values()), progress,
-                       desc=f"encode {man['source_name']}" + (f" (rank {rank}/{world_size})" if world_size > 1 else ""))
+    bar = progress_bar(
+        total,
+        total - sum(e - s for s, e in spans.values()),
+        progress,
+        desc=f"encode {man['source_name']}" + (f" (rank {rank}/{world_size})" if world_size > 1 else ""),
+    )
     bar.unit = "img"  # the rate reads img/s
     todt, it, t0 = getattr(torch, dtype), iter(loader), time.perf_counter()
     for k in todo:
@@ -258,16 +372,30 @@ def export_latent_cache(data: ImageDataset | str | os.PathLike,  # dataset, buil
         while sum(len(b) for b in lat) < e - s:
             xb, i, dg = next(it)  # [b, C, H, W], [b], b digests
             lat.append(tokenizer.encode(xb, sample, seeds=item_seeds(seed, i)).to(todt))
-            if flip: lat_f.append(tokenizer.encode(hflip(xb), sample, seeds=item_seeds(seed, i, True)).to(todt))
-            digests += list(dg); bar.update(len(i))
+            if flip:
+                lat_f.append(tokenizer.encode(hflip(xb), sample, seeds=item_seeds(seed, i, True)).to(todt))
+            digests += list(dg)
+            bar.update(len(i))
         extra = dict(source_sha256=digests) if folder is not None else {}
-        w.write(k, s, torch.cat(lat), labels[s:e], torch.cat(lat_f) if flip else None, seconds=time.perf_counter() - t0, **extra)
+        w.write(
+            k,
+            s,
+            torch.cat(lat),
+            labels[s:e],
+            torch.cat(lat_f) if flip else None,
+            seconds=time.perf_counter() - t0,
+            **extra,
+        )
     bar.close()
-    if world_size > 1 and dist.is_available() and dist.is_initialized(): dist.barrier()  # every rank's shards are written
+    if world_size > 1 and dist.is_available() and dist.is_initialized():
+        dist.barrier()  # every rank's shards are written
     recs = [w.done(k) for k in range(n_shards)]
     if rank == 0 or not dist.is_initialized():
         if all(r is not None for r in recs):
-            upd = dict(source_fingerprint=_folder_fingerprint(folder, files, classes, resolution, recs)) if folder is not None else {}
+            upd = (
+                dict(source_fingerprint=_folder_fingerprint(folder, files, classes, resolution, recs))
+                if folder is not None
+                else {}
+            )
             w.finish(n_shards, **upd)
     return Path(out_dir)
-

@@ -31,11 +31,17 @@ SWISS_NOISE = 0.03  # official toy notebook, sample_swiss_roll(noise=0.03)
 RING8_RADIUS, RING8_STD = 1.0, 0.05  # our choice (decisions_toy D-toy-1)
 BIMODAL_CENTERS, BIMODAL_STD = ((-1.0, 0.0), (1.0, 0.0)), 0.15  # our choice (decisions_toy D-toy-1)
 
-def _mixture(centers: Tensor,  # [K, 2] mode centres
-             std: float, n: int, generator: torch.Generator | None) -> Tensor:
+
+def _mixture(
+    centers: Tensor,  # [K, 2] mode centres
+    std: float,
+    n: int,
+    generator: torch.Generator | None,
+) -> Tensor:
     "`n` samples of an equal-weight isotropic Gaussian mixture."
     k = torch.randint(len(centers), (n,), generator=generator)  # [n] mode index
     return centers[k] + std * torch.randn(n, 2, generator=generator)  # [n, 2]
+
 
 def sample_checkerboard(n: int, generator: torch.Generator | None = None, noise: float = CHECKER_NOISE) -> Tensor:
     "`n` points of the official notebook's checkerboard, `[n, 2]` in about [-1, 1]²."
@@ -44,41 +50,54 @@ def sample_checkerboard(n: int, generator: torch.Generator | None = None, noise:
     x = (ij + torch.rand(n, 2, generator=generator) - 2.0) / 2.0  # [n, 2] uniform in the cell, in [-1, 1]
     return x + noise * torch.randn(n, 2, generator=generator)
 
+
 def sample_swiss_roll(n: int, generator: torch.Generator | None = None, noise: float = SWISS_NOISE) -> Tensor:
     "`n` points of the official notebook's swiss roll, `[n, 2]` in about [-1, 1]²."
     t = 0.5 * math.pi + 4.0 * math.pi * torch.rand(n, generator=generator)  # [n]
     x = torch.stack([t * torch.cos(t), t * torch.sin(t)], -1) / (4.5 * math.pi)  # [n, 2], sup |coord| = 4.5π
     return x + noise * torch.randn(n, 2, generator=generator)
 
+
 def ring8_centers() -> Tensor:
     "The 8 mode centres of `ring8`, `[8, 2]`."
     a = torch.arange(8) * (2 * math.pi / 8)  # [8] angles
     return RING8_RADIUS * torch.stack([torch.cos(a), torch.sin(a)], -1)
 
+
 def sample_ring8(n: int, generator: torch.Generator | None = None) -> Tensor:
     "`n` points of 8 Gaussians on the unit circle, `[n, 2]`."
     return _mixture(ring8_centers(), RING8_STD, n, generator)
+
 
 def sample_bimodal(n: int, generator: torch.Generator | None = None) -> Tensor:
     "`n` points of two Gaussians at (±1, 0), `[n, 2]`."
     return _mixture(torch.tensor(BIMODAL_CENTERS), BIMODAL_STD, n, generator)
 
-TARGETS: dict[str, Callable[..., Tensor]] = {
-    "checkerboard": sample_checkerboard, "swiss_roll": sample_swiss_roll,
-    "ring8": sample_ring8, "bimodal": sample_bimodal}
 
-def get_sampler(target: str | Callable[..., Tensor],  # a name in `TARGETS` or a sampler `(n, generator) -> [n, 2]`
-                ) -> Callable[..., Tensor]:
+TARGETS: dict[str, Callable[..., Tensor]] = {
+    "checkerboard": sample_checkerboard,
+    "swiss_roll": sample_swiss_roll,
+    "ring8": sample_ring8,
+    "bimodal": sample_bimodal,
+}
+
+
+def get_sampler(
+    target: str | Callable[..., Tensor],  # a name in `TARGETS` or a sampler `(n, generator) -> [n, 2]`
+) -> Callable[..., Tensor]:
     "The sampler for `target`, with a clear error for an unknown name."
-    if callable(target): return target
+    if callable(target):
+        return target
     if target not in TARGETS:
         raise ValueError(f"unknown toy target {target!r}; valid targets are {sorted(TARGETS)}")
     return TARGETS[target]
 
-def sample_target(name: str,  # one of `TARGETS`
-                  n: int,  # number of samples
-                  generator: torch.Generator | None = None,  # CPU generator for reproducible draws
-                  ) -> Tensor:  # [n, 2]
+
+def sample_target(
+    name: str,  # one of `TARGETS`
+    n: int,  # number of samples
+    generator: torch.Generator | None = None,  # CPU generator for reproducible draws
+) -> Tensor:  # [n, 2]
     "`n` samples of the named 2-D target."
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise ValueError(f"n must be a positive int, got {n!r}")
@@ -87,18 +106,26 @@ def sample_target(name: str,  # one of `TARGETS`
 # %% ../nbs/02_toy.ipynb #be91e5a5
 class ToyMLP(nn.Module):
     "MLP generator f: R^in_dim → R^2 (Linear–SiLU × depth, then Linear), as in the official toy notebook."
-    def __init__(self, in_dim: int = 32,  # noise dimension C
-                 hidden: int = 256,  # width of every hidden layer
-                 depth: int = 3,  # number of hidden layers
-                 out_dim: int = 2):
+
+    def __init__(
+        self,
+        in_dim: int = 32,  # noise dimension C
+        hidden: int = 256,  # width of every hidden layer
+        depth: int = 3,  # number of hidden layers
+        out_dim: int = 2,
+    ):
         super().__init__()
         self.in_dim = in_dim
         layers, d = [], in_dim
-        for _ in range(depth): layers += [nn.Linear(d, hidden), nn.SiLU()]; d = hidden
+        for _ in range(depth):
+            layers += [nn.Linear(d, hidden), nn.SiLU()]
+            d = hidden
         self.net = nn.Sequential(*layers, nn.Linear(d, out_dim))
 
-    def forward(self, eps: Tensor,  # [N, in_dim] noise
-                ) -> Tensor:  # [N, out_dim]
+    def forward(
+        self,
+        eps: Tensor,  # [N, in_dim] noise
+    ) -> Tensor:  # [N, out_dim]
         return self.net(eps)
 
     def noise(self, n: int, generator: torch.Generator | None = None) -> Tensor:
@@ -111,12 +138,15 @@ class ToyMLP(nn.Module):
         return self(self.noise(n, generator))
 
 # %% ../nbs/02_toy.ipynb #e4c94727
-def energy_distance(x: Tensor,  # [N, D] samples of q (N ≥ 2)
-                    y: Tensor,  # [M, D] samples of p (M ≥ 2)
-                    ) -> float:
+def energy_distance(
+    x: Tensor,  # [N, D] samples of q (N ≥ 2)
+    y: Tensor,  # [M, D] samples of p (M ≥ 2)
+) -> float:
     "Unbiased estimate of the squared energy distance 2E|X−Y| − E|X−X'| − E|Y−Y'|."
     if x.ndim != 2 or y.ndim != 2 or x.shape[1] != y.shape[1] or len(x) < 2 or len(y) < 2:
-        raise ValueError(f"energy_distance needs [N, D] and [M, D] with N, M ≥ 2, got {tuple(x.shape)} and {tuple(y.shape)}")
+        raise ValueError(
+            f"energy_distance needs [N, D] and [M, D] with N, M ≥ 2, got {tuple(x.shape)} and {tuple(y.shape)}"
+        )
     x, y = x.double(), y.double()
     n, m = len(x), len(y)
     dxy = torch.cdist(x, y).mean()  # E|X − Y|
@@ -129,41 +159,58 @@ def _pos_int(name, v):
     if not isinstance(v, int) or isinstance(v, bool) or v < 1:
         raise ValueError(f"{name} must be a positive int, got {v!r}")
 
+
 def _pos_float(name, v):
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {v!r}")
 
-def check_toy_params(target: str | Callable,  # a name in `TARGETS` or a sampler
-                     steps: int, n_gen: int, n_pos: int, lr: float, tau: float, seed: int,
-                     attraction: float = 1.0, repulsion: float = 1.0):
+
+def check_toy_params(
+    target: str | Callable,  # a name in `TARGETS` or a sampler
+    steps: int,
+    n_gen: int,
+    n_pos: int,
+    lr: float,
+    tau: float,
+    seed: int,
+    attraction: float = 1.0,
+    repulsion: float = 1.0,
+):
     "Raise a `ValueError` naming the first bad toy-training parameter."
     get_sampler(target)
-    for k, v in dict(steps=steps, n_gen=n_gen, n_pos=n_pos).items(): _pos_int(k, v)
-    if n_gen < 2: raise ValueError(f"n_gen must be at least 2 (the generated batch is also the negatives), got {n_gen}")
-    for k, v in dict(lr=lr, tau=tau).items(): _pos_float(k, v)
+    for k, v in dict(steps=steps, n_gen=n_gen, n_pos=n_pos).items():
+        _pos_int(k, v)
+    if n_gen < 2:
+        raise ValueError(f"n_gen must be at least 2 (the generated batch is also the negatives), got {n_gen}")
+    for k, v in dict(lr=lr, tau=tau).items():
+        _pos_float(k, v)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     for k, v in dict(attraction=attraction, repulsion=repulsion).items():
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
             raise ValueError(f"{k} must be a finite number ≥ 0, got {v!r}")
 
-def train_toy(target: str | Callable,  # a name in `TARGETS` or a sampler `(n, generator) -> [n, 2]`
-              steps: int = 2000,  # optimiser steps (official notebook: 2000)
-              n_gen: int = 2048,  # generated samples per step, also the negatives (notebook: 2048)
-              n_pos: int = 2048,  # fresh target samples per step (notebook: 2048)
-              lr: float = 1e-3,  # Adam learning rate (notebook: 1e-3)
-              tau: float = 0.05,  # kernel temperature (notebook: 0.05)
-              seed: int = 0,  # seeds the model initialisation and every draw
-              *,
-              attraction: float = 1.0,  # scale of V⁺ (Tab. 1 ablation)
-              repulsion: float = 1.0,  # scale of V⁻ (Tab. 1 ablation)
-              kernel_norm: str = "both",  # kernel normalisation passed to `drift_field`
-              in_dim: int = 32, hidden: int = 256, depth: int = 3,  # generator shape (notebook: 32, 256, 3)
-              device: str | None = None,  # None: `default_device()`
-              eval_every: int = 0,  # >0: energy distance to fresh target samples every this many steps and at the end
-              n_eval: int = 2048,  # samples per energy-distance evaluation
-              progress: bool = True,  # show a progress bar (sparse off a terminal)
-              ) -> tuple[ToyMLP, dict]:
+
+def train_toy(
+    target: str | Callable,  # a name in `TARGETS` or a sampler `(n, generator) -> [n, 2]`
+    steps: int = 2000,  # optimiser steps (official notebook: 2000)
+    n_gen: int = 2048,  # generated samples per step, also the negatives (notebook: 2048)
+    n_pos: int = 2048,  # fresh target samples per step (notebook: 2048)
+    lr: float = 1e-3,  # Adam learning rate (notebook: 1e-3)
+    tau: float = 0.05,  # kernel temperature (notebook: 0.05)
+    seed: int = 0,  # seeds the model initialisation and every draw
+    *,
+    attraction: float = 1.0,  # scale of V⁺ (Tab. 1 ablation)
+    repulsion: float = 1.0,  # scale of V⁻ (Tab. 1 ablation)
+    kernel_norm: str = "both",  # kernel normalisation passed to `drift_field`
+    in_dim: int = 32,
+    hidden: int = 256,
+    depth: int = 3,  # generator shape (notebook: 32, 256, 3)
+    device: str | None = None,  # None: `default_device()`
+    eval_every: int = 0,  # >0: energy distance to fresh target samples every this many steps and at the end
+    n_eval: int = 2048,  # samples per energy-distance evaluation
+    progress: bool = True,  # show a progress bar (sparse off a terminal)
+) -> tuple[ToyMLP, dict]:
     "Train a `ToyMLP` by drifting onto `target`; return the generator and its history."
     check_toy_params(target, steps, n_gen, n_pos, lr, tau, seed, attraction, repulsion)
     sampler, dev = get_sampler(target), default_device(device)
@@ -171,22 +218,39 @@ def train_toy(target: str | Callable,  # a name in `TARGETS` or a sampler `(n, g
     g_eval = torch.Generator().manual_seed(seed + 1)  # evaluation never shifts the training stream
     model = ToyMLP(in_dim, hidden, depth).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    hist = dict(v2=[], loss=[], eval_step=[], energy=[], target=target if isinstance(target, str) else "custom",
-                steps=steps, n_gen=n_gen, n_pos=n_pos, lr=lr, tau=tau, seed=seed,
-                attraction=attraction, repulsion=repulsion, kernel_norm=kernel_norm)
+    hist = dict(
+        v2=[],
+        loss=[],
+        eval_step=[],
+        energy=[],
+        target=target if isinstance(target, str) else "custom",
+        steps=steps,
+        n_gen=n_gen,
+        n_pos=n_pos,
+        lr=lr,
+        tau=tau,
+        seed=seed,
+        attraction=attraction,
+        repulsion=repulsion,
+        kernel_norm=kernel_norm,
+    )
+
     def evaluate(step):
         hist["eval_step"].append(step)
         hist["energy"].append(energy_distance(model.sample(n_eval, g_eval).cpu(), sampler(n_eval, generator=g_eval)))
+
     t0, ema = time.perf_counter(), None
     bar = progress_bar(steps, enable=progress, desc=f"drifting {hist['target']}")
     for step in range(steps):
-        if eval_every and step % eval_every == 0: evaluate(step)
+        if eval_every and step % eval_every == 0:
+            evaluate(step)
         eps = model.noise(n_gen, g)  # [n_gen, in_dim]
         pos = sampler(n_pos, generator=g).to(dev)  # [n_pos, 2] fresh positives
         gen = model(eps)  # [n_gen, 2]; also the negatives
         with torch.no_grad():
-            V = drift_field(gen.detach(), pos, tau=tau, attraction=attraction, repulsion=repulsion,
-                            kernel_norm=kernel_norm)  # [n_gen, 2]
+            V = drift_field(
+                gen.detach(), pos, tau=tau, attraction=attraction, repulsion=repulsion, kernel_norm=kernel_norm
+            )  # [n_gen, 2]
         loss = F.mse_loss(gen, (gen + V).detach())  # Eq. 6; value = E|V|²/2
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -195,9 +259,11 @@ def train_toy(target: str | Callable,  # a name in `TARGETS` or a sampler `(n, g
         hist["loss"].append(loss.item())
         ema = hist["v2"][-1] if ema is None else 0.96 * ema + 0.04 * hist["v2"][-1]  # EMA(0.96) as in the notebook
         bar.update(1)
-        if progress and step % 50 == 0: bar.set_postfix(v2=f"{ema:.2e}", refresh=False)
+        if progress and step % 50 == 0:
+            bar.set_postfix(v2=f"{ema:.2e}", refresh=False)
     bar.close()
-    if eval_every: evaluate(steps)
+    if eval_every:
+        evaluate(steps)
     hist["time_s"] = time.perf_counter() - t0
     return model.eval(), hist
 
@@ -210,71 +276,115 @@ INIT_STD = 0.1  # spread of the "middle" and "far" starts
 
 MODE_TARGETS = ("bimodal", "ring8")  # the mixture targets: their samples can be counted per mode
 
+
 def target_modes(target: str = "bimodal") -> tuple[Tensor, float]:
     "Mode centres `[K, 2]` and the per-mode std of a mixture target (`bimodal` or `ring8`)."
-    if target == "bimodal": return torch.tensor(BIMODAL_CENTERS), BIMODAL_STD
-    if target == "ring8": return ring8_centers(), RING8_STD
+    if target == "bimodal":
+        return torch.tensor(BIMODAL_CENTERS), BIMODAL_STD
+    if target == "ring8":
+        return ring8_centers(), RING8_STD
     raise ValueError(f"target {target!r} has no modes; use one of {MODE_TARGETS}")
 
-def init_particles(init: str,  # 'middle', 'far' or 'collapsed'
-                   n: int, target: str = "bimodal", generator: torch.Generator | None = None,
-                   ) -> Tensor:  # [n, 2]
+
+def init_particles(
+    init: str,  # 'middle', 'far' or 'collapsed'
+    n: int,
+    target: str = "bimodal",
+    generator: torch.Generator | None = None,
+) -> Tensor:  # [n, 2]
     "Fig. 3 starting points: between the modes, far from all of them, or collapsed onto the last mode."
     centers, std = target_modes(target)  # [K, 2]
     mid = centers.mean(0)  # [2]
     noise = torch.randn(n, 2, generator=generator)  # [n, 2]
-    if init == "middle": return mid + INIT_STD * noise
-    if init == "far": return mid + torch.tensor([0.0, FAR_OFFSET]) + INIT_STD * noise
-    if init == "collapsed": return centers[-1] + std * noise  # a sample of one mode only
+    if init == "middle":
+        return mid + INIT_STD * noise
+    if init == "far":
+        return mid + torch.tensor([0.0, FAR_OFFSET]) + INIT_STD * noise
+    if init == "collapsed":
+        return centers[-1] + std * noise  # a sample of one mode only
     raise ValueError(f"unknown init {init!r}; use 'middle', 'far' or 'collapsed'")
 
-def mode_fractions(x: Tensor,  # [N, 2] samples
-                   target: str = "bimodal",
-                   radius_stds: float = 3.0,  # a sample counts for a mode within this many stds of its centre
-                   ) -> Tensor:  # [K] share of the samples near each mode
+
+def mode_fractions(
+    x: Tensor,  # [N, 2] samples
+    target: str = "bimodal",
+    radius_stds: float = 3.0,  # a sample counts for a mode within this many stds of its centre
+) -> Tensor:  # [K] share of the samples near each mode
     "Fraction of the samples within `radius_stds` standard deviations of each mode centre."
     centers, std = target_modes(target)
     return (torch.cdist(x.float().cpu(), centers) < radius_stds * std).float().mean(0)
 
-def particle_dynamics(target: str = "bimodal",
-                      init: str | Tensor = "collapsed",  # a name for `init_particles` or the starting points [n, 2]
-                      n: int = 256,  # particles (and positives per iteration)
-                      steps: int = 80, eta: float = PARTICLE_ETA, tau: float = PARTICLE_TAU, seed: int = 0,
-                      *, attraction: float = 1.0, repulsion: float = 1.0, kernel_norm: str = "both",
-                      record: tuple[int, ...] = FIG3_ITERS,  # iterations to keep snapshots of
-                      ) -> dict:
+
+def particle_dynamics(
+    target: str = "bimodal",
+    init: str | Tensor = "collapsed",  # a name for `init_particles` or the starting points [n, 2]
+    n: int = 256,  # particles (and positives per iteration)
+    steps: int = 80,
+    eta: float = PARTICLE_ETA,
+    tau: float = PARTICLE_TAU,
+    seed: int = 0,
+    *,
+    attraction: float = 1.0,
+    repulsion: float = 1.0,
+    kernel_norm: str = "both",
+    record: tuple[int, ...] = FIG3_ITERS,  # iterations to keep snapshots of
+) -> dict:
     "Move particles by x ← x + ηV; return snapshots `{iteration: [n, 2]}` and E|V|² per iteration."
     g = torch.Generator().manual_seed(seed)
     x = init.clone().float() if isinstance(init, Tensor) else init_particles(init, n, target, g)  # [n, 2]
     sampler = get_sampler(target)
     snaps, v2 = {}, []
     for i in range(steps + 1):
-        if i in record: snaps[i] = x.clone()
-        if i == steps: break
-        V = drift_field(x, sampler(len(x), generator=g), tau=tau, attraction=attraction, repulsion=repulsion,
-                        kernel_norm=kernel_norm)  # [n, 2]; the particles are the negatives
+        if i in record:
+            snaps[i] = x.clone()
+        if i == steps:
+            break
+        V = drift_field(
+            x,
+            sampler(len(x), generator=g),
+            tau=tau,
+            attraction=attraction,
+            repulsion=repulsion,
+            kernel_norm=kernel_norm,
+        )  # [n, 2]; the particles are the negatives
         v2.append(V.pow(2).sum(-1).mean().item())
         x = x + eta * V
     return dict(snapshots=snaps, final=x, v2=v2)
 
 # %% ../nbs/02_toy.ipynb #8d38bd58
-def plot_samples(x: Tensor,  # [N, 2] generated samples
-                 target: str | None = None,  # draw this many reference samples of the target behind them
-                 ax=None, title: str | None = None, n_ref: int = 2000, lim: float | None = 1.6, s: float = 1.0):
+def plot_samples(
+    x: Tensor,  # [N, 2] generated samples
+    target: str | None = None,  # draw this many reference samples of the target behind them
+    ax=None,
+    title: str | None = None,
+    n_ref: int = 2000,
+    lim: float | None = 1.6,
+    s: float = 1.0,
+):
     "Scatter generated samples (orange) over target samples (grey)."
-    if ax is None: _, ax = plt.subplots(figsize=(3, 3))
+    if ax is None:
+        _, ax = plt.subplots(figsize=(3, 3))
     if target is not None:
         ref = sample_target(target, n_ref, torch.Generator().manual_seed(12345))
         ax.scatter(ref[:, 0], ref[:, 1], s=s, c="0.75", lw=0)
     x = x.detach().float().cpu()
     ax.scatter(x[:, 0], x[:, 1], s=s, c="tab:orange", lw=0)
-    if lim is not None: ax.set_xlim(-lim, lim); ax.set_ylim(-lim, lim)
-    ax.set_aspect("equal"); ax.set_xticks([]); ax.set_yticks([])
-    if title: ax.set_title(title, fontsize=8)
+    if lim is not None:
+        ax.set_xlim(-lim, lim)
+        ax.set_ylim(-lim, lim)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title, fontsize=8)
     return ax
 
-def plot_particles(runs: dict[str, dict],  # case name → `particle_dynamics` result
-                   target: str = "bimodal", panel: float = 1.6):
+
+def plot_particles(
+    runs: dict[str, dict],  # case name → `particle_dynamics` result
+    target: str = "bimodal",
+    panel: float = 1.6,
+):
     "Grid of snapshots: one row per case, one column per recorded iteration (Fig. 3 layout)."
     iters = sorted(next(iter(runs.values()))["snapshots"])
     allx = torch.cat([x for r in runs.values() for x in r["snapshots"].values()])  # [*, 2]
@@ -283,48 +393,82 @@ def plot_particles(runs: dict[str, dict],  # case name → `particle_dynamics` r
     for r, (name, run) in enumerate(runs.items()):
         for c, it in enumerate(iters):
             ax = plot_samples(run["snapshots"][it], target, axs[r, c], lim=None, s=2.0)
-            ax.set_xlim(lo[0], hi[0]); ax.set_ylim(lo[1], hi[1])
-            if r == 0: ax.set_title(f"iteration {it}", fontsize=8)
-            if c == 0: ax.set_ylabel(name, fontsize=8)
+            ax.set_xlim(lo[0], hi[0])
+            ax.set_ylim(lo[1], hi[1])
+            if r == 0:
+                ax.set_title(f"iteration {it}", fontsize=8)
+            if c == 0:
+                ax.set_ylabel(name, fontsize=8)
     fig.tight_layout()
     return fig
 
-def plot_loss(curves: dict[str, list[float]],  # name → E|V|² per step
-              ax=None, title: str | None = None, ylabel: str = r"$\mathbb{E}\|V\|^2$"):
+
+def plot_loss(
+    curves: dict[str, list[float]],  # name → E|V|² per step
+    ax=None,
+    title: str | None = None,
+    ylabel: str = r"$\mathbb{E}\|V\|^2$",
+):
     "Curves of E|V|² against step on a log scale (Figs. 1 and 4)."
-    if ax is None: _, ax = plt.subplots(figsize=(4, 3))
-    for name, v in curves.items(): ax.plot(range(len(v)), v, lw=1, label=name)
-    ax.set_yscale("log"); ax.set_xlabel("step"); ax.set_ylabel(ylabel)
-    if len(curves) > 1: ax.legend(fontsize=7)
-    if title: ax.set_title(title, fontsize=9)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(4, 3))
+    for name, v in curves.items():
+        ax.plot(range(len(v)), v, lw=1, label=name)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    if len(curves) > 1:
+        ax.legend(fontsize=7)
+    if title:
+        ax.set_title(title, fontsize=9)
     return ax
 
-
 # %% ../nbs/02_toy.ipynb #6ce45ae0
-def evaluate_toy(model: ToyMLP, target: str | Callable,
-                 n: int = 2048,  # samples of q and of p
-                 seed: int = 0,  # seeds the evaluation draws
-                 ) -> dict:  # energy_distance, energy_floor, n_eval, eval_seed; mode_fractions for a mixture target
+def evaluate_toy(
+    model: ToyMLP,
+    target: str | Callable,
+    n: int = 2048,  # samples of q and of p
+    seed: int = 0,  # seeds the evaluation draws
+) -> dict:  # energy_distance, energy_floor, n_eval, eval_seed; mode_fractions for a mixture target
     "What applies to `target`: energy distance of `n` samples to `n` target samples, its floor (two target draws), per-mode shares."
     g, sampler = torch.Generator().manual_seed(seed), get_sampler(target)
     gen = model.sample(n, g).cpu()  # [n, 2]
     ed = energy_distance(gen, sampler(n, generator=g))
     floor = energy_distance(sampler(n, generator=g), sampler(n, generator=g))
     out = dict(energy_distance=ed, energy_floor=floor, n_eval=n, eval_seed=seed)
-    if isinstance(target, str) and target in MODE_TARGETS: out["mode_fractions"] = mode_fractions(gen, target).tolist()
+    if isinstance(target, str) and target in MODE_TARGETS:
+        out["mode_fractions"] = mode_fractions(gen, target).tolist()
     return out
 
 # %% ../nbs/02_toy.ipynb #81ddafc3
 TAB1_SCALINGS = {  # name → (attraction a, repulsion r) in V = a V⁺ − r V⁻, paper Tab. 1
-    "V⁺−V⁻": (1.0, 1.0), "1.5V⁺−V⁻": (1.5, 1.0), "V⁺−1.5V⁻": (1.0, 1.5),
-    "2V⁺−V⁻": (2.0, 1.0), "V⁺−2V⁻": (1.0, 2.0), "V⁺ only": (1.0, 0.0)}
-TAB1_FID = {"V⁺−V⁻": 8.46, "1.5V⁺−V⁻": 41.05, "V⁺−1.5V⁻": 46.28,  # paper Tab. 1: B/2 latent, 100 ep, FID-50K
-            "2V⁺−V⁻": 86.16, "V⁺−2V⁻": 112.84, "V⁺ only": 177.14}
+    "V⁺−V⁻": (1.0, 1.0),
+    "1.5V⁺−V⁻": (1.5, 1.0),
+    "V⁺−1.5V⁻": (1.0, 1.5),
+    "2V⁺−V⁻": (2.0, 1.0),
+    "V⁺−2V⁻": (1.0, 2.0),
+    "V⁺ only": (1.0, 0.0),
+}
+TAB1_FID = {
+    "V⁺−V⁻": 8.46,
+    "1.5V⁺−V⁻": 41.05,
+    "V⁺−1.5V⁻": 46.28,  # paper Tab. 1: B/2 latent, 100 ep, FID-50K
+    "2V⁺−V⁻": 86.16,
+    "V⁺−2V⁻": 112.84,
+    "V⁺ only": 177.14,
+}
 
-def antisymmetry_ablation(target: str = "bimodal", init: str = "collapsed", n: int = 256, steps: int = 80,
-                          seed: int = 0, n_ref: int = 2048,  # target samples for the energy distance
-                          scalings: dict = TAB1_SCALINGS, **kwargs,  # more `particle_dynamics` arguments
-                          ) -> dict:
+
+def antisymmetry_ablation(
+    target: str = "bimodal",
+    init: str = "collapsed",
+    n: int = 256,
+    steps: int = 80,
+    seed: int = 0,
+    n_ref: int = 2048,  # target samples for the energy distance
+    scalings: dict = TAB1_SCALINGS,
+    **kwargs,  # more `particle_dynamics` arguments
+) -> dict:
     "Run `particle_dynamics` for each Tab. 1 scaling; return name → run with its energy distance and mode fractions."
     out, g = {}, torch.Generator().manual_seed(seed + 1)
     ref = sample_target(target, n_ref, g)  # [n_ref, 2] one reference sample shared by all variants
@@ -334,8 +478,13 @@ def antisymmetry_ablation(target: str = "bimodal", init: str = "collapsed", n: i
         out[name] = run
     return out
 
-def plot_ablation(runs: dict[str, dict],  # name → run with "final" [n, 2] and "energy", as from `antisymmetry_ablation`
-                  target: str = "bimodal", panel: float = 1.8, lim: float = 2.0):
+
+def plot_ablation(
+    runs: dict[str, dict],  # name → run with "final" [n, 2] and "energy", as from `antisymmetry_ablation`
+    target: str = "bimodal",
+    panel: float = 1.8,
+    lim: float = 2.0,
+):
     "One panel per variant: the final particles over the target, titled with the energy distance."
     fig, axs = plt.subplots(1, len(runs), figsize=(panel * len(runs), panel + 0.3), squeeze=False)
     for ax, (name, run) in zip(axs[0], runs.items()):

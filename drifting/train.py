@@ -17,8 +17,17 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from .core import (atomic_torch_save, default_device, ema_copy, from_preset, ema_update, lr_at, progress_bar,
-                           rng_states, set_rng_states)
+from drifting.core import (
+    atomic_torch_save,
+    default_device,
+    ema_copy,
+    from_preset,
+    ema_update,
+    lr_at,
+    progress_bar,
+    rng_states,
+    set_rng_states,
+)
 from .data import ImageDataset, hflip
 from .drift import TAUS
 from .features import AGGREGATES, PATCH_SIZES, FeatureSpace, feature_drift_loss, group_by_class
@@ -35,10 +44,13 @@ __all__ = ['AUGMENTATIONS', 'TRAIN_PRESETS', 'CONVNEXT_HUB', 'TRAIN_FORMAT', 'RE
 # %% ../nbs/11_train.ipynb #a94e2aee
 AUGMENTATIONS = (None, "rrc")  # of the real pixels pushed into the queues (`TrainConfig.aug`)
 
+
 @dataclass
 class TrainConfig:
     "Every setting of a drifting training run (defaults: the Tab. 8 ablation column)."
-    steps: int = 30_000  # optimiser steps of the whole run, counted from step 0 (Tab. 8 "training steps"); a resume continues to it
+
+    # optimiser steps of the whole run, counted from step 0 (Tab. 8 "training steps"); a resume continues to it
+    steps: int = 30_000
     generator: str = "ablation"  # a GENERATOR_PRESETS name; num_classes, in_channels, input_size come from the data
     generator_overrides: dict = field(default_factory=dict)  # other GeneratorConfig fields to change
     n_c: int = 64  # N_c class labels per step (release `train_batch_size`)
@@ -62,16 +74,32 @@ class TrainConfig:
     ema_decay: float = 0.999  # Tab. 8 / release configs
     taus: tuple = TAUS  # temperatures (App. A.6)
     # the feature space (Tab. 8 "feature encoder", App. A.5); the encoder's weights are hashed into every checkpoint
-    feature_encoder: str | None = "builtin"  # "builtin": a ResNet MAE pre-trained on the run's data (App. A.3); a save_encoder folder; None: raw drift loss only
-    mae_preset: str = "latent-256"  # the built-in encoder's architecture (MAE_PRESETS; Tab. 8 "MAE base width" 256 / 640)
+    feature_encoder: str | None = (
+        # "builtin": a ResNet MAE pre-trained on the run's data (App. A.3); a save_encoder folder; None: raw drift loss
+        # only
+        "builtin"
+    )
+    mae_preset: str = (
+        "latent-256"  # the built-in encoder's architecture (MAE_PRESETS; Tab. 8 "MAE base width" 256 / 640)
+    )
     mae_steps: int = 30_000  # its pre-training steps (spec §6.2: 30k for width 256, 200k for width 640)
-    mae_finetune: int = 0  # its classification fine-tune over the last steps (App. A.3: the final encoders' 3k; 0: none, as latent-256)
+    mae_finetune: int = (
+        0  # its classification fine-tune over the last steps (App. A.3: the final encoders' 3k; 0: none, as latent-256)
+    )
     every_k_block: int = 2  # feature maps: every k-th block output of each stage (App. A.5)
     patch_sizes: tuple = PATCH_SIZES  # patch mean/std keys (App. A.5 (c), (d))
     norm_x: bool = True  # the input-RMS key (release `norm_x`)
     raw_key: bool = True  # the raw-output "global" key: the vanilla drift loss (App. A.5)
-    convnext: str | None = None  # pixel models: ConvNeXt-V2 features beside the pixel MAE's (App. A.4): a transformers folder or 'hub id@revision'; None: none
-    aug: str | None = None  # augmentation of the pushed real pixels: 'rrc' = the release's `use_aug` (RandomResizedCrop scale 0.2–1, bicubic; spec §5.1); None: none
+    convnext: str | None = (
+        # pixel models: ConvNeXt-V2 features beside the pixel MAE's (App. A.4): a transformers folder or 'hub
+        # id@revision'; None: none
+        None
+    )
+    aug: str | None = (
+        # augmentation of the pushed real pixels: 'rrc' = the release's `use_aug` (RandomResizedCrop scale 0.2–1,
+        # bicubic; spec §5.1); None: none
+        None
+    )
     aggregate: str = "official"  # "official": mean over (class, location) per key; "paper": sum over locations
     grad_accum: int = 1  # split the N_c labels of a step into this many micro-batches (see the note below)
     bf16: bool = True  # bf16 autocast of generator and encoder on CUDA (release); the drift loss stays fp32
@@ -86,56 +114,113 @@ class TrainConfig:
     def from_dict(cls, d: dict) -> "TrainConfig":
         "Rebuild from `to_dict()` output; unknown fields are an error."
         bad = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
-        if bad: raise ValueError(f"unknown TrainConfig field(s) {bad}")
+        if bad:
+            raise ValueError(f"unknown TrainConfig field(s) {bad}")
         d = dict(d)
         for k in ("betas", "taus", "patch_sizes"):
-            if k in d: d[k] = tuple(d[k])
+            if k in d:
+                d[k] = tuple(d[k])
         return cls(**d)
 
     def check(self) -> "TrainConfig":
         "Raise `ValueError` naming the first bad field and what to do; return self."
+
         def need(ok, msg):
-            if not ok: raise ValueError(msg)
+            if not ok:
+                raise ValueError(msg)
+
         def integer(k, lo):
             v = getattr(self, k)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= lo, f"TrainConfig.{k} must be an int ≥ {lo}, got {v!r}")
-        need(self.generator in GENERATOR_PRESETS,
-             f"unknown generator preset {self.generator!r}; choose one of {sorted(GENERATOR_PRESETS)}")
-        for k, lo in (("steps", 1), ("mae_steps", 1), ("mae_finetune", 0), ("n_c", 1), ("n_pos", 1), ("n_neg", 2), ("n_unc", 0), ("push_per_step", 1),
-                      ("queue_per_class", 1), ("queue_uncond", 1), ("warmup", 0), ("every_k_block", 1),
-                      ("grad_accum", 1), ("seed", 0)):
+            need(
+                isinstance(v, int) and not isinstance(v, bool) and v >= lo,
+                f"TrainConfig.{k} must be an int ≥ {lo}, got {v!r}",
+            )
+
+        need(
+            self.generator in GENERATOR_PRESETS,
+            f"unknown generator preset {self.generator!r}; choose one of {sorted(GENERATOR_PRESETS)}",
+        )
+        for k, lo in (
+            ("steps", 1),
+            ("mae_steps", 1),
+            ("mae_finetune", 0),
+            ("n_c", 1),
+            ("n_pos", 1),
+            ("n_neg", 2),
+            ("n_unc", 0),
+            ("push_per_step", 1),
+            ("queue_per_class", 1),
+            ("queue_uncond", 1),
+            ("warmup", 0),
+            ("every_k_block", 1),
+            ("grad_accum", 1),
+            ("seed", 0),
+        ):
             integer(k, lo)
-        need(self.push_per_step >= self.n_c, f"push_per_step={self.push_per_step} < n_c={self.n_c}: the step's labels are "
-             "drawn without replacement from the pushed batch, so push at least n_c samples per step")
+        need(
+            self.push_per_step >= self.n_c,
+            f"push_per_step={self.push_per_step} < n_c={self.n_c}: the step's labels are "
+            "drawn without replacement from the pushed batch, so push at least n_c samples per step",
+        )
         need(self.n_c % self.grad_accum == 0, f"n_c={self.n_c} is not divisible by grad_accum={self.grad_accum}")
         if self.strict_queues:
-            need(self.n_pos <= self.queue_per_class, f"n_pos={self.n_pos} > queue_per_class={self.queue_per_class}: "
-                 "with strict_queues a class queue can never serve a step; lower n_pos, raise queue_per_class, or "
-                 "set strict_queues=False (sampling with replacement, as the release)")
-            need(self.n_unc <= self.queue_uncond, f"n_unc={self.n_unc} > queue_uncond={self.queue_uncond} with strict_queues")
+            need(
+                self.n_pos <= self.queue_per_class,
+                f"n_pos={self.n_pos} > queue_per_class={self.queue_per_class}: "
+                "with strict_queues a class queue can never serve a step; lower n_pos, raise queue_per_class, or "
+                "set strict_queues=False (sampling with replacement, as the release)",
+            )
+            need(
+                self.n_unc <= self.queue_uncond,
+                f"n_unc={self.n_unc} > queue_uncond={self.queue_uncond} with strict_queues",
+            )
         for k in ("lr", "lr_init", "cfg_k", "no_cfg_frac", "alpha_max", "weight_decay", "clip", "ema_decay"):
             v = getattr(self, k)  # NaN/inf would reach the optimiser and then the checkpoints
-            need(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
-                 f"TrainConfig.{k} must be a finite number, got {v!r}")
-        need(all(isinstance(t, (int, float)) and math.isfinite(t) for t in (*self.betas, *self.taus)),
-             f"betas and taus must be finite numbers, got betas={self.betas!r} taus={self.taus!r}")
-        for k in ("lr", "lr_init"): need(getattr(self, k) > 0, f"TrainConfig.{k} must be > 0, got {getattr(self, k)!r}")
-        need(self.mae_finetune <= self.mae_steps, f"mae_finetune={self.mae_finetune} (the built-in MAE's cls fine-tune over its last "
-             f"steps) must be ≤ mae_steps={self.mae_steps}: lower it too, e.g. -p mae_finetune {self.mae_steps // 4} (0: none)")
+            need(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v),
+                f"TrainConfig.{k} must be a finite number, got {v!r}",
+            )
+        need(
+            all(isinstance(t, (int, float)) and math.isfinite(t) for t in (*self.betas, *self.taus)),
+            f"betas and taus must be finite numbers, got betas={self.betas!r} taus={self.taus!r}",
+        )
+        for k in ("lr", "lr_init"):
+            need(getattr(self, k) > 0, f"TrainConfig.{k} must be > 0, got {getattr(self, k)!r}")
+        need(
+            self.mae_finetune <= self.mae_steps,
+            f"mae_finetune={self.mae_finetune} (the built-in MAE's cls fine-tune over its last "
+            f"steps) must be ≤ mae_steps={self.mae_steps}: lower it too, e.g. -p mae_finetune {self.mae_steps // 4} (0: none)",
+        )
         need(self.alpha_max > 1, f"alpha_max must be > 1, got {self.alpha_max!r}")
         need(0 <= self.no_cfg_frac <= 1, f"no_cfg_frac must be in [0, 1], got {self.no_cfg_frac!r}")
         need(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay!r}")
         need(self.clip > 0, f"clip must be > 0, got {self.clip!r}")
-        need(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), f"betas must be two numbers in [0, 1), got {self.betas!r}")
-        need(len(self.taus) > 0 and all(t > 0 for t in self.taus), f"taus must be positive temperatures, got {self.taus!r}")
+        need(
+            len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas),
+            f"betas must be two numbers in [0, 1), got {self.betas!r}",
+        )
+        need(
+            len(self.taus) > 0 and all(t > 0 for t in self.taus),
+            f"taus must be positive temperatures, got {self.taus!r}",
+        )
         need(self.aggregate in AGGREGATES, f"aggregate must be one of {AGGREGATES}, got {self.aggregate!r}")
-        need(self.mae_preset in MAE_PRESETS, f"unknown mae_preset {self.mae_preset!r} (the built-in latent-MAE's architecture); choose one of {sorted(MAE_PRESETS)}")
-        need(self.aug in AUGMENTATIONS, f"aug must be one of {AUGMENTATIONS} (None: no augmentation; 'rrc': the release's "
-             f"RandomResizedCrop of the pixel models), got {self.aug!r}")
-        need(self.convnext is None or (isinstance(self.convnext, str) and self.convnext.strip() != ""),
-             f"convnext must be None, a transformers folder or 'hub id@revision', got {self.convnext!r}")
-        need(self.feature_encoder is None or isinstance(self.feature_encoder, str),
-             f"feature_encoder must be 'builtin', an encoder folder or None, got {self.feature_encoder!r}")
+        need(
+            self.mae_preset in MAE_PRESETS,
+            f"unknown mae_preset {self.mae_preset!r} (the built-in latent-MAE's architecture); choose one of {sorted(MAE_PRESETS)}",
+        )
+        need(
+            self.aug in AUGMENTATIONS,
+            f"aug must be one of {AUGMENTATIONS} (None: no augmentation; 'rrc': the release's "
+            f"RandomResizedCrop of the pixel models), got {self.aug!r}",
+        )
+        need(
+            self.convnext is None or (isinstance(self.convnext, str) and self.convnext.strip() != ""),
+            f"convnext must be None, a transformers folder or 'hub id@revision', got {self.convnext!r}",
+        )
+        need(
+            self.feature_encoder is None or isinstance(self.feature_encoder, str),
+            f"feature_encoder must be 'builtin', an encoder folder or None, got {self.feature_encoder!r}",
+        )
         return self
 
 # %% ../nbs/11_train.ipynb #9fe437c5
@@ -144,53 +229,157 @@ class TrainConfig:
 # labels, so it pushes at least N_c samples a step (the release pushes 64 or 128 per host for the N_c/hosts labels of
 # that host, D-train-2).
 TRAIN_PRESETS: dict[str, TrainConfig] = {
-    "ablation": TrainConfig(steps=30_000, generator="ablation", n_c=64, n_pos=64, n_neg=64, n_unc=16, push_per_step=64,
-                            cfg_k=3, lr=2e-4, warmup=5000, weight_decay=0.01, flip=True,
-                            mae_preset="latent-256", mae_steps=30_000),
-    "B/2": (_b2 := TrainConfig(steps=200_000, generator="B/2", n_c=128, n_pos=64, n_neg=64, n_unc=32, push_per_step=128,
-                               cfg_k=5, lr=4e-4, warmup=10_000, weight_decay=0.0, flip=True,
-                               mae_preset="latent-640", mae_steps=200_000, mae_finetune=3000)),
+    "ablation": TrainConfig(
+        steps=30_000,
+        generator="ablation",
+        n_c=64,
+        n_pos=64,
+        n_neg=64,
+        n_unc=16,
+        push_per_step=64,
+        cfg_k=3,
+        lr=2e-4,
+        warmup=5000,
+        weight_decay=0.01,
+        flip=True,
+        mae_preset="latent-256",
+        mae_steps=30_000,
+    ),
+    "B/2": (
+        _b2 := TrainConfig(
+            steps=200_000,
+            generator="B/2",
+            n_c=128,
+            n_pos=64,
+            n_neg=64,
+            n_unc=32,
+            push_per_step=128,
+            cfg_k=5,
+            lr=4e-4,
+            warmup=10_000,
+            weight_decay=0.0,
+            flip=True,
+            mae_preset="latent-640",
+            mae_steps=200_000,
+            mae_finetune=3000,
+        )
+    ),
     # L/2: the fields where Tab. 8's L/2 column differs from B/2's
     "L/2": dataclasses.replace(_b2, generator="L/2", cfg_k=3, no_cfg_frac=0.5, weight_decay=0.01),
     # the pixel columns: the paper adds a ConvNeXt-V2 encoder to the pixel MAE, which this config does not name
-    "B/16": TrainConfig(steps=100_000, generator="B/16", n_c=128, n_pos=128, n_neg=64, n_unc=32, push_per_step=128,
-                        cfg_k=5, lr=2e-4, warmup=10_000, weight_decay=0.01, flip=True,
-                        mae_preset="pixel-640", mae_steps=200_000, mae_finetune=3000),
-    "L/16": TrainConfig(steps=100_000, generator="L/16", n_c=128, n_pos=128, n_neg=64, n_unc=32, push_per_step=128,
-                        cfg_k=5, lr=4e-4, warmup=10_000, weight_decay=0.01, flip=True,
-                        mae_preset="pixel-640", mae_steps=200_000, mae_finetune=3000),
+    "B/16": TrainConfig(
+        steps=100_000,
+        generator="B/16",
+        n_c=128,
+        n_pos=128,
+        n_neg=64,
+        n_unc=32,
+        push_per_step=128,
+        cfg_k=5,
+        lr=2e-4,
+        warmup=10_000,
+        weight_decay=0.01,
+        flip=True,
+        mae_preset="pixel-640",
+        mae_steps=200_000,
+        mae_finetune=3000,
+    ),
+    "L/16": TrainConfig(
+        steps=100_000,
+        generator="L/16",
+        n_c=128,
+        n_pos=128,
+        n_neg=64,
+        n_unc=32,
+        push_per_step=128,
+        cfg_k=5,
+        lr=4e-4,
+        warmup=10_000,
+        weight_decay=0.01,
+        flip=True,
+        mae_preset="pixel-640",
+        mae_steps=200_000,
+        mae_finetune=3000,
+    ),
     # ours: the built-in MNIST-5k latents (4×8×8) on a 2-core CPU; see D-train-3 in decisions.md
-    "cpu": TrainConfig(steps=600, generator="cpu-latent", generator_overrides=dict(n_register=4), n_c=10, n_pos=32,
-                       n_neg=32, n_unc=16, push_per_step=64, lr=3e-3, warmup=50, ema_decay=0.99,
-                       mae_preset="small", mae_steps=600, mae_finetune=200),
+    "cpu": TrainConfig(
+        steps=600,
+        generator="cpu-latent",
+        generator_overrides=dict(n_register=4),
+        n_c=10,
+        n_pos=32,
+        n_neg=32,
+        n_unc=16,
+        push_per_step=64,
+        lr=3e-3,
+        warmup=50,
+        ema_decay=0.99,
+        mae_preset="small",
+        mae_steps=600,
+        mae_finetune=200,
+    ),
     # ours: plumbing tests, seconds on a CPU
-    "tiny": TrainConfig(steps=6, generator="tiny", n_c=2, n_pos=4, n_neg=4, n_unc=2, push_per_step=8, queue_per_class=8,
-                        queue_uncond=16, lr=1e-3, warmup=2, ema_decay=0.9, mae_preset="tiny", mae_steps=2),
+    "tiny": TrainConfig(
+        steps=6,
+        generator="tiny",
+        n_c=2,
+        n_pos=4,
+        n_neg=4,
+        n_unc=2,
+        push_per_step=8,
+        queue_per_class=8,
+        queue_uncond=16,
+        lr=1e-3,
+        warmup=2,
+        ema_decay=0.9,
+        mae_preset="tiny",
+        mae_steps=2,
+    ),
 }
 
-def train_config(preset: str | TrainConfig = "ablation",  # a TRAIN_PRESETS name or a config
-                 **overrides,  # TrainConfig fields to change
-                 ) -> TrainConfig:
+
+def train_config(
+    preset: str | TrainConfig = "ablation",  # a TRAIN_PRESETS name or a config
+    **overrides,  # TrainConfig fields to change
+) -> TrainConfig:
     "A checked preset with some fields replaced."
     return from_preset(TRAIN_PRESETS, preset, "training", **overrides).check()
 
 # %% ../nbs/11_train.ipynb #c633f4c2
 CONVNEXT_HUB = "facebook/convnextv2-base-22k-224@main"  # the pixel models' ConvNeXt-V2 (App. A.4, Tab. 9)
-for _k in ("B/16", "L/16"): TRAIN_PRESETS[_k] = dataclasses.replace(TRAIN_PRESETS[_k], convnext=CONVNEXT_HUB, aug="rrc")
-# ours (D-pixel-6, D-pixel-8): the generator's patch 8 gives 16 tokens (the CPU latent generator's count); the latent CPU
+for _k in ("B/16", "L/16"):
+    TRAIN_PRESETS[_k] = dataclasses.replace(TRAIN_PRESETS[_k], convnext=CONVNEXT_HUB, aug="rrc")
+# ours (D-pixel-6, D-pixel-8): the generator's patch 8 gives 16 tokens (the CPU latent generator's count); the latent
+# CPU
 # preset's N_pos / N_neg / N_unc on 5 of the 10 classes a step; a pixel MAE with the release's cls fine-tune at its end
-TRAIN_PRESETS["cpu-pixel"] = TrainConfig(steps=1200, generator="cpu-pixel", generator_overrides=dict(n_register=4, patch_size=8),
-                                         n_c=5, n_pos=32, n_neg=32, n_unc=16, push_per_step=64, lr=3e-3, warmup=50,
-                                         ema_decay=0.99, mae_preset="pixel-small", mae_steps=1000, mae_finetune=300)
+TRAIN_PRESETS["cpu-pixel"] = TrainConfig(
+    steps=1200,
+    generator="cpu-pixel",
+    generator_overrides=dict(n_register=4, patch_size=8),
+    n_c=5,
+    n_pos=32,
+    n_neg=32,
+    n_unc=16,
+    push_per_step=64,
+    lr=3e-3,
+    warmup=50,
+    ema_decay=0.99,
+    mae_preset="pixel-small",
+    mae_steps=1000,
+    mae_finetune=300,
+)
 
 # %% ../nbs/11_train.ipynb #6a61b200
 class DataStream:
     "Shuffled batches of a dataset addressed by a cursor, so the stream restarts exactly from a checkpoint."
-    def __init__(self, ds: ImageDataset,  # samples (latents or pixels) and labels
-                 batch_size: int,  # items per batch (`push_per_step`)
-                 seed: int = 0,  # order and flips depend only on (seed, epoch)
-                 flip: bool = False,  # pick the stored flip (latent caches) or flip the item, with probability 1/2
-                 ):
+
+    def __init__(
+        self,
+        ds: ImageDataset,  # samples (latents or pixels) and labels
+        batch_size: int,  # items per batch (`push_per_step`)
+        seed: int = 0,  # order and flips depend only on (seed, epoch)
+        flip: bool = False,  # pick the stored flip (latent caches) or flip the item, with probability 1/2
+    ):
         if not 0 < batch_size <= len(ds):
             raise ValueError(f"push_per_step={batch_size} must be in 1..{len(ds)} (the dataset size)")
         self.ds, self.batch_size, self.seed, self.flip, self.cursor = ds, batch_size, seed, flip, 0
@@ -218,75 +407,110 @@ class DataStream:
 
     def next(self) -> tuple[Tensor, Tensor]:
         "The batch at the cursor; the cursor moves on."
-        b = self.batch(self.cursor); self.cursor += 1
+        b = self.batch(self.cursor)
+        self.cursor += 1
         return b
 
-    def state_dict(self) -> dict: return dict(cursor=self.cursor, fingerprint=self.ds.fingerprint, n=len(self.ds))
-    def load_state_dict(self, sd: dict): self.cursor = int(sd["cursor"])
+    def state_dict(self) -> dict:
+        return dict(cursor=self.cursor, fingerprint=self.ds.fingerprint, n=len(self.ds))
+
+    def load_state_dict(self, sd: dict):
+        self.cursor = int(sd["cursor"])
 
 # %% ../nbs/11_train.ipynb #793c2f10
 TRAIN_FORMAT = 1  # bump when the checkpoint layout changes
 
-def train_checkpoint(sd,  # what `torch.load` returned
-                     where: str = "the checkpoint",  # names the file in the error
-                     ) -> dict:
+
+def train_checkpoint(
+    sd,  # what `torch.load` returned
+    where: str = "the checkpoint",  # names the file in the error
+) -> dict:
     "`sd` if it is a training checkpoint of this format (weights, EMA, config, generator config), else a clear error."
     if not isinstance(sd, dict) or sd.get("format") != TRAIN_FORMAT or "generator_config" not in sd:
         got = sd.get("format") if isinstance(sd, dict) else type(sd).__name__
-        raise ValueError(f"{where} is not a drifting.train checkpoint of format {TRAIN_FORMAT} (got format {got!r}): "
-                         "give a file written by `Trainer` (run_latent), or its run bundle folder")
+        raise ValueError(
+            f"{where} is not a drifting.train checkpoint of format {TRAIN_FORMAT} (got format {got!r}): "
+            "give a file written by `Trainer` (run_latent), or its run bundle folder"
+        )
     return sd
 
-def finite_clip_(params,  # the parameters whose gradients are clipped in place
-                 max_norm: float,  # the global-norm bound
-                 step: int,  # the step (for the message)
-                 ) -> Tensor:
+
+def finite_clip_(
+    params,  # the parameters whose gradients are clipped in place
+    max_norm: float,  # the global-norm bound
+    step: int,  # the step (for the message)
+) -> Tensor:
     "`clip_grad_norm_` that refuses a NaN/inf gradient before the optimiser step (weights and checkpoints stay as they were)."
-    try: return torch.nn.utils.clip_grad_norm_(params, max_norm, error_if_nonfinite=True)
+    try:
+        return torch.nn.utils.clip_grad_norm_(params, max_norm, error_if_nonfinite=True)
     except RuntimeError as e:
-        if "non-finite" not in str(e): raise
-        raise FloatingPointError(f"the gradient norm is NaN/inf at step {step}: the optimiser step was not taken, the "
-                                 "weights and the last checkpoint are unchanged (lower lr, check the data for NaN/inf)") from None
+        if "non-finite" not in str(e):
+            raise
+        raise FloatingPointError(
+            f"the gradient norm is NaN/inf at step {step}: the optimiser step was not taken, the "
+            "weights and the last checkpoint are unchanged (lower lr, check the data for NaN/inf)"
+        ) from None
+
 
 def check_keep_checkpoints(keep) -> int | None:
     "`keep_checkpoints`: None (keep every step file) or an int ≥ 1; anything else is refused before a run starts."
     if keep is not None and (not isinstance(keep, int) or isinstance(keep, bool) or keep < 1):
-        raise ValueError(f"keep_checkpoints must be None (keep all) or an int ≥ 1 (the newest step files kept), got {keep!r}")
+        raise ValueError(
+            f"keep_checkpoints must be None (keep all) or an int ≥ 1 (the newest step files kept), got {keep!r}"
+        )
     return keep
+
 
 def check_flag(name: str, v) -> bool:
     "A yes/no parameter must be a bool: `-r allow_config_change False` passes the string 'False', which is truthy."
     if not isinstance(v, bool):
-        raise ValueError(f"{name} must be True or False, got {v!r} ({type(v).__name__}); pass it as `-p {name} False` "
-                         "(papermill -p parses booleans, -r keeps a string)")
+        raise ValueError(
+            f"{name} must be True or False, got {v!r} ({type(v).__name__}); pass it as `-p {name} False` "
+            "(papermill -p parses booleans, -r keeps a string)"
+        )
     return v
 
-def check_resume_params(resume,  # a checkpoint or bundle given as `resume`, or None
-                        allow_changes: bool = False,  # the run's allow_config_change
-                        **params,  # the run's own values of what the checkpoint's run recorded, e.g. dataset=, vae=
-                        ) -> dict:  # what differed: {name: (checkpoint's run, now)}
+
+def check_resume_params(
+    resume,  # a checkpoint or bundle given as `resume`, or None
+    allow_changes: bool = False,  # the run's allow_config_change
+    **params,  # the run's own values of what the checkpoint's run recorded, e.g. dataset=, vae=
+) -> dict:  # what differed: {name: (checkpoint's run, now)}
     "Refuse a resume from a run with another dataset, VAE or feature encoder now, from its bundle's record (no VAE/MAE work)."
-    if resume is None: return {}
+    if resume is None:
+        return {}
     p = Path(str(resume)).expanduser()
     b = p if p.is_dir() else p.parent.parent.parent
-    try: old = json.loads((b / "provenance" / "repro.json").read_text())["config"]
-    except (OSError, ValueError, KeyError): return {}  # a bare .pt file: the trainer's own check still runs later
+    try:
+        old = json.loads((b / "provenance" / "repro.json").read_text())["config"]
+    except (OSError, ValueError, KeyError):
+        return {}  # a bare .pt file: the trainer's own check still runs later
     diff = {k: (old.get(k), v) for k, v in params.items() if k in old and old.get(k) != v}
     if diff and not allow_changes:
-        raise ConfigMismatch(f"resume={str(resume)!r} was trained with other inputs:\n{describe_diff(diff)}\n"
-                             "pass the same values, or allow_config_change=True to continue anyway")
+        raise ConfigMismatch(
+            f"resume={str(resume)!r} was trained with other inputs:\n{describe_diff(diff)}\n"
+            "pass the same values, or allow_config_change=True to continue anyway"
+        )
     return diff
+
 
 class ConfigMismatch(ValueError):
     "A checkpoint was written with another configuration, feature space or data."
 
+
 RESUME_MAY_CHANGE = ("steps",)  # a resume may lengthen the run; every other field must match
 
-def config_diff(old: dict, new: dict,
-                ignore: tuple = RESUME_MAY_CHANGE,  # fields not compared
-                ) -> dict:
+
+def config_diff(
+    old: dict,
+    new: dict,
+    ignore: tuple = RESUME_MAY_CHANGE,  # fields not compared
+) -> dict:
     "{field: (old, new)} for every field whose value differs (missing fields count as None)."
-    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in ignore}
+    return {
+        k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in ignore
+    }
+
 
 def describe_diff(diff: dict) -> str:
     "One line per changed field: `name: old (checkpoint) -> new (now)`."
@@ -295,15 +519,23 @@ def describe_diff(diff: dict) -> str:
 # %% ../nbs/11_train.ipynb #01877f59
 class StepLog:
     "The step records of a run: `logs/steps.jsonl` every `log_every` steps, and the same scalars to TensorBoard when asked."
-    def __init__(self, run,  # a `drifting.provenance.Run`
-                 log_every: int = 1,  # steps between records (the last step is always written)
-                 tensorboard: bool = False,  # also write TensorBoard scalars into logs/tensorboard/
-                 ):
+
+    def __init__(
+        self,
+        run,  # a `drifting.provenance.Run`
+        log_every: int = 1,  # steps between records (the last step is always written)
+        tensorboard: bool = False,  # also write TensorBoard scalars into logs/tensorboard/
+    ):
         if not isinstance(log_every, int) or isinstance(log_every, bool) or log_every < 1:
             raise ValueError(f"log_every must be an int ≥ 1, got {log_every!r}")
-        self.log_every, self.file, self.tb = log_every, open(run.path("logs", "steps.jsonl"), "a", encoding="utf-8"), None
+        self.log_every, self.file, self.tb = (
+            log_every,
+            open(run.path("logs", "steps.jsonl"), "a", encoding="utf-8"),
+            None,
+        )
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package (in the lock)
+
             self.tb = SummaryWriter(str(run.path("logs", "tensorboard")))
 
     @staticmethod
@@ -315,48 +547,68 @@ class StepLog:
 
     def write(self, m: dict, taus, force: bool = False):
         "Write the record of step metrics `m` if its step is due (or `force`)."
-        if not force and m["step"] % self.log_every: return
+        if not force and m["step"] % self.log_every:
+            return
         rec = self.record(m)
-        self.file.write(json.dumps(rec) + "\n"); self.file.flush()
+        self.file.write(json.dumps(rec) + "\n")
+        self.file.flush()
         if self.tb is not None:
             s = rec["step"]
-            for k in ("loss", "lr", "grad_norm", "alpha_mean", "samples_per_s"): self.tb.add_scalar(k, rec[k], s)
+            for k in ("loss", "lr", "grad_norm", "alpha_mean", "samples_per_s"):
+                self.tb.add_scalar(k, rec[k], s)
             for t, tau in enumerate(taus):
                 self.tb.add_scalar(f"v2_total/tau{tau}", sum(v[t] for v in rec["v2"].values()), s)
-                for key, v in rec["v2"].items(): self.tb.add_scalar(f"v2/{key}/tau{tau}", v[t], s)
+                for key, v in rec["v2"].items():
+                    self.tb.add_scalar(f"v2/{key}/tau{tau}", v[t], s)
             self.tb.flush()
 
     def close(self):
         self.file.close()
-        if self.tb is not None: self.tb.close()
+        if self.tb is not None:
+            self.tb.close()
 
 # %% ../nbs/11_train.ipynb #451ae50f
 class Trainer:
     "Generator + EMA + AdamW + queues + data stream + RNG, with the official step, checkpoints and exact resume."
-    def __init__(self, cfg: TrainConfig,  # the run's configuration (checked)
-                 data: DataStream,  # real samples for the queues
-                 features: FeatureSpace,  # frozen feature space
-                 device: torch.device | str | None = None,  # default: the best available
-                 ):
+
+    def __init__(
+        self,
+        cfg: TrainConfig,  # the run's configuration (checked)
+        data: DataStream,  # real samples for the queues
+        features: FeatureSpace,  # frozen feature space
+        device: torch.device | str | None = None,  # default: the best available
+    ):
         self.cfg = cfg.check()
         self.dev = dev = torch.device(device) if device is not None else default_device()
         self.data, self.features = data, features.to(dev)
         if data.batch_size != cfg.push_per_step:
-            raise ValueError(f"the data stream pushes {data.batch_size} samples a step but push_per_step={cfg.push_per_step}: "
-                             "build it as DataStream(ds, cfg.push_per_step, cfg.seed, cfg.flip)")
+            raise ValueError(
+                f"the data stream pushes {data.batch_size} samples a step but push_per_step={cfg.push_per_step}: "
+                "build it as DataStream(ds, cfg.push_per_step, cfg.seed, cfg.flip)"
+            )
         C, H, W = data.item_shape
-        if H != W: raise ValueError(f"the generator makes square samples; the data items are {H}×{W}")
-        self.gen_cfg = generator_config(cfg.generator, **dict(dict(num_classes=data.num_classes, in_channels=C,
-                                                                  input_size=H), **cfg.generator_overrides))
+        if H != W:
+            raise ValueError(f"the generator makes square samples; the data items are {H}×{W}")
+        self.gen_cfg = generator_config(
+            cfg.generator,
+            **dict(dict(num_classes=data.num_classes, in_channels=C, input_size=H), **cfg.generator_overrides),
+        )
         with torch.random.fork_rng(devices=[]):  # the initialisation depends on the seed only
             torch.manual_seed(cfg.seed)
             gen = Generator(self.gen_cfg)
         self.gen = gen.to(dev)
         self.ema = ema_copy(self.gen).eval()
-        self.opt = torch.optim.AdamW(self.gen.parameters(), lr=cfg.lr_init, betas=tuple(cfg.betas),
-                                     weight_decay=cfg.weight_decay, eps=1e-8)
-        self.queues = SampleQueues(data.num_classes, data.item_shape, cfg.queue_per_class, cfg.queue_uncond,
-                                   device=dev, strict=cfg.strict_queues)
+        self.opt = torch.optim.AdamW(
+            self.gen.parameters(), lr=cfg.lr_init, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, eps=1e-8
+        )
+        self.queues = SampleQueues(
+            data.num_classes,
+            data.item_shape,
+            cfg.queue_per_class,
+            cfg.queue_uncond,
+            device=dev,
+            strict=cfg.strict_queues,
+        )
         self.rng = torch.Generator(dev).manual_seed(cfg.seed + 1)
         self.step_count = 0
         self.comm = None  # a `drifting.distributed.Comm` when this is one rank of a torch.distributed job
@@ -368,13 +620,27 @@ class Trainer:
         present = self.data.ds.counts() > 0  # [K] classes that exist in the data
         while n < max_batches:
             pos_ok = bool((self.queues.pos.count.cpu()[present] >= min(cfg.n_pos, cfg.queue_per_class)).all())
-            if pos_ok and int(self.queues.unc.count[0]) >= min(cfg.n_unc, cfg.queue_uncond): return n
-            x, y = self.data.next(); self.queues.push(x.to(self.dev), y.to(self.dev)); n += 1
-        raise RuntimeError(f"the queues were still short after {max_batches} pushed batches: a class has fewer than "
-                           f"n_pos={cfg.n_pos} samples in the data")
+            if pos_ok and int(self.queues.unc.count[0]) >= min(cfg.n_unc, cfg.queue_uncond):
+                return n
+            x, y = self.data.next()
+            self.queues.push(x.to(self.dev), y.to(self.dev))
+            n += 1
+        raise RuntimeError(
+            f"the queues were still short after {max_batches} pushed batches: a class has fewer than "
+            f"n_pos={cfg.n_pos} samples in the data"
+        )
 
-    def _micro(self, labels: Tensor, alpha: Tensor, w: Tensor | None, eps: Tensor, style: Tensor, pos: Tensor,
-               unc: Tensor | None, scale: float) -> tuple:
+    def _micro(
+        self,
+        labels: Tensor,
+        alpha: Tensor,
+        w: Tensor | None,
+        eps: Tensor,
+        style: Tensor,
+        pos: Tensor,
+        unc: Tensor | None,
+        scale: float,
+    ) -> tuple:
         "Forward and backward of one micro-batch of labels and its draws; returns (loss, {key: loss}, {key: info})."
         cfg, n = self.cfg, labels.shape[0]
         x = self.gen(eps, labels.repeat_interleave(cfg.n_neg), alpha.repeat_interleave(cfg.n_neg), style)
@@ -383,11 +649,20 @@ class Trainer:
             f_pos = group_by_class(self.features(pos.flatten(0, 1)), n)
             f_unc = group_by_class(self.features(unc.flatten(0, 1)), n) if unc is not None else None
         reduce = self.comm.stat_reduce if self.comm is not None else None  # global-batch statistics across ranks
-        loss, losses, infos = feature_drift_loss(f_gen, f_pos, f_unc, w=w, taus=cfg.taus, aggregate=cfg.aggregate,
-                                                 **({} if reduce is None else dict(all_reduce=reduce)))
+        loss, losses, infos = feature_drift_loss(
+            f_gen,
+            f_pos,
+            f_unc,
+            w=w,
+            taus=cfg.taus,
+            aggregate=cfg.aggregate,
+            **({} if reduce is None else dict(all_reduce=reduce)),
+        )
         if not torch.isfinite(loss):
-            raise FloatingPointError(f"the drift loss is {loss.item()} at step {self.step_count}; the weights and the "
-                                     "last checkpoint are unchanged (lower lr, check the data for NaN/inf)")
+            raise FloatingPointError(
+                f"the drift loss is {loss.item()} at step {self.step_count}; the weights and the "
+                "last checkpoint are unchanged (lower lr, check the data for NaN/inf)"
+            )
         (loss * scale).backward()
         return loss.detach(), losses, infos
 
@@ -396,15 +671,17 @@ class Trainer:
         cfg, g, t0 = self.cfg, self.rng, time.perf_counter()
         self.gen.train()
         lr = lr_at(self.step_count, cfg)
-        for pg in self.opt.param_groups: pg["lr"] = lr
+        for pg in self.opt.param_groups:
+            pg["lr"] = lr
         x, y = self.data.next()
         y = y.to(self.dev)
         self.queues.push(x.to(self.dev), y)
-        labels = y[torch.randperm(len(y), generator=g, device=self.dev)[:cfg.n_c]]  # [N_c] positions w/o replacement
+        labels = y[torch.randperm(len(y), generator=g, device=self.dev)[: cfg.n_c]]  # [N_c] positions w/o replacement
         if cfg.n_unc:
             alpha = sample_alpha(cfg.n_c, cfg.cfg_k, cfg.no_cfg_frac, cfg.alpha_max, generator=g, device=self.dev)
             w = uncond_weight(alpha, cfg.n_neg, cfg.n_unc)  # [N_c]
-        else: alpha, w = torch.ones(cfg.n_c, device=self.dev), None
+        else:
+            alpha, w = torch.ones(cfg.n_c, device=self.dev), None
         B = cfg.n_c * cfg.n_neg  # the global batch's draws, whole and in one order on every rank (D-dist-2)
         eps = torch.randn(B, *self.data.item_shape, generator=g, device=self.dev)  # [N_c*N_neg, C, H, W]
         style = self.gen.sample_style(B, g, self.dev)  # [N_c*N_neg, n_style]
@@ -412,99 +689,151 @@ class Trainer:
         unc = self.queues.sample_unc(cfg.n_c, cfg.n_unc, g)[0] if cfg.n_unc else None  # [N_c, N_unc, C, H, W]
         self.opt.zero_grad(set_to_none=True)
         rank, world = (self.comm.rank, self.comm.world_size) if self.comm is not None else (0, 1)
-        m = cfg.n_c // cfg.grad_accum; k = m // world  # labels per micro-batch, this rank's share of them
+        m = cfg.n_c // cfg.grad_accum
+        k = m // world  # labels per micro-batch, this rank's share of them
         tot, v2 = 0.0, OrderedDict()
         for i in range(0, cfg.n_c, m):
             a, b = i + rank * k, i + (rank + 1) * k  # this rank's labels of the micro-batch i:i+m
-            loss, losses, infos = self._micro(labels[a:b], alpha[a:b], None if w is None else w[a:b],
-                                              eps[a * cfg.n_neg:b * cfg.n_neg], style[a * cfg.n_neg:b * cfg.n_neg],
-                                              pos[a:b], None if unc is None else unc[a:b], 1.0 / cfg.grad_accum)
+            loss, losses, infos = self._micro(
+                labels[a:b],
+                alpha[a:b],
+                None if w is None else w[a:b],
+                eps[a * cfg.n_neg : b * cfg.n_neg],
+                style[a * cfg.n_neg : b * cfg.n_neg],
+                pos[a:b],
+                None if unc is None else unc[a:b],
+                1.0 / cfg.grad_accum,
+            )
             tot += loss.item() / cfg.grad_accum
             for key, inf in infos.items():
                 v = [f / cfg.grad_accum for f in inf.force_sq.tolist()]  # one per tau, in order
                 v2[key] = [x + y for x, y in zip(v2[key], v)] if key in v2 else v
         if self.comm is not None:  # gradients and logged numbers: the mean over ranks
-            self.comm.average_gradients(self.gen.parameters()); tot, v2 = self.comm.mean_metrics(tot, v2)
+            self.comm.average_gradients(self.gen.parameters())
+            tot, v2 = self.comm.mean_metrics(tot, v2)
         gn = finite_clip_(self.gen.parameters(), cfg.clip, self.step_count)  # NaN/inf: no optimiser step
         self.opt.step()
         ema_update(self.ema, self.gen, cfg.ema_decay)
         self.step_count += 1
         dt = time.perf_counter() - t0
-        return dict(step=self.step_count, loss=tot, lr=lr, grad_norm=gn.item(), alpha_mean=alpha.mean().item(),
-                    v2_total=[sum(v[t] for v in v2.values()) for t in range(len(cfg.taus))], v2=v2, seconds=dt,
-                    samples_per_s=cfg.n_c * cfg.n_neg / dt)
+        return dict(
+            step=self.step_count,
+            loss=tot,
+            lr=lr,
+            grad_norm=gn.item(),
+            alpha_mean=alpha.mean().item(),
+            v2_total=[sum(v[t] for v in v2.values()) for t in range(len(cfg.taus))],
+            v2=v2,
+            seconds=dt,
+            samples_per_s=cfg.n_c * cfg.n_neg / dt,
+        )
 
     # -- checkpoints -------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         "Everything needed to continue exactly: weights, EMA, optimiser, queues, data cursor, step, RNG, config."
-        return dict(format=TRAIN_FORMAT, step=self.step_count, config=self.cfg.to_dict(),
-                    generator_config=dataclasses.asdict(self.gen_cfg), features=self.features.fingerprint(),
-                    model=self.gen.state_dict(), ema=self.ema.state_dict(), optimizer=self.opt.state_dict(),
-                    queues=self.queues.state_dict(), data=self.data.state_dict(),
-                    rng=dict(run=self.rng.get_state(), **rng_states()))
+        return dict(
+            format=TRAIN_FORMAT,
+            step=self.step_count,
+            config=self.cfg.to_dict(),
+            generator_config=dataclasses.asdict(self.gen_cfg),
+            features=self.features.fingerprint(),
+            model=self.gen.state_dict(),
+            ema=self.ema.state_dict(),
+            optimizer=self.opt.state_dict(),
+            queues=self.queues.state_dict(),
+            data=self.data.state_dict(),
+            rng=dict(run=self.rng.get_state(), **rng_states()),
+        )
 
-    def load_state_dict(self, sd: dict,  # a `state_dict()` (e.g. `load_checkpoint(path)`)
-                        allow_changes: bool = False,  # accept a different config / feature space / data, and say so
-                        ) -> dict:  # what differed: {field: (checkpoint, now)}
+    def load_state_dict(
+        self,
+        sd: dict,  # a `state_dict()` (e.g. `load_checkpoint(path)`)
+        allow_changes: bool = False,  # accept a different config / feature space / data, and say so
+    ) -> dict:  # what differed: {field: (checkpoint, now)}
         "Continue from a checkpoint; refuse one written with another config, feature space or data unless allowed."
         train_checkpoint(sd)
         diff = config_diff(sd["config"], self.cfg.to_dict())
-        if sd["features"] != self.features.fingerprint(): diff["feature_space"] = (sd["features"], self.features.fingerprint())
+        if sd["features"] != self.features.fingerprint():
+            diff["feature_space"] = (sd["features"], self.features.fingerprint())
         if sd["data"]["fingerprint"] != self.data.ds.fingerprint:
             diff["data_fingerprint"] = (sd["data"]["fingerprint"], self.data.ds.fingerprint)
         if diff and not allow_changes:
-            raise ConfigMismatch(f"the checkpoint at step {sd['step']} was written with a different setup:\n{describe_diff(diff)}\n"
-                                 "resume with the same settings, or pass allow_changes=True (allow_config_change in "
-                                 "run_latent) to continue anyway")
-        self.gen.load_state_dict(sd["model"]); self.ema.load_state_dict(sd["ema"])
-        self.opt.load_state_dict(sd["optimizer"]); self.queues.load_state_dict(sd["queues"])
+            raise ConfigMismatch(
+                f"the checkpoint at step {sd['step']} was written with a different setup:\n{describe_diff(diff)}\n"
+                "resume with the same settings, or pass allow_changes=True (allow_config_change in "
+                "run_latent) to continue anyway"
+            )
+        self.gen.load_state_dict(sd["model"])
+        self.ema.load_state_dict(sd["ema"])
+        self.opt.load_state_dict(sd["optimizer"])
+        self.queues.load_state_dict(sd["queues"])
         for st in self.opt.state.values():  # torch keeps the given tensors on the same device: own copies, so that a
             for k, v in st.items():  # live state (another trainer's `state_dict()`) is not stepped by this one too
-                if torch.is_tensor(v): st[k] = v.clone()
-        self.data.load_state_dict(sd["data"]); self.step_count = int(sd["step"])
-        self.rng.set_state(sd["rng"]["run"]); set_rng_states(sd["rng"])
+                if torch.is_tensor(v):
+                    st[k] = v.clone()
+        self.data.load_state_dict(sd["data"])
+        self.step_count = int(sd["step"])
+        self.rng.set_state(sd["rng"]["run"])
+        set_rng_states(sd["rng"])
         return diff
 
     def save(self, path: str | os.PathLike) -> Path:
         "Write `state_dict()` atomically to `path` (a bundle uses `run.save_checkpoint` instead); NaN/inf is refused."
-        sd = self.state_dict(); check_finite(sd)
+        sd = self.state_dict()
+        check_finite(sd)
         return atomic_torch_save(sd, path)
 
     # -- the loop ----------------------------------------------------------------------------------------------
-    def fit(self, steps: int | None = None,  # train until this many steps in total (None: `cfg.steps`); a resumed trainer continues to it
-            run=None,  # a `drifting.provenance.Run`: per-step log, checkpoints and events go into its bundle
-            ckpt_every: int | None = None,  # checkpoint every so many steps (and always at the end); None: end only
-            keep_checkpoints: int | None = None,  # keep only the newest step_<n>.pt files (None: all)
-            progress: bool = True,  # tqdm bar with ETA
-            callback=None,  # called as callback(trainer, metrics) after each step
-            log_every: int = 1,  # write the step record (logs/steps.jsonl, TensorBoard) every so many steps, and at the end
-            tensorboard: bool = False,  # also write the step records as TensorBoard scalars (logs/tensorboard/ of the bundle)
-            ) -> dict:  # history: lists of loss, lr, grad_norm, alpha_mean, seconds, v2_total (per τ), and v2 per key
+    def fit(
+        self,
+        steps: int
+        | None = None,  # train until this many steps in total (None: `cfg.steps`); a resumed trainer continues to it
+        run=None,  # a `drifting.provenance.Run`: per-step log, checkpoints and events go into its bundle
+        ckpt_every: int | None = None,  # checkpoint every so many steps (and always at the end); None: end only
+        keep_checkpoints: int | None = None,  # keep only the newest step_<n>.pt files (None: all)
+        progress: bool = True,  # tqdm bar with ETA
+        callback=None,  # called as callback(trainer, metrics) after each step
+        log_every: int = 1,  # write the step record (logs/steps.jsonl, TensorBoard) every so many steps, and at the end
+        # also write the step records as TensorBoard scalars (logs/tensorboard/ of the bundle)
+        tensorboard: bool = False,
+    ) -> dict:  # history: lists of loss, lr, grad_norm, alpha_mean, seconds, v2_total (per τ), and v2 per key
         "Train to `steps`, logging every step and checkpointing atomically; returns the history of this call."
-        if steps is not None: self.cfg = dataclasses.replace(self.cfg, steps=steps).check()  # the checkpoint records it
+        if steps is not None:
+            self.cfg = dataclasses.replace(self.cfg, steps=steps).check()  # the checkpoint records it
         steps = self.cfg.steps
         if steps < self.step_count:
             raise ValueError(f"steps={steps} is below the step this trainer is at ({self.step_count}); nothing to do")
         if ckpt_every is not None and (not isinstance(ckpt_every, int) or ckpt_every < 1):
             raise ValueError(f"ckpt_every must be None or an int ≥ 1, got {ckpt_every!r}")
         check_keep_checkpoints(keep_checkpoints)
-        if self.step_count == 0 and (self.cfg.prefill_queues or self.cfg.strict_queues) and int(self.queues.unc.count[0]) == 0:
+        if (
+            self.step_count == 0
+            and (self.cfg.prefill_queues or self.cfg.strict_queues)
+            and int(self.queues.unc.count[0]) == 0
+        ):
             n = self.prefill()
-            if run is not None: run.event("prefill", batches=n)
+            if run is not None:
+                run.event("prefill", batches=n)
         hist = dict(step=[], loss=[], lr=[], grad_norm=[], alpha_mean=[], seconds=[], v2_total=[], v2={})
         log = StepLog(run, log_every, tensorboard) if run is not None else None
         bar = progress_bar(steps, self.step_count, progress)
         saved = []
-        if run is not None: run.in_loop = True  # SIGTERM now means: checkpoint at the end of this step, then fail
+        if run is not None:
+            run.in_loop = True  # SIGTERM now means: checkpoint at the end of this step, then fail
         try:
             while self.step_count < steps:
                 m = self.step()
-                for k in ("step", "loss", "lr", "grad_norm", "alpha_mean", "seconds", "v2_total"): hist[k].append(m[k])
-                for k, v in m["v2"].items(): hist["v2"].setdefault(k, []).append(v)
+                for k in ("step", "loss", "lr", "grad_norm", "alpha_mean", "seconds", "v2_total"):
+                    hist[k].append(m[k])
+                for k, v in m["v2"].items():
+                    hist["v2"].setdefault(k, []).append(v)
                 at_end = self.step_count == steps
-                if log is not None: log.write(m, self.cfg.taus, force=at_end)
-                bar.update(1); bar.set_postfix(loss=f"{m['loss']:.4g}", v2=f"{m['v2_total'][0]:.3g}", refresh=False)
-                if callback is not None: callback(self, m)
+                if log is not None:
+                    log.write(m, self.cfg.taus, force=at_end)
+                bar.update(1)
+                bar.set_postfix(loss=f"{m['loss']:.4g}", v2=f"{m['v2_total'][0]:.3g}", refresh=False)
+                if callback is not None:
+                    callback(self, m)
                 at_end = self.step_count == steps or (run is not None and run.terminated)
                 if (ckpt_every and self.step_count % ckpt_every == 0) or at_end:
                     if run is not None:
@@ -512,10 +841,14 @@ class Trainer:
                         if keep_checkpoints and len(saved) > keep_checkpoints:
                             saved.pop(0).unlink(missing_ok=True)  # last.pt is a copy of the newest, untouched
                 if run is not None and run.terminated:
-                    raise RuntimeError(f"terminated by SIGTERM at step {self.step_count}; checkpoint "
-                                       f"{saved[-1].name if saved else 'none'} written: resume with resume=<this bundle>")
+                    raise RuntimeError(
+                        f"terminated by SIGTERM at step {self.step_count}; checkpoint "
+                        f"{saved[-1].name if saved else 'none'} written: resume with resume=<this bundle>"
+                    )
         finally:
             bar.close()
-            if log is not None: log.close()
-            if run is not None: run.in_loop = False
+            if log is not None:
+                log.close()
+            if run is not None:
+                run.in_loop = False
         return hist

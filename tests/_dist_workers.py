@@ -82,8 +82,8 @@ def exactness(out: str):
         states = torch.load(os.path.join(out, "states_1p.pt"), weights_only=True)
         t = trainer(); attach(t, "exact")
         for sd in states[:-1]:
-            t.load_state_dict(copy.deepcopy(sd)); m = t.step()
-            res["forced"].append(dict(loss=m["loss"], model=_state(t.gen), ema=_state(t.ema)))
+            t.load_state_dict(copy.deepcopy(sd)); s = one_step(t)
+            res["forced"].append(dict(s, ema=_state(t.ema)))
         # 3. the same world size resumes bit-exactly
         t = trainer(); t.load_state_dict(copy.deepcopy(res["ck_half"]))  # a copy: loading aliases the optimizer state
         attach(t, "exact"); t.fit(STEPS, progress=False)

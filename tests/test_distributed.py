@@ -112,14 +112,41 @@ def test_per_rank_statistics_change_the_loss(two_ranks, one_process):
     assert d > 1e-4, d  # 100x the exact mode's tolerance
 
 
+def same_bits(a, b):
+    "Two steps with the same arithmetic: the same loss, gradients and weights, to the bit."
+    assert a["loss"] == b["loss"], (a["loss"], b["loss"])
+    assert all(torch.equal(x, y) for x, y in zip(a["grad"], b["grad"]))
+    assert all(torch.equal(x, y) for x, y in zip(a["model"].values(), b["model"].values()))
+
+
+def same_update(a, b):
+    """The same step taken with another number of processes, from a trained state: the loss within 1e-6 and the new
+    weights within 1e-5 (relative norms), as in the 20 forced steps. The gradients themselves are compared to the bit
+    against the same world size's step instead (`same_bits`): across world sizes they differ by the order of fp32 sums,
+    and in a trained state this step is ill-conditioned (one ulp on every weight moves its gradient by 2-4e-4,
+    measured; the release's `cdist` cancels), so no fixed bound on them follows from the arithmetic (D-dist-10)."""
+    assert abs(a["loss"] - b["loss"]) / abs(b["loss"]) <= 1e-6, (a["loss"], b["loss"])
+    assert rel(flat(a["model"].values()), flat(b["model"].values())) <= 1e-5
+
+
 def test_resume_across_world_sizes(two_ranks, one_process):
     r0 = two_ranks[0]
     same = r0["resumed_same"]  # 2 -> 2: bit-exact
     for k in ("model", "ema"):
         assert all(torch.equal(a, b) for a, b in zip(same[k].values(), r0["exact"][k].values())), k
-    same_step(r0["from_1p"], one_process["step_next"])  # 1 -> 2: the next step is the one process's
-    t = trainer(); t.load_state_dict(copy.deepcopy(r0["ck_half"]))  # 2 -> 1: the next step is the 2 ranks'
-    same_step(one_step(t), r0["step_next"])
+    # 1 -> 2: the one process's checkpoint continues on 2 ranks exactly as the 2 ranks step from that state (the
+    # forced step HALF, one torch thread on both), and that step is the one process's next step
+    same_bits(r0["from_1p"], r0["forced"][HALF])
+    same_update(r0["from_1p"], one_process["step_next"])
+    # 2 -> 1: the 2 ranks' checkpoint continues in one process exactly as one process steps from that state, and
+    # that step is the 2 ranks' next step
+    t = trainer()
+    t.load_state_dict(copy.deepcopy(r0["ck_half"]))
+    resumed = one_step(t)
+    t = trainer()
+    t.load_state_dict(copy.deepcopy(r0["ck_half"]))
+    same_bits(resumed, one_step(t))
+    same_update(resumed, r0["step_next"])
 
 
 def test_sharded_sampling_and_fid(two_ranks):

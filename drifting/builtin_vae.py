@@ -66,7 +66,7 @@ def _data(recipe: BuiltinRecipe, split: str):
         seed=recipe.split_seed,
     )
 
-
+# %% ../nbs/08a_builtin_vae.ipynb #88753a7e
 def train_builtin_vae(
     config: dict | None = None,  # AutoencoderKL kwargs (default BUILTIN_VAE_CONFIG)
     recipe: BuiltinRecipe | None = None,  # training recipe (default BuiltinRecipe())

@@ -188,7 +188,7 @@ def atomic_folder(
     final: str | os.PathLike,  # the folder to create
     marker: str,  # a file written last inside it: its presence means the folder is complete
 ):
-    "Yield a temporary folder beside `final`; when the block succeeds, rename it to `final` (a complete one there wins)."
+    "Yield a temporary folder beside `final`; on success rename it to `final` (a complete one already there wins)."
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".tmp-{final.name}-"))

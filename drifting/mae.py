@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from fastcore.basics import patch
 
 from .core import atomic_torch_save, atomic_write_text, from_preset
 
@@ -28,20 +29,13 @@ class MAEConfig:
 
     in_channels: int = 4  # channels of one input item: 4 for SD-VAE latents (32×32×4), 3 for pixels
     width: int = 256  # base width C; stages have C, 2C, 4C, 8C channels (App. A.3: 256 ablation, 640 final)
-    blocks: tuple = (
-        3,
-        4,
-        6,
-        3,
-    )  # basic blocks per stage, the ResNet-34 layout (App. A.3; Tab. 8 says bottleneck, §13.1)
+    blocks: tuple = (3, 4, 6, 3)  # basic blocks per stage, the ResNet-34 layout (App. A.3; Tab. 8: bottleneck, §13.1)
     input_patch: int = 1  # patchify p×p before the stem (pixel-MAE: 8, 256×256×3 -> 32×32×192; App. A.3)
     gn_max_groups: int = 32  # GroupNorm groups = largest divisor of the channels that is ≤ this (release)
     num_classes: int = 1000  # classes of the linear head used only by the cls fine-tune (ImageNet)
     mask_ratio: float = 0.5  # probability that a mask patch is zeroed (App. A.3; release mask_ratio_min=max=0.5)
     mask_patch: int = 2  # side of the square mask patches on the (patchified) grid (release patch_size: 2)
-    gn_eps: float = (
-        1e-5  # GroupNorm ε (PyTorch's default); the official Flax models use Flax's 1e-6 (drifting.official)
-    )
+    gn_eps: float = 1e-5  # GroupNorm ε (PyTorch's default); the official Flax models use Flax's 1e-6 (`official`)
 
     def __post_init__(self):
         object.__setattr__(self, "blocks", tuple(int(b) for b in self.blocks))
@@ -78,16 +72,15 @@ class MAEConfig:
             d["gn_eps"] = self.gn_eps  # only when set: default exports are unchanged
         return d
 
-
+# %% ../nbs/04_mae.ipynb #addc01f5
 MAE_PRESETS = {
     "latent-256": MAEConfig(width=256),  # ablation encoder, HF `mae_latent_256` (Tab. 8)
     "latent-384": MAEConfig(width=384),  # Tab. 3
     "latent-512": MAEConfig(width=512),  # Tab. 3
     "latent-640": MAEConfig(width=640),  # final latent encoder, HF `mae_latent_640` (Tab. 8)
     "pixel-640": MAEConfig(in_channels=3, width=640, input_patch=8),  # 256×256×3 -> 32×32×192 (App. A.3)
-    "pixel-small": MAEConfig(
-        in_channels=1, width=32, blocks=(2, 2, 2, 2), input_patch=4, num_classes=10
-    ),  # ours: the built-in digits' pixels, 32×32×1 -> 8×8×16
+    # ours: the built-in digits' pixels, 32×32×1 -> 8×8×16
+    "pixel-small": MAEConfig(in_channels=1, width=32, blocks=(2, 2, 2, 2), input_patch=4, num_classes=10),
     "small": MAEConfig(width=32, blocks=(2, 2, 2, 2), num_classes=10),  # ours: CPU runs on the built-in data
     "tiny": MAEConfig(width=8, blocks=(1, 1, 1, 1), num_classes=10),  # ours: tests
 }
@@ -133,7 +126,7 @@ class BasicBlock(nn.Module):
         y = self.gn2(self.conv2(F.relu(self.gn1(self.conv1(x)))))
         return F.relu(y + self.proj(x))
 
-
+# %% ../nbs/04_mae.ipynb #44b312ad
 def patchify(
     x: torch.Tensor,  # [B, C, H, W]
     p: int,  # patch side
@@ -160,7 +153,7 @@ def unpatchify(
     x = x.reshape(B, p, p, C, h, w).permute(0, 3, 4, 1, 5, 2)  # [B, C, h, p, w, p]
     return x.reshape(B, C, h * p, w * p)
 
-
+# %% ../nbs/04_mae.ipynb #34438bca
 class ResNetEncoder(nn.Module):
     "The MAE encoder: GN stem and 4 stages of basic blocks, each stage output GN-normalised (`layer{i}_norm`)."
 
@@ -200,38 +193,44 @@ class ResNetEncoder(nn.Module):
     def from_config(cls, cfg: MAEConfig) -> "ResNetEncoder":
         return cls(**cfg.encoder_dict())
 
-    def features(
-        self,
-        x: torch.Tensor,  # [B, C·p², h, w] patchified input
-        every_k_block: int | None = 2,  # keep every k-th raw block output (None: none)
-    ) -> "OrderedDict[str, torch.Tensor]":  # name -> [B, C_i, H_i, W_i]
-        "Stem and stage outputs (GN-normalised), plus every k-th raw block output."
-        out = OrderedDict()
-        x = F.relu(self.gn1(self.conv1(x)))  # [B, C, h, w]
-        out["conv1"] = x
-        for i, (blocks, norm) in enumerate(zip(self.stages, self.stage_norms), start=1):
-            raw = OrderedDict()
-            for k, blk in enumerate(blocks, start=1):
-                x = blk(x)  # [B, C_i, H_i, W_i]
-                if every_k_block and k % every_k_block == 0:
-                    raw[f"layer{i}_blk{k}"] = x
-            x = norm(x)  # the stage output that is returned and fed on
-            out[f"layer{i}"] = x
-            out.update(raw)
-        return out
+# %% ../nbs/04_mae.ipynb #4b596968
+@patch
+def features(
+    self: ResNetEncoder,
+    x: torch.Tensor,  # [B, C·p², h, w] patchified input
+    every_k_block: int | None = 2,  # keep every k-th raw block output (None: none)
+) -> "OrderedDict[str, torch.Tensor]":  # name -> [B, C_i, H_i, W_i]
+    "Stem and stage outputs (GN-normalised), plus every k-th raw block output."
+    out = OrderedDict()
+    x = F.relu(self.gn1(self.conv1(x)))  # [B, C, h, w]
+    out["conv1"] = x
+    for i, (blocks, norm) in enumerate(zip(self.stages, self.stage_norms), start=1):
+        raw = OrderedDict()
+        for k, blk in enumerate(blocks, start=1):
+            x = blk(x)  # [B, C_i, H_i, W_i]
+            if every_k_block and k % every_k_block == 0:
+                raw[f"layer{i}_blk{k}"] = x
+        x = norm(x)  # the stage output that is returned and fed on
+        out[f"layer{i}"] = x
+        out.update(raw)
+    return out
 
-    def get_activations(
-        self,
-        x: torch.Tensor,  # [B, in_channels, H, W] raw input (latents or pixels)
-        every_k_block: int | None = 2,  # release `every_k_block`
-    ) -> "OrderedDict[str, torch.Tensor]":  # name -> [B, C_i, H_i, W_i]
-        "The feature maps of spec §2.4 (`conv1`, `layer{i}`, `layer{i}_blk{k}`), differentiable w.r.t. `x`."
-        if x.ndim != 4 or x.shape[1] != self.config["in_channels"]:
-            raise ValueError(f"expected input [B, {self.config['in_channels']}, H, W], got {tuple(x.shape)}")
-        return self.features(patchify(x.float(), self.config["input_patch"]), every_k_block)
+# %% ../nbs/04_mae.ipynb #abcabcf7
+@patch
+def get_activations(
+    self: ResNetEncoder,
+    x: torch.Tensor,  # [B, in_channels, H, W] raw input (latents or pixels)
+    every_k_block: int | None = 2,  # release `every_k_block`
+) -> "OrderedDict[str, torch.Tensor]":  # name -> [B, C_i, H_i, W_i]
+    "The feature maps of spec §2.4 (`conv1`, `layer{i}`, `layer{i}_blk{k}`), differentiable w.r.t. `x`."
+    if x.ndim != 4 or x.shape[1] != self.config["in_channels"]:
+        raise ValueError(f"expected input [B, {self.config['in_channels']}, H, W], got {tuple(x.shape)}")
+    return self.features(patchify(x.float(), self.config["input_patch"]), every_k_block)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # [B, in_channels, H, W] -> [B, 8C, H/8p, W/8p]
-        return self.get_activations(x, None)["layer4"]
+
+@patch
+def forward(self: ResNetEncoder, x: torch.Tensor) -> torch.Tensor:  # [B, in_channels, H, W] -> [B, 8C, H/8p, W/8p]
+    return self.get_activations(x, None)["layer4"]
 
 # %% ../nbs/04_mae.ipynb #87973587
 def conv_gn_relu(c_in: int, c_out: int, max_groups: int = 32) -> nn.Sequential:
@@ -422,7 +421,7 @@ def check_encoder_spec(
     feature_encoder,  # None, 'builtin' or an export folder (the `feature_encoder` parameter of a run)
     mae_preset: str = "small",  # the built-in latent-MAE's architecture
 ):
-    "Refuse a `feature_encoder` / `mae_preset` that would fail later, reading at most a config.json (nothing is loaded)."
+    "Refuse a `feature_encoder` / `mae_preset` that would fail later, reading at most a config.json (loading nothing)."
     if feature_encoder is None:
         return
     if str(feature_encoder) == "builtin":

@@ -164,7 +164,7 @@ def train_mae(
     hist["time_s"] = time.perf_counter() - t0
     return ema_model.eval(), hist
 
-
+# %% ../nbs/04a_mae_train.ipynb #333c5077
 @torch.no_grad()
 def evaluate_mae(
     model: MAE,  # model to evaluate (EMA or raw)
@@ -192,11 +192,10 @@ def evaluate_mae(
     return {k: v / len(x) for k, v in sums.items()}
 
 # %% ../nbs/04a_mae_train.ipynb #ca8457c8
-BUILTIN_MAE_RECIPE = MAETrainConfig(
-    warmup=50, ema_decay=0.99, finetune_last_steps=0
-)  # the release's recipe, short for a CPU run
+# the release's recipe, short for a CPU run
+BUILTIN_MAE_RECIPE = MAETrainConfig(warmup=50, ema_decay=0.99, finetune_last_steps=0)
 
-
+# %% ../nbs/04a_mae_train.ipynb #27f1e788
 def latent_mae_encoder(
     x: Tensor,  # [N, C, H, W] training latents (or pixels)
     y: Tensor,  # [N] int64 labels (the MAE head is unused without a fine-tune)

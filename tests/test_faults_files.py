@@ -44,3 +44,98 @@ def test_inception_file_swapped_after_its_hash_is_not_loaded(tmp_path):
         inc = tf_inception(p, allow_unknown=True)
     assert inc.weights_sha256 == sha_before
     assert torch.allclose(extract_features(inc, x), want, atol=1e-6), "the swapped-in file was loaded under the old hash"
+
+
+# --- a latent shard written over while a run reads it ----------------------------------------------------------------
+
+def _cache(d: Path) -> Path:
+    from drifting.latent_cache import LatentCacheWriter
+    g = torch.Generator().manual_seed(0)
+    w = LatentCacheWriter(d, dict(source_fingerprint="s", encoder="e", scaling_factor=0.5))
+    for k in range(3):
+        w.write(k, 64 * k, torch.randn(64, 4, 8, 8, generator=g), torch.arange(64) % 10, torch.randn(64, 4, 8, 8, generator=g))
+    w.finish(3)
+    return d
+
+
+_READER = """
+import shutil, sys
+from pathlib import Path
+from drifting.latent_cache import open_latent_cache
+root, how = Path(sys.argv[1]), sys.argv[2]
+c = open_latent_cache(root)
+first = c.latents[[0, 70, 150]].clone()                 # every shard read once: its pages were mapped
+victim = root / "shard_00001.latents.npy"
+if how == "cp":                                          # cp of a shorter file over it: same inode, truncated
+    shutil.copyfile(root / "short.npy", victim)
+else:                                                    # rsync --inplace: same inode, same size, new bytes
+    with open(victim, "r+b") as f: f.seek(200); f.write(bytes(512))
+try:
+    c.latents[[65, 120]]                                 # rows of the rewritten shard
+except ValueError as e:
+    print("ERROR:", e); sys.exit(3)
+print("read without error"); sys.exit(0)
+"""
+
+
+@pytest.mark.parametrize("how", ["cp", "rsync-inplace"])
+def test_shard_rewritten_while_read_gives_an_error_naming_it(tmp_path, how):
+    "A shard truncated or rewritten in place under a reader: not a SIGBUS, an error naming the file; the rest is kept."
+    root = _cache(tmp_path / "cache")
+    np.save(root / "short.npy", np.zeros((3, 4, 8, 8), np.float32))
+    before = snapshot(root)
+    r = subprocess.run([sys.executable, "-c", _READER, str(root), how], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert r.returncode == 3, f"exit {r.returncode} (-7 is SIGBUS): {r.stdout[-500:]} {r.stderr[-2000:]}"
+    msg = r.stdout
+    assert str(root / "shard_00001.latents.npy") in msg and "changed while this process reads it" in msg, msg
+    assert "re-export" in msg and "resume from the last checkpoint" in msg
+    after = snapshot(root)
+    assert {k: v for k, v in after.items() if k != "shard_00001.latents.npy"} == \
+        {k: v for k, v in before.items() if k != "shard_00001.latents.npy"}  # nothing else was touched
+    audit(root)
+
+
+def test_shard_changed_between_its_check_and_its_map_is_refused(tmp_path, monkeypatch):
+    "The file mapped must be the file whose hash was checked."
+    import drifting.latent_cache as lc
+    root = _cache(tmp_path / "cache")
+    real = lc._map_npy
+
+    def rewrite_then_map(p):
+        if p.name == "shard_00002.flip.npy":
+            with open(p, "r+b") as f: f.seek(300); f.write(bytes(64))
+        return real(p)
+
+    monkeypatch.setattr(lc, "_map_npy", rewrite_then_map)
+    with pytest.raises(ValueError, match="shard file shard_00002.flip.npy changed while being opened; re-open it"):
+        lc.open_latent_cache(root)
+
+
+# --- a finished export run again -------------------------------------------------------------------------------------
+
+def test_finished_folder_export_run_again_returns_its_folder(tmp_path):
+    "The paper's job (a class folder, streamed) run twice: the second call returns the folder and writes nothing."
+    from diffusers import AutoencoderKL
+    from PIL import Image
+    from drifting.latent_cache import open_latent_cache
+    from drifting.tokenizer import export_latent_cache, load_vae
+    g = np.random.default_rng(0)
+    for c in ("ant", "bee"):
+        (tmp_path / "imgs" / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(g.integers(0, 256, (20, 18, 3), dtype=np.uint8)).save(tmp_path / "imgs" / c / f"{i}.png")
+    torch.manual_seed(0)
+    AutoencoderKL(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 2,
+                  up_block_types=("UpDecoderBlock2D",) * 2, block_out_channels=(8, 16), layers_per_block=1,
+                  latent_channels=4, norm_num_groups=4, sample_size=16, scaling_factor=0.5).save_pretrained(tmp_path / "vae")
+    tok, kw = load_vae(tmp_path / "vae"), dict(resolution=16, batch_size=4, chunk_size=4, progress=False)
+    out = export_latent_cache(tmp_path / "imgs", tok, tmp_path / "cache", **kw)
+    before = snapshot(out)
+    assert export_latent_cache(tmp_path / "imgs", tok, tmp_path / "cache", **kw) == out
+    assert snapshot(out) == before and open_latent_cache(out).manifest["complete"]
+    (tmp_path / "imgs" / "bee" / "9.png").write_bytes((tmp_path / "imgs" / "bee" / "0.png").read_bytes())
+    with pytest.raises(ValueError, match="cannot resume .*'source_listing'.*use a new directory"):
+        export_latent_cache(tmp_path / "imgs", tok, tmp_path / "cache", **kw)  # other images: still refused
+    assert snapshot(out) == before
+    audit(out)

@@ -139,3 +139,99 @@ def test_finished_folder_export_run_again_returns_its_folder(tmp_path):
         export_latent_cache(tmp_path / "imgs", tok, tmp_path / "cache", **kw)  # other images: still refused
     assert snapshot(out) == before
     audit(out)
+
+
+# --- release files: Flax's chunked layout, names, crafted sizes ------------------------------------------------------
+
+def flax_bytes(tree, chunk_bytes: int = 2**30) -> bytes:
+    "Bytes laid out as flax.serialization.msgpack_serialize writes them; its chunk size (2**30) as a parameter."
+    def prep(t):
+        if isinstance(t, dict): return {k: prep(v) for k, v in t.items()}
+        if t.nbytes <= chunk_bytes: return t
+        step, flat = max(1, chunk_bytes // t.dtype.itemsize), t.reshape(-1)
+        return {"__msgpack_chunked_array__": True, "shape": {str(i): n for i, n in enumerate(t.shape)},
+                "chunks": {str(i): flat[j:j + step] for i, j in enumerate(range(0, flat.size, step))}}
+
+    def ext(x):
+        if isinstance(x, np.ndarray):
+            return msgpack.ExtType(1, msgpack.packb((x.shape, x.dtype.name, x.tobytes("C")), use_bin_type=True))
+        raise TypeError(type(x))
+    return msgpack.packb(prep(tree), default=ext, strict_types=True)
+
+
+def _tree(flat: dict) -> dict:
+    out = {}
+    for name, a in flat.items():
+        *path, leaf = name.split("/"); d = out
+        for p in path: d = d.setdefault(p, {})
+        d[leaf] = a
+    return out
+
+
+def test_flax_chunked_layout_of_a_real_model_loads_the_same_generator(tmp_path):
+    "The fixture generator re-written with every array over 1 KB chunked as Flax chunks: the same weights, the same output."
+    from drifting.official import load_official_generator, read_flax_msgpack
+    src = FIX / "gen" / "jax" / "tiny-shared"
+    flat = read_flax_msgpack(src / "ema_params.msgpack")
+    d = tmp_path / "chunked"; d.mkdir()
+    (d / "metadata.json").write_bytes((src / "metadata.json").read_bytes())
+    (d / "ema_params.msgpack").write_bytes(flax_bytes({"params": _tree(flat)}, chunk_bytes=1024))
+    raw = msgpack.unpackb((d / "ema_params.msgpack").read_bytes(), strict_map_key=False)
+    assert isinstance(raw["params"]["Embed_0"]["embedding"]["shape"], dict)  # really Flax's chunked form
+    assert len(raw["params"]["Embed_0"]["embedding"]["chunks"]) > 1
+    got = read_flax_msgpack(d / "ema_params.msgpack")
+    assert sorted(got) == sorted(flat) and all(np.array_equal(got[k], flat[k]) for k in flat)
+    a, b = load_official_generator(src), load_official_generator(d)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_names_with_a_slash_do_not_collide(tmp_path):
+    "{'m': {'k': A}, 'm/k': B} would flatten to one name: refused, naming the file and the name."
+    from drifting.official import read_flax_msgpack
+    p = tmp_path / "ema_params.msgpack"
+    p.write_bytes(flax_bytes({"m": {"k": np.ones(3, np.float32)}, "m/k": np.zeros(3, np.float32)}))
+    with pytest.raises(ValueError, match=r"is not a Flax parameter file .*'m/k'.* holds '/'") as e:
+        read_flax_msgpack(p)
+    assert str(p) in str(e.value)
+
+
+def test_crafted_msgpack_is_refused_with_bounded_memory(tmp_path):
+    """A 5.8 MB file of small maps (today: ~27x its size in Python objects) is refused with an error naming it; peak
+    Python memory stays under its bytes plus MSGPACK_MAX_OBJECTS small dicts (64 B each at most: one per map or entry)."""
+    import tracemalloc
+    from drifting.official import MSGPACK_MAX_OBJECTS, read_flax_msgpack
+    p = tmp_path / "ema_params.msgpack"
+    p.write_bytes(msgpack.packb({f"m{j}": {str(i): {} for i in range(15)} for j in range(100_000)}))
+    size = p.stat().st_size
+    tracemalloc.start()
+    try:
+        with pytest.raises(ValueError, match="not a Flax parameter file this reader accepts: more than") as e:
+            read_flax_msgpack(p)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert str(p) in str(e.value)
+    assert peak < size + 64 * MSGPACK_MAX_OBJECTS, f"peak {peak / size:.1f}x the file's size"
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("hidden_size", 1 << 16, "shape mismatch"), ("depth", 4000, "says depth 4000, its ema_params.msgpack holds 2 blocks")])
+def test_metadata_sizes_are_checked_against_the_weights_before_building(tmp_path, monkeypatch, field, value, match):
+    "metadata.json stating a huge model: refused before any module is built on a real device."
+    import drifting.official as off
+    src = FIX / "gen" / "jax" / "tiny-shared"
+    meta = json.loads((src / "metadata.json").read_text())
+    mc = dict(meta["model_config"], **{field: value}, **({"cond_dim": value} if field == "hidden_size" else {}))
+    (tmp_path / "metadata.json").write_text(json.dumps(dict(meta, model_config=mc)))
+    (tmp_path / "ema_params.msgpack").write_bytes((src / "ema_params.msgpack").read_bytes())
+    built, real = [], off.Generator
+
+    def watched(cfg):
+        built.append(torch.empty(0).device.type)  # where its parameters would be allocated
+        if built[-1] != "meta": raise AssertionError("built on a real device before the weights were checked")
+        return real(cfg)
+
+    monkeypatch.setattr(off, "Generator", watched)
+    with pytest.raises(ValueError, match=match) as e:
+        off.load_official_generator(tmp_path)
+    assert str(tmp_path) in str(e.value)

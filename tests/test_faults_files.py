@@ -235,3 +235,81 @@ def test_metadata_sizes_are_checked_against_the_weights_before_building(tmp_path
     with pytest.raises(ValueError, match=match) as e:
         off.load_official_generator(tmp_path)
     assert str(tmp_path) in str(e.value)
+
+
+# --- hand-placed "released" files ------------------------------------------------------------------------------------
+
+def _place(cache: Path, name="ablation", kind="gen", src="gen") -> Path:
+    d = cache / "manual" / "models" / kind / "jax" / name; d.mkdir(parents=True)
+    for f in ("metadata.json", "ema_params.msgpack"):
+        (d / f).write_bytes((FIX / src / "jax" / "tiny-shared" / f).read_bytes())
+    return d
+
+
+def _hub_cache(cache: Path, sub: str, files: dict, revision: str):
+    "A hub cache as huggingface_hub writes it: blobs named by sha256 (LFS) or git blob id, snapshot symlinks."
+    from drifting.pipeline import OFFICIAL_REPO
+    repo = cache / "hub" / f"models--{OFFICIAL_REPO.replace('/', '--')}"
+    snap = repo / "snapshots" / revision / sub; snap.mkdir(parents=True); (repo / "blobs").mkdir(exist_ok=True)
+    for f, data in files.items():
+        etag = hashlib.sha256(data).hexdigest() if f.endswith(".msgpack") else \
+            hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+        (repo / "blobs" / etag).write_bytes(data)
+        (snap / f).symlink_to(os.path.relpath(repo / "blobs" / etag, snap))
+
+
+def test_hand_placed_release_unchecked_is_recorded_unverified(tmp_path):
+    "Offline, nothing to check against: used, but never recorded as the pinned release nor with the paper's FID."
+    from drifting.pipeline import OFFICIAL_REVISION, DriftingPipeline, from_official, resolve_checkpoint
+    d = _place(tmp_path); before = snapshot(d)
+    with pytest.warns(UserWarning, match="recorded as unverified"):
+        gen = from_official("ablation", cache_dir=tmp_path, local_files_only=True)
+    assert gen.info["verified"] is False and "paper_fid" not in gen.info and "revision" not in gen.info
+    assert gen.info["sha256"]["ema_params.msgpack"] == hashlib.sha256((d / "ema_params.msgpack").read_bytes()).hexdigest()
+    assert not (tmp_path / "converted" / f"ablation@{OFFICIAL_REVISION[:12]}").exists()
+    pipe = DriftingPipeline.from_pretrained("hf://ablation", vae=None, cache_dir=tmp_path, local_files_only=True)
+    assert pipe.info["verified"] is False and "paper_fid" not in pipe.info
+    b = resolve_checkpoint("ablation", cache_dir=tmp_path, local_files_only=True)
+    assert "unverified" in b.name
+    assert json.loads((b / "provenance" / "repro.json").read_text())["official"]["verified"] is False
+    ck = torch.load(b / "artifacts" / "checkpoints" / "last.pt", weights_only=True)
+    assert ck["official"]["verified"] is False and ck["official"]["revision"] is None
+    assert snapshot(d) == before  # the user's files are untouched
+    audit(tmp_path)
+
+
+def test_hand_placed_release_that_differs_from_the_pinned_files_is_refused(tmp_path):
+    "The pinned revision's ids are known (hub cache) and the hand-placed weights differ: refused, nothing converted."
+    from drifting.pipeline import OFFICIAL_REVISION, from_official
+    d = _place(tmp_path); before = snapshot(d)
+    other = (FIX / "gen" / "jax" / "tiny-shared" / "ema_params.msgpack").read_bytes()[:-4] + bytes(4)
+    _hub_cache(tmp_path, "models/gen/jax/ablation", {"metadata.json": (d / "metadata.json").read_bytes(),
+                                                      "ema_params.msgpack": other}, OFFICIAL_REVISION)
+    with pytest.raises(ValueError, match=r"\['ema_params.msgpack'\] differ from the files of the pinned release") as e:
+        from_official("ablation", cache_dir=tmp_path, local_files_only=True)
+    assert str(d) in str(e.value) and "download the release again" in str(e.value)
+    assert not (tmp_path / "converted").exists() or not any((tmp_path / "converted").iterdir())
+    assert snapshot(d) == before
+
+
+def test_hand_placed_release_matching_the_pinned_files_is_the_release(tmp_path):
+    from drifting.pipeline import OFFICIAL_REVISION, from_official
+    d = _place(tmp_path)
+    _hub_cache(tmp_path, "models/gen/jax/ablation", {f: (d / f).read_bytes() for f in ("metadata.json", "ema_params.msgpack")},
+               OFFICIAL_REVISION)
+    gen = from_official("ablation", cache_dir=tmp_path, local_files_only=True)
+    assert (gen.info["verified"], gen.info["revision"], gen.info["paper_fid"]) == (True, OFFICIAL_REVISION, 8.46)
+
+
+def test_a_conversion_made_before_files_were_checked_is_set_aside_not_trusted(tmp_path):
+    "A converted copy without a `verified` record (made by earlier code from hand-placed files) is kept, renamed, unused."
+    from drifting.pipeline import OFFICIAL_REVISION, convert_official, from_official
+    d = _place(tmp_path)
+    old = tmp_path / "converted" / f"ablation@{OFFICIAL_REVISION[:12]}"
+    convert_official(d, old, dict(name="ablation", revision=OFFICIAL_REVISION, paper_fid=8.46))  # as earlier code did
+    before = snapshot(old)
+    with pytest.warns(UserWarning, match="recorded as unverified"):
+        gen = from_official("ablation", cache_dir=tmp_path, local_files_only=True)
+    assert gen.info["verified"] is False and not old.exists()
+    (kept,) = [p for p in old.parent.iterdir() if p.name.startswith(old.name + ".unchecked-")]
+    assert snapshot(kept) == before

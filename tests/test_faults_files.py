@@ -313,3 +313,40 @@ def test_a_conversion_made_before_files_were_checked_is_set_aside_not_trusted(tm
     assert gen.info["verified"] is False and not old.exists()
     (kept,) = [p for p in old.parent.iterdir() if p.name.startswith(old.name + ".unchecked-")]
     assert snapshot(kept) == before
+
+
+# --- a single-machine launch listens on loopback only ----------------------------------------------------------------
+
+_LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
+
+
+def _listening(pid: int) -> list:
+    import psutil
+    return sorted({c.laddr.ip for c in psutil.Process(pid).net_connections("inet") if c.status == psutil.CONN_LISTEN})
+
+
+def listeners_of_a_job():
+    "Run in each worker: join the group, exchange a pickled object, report what this worker and its agent listen on."
+    import torch.distributed as dist
+    from drifting.distributed import init_distributed, teardown
+    init_distributed("gloo")
+    try:
+        got = [None] * dist.get_world_size(); dist.all_gather_object(got, {"rank": dist.get_rank()})  # pickles
+        out = dict(worker=_listening(os.getpid()), agent=_listening(os.getppid()), master=os.environ["MASTER_ADDR"])
+        dist.barrier()
+        return out
+    finally:
+        teardown()
+
+
+def test_single_machine_launch_binds_its_listeners_to_loopback(tmp_path):
+    "Every listening socket of the job (the agent's store, gloo in each worker) is on 127.0.0.1, none on all interfaces."
+    from drifting.distributed import launch
+    env = {k: os.environ.get(k) for k in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")}
+    res = launch(listeners_of_a_job, 2)
+    assert [r["master"] for r in res] == ["127.0.0.1"] * 2
+    for r in res:
+        assert r["worker"] and r["agent"], r  # there were listeners to look at
+        assert set(r["worker"] + r["agent"]) <= set(_LOOPBACK), r
+    assert {k: os.environ.get(k) for k in env} == env  # the launcher's environment is as it was
+    assert not _listening(os.getpid())  # nothing left listening after the job

@@ -174,6 +174,49 @@ def _rank_logs(log_dir) -> list:
     return sorted(str(p) for p in Path(log_dir).rglob("*.log")) if log_dir is not None else []
 
 
+def _loopback_interface() -> str:
+    "The name of the network interface that holds 127.0.0.1 (lo on Linux, lo0 on macOS)."
+    import psutil, socket
+
+    for name, addrs in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == "127.0.0.1" for a in addrs):
+            return name
+    raise RuntimeError("no network interface holds 127.0.0.1: a single-machine launch binds its sockets there")
+
+
+def _loopback_store(self, master_addr, master_port):  # replaces DynamicRendezvousHandler._create_tcp_store_server
+    "The agent's store for the workers, listening on 127.0.0.1 only (TCPStore alone listens on every interface)."
+    import socket
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", master_port or 0))
+    sock.listen(512)
+    port = sock.getsockname()[1]
+    return dist.TCPStore("127.0.0.1", port, is_master=True, multi_tenant=True, master_listen_fd=sock.detach())
+
+
+class _LoopbackOnly:
+    "While a launch runs: the agent's store bound to 127.0.0.1; gloo and NCCL in the workers on the loopback interface."
+
+    def __enter__(self):
+        from torch.distributed.elastic.rendezvous.dynamic_rendezvous import DynamicRendezvousHandler as H
+
+        self.h, self.orig = H, H.__dict__["_create_tcp_store_server"]
+        lo = _loopback_interface()
+        self.env = {k: os.environ.get(k) for k in ("GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")}
+        for k, v in self.env.items():
+            if v is None:  # a user's own choice is kept
+                os.environ[k] = lo  # the workers inherit this process's environment
+        H._create_tcp_store_server = _loopback_store
+        return self
+
+    def __exit__(self, *exc):
+        self.h._create_tcp_store_server = self.orig
+        for k, v in self.env.items():
+            if v is None:
+                os.environ.pop(k, None)
+
+# %% ../nbs/14_distributed.ipynb #dist-launch
 def launch(
     fn,  # a module-level function (the workers import it): fn(*args) runs in every worker
     nproc: int,  # workers on this machine
@@ -185,18 +228,22 @@ def launch(
     from torch.distributed.elastic.multiprocessing import DefaultLogsSpecs, Std
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
+    import shutil, tempfile
 
     if isinstance(nproc, bool) or not isinstance(nproc, int) or nproc < 1:
         raise ValueError(f"nproc must be an int ≥ 1, got {nproc!r}")
     if log_dir is not None:
         Path(log_dir).mkdir(parents=True, exist_ok=True)
+    rdzv_dir = tempfile.mkdtemp(prefix="drifting-rdzv-")  # private (0700): the rendezvous state is pickled into it
     lc = LaunchConfig(
         min_nodes=1,
         max_nodes=1,
         nproc_per_node=nproc,
         run_id=f"drifting-{uuid.uuid4().hex[:12]}",
-        rdzv_backend="c10d",
-        rdzv_endpoint="localhost:0",
+        rdzv_backend="c10d",  # over a file store: no listening socket for the rendezvous at all
+        rdzv_endpoint=str(Path(rdzv_dir) / "store"),
+        rdzv_configs={"store_type": "file"},
+        local_addr="127.0.0.1",  # the workers' MASTER_ADDR
         max_restarts=max_restarts,
         monitor_interval=0.2,
         start_method="spawn",
@@ -205,7 +252,8 @@ def launch(
         ),
     )
     try:
-        res = elastic_launch(lc, fn)(*args)
+        with _LoopbackOnly():
+            res = elastic_launch(lc, fn)(*args)
     except ChildFailedError as e:
         how = "; ".join(
             f"rank {r}: exit code {f.exitcode}"
@@ -218,6 +266,8 @@ def launch(
             f"a worker of the {nproc}-process job failed ({how}); the other workers were stopped"
             + (f"; their logs: {logs}" if logs else "")
         ) from None
+    finally:
+        shutil.rmtree(rdzv_dir, ignore_errors=True)
     return [res[r] for r in range(nproc)]
 
 # %% ../nbs/14_distributed.ipynb #207f634b

@@ -152,6 +152,34 @@ def shard_name(k: int) -> str:
     return f"shard_{k:05d}"
 
 
+def _read_manifest(mp: Path) -> dict:
+    try:
+        return json.loads(mp.read_text())
+    except ValueError as e:
+        raise ValueError(f"{mp} is not valid JSON ({e}); the cache directory is corrupt") from e
+
+
+def _resume_manifest(
+    root: Path,  # an existing cache directory
+    base: dict,  # the manifest fields the export gives now (JSON-normalised)
+) -> dict:  # its manifest.json
+    "The manifest of a cache being reopened, refused unless the export that wrote it is the same one."
+    man = _read_manifest(root / "manifest.json")
+    if man.get("format_version") != SHARD_VERSION:
+        raise ValueError(
+            f"{root} is a format-{man.get('format_version')} cache (.npz shards), not "
+            f"format {SHARD_VERSION}: export into a new directory"
+        )
+    for k, v in base.items():
+        if v is None and man.get("complete"):
+            continue  # a field known only at the end (a streamed folder's source_fingerprint): finish() filled it
+        if man.get(k) != v:
+            raise ValueError(
+                f"cannot resume {root}: manifest field {k!r} is {man.get(k)!r} there, {v!r} now; use a new directory"
+            )
+    return man
+
+# %% ../nbs/07a_latent_cache.ipynb #lc-writer
 class LatentCacheWriter:
     "Write the shards of a cache directory (any order, any process); reopen to resume; `finish()` writes the manifest."
 
@@ -164,18 +192,7 @@ class LatentCacheWriter:
         self.root, self.base = Path(root), json.loads(json.dumps(manifest))  # JSON-normalised
         mp = self.root / "manifest.json"
         if mp.exists():
-            self.man = _read_manifest(mp)
-            if self.man.get("format_version") != SHARD_VERSION:
-                raise ValueError(
-                    f"{self.root} is a format-{self.man.get('format_version')} cache (.npz shards), not "
-                    f"format {SHARD_VERSION}: export into a new directory"
-                )
-            for k, v in self.base.items():
-                if self.man.get(k) != v:
-                    raise ValueError(
-                        f"cannot resume {self.root}: manifest field {k!r} is {self.man.get(k)!r} there, "
-                        f"{v!r} now; use a new directory"
-                    )
+            self.man = _resume_manifest(self.root, self.base)
         else:
             self.man = dict(
                 self.base,
@@ -293,15 +310,12 @@ class LatentCacheWriter:
         self.man["complete"] = True
         return atomic_write_text(self.root / "manifest.json", json.dumps(self.man, indent=1))
 
-
-def _read_manifest(mp: Path) -> dict:
-    try:
-        return json.loads(mp.read_text())
-    except ValueError as e:
-        raise ValueError(f"{mp} is not valid JSON ({e}); the cache directory is corrupt") from e
-
 # %% ../nbs/07a_latent_cache.ipynb #aa885710
-def _map_npy(path: Path):  # (the mmap, the array viewing it); the file's size is checked against its header
+def _file_key(st: os.stat_result) -> tuple:  # what changes when a file is rewritten, truncated or replaced
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _map_npy(path: Path):  # (the mmap, the array viewing it, the file's key); the size is checked against the header
     import mmap
 
     try:
@@ -311,6 +325,7 @@ def _map_npy(path: Path):  # (the mmap, the array viewing it); the file's size i
             shape, fortran, dtype = read(f)
             offset = f.tell()
             mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+            key = _file_key(os.fstat(f.fileno()))
     except (OSError, ValueError, KeyError) as e:
         raise ValueError(f"latent cache shard file {path} is unreadable (truncated, corrupt or missing): {e!r}") from e
     n = int(np.prod(shape)) * dtype.itemsize
@@ -319,9 +334,24 @@ def _map_npy(path: Path):  # (the mmap, the array viewing it); the file's size i
             f"latent cache shard file {path} is {len(mm)} bytes, its header says {offset + n} for "
             f"{dtype} {tuple(shape)}: truncated or corrupt; re-export this shard (delete it and its .json)"
         )
-    return mm, np.frombuffer(mm, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
+    return mm, np.frombuffer(mm, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape), key
 
 
+def _check_unchanged(path: Path, mm, key: tuple):
+    "Refuse to read a mapped shard whose file changed since it was opened (a read past a truncation is a SIGBUS)."
+    try:
+        now = _file_key(os.stat(path))
+    except OSError:
+        now = None
+    if now != key or mm.size() != key[2]:
+        raise ValueError(
+            f"latent cache shard file {path} changed while this process reads it (size {key[2]} bytes when opened, "
+            f"{'gone' if now is None else f'{now[2]} bytes'} now): something wrote over a cache in use (cp, rsync "
+            "--inplace). Nothing was read from it; stop writing there, re-open the cache (its hashes are checked "
+            "again) or re-export it, and resume from the last checkpoint"
+        )
+
+# %% ../nbs/07a_latent_cache.ipynb #lc-rows
 class ShardedRows:
     "Rows `[N, ...]` of memory-mapped `.npy` shards: indexing reads only the rows asked for and releases their pages."
 
@@ -333,11 +363,11 @@ class ShardedRows:
     ):
         self.files = [Path(f) for f in files]
         self._maps = _maps if _maps is not None else [_map_npy(f) for f in self.files]
-        self.counts = np.array([a.shape[0] for _, a in self._maps], dtype=np.int64)
+        self.counts = np.array([m[1].shape[0] for m in self._maps], dtype=np.int64)
         self.ends = np.cumsum(self.counts)  # [S] one past each shard's last row
         self.index = None if index is None else np.asarray(index, dtype=np.int64)
         a0 = self._maps[0][1]
-        if any(a.shape[1:] != a0.shape[1:] or a.dtype != a0.dtype for _, a in self._maps):
+        if any(m[1].shape[1:] != a0.shape[1:] or m[1].dtype != a0.dtype for m in self._maps):
             raise ValueError(f"shards {self.files[0].parent} disagree in row shape or dtype")
         self.row_shape, self.np_dtype = tuple(a0.shape[1:]), a0.dtype
 
@@ -383,7 +413,8 @@ class ShardedRows:
         shard = np.searchsorted(self.ends, rows, side="right")  # [n]
         for s in np.unique(shard):
             m = shard == s
-            mm, a = self._maps[s]
+            mm, a, key = self._maps[s]
+            _check_unchanged(self.files[s], mm, key)  # just before the pages are touched
             out[m] = a[rows[m] - (self.ends[s] - self.counts[s])]
             mm.madvise(
                 __import__("mmap").MADV_DONTNEED
@@ -395,8 +426,9 @@ class ShardedRows:
         "Every row in memory (small caches)."
         return self[np.arange(len(self))]
 
-
-def _check_files(root: Path, s: dict, verify: bool):
+# %% ../nbs/07a_latent_cache.ipynb #lc-open
+def _check_files(root: Path, s: dict, verify: bool) -> dict:  # {file name: its key when checked}
+    keys = {}
     for role, f in s["files"].items():
         if not f or Path(f).name != f or f in (".", ".."):  # a bare file name: nothing outside the cache is read
             raise ValueError(
@@ -411,11 +443,15 @@ def _check_files(root: Path, s: dict, verify: bool):
                 f"latent cache {root}: shard file {f} is {p.stat().st_size} bytes, the manifest says "
                 f"{s['bytes'][role]}: truncated or replaced; re-export this shard"
             )
+        keys[f] = _file_key(p.stat())
         if verify and sha256_file(p) != s["sha256"][role]:
             raise ValueError(
                 f"latent cache {root}: shard file {f} does not match its sha256 in the manifest (modified or "
                 "corrupt); re-export this shard"
             )
+        if _file_key(p.stat()) != keys[f]:
+            raise ValueError(f"latent cache {root}: shard file {f} changed while it was being checked; re-open it")
+    return keys
 
 
 def open_latent_cache(
@@ -453,18 +489,21 @@ def open_latent_cache(
             )
     if not man.get("shards"):
         raise ValueError(f"latent cache {root} holds no shards")
-    for s in man["shards"]:
-        _check_files(root, s, verify)
+    checked = {k: v for s in man["shards"] for k, v in _check_files(root, s, verify).items()}
     rows = lambda r: ShardedRows([root / s["files"][r] for s in man["shards"]])
     lat, lab = rows("latents"), rows("labels").materialize()
     flip = rows("flip") if man.get("has_flip") else None
+    for r in [lat] + ([flip] if flip is not None else []):
+        for f, m in zip(r.files, r._maps):
+            if m[2] != checked[f.name]:  # the file mapped is the file checked
+                raise ValueError(f"latent cache {root}: shard file {f.name} changed while being opened; re-open it")
     if list(lat.shape) != [man["count"]] + list(man["shape"]) or lab.shape != (man["count"],):
         raise ValueError(
             f"latent cache {root}: shapes {tuple(lat.shape)}/{tuple(lab.shape)} disagree with its manifest"
         )
     return LatentCache(lat, lab, flip, man)
 
-
+# %% ../nbs/07a_latent_cache.ipynb #lc-sharded
 def _load_sharded(path: Path, allow_incomplete: bool) -> LatentCache:
     mp = path / "manifest.json"
     if not mp.exists():

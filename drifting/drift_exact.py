@@ -451,7 +451,7 @@ def _normalized_drift(
     if kernel != "eager":
         from drifting.drift_triton import triton_forces_for
 
-        force_fn = triton_forces_for(kernel, x) or _forces
+        force_fn = triton_forces_for(kernel, x, _dist) or _forces  # (same distances: `_dist`)
     with torch.no_grad():
         num = x.new_zeros(G, dtype=torch.float64)  # pass 1: the feature scale S over all groups
         for lo in starts:  # (float64 sums per group: the same S, to the bit, whatever the chunking)

@@ -1,7 +1,7 @@
 """The fused Triton drift kernel (`drifting.drift_triton`) computes `drift_exact.drift_loss`'s loss and gradient.
 
-`drift_loss(..., kernel="triton")` against the default eager kernel, same inputs, same call: loss and gradient equal to
-1e-5 relative (max |difference| / max |eager|), the bound of issue 27. On a machine with CUDA the kernels run on the GPU;
+`drift_loss(..., kernel="triton")` against the default eager kernel, same inputs, same call: loss and gradient equal
+to 1e-5 relative (max |difference| / max |eager|), the bound of issue 27. With CUDA the kernels run on the GPU;
 elsewhere through Triton's interpreter (TRITON_INTERPRET=1) on the CPU, which is slow: the bench shapes S1-S5 of
 bench/drift_loss.py are scaled down (fewer groups, and fewer samples for S4 and S5; the feature widths are kept), and
 the interpreter runs with larger tiles than the GPU default (each tile is one numpy operation there).

@@ -33,7 +33,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[c["lib_name"], c["lib_name"] + ".*"]),
     include_package_data=True,
     install_requires=c.get("requirements", "").split(),
-    extras_require={"dev": c.get("dev_requirements", "").split()},
+    extras_require={"dev": c.get("dev_requirements", "").split(), "triton": c.get("triton_requirements", "").split()},
     python_requires=">=" + min_python,
     long_description=(here / "README.md").read_text(encoding="utf-8") if (here / "README.md").exists() else "",
     long_description_content_type="text/markdown",

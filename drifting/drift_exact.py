@@ -393,6 +393,7 @@ def _normalized_drift(
     max_cache_elems,
     low_memory,
     segments,
+    kernel="eager",
 ):  # the arguments of `drift_loss`, all given
     "`drifting.drift.release_drift` exactly, in bounded memory: V~, its input scale(s) s_in and the diagnostics."
     x, pos, neg, w, unbatched = _prepare(gen, pos, neg, w_gen, w_pos, w_neg, options)
@@ -420,6 +421,7 @@ def _normalized_drift(
                 max_cache_elems,
                 True,
                 None,
+                kernel,
             )
             for a, b in runs
         ]
@@ -442,6 +444,11 @@ def _normalized_drift(
     weighted = (w != 1).any(0).nonzero()[:, 0]  # target columns whose weight is not 1 (the others skip the product)
     c0, c1 = (int(weighted[0]), int(weighted[-1]) + 1) if len(weighted) else (0, 0)
     starts = range(0, G, gc)
+    force_fn = _forces  # kernel="triton": the fused kernel of `drifting.drift_triton` where it can run (else warned)
+    if kernel != "eager":
+        from drifting.drift_triton import triton_forces_for
+
+        force_fn = triton_forces_for(kernel, x, _dist) or _forces  # (same distances: `_dist`)
     with torch.no_grad():
         num = x.new_zeros(G, dtype=torch.float64)  # pass 1: the feature scale S over all groups
         for lo in starts:  # (float64 sums per group: the same S, to the bit, whatever the chunking)
@@ -466,7 +473,7 @@ def _normalized_drift(
 
         def forces(i, lo, out=None):  # the forces F_tau [g, N, S] of groups lo:lo+gc, in normalised units
             part = (lambda v: v[lo : lo + gc]) if K > 1 else (lambda v: v)
-            return _forces(
+            return force_fn(
                 T if one_block else block(lo),
                 N,
                 n_neg,
@@ -557,6 +564,7 @@ def drift_loss(
     max_cache_elems: int = MAX_CACHE_ELEMS,  # keep the first pass's distances if G*N_gen*M fits
     low_memory: bool = False,  # recompute the forces instead of keeping n_tau x [G, N_gen, S] of them
     segments: tuple | None = None,  # groups per independent loss: runs of groups with their own S and lambda_tau
+    kernel: str = "eager",  # "eager" | "triton": the fused Triton kernel of `drifting.drift_triton` (opt-in, GPU)
 ) -> tuple:  # (loss [G] (0-d if unbatched), DriftStats of detached diagnostics; with segments, one per run)
     "`drifting.drift.release_drift_loss` exactly, in bounded memory: per group, mean (x/s_in - sg(x/s_in + V~))^2."
     V, s_in, stats = _normalized_drift(
@@ -574,6 +582,7 @@ def drift_loss(
         max_cache_elems,
         low_memory,
         segments,
+        kernel,
     )
     NS = V.shape[-1] * V.shape[-2]
     if segments is None:

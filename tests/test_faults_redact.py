@@ -196,3 +196,23 @@ def test_git_diff_of_a_dirty_tree_still_applies(tmp_path):
     subprocess.run(["git", "-C", str(fresh), "apply", str(run.dir / "provenance/git.diff")], check=True)
     assert (fresh / "pkg/a.py").read_text() == "x = 2\ndb_password = '<redacted>'\n" and (fresh / "notes.txt").exists()
     assert settled(runs, before, [PW]) > 20
+
+
+@pytest.mark.parametrize("end", ["finish", "fail", "crash_closed"])
+def test_rank_logs_are_scrubbed_when_the_run_closes(repo, tmp_path, end):
+    "Per-rank logs that torch's launcher tees into logs/ranks/ are scrubbed when the run closes (or is closed)."
+    runs = tmp_path / "runs"; before = earlier(repo, runs); run = quick_run(repo, runs)
+    log = run.path("logs", "ranks", "0", "stderr.log"); log.write_text(f"rank 0 step 1\nexport HF_TOKEN={PW}\n")
+    binary = run.path("logs", "ranks", "0", "trace.bin"); binary.write_bytes(b"\x00\xff\x00")
+    if end == "finish":
+        run.finish()
+    elif end == "fail":
+        run.fail(RuntimeError("worker died"))
+    else:
+        import drifting.lifecycle as life
+        for undo in run._hooks: undo()
+        m = manifest(run.dir); m["writer"]["start_ticks"] = (m["writer"]["start_ticks"] or 0) - 1
+        (run.dir / "run_manifest.json").write_text(json.dumps(m))
+        assert life.close_stale(run.dir)["status"] == "crashed"
+    assert log.read_text() == "rank 0 step 1\nexport HF_TOKEN=<redacted>\n" and binary.read_bytes() == b"\x00\xff\x00"
+    assert settled(runs, before, [PW]) > 20

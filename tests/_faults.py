@@ -53,3 +53,23 @@ def manifest(d: Path) -> dict:
 
 def events(d: Path) -> list[dict]:
     return [json.loads(l) for l in (Path(d) / "provenance" / "events.jsonl").read_text().splitlines()]
+
+
+def earlier(repo, runs):
+    "A finished bundle made before the fault, and the bytes of every file in it (to prove nothing earlier changed)."
+    run = quick_run(repo, runs, {"seed": 0, "note": "earlier"}); run.save_checkpoint({"w": __import__("torch").ones(2)}, step=1)
+    run.finish()
+    return run.dir, snapshot(run.dir)
+
+
+def settled(runs: Path, before: tuple, secrets=()) -> int:
+    "The audit every case ends with: the earlier bundle byte-identical, every JSON parses, no planted secret anywhere."
+    d, snap = before
+    assert snapshot(d) == snap, "an earlier bundle changed"
+    return audit(runs, secrets)
+
+
+def images(nb: dict) -> list[tuple[str, str]]:
+    "(mime, data) of every non-text output of a notebook, in order."
+    return [(m, v if isinstance(v, str) else "".join(v)) for c in nb.get("cells", []) for o in c.get("outputs") or []
+            for m, v in (o.get("data") or {}).items() if not m.startswith("text/") and m != "application/json"]

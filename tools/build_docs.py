@@ -1,20 +1,12 @@
 #!/usr/bin/env python
 """Build the documentation site of `drifting` (`make docs`).
 
-With `quarto` on the PATH (and no --out/--nbs/--no-quarto) this runs `nbdev_docs`, nbdev's own pipeline. Without it:
-1. nbdev's documentation processors (`FilterDefaults` through `nbdev.serve_drv`, what `nbdev_proc_nbs` runs) process
-   every notebook of nbs/, in parallel processes: hidden and export cells dropped, `show_doc` cells executed;
-2. each processed notebook becomes one Markdown text as quarto reads it (front matter, cell options `echo`/`output`/
-   `include` applied, outputs as Markdown, code blocks, images or raw HTML) and pandoc (the `pypandoc-binary` wheel)
-   renders it, and every Markdown file of nbs/ (decisions.md), to HTML with `--mathml`: TeX becomes MathML now;
-3. every page gets a sidebar of all pages and a search box, the sections of the page, local links; search.js holds
-   a small index. Nothing is loaded from the network: a page that would need it fails the build.
-The exit status is non-zero, with a message naming every failing file, when any page fails; nothing is written then.
-
-Usage: python tools/build_docs.py [--out DIR] [--nbs DIR] [--no-quarto] [--workers N]
-"""
-
-from __future__ import annotations
+With `quarto` on the PATH (and no --out/--nbs/--no-quarto) this runs `nbdev_docs`. Without it, offline: nbdev's
+processors (`FilterDefaults` via `nbdev.serve_drv`, as `nbdev_proc_nbs`) process every notebook of nbs/ in parallel;
+each becomes the Markdown quarto would read, which pandoc (the `pypandoc-binary` wheel) renders, like each Markdown file
+of nbs/, to HTML with `--mathml`. Pages get a sidebar of all pages, a search box (search.js: a small index), their
+sections, local links. A page that would load anything from the network fails. When a page fails, the exit status is 1,
+the message names every failing file, and nothing is written."""
 
 import argparse, html, json, os, re, shutil, subprocess, sys, tempfile, time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -22,9 +14,10 @@ from multiprocessing import get_context
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-MANIFEST = ".build_docs_manifest.json"
 # the Markdown of notebooks (CommonMark, as Jupyter reads it) with pandoc's maths, attributes, tables and raw blocks
 READER = "commonmark_x-subscript-superscript-emoji-smart-implicit_header_references"
+IMPORT_HINT = ("\n(nbdev runs the exported cells, the cells with an import and the show_doc cells, in order: a cell "
+               "mixing an import with test code runs here, whatever its nbdev_test flags; keep imports apart)")
 
 
 class DocsError(Exception):
@@ -37,51 +30,41 @@ def find_sources(nbs: Path) -> list[Path]:
     return sorted(files("ipynb"), key=lambda p: p.name != "index.ipynb") + files("md")
 
 
-def _failure(e: BaseException) -> str:
-    "What went wrong in a worker: the exception and the end of its traceback (kept by concurrent.futures)."
-    tb = str(e.__cause__ or "").strip().splitlines()[-8:]
-    return f"{type(e).__name__}: {e}" + ("\n    " + "\n    ".join(tb) if tb else "")
-
-
-IMPORT_HINT = ("\n(nbdev runs the exported cells, the import cells and the show_doc cells, in order: an import cell "
-               "that uses earlier test variables fails here though nbdev_test passes; keep imports in the import cell)")
-
-
 def process_notebooks(nbs: list[Path], dst: Path, workers: int = 2) -> dict[str, str]:
-    "nbdev's processors on every notebook, `workers` processes (spawned, as nbdev does); {notebook name: error}."
+    "nbdev's processors on each notebook, `workers` spawned processes in the notebooks' folder; {notebook: error}."
     from nbdev.processors import FilterDefaults
     from nbdev.serve_drv import main as process_one  # sets IN_TEST=1, runs FilterDefaults, writes the notebook
 
-    with ProcessPoolExecutor(max(1, min(workers, len(nbs))), mp_context=get_context("spawn")) as ex:
+    def failure(e):  # the exception and the first error of the worker's traceback (concurrent.futures keeps it)
+        msg, root = f"{type(e).__name__}: {e}", re.findall(r"^\w+(?:Error|Exception|Exit)\b.*$", str(e.__cause__), re.M)
+        return msg + (f"\n    caused by {root[0]}" if root and root[0] not in msg else "")
+
+    n, ctx = max(1, min(workers, len(nbs))), get_context("spawn")
+    with ProcessPoolExecutor(n, mp_context=ctx, initializer=os.chdir, initargs=(nbs[0].parent,)) as ex:
         futs = {nb.name: ex.submit(process_one, (nb, dst / nb.name, FilterDefaults)) for nb in nbs}
-        return {name: _failure(f.exception()) for name, f in futs.items() if f.exception() is not None}
+        return {name: failure(f.exception()) for name, f in futs.items() if f.exception() is not None}
 
 
 _OPTION = re.compile(r"^\s*#\|\s*([\w-]+)\s*:\s*(.*?)\s*$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+_text = lambda v: "".join(v) if isinstance(v, list) else str(v)  # nbformat stores text as a string or a list of lines
 
 
 def _fence(text: str, cls: str) -> str:
     ticks = "`" * max(3, 1 + max((len(m) for m in re.findall(r"`+", text)), default=0))
-    return f"{ticks} {{.{cls}}}\n{text.rstrip()}\n{ticks}"
+    return f"{ticks} {{.{cls}}}\n{_ANSI.sub('', text).rstrip()}\n{ticks}"
 
 
 def _output(o: dict) -> str:
     "One cell output as Markdown: images inline, Markdown as is (show_doc), HTML raw, text as a code block."
-    if o.get("output_type") == "stream": return _fence(_ANSI.sub("", _text(o.get("text", ""))), "output")
-    if o.get("output_type") == "error": return _fence(_ANSI.sub("", "\n".join(o.get("traceback", []))), "error")
+    if o.get("output_type") == "stream": return _fence(_text(o.get("text", "")), "output")
+    if o.get("output_type") == "error": return _fence("\n".join(o.get("traceback", [])), "error")
     data = {k: _text(v) for k, v in (o.get("data") or {}).items()}
     for mime in ("image/png", "image/jpeg"):
         if mime in data: return f"![](data:{mime};base64,{data[mime].strip()})"
-    if "image/svg+xml" in data: return "```{=html}\n" + data["image/svg+xml"] + "\n```"
-    if "text/markdown" in data: return data["text/markdown"]
-    if "text/html" in data: return "```{=html}\n" + data["text/html"] + "\n```"
-    if "text/latex" in data: return data["text/latex"]
+    for mime in ("image/svg+xml", "text/markdown", "text/html", "text/latex"):
+        if mime in data: return data[mime] if "/la" in mime or "/m" in mime else f"```{{=html}}\n{data[mime]}\n```"
     return _fence(data["text/plain"], "output") if "text/plain" in data else ""
-
-
-def _text(v) -> str:
-    return "".join(v) if isinstance(v, list) else str(v)
 
 
 def notebook_markdown(nb: dict) -> str:
@@ -96,39 +79,29 @@ def notebook_markdown(nb: dict) -> str:
             parts.append(src)
         elif c["cell_type"] == "code":
             lines, opts = src.splitlines(), {}
-            while lines and (m := _OPTION.match(lines[0])): opts[m[1]] = m[2].strip("'\"").lower(); lines.pop(0)
+            while lines and (m := _OPTION.match(lines[0])):
+                opts[m[1]] = m[2].strip("'\"").lower()
+                lines.pop(0)
             if opts.get("include") == "false": continue
-            if "\n".join(lines).strip() and opts.get("echo") != "false": parts.append(_fence("\n".join(lines), "python"))
+            if "\n".join(lines).strip() and opts.get("echo") != "false":
+                parts.append(_fence("\n".join(lines), "python"))
             if opts.get("output") != "false": parts += [_output(o) for o in c.get("outputs", [])]
     return "\n\n".join(p for p in parts if p.strip()) + "\n"
-
-
-def front_matter(md: str) -> dict:
-    "The YAML front matter at the top of a Markdown text, {} if none."
-    import yaml
-
-    m = re.match(r"---\n(.*?)\n---\s*\n", md, re.S)
-    fm = yaml.safe_load(m[1]) if m else None
-    return fm if isinstance(fm, dict) else {}
 
 
 TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>$pagetitle$</title><style>
-body { margin: 0; font: 16px/1.6 system-ui, sans-serif; color: #1f2328; }
+body { margin: 0; font: 16px/1.6 system-ui, sans-serif; color: #1f2328; } img { max-width: 100%; }
 #site-nav, #TOC { position: fixed; top: 0; bottom: 0; overflow-y: auto; box-sizing: border-box; padding: 1rem; }
 #site-nav { left: 0; width: 16rem; background: #f6f8fa; border-right: 1px solid #d0d7de; font-size: .9rem; }
-#TOC { right: 0; width: 15rem; font-size: .85rem; } #TOC ul { padding-left: 1rem; }
-#TOC::before { content: "On this page"; font-weight: 600; }
-#site-nav ul, #search-results { list-style: none; padding: 0; } #site-nav a, #TOC a { text-decoration: none; }
-#site-nav .current > a { font-weight: 700; } #search { width: 100%; box-sizing: border-box; }
-main { margin: 0 15rem 0 16rem; padding: 1rem 2.5rem 4rem; max-width: 54rem; }
-.site-name { font-size: 1.3rem; font-weight: 700; } .description { font-size: 1.15rem; color: #57606a; }
-pre { background: #f6f8fa; padding: .6rem .8rem; overflow-x: auto; border-radius: 4px; }
-pre.output, pre.error { background: #fff; border-left: 3px solid #d0d7de; } pre.error { border-color: #cf222e; }
-table { border-collapse: collapse; margin: .6rem 0; } td, th { border: 1px solid #d0d7de; padding: .2rem .5rem; }
-img { max-width: 100%; } math[display="block"] { overflow-x: auto; overflow-y: hidden; padding: .2rem 0; }
-math { font-family: "Latin Modern Math", "STIX Two Math", "DejaVu Math TeX Gyre", math; }
+#TOC { right: 0; width: 15rem; font-size: .85rem; } #TOC ul { padding-left: 1rem; } #search { width: 100%; }
+#TOC::before { content: "On this page"; font-weight: 600; } #site-nav .current > a { font-weight: 700; }
+#site-nav ul { list-style: none; padding: 0; } a { text-decoration: none; } .description { color: #57606a; }
+main { margin: 0 15rem 0 16rem; padding: 1rem 2.5rem 4rem; max-width: 54rem; } .site-name { font-weight: 700; }
+pre { background: #f6f8fa; padding: .6rem .8rem; overflow-x: auto; } pre.error { border-left: 3px solid #cf222e; }
+table { border-collapse: collapse; } td, th { border: 1px solid #d0d7de; padding: .2rem .5rem; }
+math { font-family: "Latin Modern Math", "STIX Two Math", math; } math[display="block"] { overflow-x: auto; }
 @media (max-width: 75rem) { #TOC { display: none; } main { margin-right: 0; } }
 $highlighting-css$
 </style></head><body>
@@ -136,39 +109,37 @@ $highlighting-css$
 $if(toc)$<nav id="TOC">$table-of-contents$</nav>$endif$
 <main>$if(title)$<header><h1 class="title">$title$</h1>
 $if(description)$<div class="description">$description$</div>$endif$</header>$endif$
-$body$
-</main><script src="search.js" data-external="1"></script></body></html>
+$body$</main><script src="search.js" data-external="1"></script></body></html>
 """
 
 SEARCH_JS = """const box = document.getElementById("search"), hits = document.getElementById("search-results");
-function search() {
+function search() {  // sections holding every word of the query, those with all of them in the heading first
   const words = box.value.toLowerCase().split(/\\s+/).filter(Boolean), found = [];
-  hits.replaceChildren();
   if (words.length) for (const [page, id, title, text] of SEARCH_INDEX) {
     const t = title.toLowerCase(), all = t + " " + text.toLowerCase();
     if (words.every(w => all.includes(w))) found.push([words.every(w => t.includes(w)) ? 0 : 1, page, id, title]);
   }
-  for (const [, page, id, title] of found.sort((a, b) => a[0] - b[0]).slice(0, 40)) {
-    const li = document.createElement("li"), a = document.createElement("a");
-    a.href = page + (id ? "#" + id : ""); a.textContent = title + " · " + page; li.append(a); hits.append(li);
-  }
+  const esc = s => s.replace(/[<&]/g, c => (c == "<" ? "&lt;" : "&amp;"));
+  hits.innerHTML = found.sort((a, b) => a[0] - b[0]).slice(0, 40)
+    .map(([, page, id, t]) => `<li><a href="${page}${id ? "#" + id : ""}">${esc(t)} · ${page}</a></li>`).join("");
 }
 box.addEventListener("input", search);
-box.value = new URLSearchParams(location.search).get("q") || ""; search();
+box.value = new URLSearchParams(location.search).get("q") || "", search();  // page.html?q=words searches too
 """
 
 
 def render(md: str, pandoc: str, template: Path, nbs: Path, title: str) -> str:
     "One page of HTML from pandoc (MathML, embedded images, the page's sections); DocsError on any warning."
     args = [pandoc, "-f", READER, "-t", "html5", "--mathml", "--standalone", "--template", str(template), "--toc",
-            "--toc-depth=3", "--embed-resources", "--resource-path", str(nbs), "-M", f"pagetitle={title}"]
-    r = subprocess.run(args + ["--fail-if-warnings"], input=md, capture_output=True, text=True, cwd=nbs)
-    if r.returncode: raise DocsError(f"pandoc failed (exit {r.returncode}):\n    " + r.stderr.strip().replace("\n", "\n    "))
+            "--toc-depth=3", "--wrap=none", "--embed-resources", "--resource-path", str(nbs), "--fail-if-warnings"]
+    r = subprocess.run(args + ["-M", f"pagetitle={title}"], input=md, capture_output=True, text=True, cwd=nbs)
+    if r.returncode: raise DocsError("pandoc failed:\n    " + r.stderr.strip().replace("\n", "\n    "))
     return r.stdout
 
 
-_REMOTE = re.compile(r"<(?:script|img|iframe|source|video|audio|link)\b[^>]*\b(?:src|href)\s*=\s*[\"']?\s*(?:https?:)?//"
-                     r"|@import\s+(?:url\()?\s*[\"']?\s*(?:https?:)?//|url\(\s*[\"']?\s*(?:https?:)?//", re.I)
+_REMOTE = re.compile(r"<(?:script|img|iframe|source|video|audio|link)\b[^>]*\b(?:src|href)\s*=\s*[\"']?\s*(?:https?:)?"
+                     r"//|@import\s+(?:url\()?\s*[\"']?\s*(?:https?:)?//|url\(\s*[\"']?\s*(?:https?:)?//", re.I)
+_plain = lambda h: " ".join(html.unescape(re.sub(r"<[^>]+>", " ", h)).split())
 
 
 def remote_references(page: str) -> list[str]:
@@ -184,28 +155,24 @@ def finish(pages: list[dict], site: str, doc_url: str) -> list:
         body = re.sub(r'href="(?![a-z][\w+.-]*:|#|/)([^"#]+\.(?:ipynb|md))(#[^"]*)?"', lambda m: f'href="{local(m)}"',
                       p["html"])
         if doc_url: body = body.replace(f'href="{doc_url}"', 'href="index.html"').replace(f'href="{doc_url}', 'href="')
-        items = "".join(f'<li{" class=current" if q is p else ""}><a href="{q["out"]}">{html.escape(q["title"])}</a></li>'
-                        for q in pages)
+        cur = lambda q: " class=current" if q is p else ""
+        items = "".join(f'<li{cur(q)}><a href="{q["out"]}">{html.escape(q["title"])}</a></li>' for q in pages)
         nav = (f'<a class="site-name" href="index.html">{html.escape(site)}</a><input id="search" type="search" '
                f'placeholder="Search the docs" aria-label="Search"><ul id="search-results"></ul><ul>{items}</ul>')
         p["html"] = body.replace("<!--SITE-NAV-->", nav, 1)
         bad = remote_references(p["html"])
         if bad: raise DocsError(f"{p['src']}: the page would need the network:\n    " + "\n    ".join(bad[:5]))
-        main = p["html"][p["html"].index("<main>"):]
+        main = p["html"].split("<main>", 1)[1]
         chunks = re.split(r'<h[1-4][^>]*\bid="([^"]*)"[^>]*>(.*?)</h[1-4]>', main, flags=re.S)
-        for i in range(0, len(chunks), 3):
+        for i in range(0, len(chunks), 3):  # [text before the first heading, (id, heading, text) per heading...]
             hid, head = (chunks[i - 2], _plain(chunks[i - 1])) if i else ("", p["title"])
             index.append([p["out"], hid, head, _plain(re.sub(r"<math.*?</math>", " ", chunks[i], flags=re.S))[:4000]])
     return index
 
 
-def _plain(h: str) -> str:
-    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", h)).split())
-
-
 def build(nbs: Path, out: Path, workers: int = 2) -> list[dict]:
     "Render every page of `nbs` into `out`; DocsError naming every failing file (then nothing is written)."
-    import pypandoc
+    import pypandoc, yaml
     from nbdev.config import get_config
 
     if not nbs.is_dir(): raise DocsError(f"notebook folder {nbs} does not exist (give --nbs a folder of notebooks)")
@@ -218,12 +185,13 @@ def build(nbs: Path, out: Path, workers: int = 2) -> list[dict]:
     with tempfile.TemporaryDirectory(prefix="build_docs_") as tmp:
         errors = process_notebooks([s for s in srcs if s.suffix == ".ipynb"], Path(tmp), workers)
         print(f"build_docs: nbdev's processors ran on the notebooks ({time.time() - t0:.1f} s)", flush=True)
-        if errors: errors["hint"] = IMPORT_HINT
-        pages = []
+        hint, pages = IMPORT_HINT if errors else "", []
         for s in (s for s in srcs if s.name not in errors):
             md = s.read_text(encoding="utf-8") if s.suffix == ".md" else notebook_markdown(json.loads(
                 (Path(tmp) / s.name).read_text(encoding="utf-8")))
-            fm, head = front_matter(md), re.search(r"^#\s+(.+?)\s*$", md, re.M)
+            fm = re.match(r"---\n(.*?)\n---\s*\n", md, re.S)  # YAML front matter (nbdev's, or a Markdown file's)
+            fm, head = yaml.safe_load(fm[1]) if fm else None, re.search(r"^#\s+(.+?)\s*$", md, re.M)
+            fm = fm if isinstance(fm, dict) else {}
             title = str(fm.get("title") or (head[1] if head and s.suffix == ".md" else s.stem))
             pages.append(dict(src=s.name, md=md, title=title, out=str(fm.get("output-file") or s.stem + ".html")))
         (template := Path(tmp) / "page.html").write_text(TEMPLATE, encoding="utf-8")
@@ -234,21 +202,20 @@ def build(nbs: Path, out: Path, workers: int = 2) -> list[dict]:
 
         with ThreadPoolExecutor(max(1, workers)) as ex: list(ex.map(one, pages))
     if errors:
-        hint = errors.pop("hint", "")
         raise DocsError(f"{len(errors)} of {len(srcs)} page(s) failed; nothing was written to {out}:\n"
                         + "\n".join(f"  {n}: {e}" for n, e in sorted(errors.items())) + hint)
     outs = [p["out"] for p in pages]
     if len(set(outs)) < len(outs): raise DocsError(f"several sources render to the same page: {sorted(outs)}")
     index = finish(pages, site, doc_url)
     write_site(pages, out, "const SEARCH_INDEX = " + json.dumps(index, ensure_ascii=False) + ";\n" + SEARCH_JS)
-    print(f"build_docs: {len(pages)} page(s) in {out} ({time.time() - t0:.1f} s); open {out / 'index.html'}", flush=True)
+    print(f"build_docs: {len(pages)} pages in {out} ({time.time() - t0:.1f} s); open {out}/index.html", flush=True)
     return pages
 
 
 def write_site(pages: list[dict], out: Path, search_js: str) -> None:
     "Write the pages and search.js; remove the pages an earlier build wrote that no longer exist."
     out.mkdir(parents=True, exist_ok=True)
-    man, new = out / MANIFEST, [p["out"] for p in pages]
+    man, new = out / ".build_docs_manifest.json", [p["out"] for p in pages]
     old = json.loads(man.read_text(encoding="utf-8")) if man.exists() else []
     for name, text in [(p["out"], p["html"]) for p in pages] + [("search.js", search_js)]:
         (out / f".{name}.tmp").write_text(text, encoding="utf-8")
@@ -263,22 +230,18 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, help="site folder (default: docs/)")
     ap.add_argument("--nbs", type=Path, help="notebook folder (default: nbs/)")
     ap.add_argument("--no-quarto", action="store_true", help="use this renderer even when quarto is installed")
-    ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes for nbdev's processors")
+    ap.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes for the processors")
     args = ap.parse_args(argv)
     if not (args.out or args.nbs or args.no_quarto) and shutil.which("quarto"):
         exe = Path(sys.executable).with_name("nbdev_docs")
         print(f"build_docs: quarto found at {shutil.which('quarto')}; running nbdev_docs", flush=True)
         return subprocess.call([str(exe) if exe.exists() else "nbdev_docs"], cwd=ROOT)
     out, nbs = (args.out or ROOT / "docs").resolve(), (args.nbs or ROOT / "nbs").resolve()
-    os.chdir(ROOT)  # nbdev finds settings.ini from the working directory; nbdev_docs runs from here too
+    os.chdir(ROOT)  # nbdev finds settings.ini from the working directory
     try:
         build(nbs, out, args.workers)
-    except DocsError as e:
-        print(f"\nbuild_docs: error: {e}", file=sys.stderr, flush=True)
-        return 1
-    except ImportError as e:
-        print(f"\nbuild_docs: error: a documentation dependency is missing ({e}); run `make venv` or "
-              "`pip install -r requirements.lock.txt`", file=sys.stderr, flush=True)
+    except (DocsError, ImportError) as e:  # ImportError: `make venv` (or pip install -r requirements.lock.txt)
+        print(f"\nbuild_docs: error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         return 1
     return 0
 

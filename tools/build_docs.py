@@ -1,12 +1,11 @@
 #!/usr/bin/env python
 """Build the documentation site of `drifting` (`make docs`).
 
-With `quarto` on the PATH (and no --out/--nbs/--no-quarto) this runs `nbdev_docs`. Without it, offline: nbdev's
-processors (`FilterDefaults` via `nbdev.serve_drv`, as `nbdev_proc_nbs`) process every notebook of nbs/ in parallel;
-each becomes the Markdown quarto would read, which pandoc (the `pypandoc-binary` wheel) renders, like each Markdown file
-of nbs/, to HTML with `--mathml`. Pages get a sidebar of all pages, a search box (search.js: a small index), their
-sections, local links. A page that would load anything from the network fails. When a page fails, the exit status is 1,
-the message names every failing file, and nothing is written."""
+With `quarto` on the PATH (and no option) this runs `nbdev_docs`. Without it, offline: nbdev's processors
+(`FilterDefaults` via `nbdev.serve_drv`, as `nbdev_proc_nbs`) process every notebook of nbs/ in parallel; pandoc (the
+`pypandoc-binary` wheel) renders each as the Markdown quarto would read, and each Markdown file of nbs/, to HTML with
+`--mathml`. Pages get a sidebar of all pages, a search box (search.js: a small index), their sections, local links; a
+page needing the network fails. When a page fails: exit status 1, every failing file named, nothing written."""
 
 import argparse, html, json, os, re, shutil, subprocess, sys, tempfile, time
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -47,6 +46,8 @@ def process_notebooks(nbs: list[Path], dst: Path, workers: int = 2) -> dict[str,
 
 _OPTION = re.compile(r"^\s*#\|\s*([\w-]+)\s*:\s*(.*?)\s*$")
 _ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+# a $$..$$ formula on one line: in CommonMark a line of it starting `+ `, `- `, `# ` would open a list, a heading...
+_one_line_maths = lambda md: re.sub(r"\$\$.+?\$\$", lambda m: m[0].replace("\n", " "), md, flags=re.S)
 _text = lambda v: "".join(v) if isinstance(v, list) else str(v)  # nbformat stores text as a string or a list of lines
 
 
@@ -76,7 +77,7 @@ def notebook_markdown(nb: dict) -> str:
         elif c["cell_type"] == "markdown":
             for name, d in (c.get("attachments") or {}).items():
                 src = src.replace(f"attachment:{name}", "".join(f"data:{m};base64,{b}" for m, b in d.items()))
-            parts.append(src)
+            parts.append(_one_line_maths(src))
         elif c["cell_type"] == "code":
             lines, opts = src.splitlines(), {}
             while lines and (m := _OPTION.match(lines[0])):
@@ -92,7 +93,7 @@ def notebook_markdown(nb: dict) -> str:
 TEMPLATE = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>$pagetitle$</title><style>
-body { margin: 0; font: 16px/1.6 system-ui, sans-serif; color: #1f2328; } img { max-width: 100%; }
+body { margin: 0; font: 16px/1.6 system-ui, sans-serif; } math[display=block] { overflow: auto hidden; padding: 4px 0; }
 #site-nav, #TOC { position: fixed; top: 0; bottom: 0; overflow-y: auto; box-sizing: border-box; padding: 1rem; }
 #site-nav { left: 0; width: 16rem; background: #f6f8fa; border-right: 1px solid #d0d7de; font-size: .9rem; }
 #TOC { right: 0; width: 15rem; font-size: .85rem; } #TOC ul { padding-left: 1rem; } #search { width: 100%; }
@@ -100,8 +101,8 @@ body { margin: 0; font: 16px/1.6 system-ui, sans-serif; color: #1f2328; } img { 
 #site-nav ul { list-style: none; padding: 0; } a { text-decoration: none; } .description { color: #57606a; }
 main { margin: 0 15rem 0 16rem; padding: 1rem 2.5rem 4rem; max-width: 54rem; } .site-name { font-weight: 700; }
 pre { background: #f6f8fa; padding: .6rem .8rem; overflow-x: auto; } pre.error { border-left: 3px solid #cf222e; }
-table { border-collapse: collapse; } td, th { border: 1px solid #d0d7de; padding: .2rem .5rem; }
-math { font-family: "Latin Modern Math", "STIX Two Math", math; } math[display="block"] { overflow-x: auto; }
+table { border-collapse: collapse; } td, th { border: 1px solid #ccc; padding: .2rem .4rem; } img { max-width: 100%; }
+math { font-family: "Latin Modern Math", "STIX Two Math", "Cambria Math", "DejaVu Math TeX Gyre", math; }
 @media (max-width: 75rem) { #TOC { display: none; } main { margin-right: 0; } }
 $highlighting-css$
 </style></head><body>
@@ -162,8 +163,7 @@ def finish(pages: list[dict], site: str, doc_url: str) -> list:
         p["html"] = body.replace("<!--SITE-NAV-->", nav, 1)
         bad = remote_references(p["html"])
         if bad: raise DocsError(f"{p['src']}: the page would need the network:\n    " + "\n    ".join(bad[:5]))
-        main = p["html"].split("<main>", 1)[1]
-        chunks = re.split(r'<h[1-4][^>]*\bid="([^"]*)"[^>]*>(.*?)</h[1-4]>', main, flags=re.S)
+        chunks = re.split(r'<h\d[^>]*\bid="([^"]*)"[^>]*>(.*?)</h\d>', p["html"].split("<main>")[1], flags=re.S)
         for i in range(0, len(chunks), 3):  # [text before the first heading, (id, heading, text) per heading...]
             hid, head = (chunks[i - 2], _plain(chunks[i - 1])) if i else ("", p["title"])
             index.append([p["out"], hid, head, _plain(re.sub(r"<math.*?</math>", " ", chunks[i], flags=re.S))[:4000]])
@@ -187,7 +187,7 @@ def build(nbs: Path, out: Path, workers: int = 2) -> list[dict]:
         print(f"build_docs: nbdev's processors ran on the notebooks ({time.time() - t0:.1f} s)", flush=True)
         hint, pages = IMPORT_HINT if errors else "", []
         for s in (s for s in srcs if s.name not in errors):
-            md = s.read_text(encoding="utf-8") if s.suffix == ".md" else notebook_markdown(json.loads(
+            md = _one_line_maths(s.read_text(encoding="utf-8")) if s.suffix == ".md" else notebook_markdown(json.loads(
                 (Path(tmp) / s.name).read_text(encoding="utf-8")))
             fm = re.match(r"---\n(.*?)\n---\s*\n", md, re.S)  # YAML front matter (nbdev's, or a Markdown file's)
             fm, head = yaml.safe_load(fm[1]) if fm else None, re.search(r"^#\s+(.+?)\s*$", md, re.M)

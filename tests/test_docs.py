@@ -92,10 +92,13 @@ def test_links_point_at_local_pages(site):
     assert 'href="notes.html"' in (site / "index.html").read_text()
     assert 'href="index.html">link back' in (site / "notes.html").read_text()
     page = dict(src="a.ipynb", out="a.html", title="a", html='<main><a href="https://h.io/p/b.html#x">b</a>'
-                '<a href="https://h.io/p/">home</a><a href="https://other.org/p/b.html">o</a></main><!--SITE-NAV-->')
+                '<a href="https://h.io/p/">home</a><a href="https://other.org/p/b.html#c.d">o</a>'
+                '<a href="https://h.io/p/b.html#trainer.fit">m</a><a href="a.ipynb#y">self</a></main><!--SITE-NAV-->')
     bd.finish([page], "site", "https://h.io/p/")
     assert 'href="b.html#x"' in page["html"] and 'href="index.html"' in page["html"]
-    assert 'href="https://other.org/p/b.html"' in page["html"]
+    assert 'href="a.html#y"' in page["html"]
+    assert 'href="b.html#trainerfit"' in page["html"]  # nbdev's `#name.method`, pandoc's (GitHub-style) id
+    assert 'href="https://other.org/p/b.html#c.d"' in page["html"]
 
 
 def test_search_index_finds_sections(site):

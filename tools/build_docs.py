@@ -152,10 +152,11 @@ def finish(pages: list[dict], site: str, doc_url: str) -> list:
     "Sidebar and local links on every page; the search index, one entry per section: [page, id, heading, text]."
     by_src, index = {p["src"]: p["out"] for p in pages}, []
     for p in pages:
-        local = lambda m: by_src.get(m[1], m[1]) + (m[2] or "")
-        body = re.sub(r'href="(?![a-z][\w+.-]*:|#|/)([^"#]+\.(?:ipynb|md))(#[^"]*)?"', lambda m: f'href="{local(m)}"',
-                      p["html"])
+        body = p["html"]
         if doc_url: body = body.replace(f'href="{doc_url}"', 'href="index.html"').replace(f'href="{doc_url}', 'href="')
+        # local links: a notebook or Markdown file -> its page; nbdev's `#class.method` -> pandoc's id `#classmethod`
+        body = re.sub(r'href="(?![a-z][\w+.-]*:|/)([^"#]*)(#[^"]*)?"',
+                      lambda m: f'href="{by_src.get(m[1], m[1])}{(m[2] or "").replace(".", "")}"', body)
         cur = lambda q: " class=current" if q is p else ""
         items = "".join(f'<li{cur(q)}><a href="{q["out"]}">{html.escape(q["title"])}</a></li>' for q in pages)
         nav = (f'<a class="site-name" href="index.html">{html.escape(site)}</a><input id="search" type="search" '
@@ -204,8 +205,7 @@ def build(nbs: Path, out: Path, workers: int = 2) -> list[dict]:
     if errors:
         raise DocsError(f"{len(errors)} of {len(srcs)} page(s) failed; nothing was written to {out}:\n"
                         + "\n".join(f"  {n}: {e}" for n, e in sorted(errors.items())) + hint)
-    outs = [p["out"] for p in pages]
-    if len(set(outs)) < len(outs): raise DocsError(f"several sources render to the same page: {sorted(outs)}")
+    if len({p["out"] for p in pages}) < len(pages): raise DocsError("two sources render to one page (same output-file)")
     index = finish(pages, site, doc_url)
     write_site(pages, out, "const SEARCH_INDEX = " + json.dumps(index, ensure_ascii=False) + ";\n" + SEARCH_JS)
     print(f"build_docs: {len(pages)} pages in {out} ({time.time() - t0:.1f} s); open {out}/index.html", flush=True)

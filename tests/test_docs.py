@@ -85,6 +85,9 @@ def test_nothing_needs_the_network(site):
         assert not re.search(r"<(script|link|img)\b[^>]*(src|href)\s*=\s*[\"']?(https?:)?//", page, re.I), f.name
         assert "mathjax" not in page.lower() and "katex" not in page.lower()
     assert bd.remote_references('<img src="https://x.org/a.png">') and bd.remote_references("url(//cdn.x/f.woff)")
+    page = dict(src="07_x.ipynb", out="x.html", title="x", html='<main><script src="https://cdn.x/m.js"></script></main>')
+    with pytest.raises(bd.DocsError, match=r"07_x.ipynb: the page would need the network"):
+        bd.finish([page], "site", "")
 
 
 def test_links_point_at_local_pages(site):

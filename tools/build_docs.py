@@ -193,7 +193,7 @@ def build(nbs: Path, out: Path, workers: int = 2) -> list[dict]:
             fm = re.match(r"---\n(.*?)\n---\s*\n", md, re.S)  # YAML front matter (nbdev's, or a Markdown file's)
             fm, head = yaml.safe_load(fm[1]) if fm else None, re.search(r"^#\s+(.+?)\s*$", md, re.M)
             fm = fm if isinstance(fm, dict) else {}
-            title = str(fm.get("title") or (head[1] if head and s.suffix == ".md" else s.stem))
+            title = str(fm.get("title") or (head[1] if head and s.suffix == ".md" else s.stem)).replace("`", "")
             pages.append(dict(src=s.name, md=md, title=title, out=str(fm.get("output-file") or s.stem + ".html")))
         (template := Path(tmp) / "page.html").write_text(TEMPLATE, encoding="utf-8")
 

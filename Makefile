@@ -1,6 +1,8 @@
 # The two commands of the README are `make run` and `make test`; both build .venv from the lock when it is missing.
 SHELL := /bin/bash
-PYTHON ?= python3
+# the first interpreter in the supported range (settings.ini python_requires: >=3.11,<3.13) builds .venv
+PY_OK := import sys; sys.exit(not ((3, 11) <= sys.version_info[:2] < (3, 13)))
+PYTHON ?= $(firstword $(foreach p,python3.12 python3.11 python3,$(shell command -v $(p) >/dev/null 2>&1 && $(p) -c '$(PY_OK)' 2>/dev/null && echo $(p))))
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.drifting-installed
@@ -15,6 +17,7 @@ NBFLAGS := $(if $(FLAGS),--flags "$(FLAGS)")
 .PHONY: run test nbtest pytest docs readme outputs lock venv clean-venv
 
 $(STAMP): requirements.lock.txt setup.py settings.ini
+	@test -x $(BIN)/python || test -n "$(PYTHON)" || { echo "make: no Python 3.11 or 3.12 found (python3.12, python3.11, python3); install one or pass PYTHON=/path/to/python3.x" >&2; exit 1; }
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet -r requirements.lock.txt
 	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .

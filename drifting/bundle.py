@@ -440,7 +440,7 @@ def run_md(
         "```bash",
         f"git checkout {code['commit']}"
         + ("  &&  git apply <this bundle>/provenance/git.diff" if code["dirty"] else ""),
-        "pip install --no-deps -r requirements.lock.txt && pip install --no-deps -e .",
+        "pip install -r requirements.lock.txt && pip install -e .",
         "```",
         "",
         "## Parameters (`config_resolved.yaml`)",

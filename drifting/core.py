@@ -5,7 +5,7 @@
 # %% ../nbs/00_core.ipynb #56048743
 from __future__ import annotations
 
-import contextlib, copy, dataclasses, hashlib, io, json, os, random, shutil, sys, tempfile, time
+import contextlib, copy, dataclasses, hashlib, io, json, os, random, shutil, sys, tempfile, time, warnings
 from pathlib import Path
 
 import numpy as np
@@ -15,10 +15,11 @@ from tqdm import tqdm as text_tqdm  # plain text: what a log and papermill --log
 from tqdm.auto import tqdm
 
 # %% auto #0
-__all__ = ['seed_everything', 'default_device', 'autocast', 'fsync_dir', 'atomic_open', 'atomic_write_bytes', 'atomic_write_text',
-           'atomic_torch_save', 'hash_array_into', 'sha256_arrays', 'sha256_json', 'sha256_bytes', 'sha256_file',
-           'module_sha256', 'cache_root', 'atomic_folder', 'rng_states', 'set_rng_states', 'ema_copy', 'ema_update',
-           'lr_at', 'save_figure', 'progress_bar', 'PresetError', 'from_preset']
+__all__ = ['NVIDIA_PROBES', 'seed_everything', 'unusable_gpu', 'default_device', 'autocast', 'fsync_dir', 'atomic_open',
+           'atomic_write_bytes', 'atomic_write_text', 'atomic_torch_save', 'hash_array_into', 'sha256_arrays',
+           'sha256_json', 'sha256_bytes', 'sha256_file', 'module_sha256', 'cache_root', 'atomic_folder', 'rng_states',
+           'set_rng_states', 'ema_copy', 'ema_update', 'lr_at', 'save_figure', 'progress_bar', 'PresetError',
+           'from_preset']
 
 # %% ../nbs/00_core.ipynb #b5f57977
 def seed_everything(
@@ -31,6 +32,27 @@ def seed_everything(
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
+
+# %% ../nbs/00_core.ipynb #c5f66947
+NVIDIA_PROBES = ("/proc/driver/nvidia/version", "/dev/nvidia0")  # exist where an NVIDIA driver and GPU are present
+_GPU_WARNED = []  # the reason, once warned
+
+
+def unusable_gpu(
+    probes: tuple = NVIDIA_PROBES,  # files whose presence means an NVIDIA GPU and its driver are there
+) -> str | None:
+    "Why the NVIDIA GPU this machine has cannot be used by this torch, or None (no such GPU, or CUDA works)."
+    if torch.cuda.is_available() or not any(Path(p).exists() for p in probes):
+        return None
+    if torch.version.cuda is None:
+        build = f"a CPU-only build ({torch.__version__})"
+    else:
+        build = f"built for CUDA {torch.version.cuda} ({torch.__version__}) but cannot reach the GPU"
+        build += " (a driver older than that CUDA, or CUDA_VISIBLE_DEVICES hiding it)"
+    return (
+        f"an NVIDIA GPU is present but this torch is {build}: the run uses the CPU. Install a CUDA build of torch "
+        "(`pip install torch` gets one on an ordinary Linux machine) or pass device='cpu' to silence this."
+    )
 
 # %% ../nbs/00_core.ipynb #6cfb177e
 def default_device(
@@ -46,6 +68,10 @@ def default_device(
         return torch.device("cuda")
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
+    why = unusable_gpu()
+    if why and not _GPU_WARNED:
+        warnings.warn(why, RuntimeWarning, stacklevel=2)
+        _GPU_WARNED.append(why)
     return torch.device("cpu")
 
 

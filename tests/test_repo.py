@@ -64,3 +64,38 @@ def test_exported_code_is_readable():
         text = Path(path if Path(path).is_absolute() else ROOT / path).read_text().splitlines()[int(line) - 1]
         if not text.startswith("__all__ = ["): ours.append(l)
     assert ours == [], "\n".join(ours[:40]) + f"\n({len(ours)} findings)"
+
+
+def _settings():
+    cfg = configparser.ConfigParser(delimiters=["="])
+    cfg.read(ROOT / "settings.ini")
+    return cfg["DEFAULT"]
+
+
+def test_library_requirements_leave_the_users_torch_alone():
+    """The package asks for ranges (what the code needs); exact pins live only in the lock. pip keeps an installed
+    distribution whose version satisfies the requirement, so another user's torch (an older release, a CUDA build
+    with its local label) stays: checked against the specifiers, and by pip's own resolver on this environment."""
+    from packaging.requirements import Requirement
+
+    reqs = {Requirement(r).name: Requirement(r) for r in _settings()["requirements"].split()}
+    assert not [r for r in reqs.values() if any(s.operator in ("==", "===") for s in r.specifier)], reqs
+    for other in ("2.5.1", "2.12.0+cu124", "2.13.0+cpu", "2.14.0"):
+        assert reqs["torch"].specifier.contains(other, prereleases=True), other
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--no-index", "--no-build-isolation",
+                        "--quiet", "--report", "-", "-e", str(ROOT)], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr[-2000:]
+    names = [i["metadata"]["name"].lower() for i in json.loads(r.stdout)["install"]]
+    assert names == ["drifting"], names  # nothing else, torch least of all, would be installed or replaced
+
+
+def test_one_python_range_everywhere():
+    "settings.ini (setup.py), pyproject, the smoke gate's manifest and the Makefile's interpreter choice agree."
+    rng = _settings()["python_requires"]
+    assert rng == ">=3.11,<3.13"
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    assert re.search(r'^requires-python = "' + re.escape(rng) + '"', pyproject, re.M), "pyproject's requires-python"
+    assert json.loads((ROOT / "environment.manifest.json").read_text())["python"] == rng
+    make = (ROOT / "Makefile").read_text()
+    assert "(3, 11) <= sys.version_info[:2] < (3, 13)" in make and "python3.12 python3.11 python3" in make
+    assert "--no-deps" not in (ROOT / "runs" / "README.md").read_text()

@@ -428,7 +428,7 @@ def finite_clip_(
     max_norm: float,  # the global-norm bound
     step: int,  # the step (for the message)
 ) -> Tensor:
-    "`clip_grad_norm_` refusing a NaN/inf gradient before the optimiser step (weights and checkpoints stay as they were)."
+    "`clip_grad_norm_` refusing a NaN/inf gradient before the optimiser step (weights and checkpoints stay unchanged)."
     try:
         return torch.nn.utils.clip_grad_norm_(params, max_norm, error_if_nonfinite=True)
     except RuntimeError as e:
@@ -460,7 +460,7 @@ def check_resume_params(
     allow_changes: bool = False,  # the run's allow_config_change
     **params,  # the run's own values of what the checkpoint's run recorded, e.g. dataset=, vae=
 ) -> dict:  # what differed: {name: (checkpoint's run, now)}
-    "Refuse a resume from a run with another dataset, VAE or feature encoder, from its bundle's record (no VAE/MAE work)."
+    "Refuse a resume from a run with another dataset, VAE or feature encoder, by its bundle's record (no VAE/MAE work)."
     if resume is None:
         return {}
     p = Path(str(resume)).expanduser()

@@ -207,7 +207,7 @@ def load_dataset(
             ds = load_image_folder(p, resolution, **kwargs)
     return _select_split(ds, split, heldout_frac, seed)
 
-
+# %% ../nbs/07_data.ipynb #07faa421
 def is_latent_cache(dataset) -> bool:
     "Whether `dataset` names a latent cache (a .npz file or a folder with a manifest.json)."
     p = Path(str(dataset)).expanduser()
@@ -322,7 +322,7 @@ def load_image(
         raise ValueError(f"cannot read image {path}: {e} (corrupt or not an image; remove or replace it)") from e
     return pil_to_tensor(center_crop_adm(img, resolution) if resolution else img)
 
-
+# %% ../nbs/07_data.ipynb #f57c20f3
 def load_image_folder(
     root: str | os.PathLike,  # folder holding one sub-folder per class
     resolution: int | None = None,  # ADM centre crop side; needed when sizes differ

@@ -239,7 +239,7 @@ def bundle_writer(bundle: str | os.PathLike):
     man = json.loads((d / "run_manifest.json").read_text())
     return Run(d, man.get("project_name", d.parent.name), man, {}, {})
 
-
+# %% ../nbs/14_distributed.ipynb #cbb83df8
 def fit_worker(
     job: dict,  # build, kwargs, steps; optional: mode, resume, bundle | runs_dir (+ project), save, ckpt_every,
     # keep_checkpoints, log_every, tensorboard, callback, backend

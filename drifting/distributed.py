@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+from fastcore.basics import patch
 from torch import Tensor
 
 from .data import ImageDataset
@@ -92,53 +93,64 @@ class Comm:
     def __repr__(self):
         return f"Comm(rank={self.rank}, world_size={self.world_size}, backend={self.backend!r}, mode={self.mode!r})"
 
-    def sum(
-        self,
-        t: Tensor,  # any tensor (left unchanged)
-        kind: str = "stats",  # which counter the bytes go to
-    ) -> Tensor:  # a new tensor: the sum of `t` over ranks
-        "All-reduce (sum) a copy of `t`."
-        t0 = time.perf_counter()
-        out = t.detach().to(self.device, copy=True)
-        dist.all_reduce(out, group=self.group)
-        self.bytes[kind] += out.numel() * out.element_size()
-        self.calls[kind] += 1
-        self.seconds[kind] += time.perf_counter() - t0
-        return out.to(t.device)
+# %% ../nbs/14_distributed.ipynb #c1082492
+@patch
+def sum(
+    self: Comm,
+    t: Tensor,  # any tensor (left unchanged)
+    kind: str = "stats",  # which counter the bytes go to
+) -> Tensor:  # a new tensor: the sum of `t` over ranks
+    "All-reduce (sum) a copy of `t`."
+    t0 = time.perf_counter()
+    out = t.detach().to(self.device, copy=True)
+    dist.all_reduce(out, group=self.group)
+    self.bytes[kind] += out.numel() * out.element_size()
+    self.calls[kind] += 1
+    self.seconds[kind] += time.perf_counter() - t0
+    return out.to(t.device)
 
-    @property
-    def stat_reduce(self):
-        "The `all_reduce` argument of `drift_loss`: the sum over ranks in exact mode, None (local statistics) per rank."
-        return (lambda t: self.sum(t, "stats")) if self.mode == "exact" else None
 
-    def average_gradients(self, params):
-        "Replace every gradient by its mean over ranks: one all-reduce of the flattened gradients (D-dist-3)."
-        ps = [p for p in params if p.requires_grad]
-        flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in ps])
-        flat = self.sum(flat, "grads").div_(self.world_size)
-        lo = 0
-        for p in ps:
-            g = flat[lo : lo + p.numel()].view_as(p)
-            lo += p.numel()
-            if p.grad is None:
-                p.grad = g.clone()
-            else:
-                p.grad.copy_(g)
+@patch(as_prop=True)
+def stat_reduce(self: Comm):
+    "The `all_reduce` argument of `drift_loss`: the sum over ranks in exact mode, None (local statistics) per rank."
+    return (lambda t: self.sum(t, "stats")) if self.mode == "exact" else None
 
-    def mean_metrics(self, loss: float, v2: dict) -> tuple:
-        "The mean over ranks of a step's logged loss and per-key raw ‖V‖² (one small all-reduce)."
-        keys = list(v2)
-        vals = torch.tensor([loss] + [x for k in keys for x in v2[k]], dtype=torch.float64)
-        vals = (self.sum(vals, "metrics") / self.world_size).tolist()
-        n = len(v2[keys[0]]) if keys else 0
-        return vals[0], OrderedDict((k, vals[1 + i * n : 1 + (i + 1) * n]) for i, k in enumerate(keys))
+# %% ../nbs/14_distributed.ipynb #d93b0f0a
+@patch
+def average_gradients(self: Comm, params):
+    "Replace every gradient by its mean over ranks: one all-reduce of the flattened gradients (D-dist-3)."
+    ps = [p for p in params if p.requires_grad]
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in ps])
+    flat = self.sum(flat, "grads").div_(self.world_size)
+    lo = 0
+    for p in ps:
+        g = flat[lo : lo + p.numel()].view_as(p)
+        lo += p.numel()
+        if p.grad is None:
+            p.grad = g.clone()
+        else:
+            p.grad.copy_(g)
 
-    def barrier(self):
-        dist.barrier(group=self.group)
 
-    def info(self) -> dict:
-        "What the run manifest records."
-        return dict(world_size=self.world_size, backend=self.backend, mode=self.mode)
+@patch
+def mean_metrics(self: Comm, loss: float, v2: dict) -> tuple:
+    "The mean over ranks of a step's logged loss and per-key raw ‖V‖² (one small all-reduce)."
+    keys = list(v2)
+    vals = torch.tensor([loss] + [x for k in keys for x in v2[k]], dtype=torch.float64)
+    vals = (self.sum(vals, "metrics") / self.world_size).tolist()
+    n = len(v2[keys[0]]) if keys else 0
+    return vals[0], OrderedDict((k, vals[1 + i * n : 1 + (i + 1) * n]) for i, k in enumerate(keys))
+
+
+@patch
+def barrier(self: Comm):
+    dist.barrier(group=self.group)
+
+
+@patch
+def info(self: Comm) -> dict:
+    "What the run manifest records."
+    return dict(world_size=self.world_size, backend=self.backend, mode=self.mode)
 
 # %% ../nbs/14_distributed.ipynb #050dead1
 def attach(

@@ -13,7 +13,7 @@ import torch
 from diffusers import AutoencoderKL
 
 from .core import atomic_folder, atomic_write_text, cache_root, progress_bar, sha256_json
-from .data import batches, load_dataset
+from .data import HELDOUT_FRAC, batches, load_dataset
 from .tokenizer import Tokenizer
 
 # %% auto #0
@@ -41,7 +41,7 @@ class BuiltinRecipe:
 
     dataset: str = "mnist5k"  # built-in dataset (07_data)
     resolution: int = 32  # padded 28 -> 32
-    heldout_frac: float = 0.1  # the data module's stratified split
+    heldout_frac: float = HELDOUT_FRAC  # the data module's stratified split
     split_seed: int = 0
     steps: int = 600  # ~8.5 epochs of the 4500 training digits (~2 min on 2 idle cores); 200 left a blur (D-perf-7)
     batch_size: int = 64

@@ -19,7 +19,7 @@ __all__ = ['NVIDIA_PROBES', 'seed_everything', 'unusable_gpu', 'default_device',
            'atomic_write_bytes', 'atomic_write_text', 'atomic_torch_save', 'hash_array_into', 'sha256_arrays',
            'sha256_json', 'sha256_bytes', 'sha256_file', 'module_sha256', 'cache_root', 'atomic_folder', 'rng_states',
            'set_rng_states', 'ema_copy', 'ema_update', 'lr_at', 'save_figure', 'progress_bar', 'PresetError',
-           'from_preset']
+           'from_preset', 'check_int']
 
 # %% ../nbs/00_core.ipynb #b5f57977
 def seed_everything(
@@ -365,3 +365,17 @@ def from_preset(
     if bad:
         raise PresetError(f"unknown {type(cfg).__name__} field(s) {bad}; valid: {names}")
     return dataclasses.replace(cfg, **overrides)
+
+# %% ../nbs/00_core.ipynb #799f2a34
+def check_int(
+    v,  # the value given
+    name: str,  # the parameter's name, for the message
+    lo: int = 1,  # the smallest allowed value
+    none_ok: bool = False,  # None is allowed (it keeps a default)
+):
+    "`v` if it is an int ≥ `lo` (or None when allowed), else a `ValueError` naming the parameter."
+    if v is None and none_ok:
+        return v
+    if not isinstance(v, int) or isinstance(v, bool) or v < lo:
+        raise ValueError(f"{name} must be {'None or ' if none_ok else ''}an int ≥ {lo}, got {v!r}")
+    return v

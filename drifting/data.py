@@ -19,9 +19,10 @@ from .core import sha256_arrays, sha256_json
 from .latent_cache import ShardedRows, load_latent_cache, open_latent_cache
 
 # %% auto #0
-__all__ = ['BUILTIN_DATASETS', 'LAZY_BYTES', 'IMAGE_EXTENSIONS', 'ImageDataset', 'stratified_split', 'resize_images',
-           'load_builtin', 'load_dataset', 'center_crop_adm', 'hflip', 'pil_to_tensor', 'latent_dataset',
-           'scan_image_folder', 'load_image', 'load_image_folder', 'batches', 'image_grid', 'show_grid']
+__all__ = ['HELDOUT_FRAC', 'BUILTIN_DATASETS', 'LAZY_BYTES', 'IMAGE_EXTENSIONS', 'ImageDataset', 'stratified_split',
+           'resize_images', 'load_builtin', 'load_dataset', 'is_latent_cache', 'center_crop_adm', 'hflip',
+           'pil_to_tensor', 'latent_dataset', 'scan_image_folder', 'load_image', 'load_image_folder', 'batches',
+           'image_grid', 'show_grid']
 
 # %% ../nbs/07_data.ipynb #42465559
 @dataclass
@@ -66,9 +67,12 @@ class ImageDataset:
         )
 
 # %% ../nbs/07_data.ipynb #c7e8fa59
+HELDOUT_FRAC = 0.1  # ours: the share of each class every run holds out for evaluation (split seed 0)
+
+
 def stratified_split(
     labels: np.ndarray | torch.Tensor,  # [N] int class ids
-    heldout_frac: float = 0.1,  # fraction of each class held out
+    heldout_frac: float = HELDOUT_FRAC,  # fraction of each class held out
     seed: int = 0,  # which split
 ) -> tuple[np.ndarray, np.ndarray, str]:
     "Per-class seeded split: (train indices, held-out indices, split_hash); indices sorted ascending."
@@ -179,7 +183,7 @@ def load_dataset(
     name_or_path: str | os.PathLike = "mnist5k",  # built-in name, class-folder dir or latent cache
     split: str = "train",  # 'train', 'heldout' or 'all'
     resolution: int | None = None,  # side in pixels (built-ins: optional; folders: ADM centre crop)
-    heldout_frac: float = 0.1,  # per-class held-out fraction of the stratified split
+    heldout_frac: float = HELDOUT_FRAC,  # per-class held-out fraction of the stratified split
     seed: int = 0,  # split seed
     **kwargs,  # passed on: `resize`, `channels` (built-ins), `max_per_class` (folders)
 ) -> ImageDataset:
@@ -202,6 +206,12 @@ def load_dataset(
         else:
             ds = load_image_folder(p, resolution, **kwargs)
     return _select_split(ds, split, heldout_frac, seed)
+
+# %% ../nbs/07_data.ipynb #07faa421
+def is_latent_cache(dataset) -> bool:
+    "Whether `dataset` names a latent cache (a .npz file or a folder with a manifest.json)."
+    p = Path(str(dataset)).expanduser()
+    return p.suffix == ".npz" or (p / "manifest.json").exists()
 
 # %% ../nbs/07_data.ipynb #993517bf
 def center_crop_adm(
@@ -312,7 +322,7 @@ def load_image(
         raise ValueError(f"cannot read image {path}: {e} (corrupt or not an image; remove or replace it)") from e
     return pil_to_tensor(center_crop_adm(img, resolution) if resolution else img)
 
-
+# %% ../nbs/07_data.ipynb #f57c20f3
 def load_image_folder(
     root: str | os.PathLike,  # folder holding one sub-folder per class
     resolution: int | None = None,  # ADM centre crop side; needed when sizes differ

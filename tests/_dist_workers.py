@@ -117,3 +117,18 @@ def export_worker(folder: str, vae: str, out: str, kw: dict):
         export_latent_cache(folder, load_vae(vae), out, **kw)
     finally:
         teardown()
+
+
+def pushed_batches(folder: str, steps: int) -> dict:
+    "One rank of a job rebuilt from a job folder (`build_trainer`): its stream's first batches and its queues after `steps`."
+    torch.set_num_threads(1)
+    init_distributed("gloo")
+    try:
+        from drifting.distributed import build_trainer
+        t = build_trainer(folder)
+        attach(t, "exact")
+        batches = [t.data.batch(i)[0] for i in range(steps)]
+        t.fit(steps, progress=False)
+        return dict(batches=batches, queues=t.queues.state_dict(), stream=type(t.data).__name__)
+    finally:
+        teardown()

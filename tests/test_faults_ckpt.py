@@ -87,7 +87,8 @@ def test_check_run_params_survives_a_bad_last_pt(repo, tmp_path, capsys):
     (run.dir / "artifacts/checkpoints/last.pt").write_bytes(b"PK\x03\x04 not a zip")
     assert checkpoint_file(run.dir).name == "step_2.pt"
     with pytest.raises(ValueError, match="step 2 ≥ steps=2"):  # it reached the step check: the config was read
-        check_run_params("tiny", 2, "mnist5k", [1], resume=run.dir)
+        check_run_params("tiny", 2, "mnist5k", [1], resume=run.dir, feature_encoder=t.cfg.feature_encoder,
+                         every_k_block=t.cfg.every_k_block)  # the tiny trainer's own config
     assert "using the newest good checkpoint step_2.pt" in capsys.readouterr().err
 
 

@@ -92,14 +92,15 @@ def test_run_eval_on_the_pixel_run(env, first):
 def test_augmented_pixel_stream_resumes_exactly(tmp_path, monkeypatch):
     "aug='rrc' (B/16, L/16): 4 steps straight equal 2 steps, a checkpoint through bytes, then 2 more."
     from drifting.data import ImageDataset
-    from drifting.runs import data_stream, run_features
+    from drifting.feature_nets import build_features
+    from drifting.streams import data_stream
     from drifting.train import Trainer, train_config
     monkeypatch.setenv("DRIFTING_CACHE", str(tmp_path))
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     ds = ImageDataset(torch.rand(40, 3, 16, 16, generator=g) * 2 - 1, torch.arange(40) % 4, list("abcd"), "rgb", "fp-rgb")
     cfg = train_config("tiny", aug="rrc", flip=True, mae_preset="pixel-small", mae_steps=2, n_c=2)
-    fs, _ = run_features(cfg, ds, "cpu", progress=False)
+    fs, _ = build_features(cfg, ds, "cpu", progress=False)
     def trainer(): return Trainer(cfg, data_stream(cfg, ds), fs, "cpu")
     a = trainer(); a.fit(4, progress=False)
     b = trainer(); b.fit(2, progress=False)
@@ -118,13 +119,13 @@ def _close(ours: torch.Tensor, ref, tol: float = 1e-4) -> bool:
 
 
 def test_pixel_feature_space_reproduces_the_official_activations(tmp_path, monkeypatch):
-    """The pixel space built by a run (`run_features`: an exported MAE encoder + a ConvNeXt folder + global) gives the
+    """The pixel space built by a run (`build_features`: an exported MAE encoder + a ConvNeXt folder + global) gives the
     official `get_activations` of both networks on the parity fixtures made by the authors' JAX code."""
     import numpy as np
     from drifting.data import ImageDataset
     from drifting.mae import save_encoder
     from drifting.official import IMAGENET_MEAN, IMAGENET_STD, load_official_mae
-    from drifting.runs import run_features
+    from drifting.feature_nets import build_features
     from drifting.train import train_config
     monkeypatch.setenv("DRIFTING_CACHE", str(tmp_path))
     mae_dir, cnx_dir = FIX / "mae" / "jax" / "tiny-shared", FIX / "convnext" / "hf" / "tiny-shared"
@@ -132,7 +133,7 @@ def test_pixel_feature_space_reproduces_the_official_activations(tmp_path, monke
     m_io = np.load(mae_dir / "io.npz")
     x = torch.from_numpy(m_io["x"]).permute(0, 3, 1, 2).contiguous()  # [B, 4, 16, 16]
     ds = ImageDataset(x, torch.zeros(len(x), dtype=torch.long), ["a"], "fix", "fp-fix")
-    fs, info = run_features(train_config("cpu-pixel", feature_encoder=str(tmp_path / "enc")), ds, "cpu", progress=False)
+    fs, info = build_features(train_config("cpu-pixel", feature_encoder=str(tmp_path / "enc")), ds, "cpu", progress=False)
     f = fs(x)
     want = sorted(k[6:] for k in m_io.files if k.startswith("feat__"))
     assert sorted(f) == sorted(want + ["global"]) and "no ConvNeXt-V2" in info["summary"]
@@ -143,7 +144,7 @@ def test_pixel_feature_space_reproduces_the_official_activations(tmp_path, monke
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     xp = (xn * std + mean) * 2 - 1
     dsc = ImageDataset(xp, torch.zeros(len(xp), dtype=torch.long), ["a"], "fixc", "fp-fixc")
-    fsc, _ = run_features(train_config("cpu-pixel", feature_encoder=None, convnext=str(cnx_dir)), dsc, "cpu", progress=False)
+    fsc, _ = build_features(train_config("cpu-pixel", feature_encoder=None, convnext=str(cnx_dir)), dsc, "cpu", progress=False)
     fc = fsc(xp)
     wantc = sorted(k[6:] for k in c_io.files if k.startswith("feat__"))
     assert sorted(fc) == sorted(wantc + ["global"])

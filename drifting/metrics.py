@@ -17,7 +17,7 @@ from .core import atomic_open, cache_root, module_sha256, sha256_json
 from .data import ImageDataset
 
 # %% auto #0
-__all__ = ['STATS_FORMAT', 'FeatureNet', 'extract_features', 'RunningStats', 'FeatureStats', 'frechet_distance',
+__all__ = ['STATS_FORMAT', 'KNN_BLOCK', 'FeatureNet', 'extract_features', 'RunningStats', 'FeatureStats', 'frechet_distance',
            'ProtocolMismatch', 'check_same_protocol', 'compute_fid', 'compute_kid', 'inception_score', 'knn_radii',
            'manifold_coverage', 'precision_recall', 'nearest_neighbours', 'nn_figure', 'stats_cache_root',
            'reference_key', 'reference_stats']
@@ -346,16 +346,29 @@ def _chunked_cdist(a: torch.Tensor, b: torch.Tensor, chunk: int):  # yields (row
         yield i, torch.cdist(a[i : i + chunk], b, compute_mode="donot_use_mm_for_euclid_dist")
 
 
+KNN_BLOCK = 1 << 22  # most elements of one distance block (32 MiB in float64), whatever the set sizes
+
+
+def _mm_dist_blocks(a: torch.Tensor, b: torch.Tensor, chunk: int):  # [N, D], [M, D] float64
+    "Yield (row offset, [c, M] Euclidean distances) by matrix products: ‖a‖² + ‖b‖² − 2 a·b, clamped at 0."
+    bb = (b * b).sum(1)  # [M]
+    rows = max(1, min(chunk, KNN_BLOCK // max(1, len(b))))
+    for i in range(0, len(a), rows):
+        x = a[i : i + rows]  # [c, D]
+        d2 = torch.addmm(bb[None], x, b.T, alpha=-2).add_((x * x).sum(1, keepdim=True))  # [c, M]
+        yield i, d2.clamp_min_(0).sqrt_()
+
+
 def knn_radii(
     feats: torch.Tensor,  # [N, D]
     k: int = 3,  # which neighbour (self excluded)
-    chunk: int = 512,  # rows per distance block
+    chunk: int = 512,  # most rows per distance block (fewer when a block would pass KNN_BLOCK)
 ) -> torch.Tensor:  # [N] distance to the k-th nearest other point
     "Distance from each point to its k-th nearest neighbour in the same set (itself excluded)."
     x = torch.as_tensor(np.asarray(feats), dtype=torch.float64)
     if not 1 <= k < len(x):
         raise ValueError(f"k must be in [1, N-1] = [1, {len(x) - 1}], got {k}")
-    return torch.cat([d.topk(k + 1, dim=1, largest=False).values[:, k] for _, d in _chunked_cdist(x, x, chunk)])
+    return torch.cat([d.topk(k + 1, dim=1, largest=False).values[:, k] for _, d in _mm_dist_blocks(x, x, chunk)])
 
 
 def manifold_coverage(
@@ -366,7 +379,7 @@ def manifold_coverage(
 ) -> float:
     "Fraction of `points` inside at least one ball (centre, radius)."
     p, c = (torch.as_tensor(np.asarray(a), dtype=torch.float64) for a in (points, centres))
-    inside = [(d <= radii[None]).any(1) for _, d in _chunked_cdist(p, c, chunk)]  # [c] bool each
+    inside = [(d <= radii[None]).any(1) for _, d in _mm_dist_blocks(p, c, chunk)]  # [c] bool each
     return float(torch.cat(inside).double().mean())
 
 

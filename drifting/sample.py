@@ -5,7 +5,7 @@
 # %% ../nbs/12_sample.ipynb #41bd898f
 from __future__ import annotations
 
-import os
+import math, os
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +17,8 @@ from .provenance import checkpoint_file, load_checkpoint
 from .train import train_checkpoint
 
 # %% auto #0
-__all__ = ['load_generator', 'training_run_config', 'generate', 'class_labels', 'to_uint8', 'alpha_grid_figure']
+__all__ = ['load_generator', 'training_run_config', 'generate', 'class_labels', 'to_uint8', 'generate_chunks',
+           'alpha_grid_figure']
 
 # %% ../nbs/12_sample.ipynb #0be40c44
 def load_generator(
@@ -50,6 +51,15 @@ def training_run_config(
     return p, rec.get("config") or {}, rec.get("dataset") or {}
 
 # %% ../nbs/12_sample.ipynb #0d0cca2f
+def _forward(model: Generator, eps: Tensor, labels: Tensor, alpha: Tensor, style: Tensor, batch_size: int) -> Tensor:
+    "The generator on inputs drawn on the CPU, `batch_size` rows at a time; float32 samples on the CPU."
+    dev, out = next(model.parameters()).device, []
+    for i in range(0, len(labels), batch_size):
+        sl = slice(i, i + batch_size)
+        out.append(model(eps[sl].to(dev), labels[sl].to(dev), alpha[sl].to(dev), style[sl].to(dev)).float().cpu())
+    return torch.cat(out) if out else eps.new_zeros(0, *eps.shape[1:])
+
+
 @torch.no_grad()
 def generate(
     model: Generator,  # a generator (eval mode)
@@ -60,7 +70,7 @@ def generate(
     rows: slice | None = None,  # only these samples of the call (one process's share), with the same noise
 ) -> Tensor:  # [N, C, H, W] float32 samples on the CPU (latents for a latent generator)
     "1-NFE samples for `labels` at CFG scale `alpha`; the same seed gives the same samples for any batch size."
-    cfg, dev = model.cfg, next(model.parameters()).device
+    cfg = model.cfg
     labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
     n = labels.shape[0]
     g = torch.Generator().manual_seed(seed)
@@ -74,11 +84,7 @@ def generate(
     if rows is not None:  # the noise of the whole call is drawn first, so a share is the same for any split
         eps, style, labels, alpha = eps[rows], style[rows], labels[rows], alpha[rows]
         n = labels.shape[0]
-    out = []
-    for i in range(0, n, batch_size):
-        sl = slice(i, i + batch_size)
-        out.append(model(eps[sl].to(dev), labels[sl].to(dev), alpha[sl].to(dev), style[sl].to(dev)).float().cpu())
-    return torch.cat(out) if out else eps.new_zeros(0, *eps.shape[1:])
+    return _forward(model, eps, labels, alpha, style, batch_size)
 
 
 def class_labels(
@@ -98,6 +104,39 @@ def to_uint8(
     return (
         ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
     )
+
+# %% ../nbs/12_sample.ipynb #2e0828bf
+@torch.no_grad()
+def generate_chunks(
+    model: Generator,  # a generator (eval mode)
+    labels: Tensor,  # [N] class indices
+    alpha: float | Tensor = 1.0,  # CFG scale(s) ≥ 1: a float or [N]
+    seed: int = 0,  # noise and style draw (as `generate`)
+    chunk: int = 1024,  # rows per chunk
+    batch_size: int = 512,  # samples per forward pass
+):  # yields (row offset, [c, C, H, W] float32 samples on the CPU)
+    "`generate`'s samples a chunk of rows at a time, holding one chunk of noise at most."
+    cfg = model.cfg
+    labels = torch.as_tensor(labels, dtype=torch.long).reshape(-1)
+    n, shape = labels.shape[0], (cfg.in_channels, cfg.input_size, cfg.input_size)
+    if math.prod(shape) % 16:  # the chunked draw would not continue the stream: one draw, sliced
+        for i in range(0, n, chunk):
+            yield i, generate(model, labels, alpha, seed, batch_size, rows=slice(i, i + chunk))
+        return
+    g = torch.Generator().manual_seed(seed)
+    for i in range(0, n, chunk):
+        torch.randn(min(chunk, n - i), *shape, generator=g)  # skip the noise: the styles come after it
+    style = model.sample_style(n, g, "cpu")  # [N, n_style]
+    alpha = (
+        torch.as_tensor(alpha, dtype=torch.float32).expand(n)
+        if not isinstance(alpha, Tensor) or alpha.ndim == 0
+        else alpha
+    )
+    g = torch.Generator().manual_seed(seed)
+    for i in range(0, n, chunk):
+        eps = torch.randn(min(chunk, n - i), *shape, generator=g)  # [c, C, H, W]
+        sl = slice(i, i + len(eps))
+        yield i, _forward(model, eps, labels[sl], alpha[sl], style[sl], batch_size)
 
 # %% ../nbs/12_sample.ipynb #7d05e51d
 def alpha_grid_figure(

@@ -5,17 +5,13 @@
 # %% ../nbs/12a_evaluate.ipynb #8d7149af
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
-from pathlib import Path
 
 import matplotlib.pyplot as plt
-import numpy as np
 import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from .core import atomic_open
 from .data import ImageDataset
 from .generator import Generator
 from drifting.metrics import (
@@ -38,14 +34,13 @@ from drifting.metrics_nets import (
     small_classifier,
     tf_inception,
 )
-from .sample import class_labels, generate, generate_chunks, to_uint8
+from .sample import class_labels, generate
 
 # %% auto #0
-__all__ = ['METRICS', 'METRIC_NETS', 'SHARD_ROWS', 'SampleFeatures', 'fid_metric', 'kid_metric', 'is_metric', 'pr_metric',
-           'feature_metrics', 'classifier_metrics', 'is_builtin_digits', 'metric_net_kind', 'build_metric_net',
-           'digit_classifier', 'sweep_alpha', 'evaluate_alphas', 'autoencoder_floor', 'fid_at_alpha',
-           'reference_protocol', 'nn_audit_figure', 'training_curves_figure', 'metrics_vs_alpha_figure', 'shard_writer',
-           'bundle_writer', 'ShardSet', 'export_arr0', 'stream_alpha', 'stream_sweep']
+__all__ = ['METRICS', 'METRIC_NETS', 'SampleFeatures', 'fid_metric', 'kid_metric', 'is_metric', 'pr_metric', 'feature_metrics',
+           'classifier_metrics', 'is_builtin_digits', 'metric_net_kind', 'build_metric_net', 'digit_classifier',
+           'sweep_alpha', 'evaluate_alphas', 'autoencoder_floor', 'fid_at_alpha', 'reference_protocol',
+           'nn_audit_figure', 'training_curves_figure', 'metrics_vs_alpha_figure']
 
 # %% ../nbs/12a_evaluate.ipynb #5bf5da4c
 @dataclass
@@ -390,151 +385,3 @@ def metrics_vs_alpha_figure(rows: list, floor: float, net_name: str, title: str)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
     return fig
-
-# %% ../nbs/12a_evaluate.ipynb #5a1b00d1
-SHARD_ROWS = 1024  # samples generated, decoded, featurised and stored at a time (2 × `generate`'s batch of 512)
-
-
-def shard_writer(
-    folder: str | Path,  # shards go to <folder>/alpha_<α>/shard_<k>.npz
-):  # -> write(alpha, k, images [c, H, W, C] uint8, labels [c], raw [c, ...] or None) -> the shard's path
-    "A `write` for `stream_sweep` that stores shards as plain .npz files in a folder."
-
-    def write(alpha: float, k: int, images: np.ndarray, labels: Tensor, raw: Tensor | None = None) -> Path:
-        p = Path(folder) / f"alpha_{alpha:g}".replace(".", "p") / f"shard_{k:05d}.npz"
-        p.parent.mkdir(parents=True, exist_ok=True)
-        extra = {} if raw is None else dict(latents=raw.numpy())
-        with atomic_open(p) as f:
-            np.savez(f, images=images, labels=labels.numpy().astype(np.int64), **extra)
-        return p
-
-    return write
-
-
-def bundle_writer(
-    run,  # a `drifting.provenance` run bundle
-    checkpoint=None,  # the checkpoint the samples come from (recorded with each shard)
-):
-    "A `write` for `stream_sweep` that saves each shard as the bundle's predictions (`samples_alpha_<α>_<k>.npz`)."
-
-    def write(alpha: float, k: int, images: np.ndarray, labels: Tensor, raw: Tensor | None = None) -> Path:
-        sid = f"alpha_{alpha:g}".replace(".", "p") + f"_{k:03d}"
-        extra = {} if raw is None else dict(latents=raw)
-        return run.save_predictions(images, labels, sample_id=sid, checkpoint=checkpoint, **extra)
-
-    return write
-
-# %% ../nbs/12a_evaluate.ipynb #f88e2e7a
-class ShardSet:
-    "One α's uint8 sample shards in row order (npz with `images` [c, H, W, C] and `labels` [c]), read a few at a time."
-
-    def __init__(self, files):  # shard files, in row order
-        self.files = [Path(f) for f in files]
-        self.sizes = [len(np.load(f)["labels"]) for f in self.files]
-        self.starts = np.cumsum([0] + self.sizes)  # [shards + 1] first row of each shard
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def uint8(self, rows) -> np.ndarray:  # [len(rows), H, W, C] uint8
-        "The stored images of these rows, in the order asked."
-        rows = np.asarray(rows, dtype=np.int64).reshape(-1)
-        if len(rows) and (rows.min() < 0 or rows.max() >= len(self)):
-            raise IndexError(f"rows must be in [0, {len(self)}), got {rows.min()}..{rows.max()}")
-        shard = np.searchsorted(self.starts, rows, side="right") - 1  # [R] which shard holds each row
-        out = None
-        for k in np.unique(shard):
-            imgs = np.load(self.files[k])["images"]  # one shard at a time
-            out = np.empty((len(rows), *imgs.shape[1:]), np.uint8) if out is None else out
-            out[shard == k] = imgs[rows[shard == k] - self.starts[k]]
-        return out
-
-    def __getitem__(self, rows) -> Tensor:  # [len(rows), C, H, W] float32 in [-1, 1]
-        u = torch.from_numpy(self.uint8(torch.as_tensor(rows).numpy()))
-        return u.permute(0, 3, 1, 2).float() / 127.5 - 1
-
-    def labels(self) -> np.ndarray:  # [N] int64
-        return np.concatenate([np.load(f)["labels"] for f in self.files])
-
-# %% ../nbs/12a_evaluate.ipynb #78e5e50e
-def _write_npy(z: zipfile.ZipFile, name: str, shape: tuple, dtype, parts):  # one .npy entry from row blocks
-    with z.open(f"{name}.npy", "w", force_zip64=True) as e:
-        header = dict(descr=np.lib.format.dtype_to_descr(np.dtype(dtype)), fortran_order=False, shape=shape)
-        np.lib.format.write_array_header_1_0(e, header)
-        for a in parts:
-            e.write(np.ascontiguousarray(a, dtype=dtype).tobytes())
-
-
-def export_arr0(
-    shards: ShardSet,  # one α's samples
-    path: str | Path,  # the .npz to write
-) -> Path:
-    "Write an α's samples as other evaluators read them (`arr_0` uint8 [N, H, W, C], `arr_1` labels), a shard at a time."
-    if not len(shards):
-        raise ValueError("no samples to export: the shard set is empty")
-    first = np.load(shards.files[0])["images"]
-    with atomic_open(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED, allowZip64=True) as z:
-        images = (np.load(p)["images"] for p in shards.files)
-        _write_npy(z, "arr_0", (len(shards), *first.shape[1:]), np.uint8, images)
-        _write_npy(z, "arr_1", (len(shards),), np.int64, (np.load(p)["labels"] for p in shards.files))
-    return Path(path)
-
-# %% ../nbs/12a_evaluate.ipynb #c2ff25dc
-def stream_alpha(
-    model: Generator,
-    labels: Tensor,  # [N] class of each sample
-    alpha: float,  # CFG scale
-    nets,  # `FeatureNet`s that featurise every chunk
-    write,  # write(k, images [c, H, W, C] uint8, labels [c], raw or None) -> the shard's path
-    decode=None,  # latents -> images in [-1, 1]; None: samples are images (clipped)
-    seed: int = 0,  # noise draw (as `generate`)
-    chunk: int = SHARD_ROWS,
-) -> tuple[list, list]:  # ([(feats [N, D], logits [N, K] or None) per net], shard paths)
-    "One α's samples generated, decoded, featurised and written as uint8 shards a chunk at a time; features are kept."
-    parts, files = [[] for _ in nets], []
-    for k, (i, z) in enumerate(generate_chunks(model, labels, alpha, seed=seed, chunk=chunk)):
-        x = decode(z) if decode is not None else z.clamp(-1, 1)  # [c, C, H, W]: pixels clipped, as `sweep_alpha`
-        for p, net in zip(parts, nets):
-            p.append(extract_features(net, x, logits=True) if net.has_logits else (extract_features(net, x), None))
-        files.append(write(k, to_uint8(x), labels[i : i + len(z)], z if decode is not None else None))
-    cat = lambda ts: None if ts[0] is None else torch.cat(ts)
-    return [(cat([f for f, _ in p]), cat([lg for _, lg in p])) for p in parts], files
-
-# %% ../nbs/12a_evaluate.ipynb #dfef2fe2
-def stream_sweep(
-    model: Generator,
-    alphas,  # CFG scales to evaluate
-    per_class: int,  # samples per class at each α
-    write,  # write(alpha, k, images, labels, raw) -> path: `shard_writer(folder)` or `bundle_writer(run)`
-    decode=None,  # latents -> images in [-1, 1]; None: samples are images (clipped)
-    classifier: FeatureNet | None = None,  # with logits for this data: `classifier_metrics`
-    train: ImageDataset | None = None,
-    heldout: ImageDataset | None = None,  # splits for the classifier's Fréchet reference
-    seed: int = 0,  # noise draw (shared by all α)
-    progress: bool = True,
-    metric_net: FeatureNet | None = None,  # FID/KID/IS/precision-recall network (`feature_metrics`)
-    ref_feats: Tensor | None = None,  # [M, D] its features of the reference images
-    ref_stats: FeatureStats | None = None,  # its statistics of the reference
-    chunk: int = SHARD_ROWS,  # samples per chunk and shard
-) -> tuple[list, dict]:  # (rows of metrics per α, {α: ShardSet})
-    "`sweep_alpha`'s rows in bounded memory: every α streamed to uint8 shards, only the features kept."
-    if metric_net is not None and (ref_feats is None or ref_stats is None):
-        raise ValueError("metric_net needs ref_feats and ref_stats of the reference images")
-    labels = class_labels(model.cfg.num_classes, per_class)
-    nets = list({id(n): n for n in (classifier, metric_net) if n is not None}.values())  # the same network once
-    cls_ref = None if classifier is None or heldout is None else extract_features(classifier, heldout.images)
-    rows, shards = [], {}
-    for a in tqdm(list(alphas), desc="α sweep", disable=not progress):
-        write_a = lambda k, images, lab, raw, a=float(a): write(a, k, images, lab, raw)
-        got, files = stream_alpha(model, labels, float(a), nets, write_a, decode, seed, chunk)
-        by_net = {id(n): fl for n, fl in zip(nets, got)}
-        row = dict(alpha=float(a), n=len(labels))
-        if classifier is not None:
-            f, lg = by_net[id(classifier)]
-            row.update(classifier_metrics(classifier, None, labels, train, heldout, seed, cls_ref, feats=f, logits=lg))
-        if metric_net is not None:
-            f, lg = by_net[id(metric_net)]
-            row.update(feature_metrics(metric_net, None, ref_feats, ref_stats, seed=seed, feats=f, logits=lg))
-        rows.append(row)
-        shards[float(a)] = ShardSet(files)
-    return rows, shards

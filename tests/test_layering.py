@@ -19,7 +19,7 @@ LAYERS = {
     "core": 0,
     "drift": 1, "drift_exact": 1, "features": 1, "generator": 1, "generator_blocks": 1, "mae": 1, "queues": 1, "toy": 1,
     "provenance": 2, "fingerprint": 2, "smoke": 2, "bundle": 2,
-    "data": 3, "latent_cache": 3, "mae_train": 3, "tokenizer": 3, "builtin_vae": 3, "metrics": 3, "metrics_nets": 3, "evaluate": 3, "train": 3,
+    "data": 3, "latent_cache": 3, "mae_train": 3, "tokenizer": 3, "builtin_vae": 3, "metrics": 3, "metrics_nets": 3, "evaluate": 3, "stream": 3, "train": 3,
     "sample": 3, "runs": 3, "official": 3, "pipeline": 3, "distributed": 3,
     "cli": 4,
 }

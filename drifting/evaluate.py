@@ -309,9 +309,11 @@ def reference_protocol(
     heldout: ImageDataset,
     n: int,  # samples per α: the real-vs-real floor uses as many training images
     seed: int = 0,
+    imported: FeatureStats | None = None,  # statistics from a file (`drifting.metrics.ref_stats_for`): FID's reference
 ) -> tuple[dict, object, torch.Tensor]:  # (protocol fields, reference stats, reference features)
-    "The metric network's reference (held-out) statistics and features, and the FID floor of real images at the same N."
-    ref_stats, ref_feats = reference_stats(net, heldout), extract_features(net, heldout.images)
+    "The metric network's reference statistics (held-out or imported), held-out features and the real-vs-real FID floor."
+    ref_stats = reference_stats(net, heldout) if imported is None else imported
+    ref_feats = extract_features(net, heldout.images)  # KID and precision/recall: a statistics file has no features
     sub = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: min(n, len(train))]
     floor = dict(
         fid=compute_fid(extract_features(net, train.images[sub]), ref_stats, net)["fid"],
@@ -320,9 +322,13 @@ def reference_protocol(
     )
     protocol = dict(
         metric_net=dict(net.protocol, protocol_hash=net.protocol_hash),
-        reference=dict(ref_stats.source, n=ref_stats.n, stats_key=reference_key(net, heldout)),
+        reference=dict(ref_stats.source, n=ref_stats.n, stats_key=reference_key(net, heldout))
+        if imported is None
+        else dict(imported.source, n=imported.n or None),
         fid_real_vs_real=floor,
     )
+    if imported is not None:
+        protocol["reference_features"] = dict(heldout.describe(), n=len(heldout), used_by="KID, precision/recall")
     return protocol, ref_stats, ref_feats
 
 # %% ../nbs/12a_evaluate.ipynb #c17554e5

@@ -13,14 +13,15 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .core import atomic_open, cache_root, module_sha256, sha256_json
+from .core import atomic_open, cache_root, module_sha256, sha256_file, sha256_json
 from .data import ImageDataset
 
 # %% auto #0
-__all__ = ['STATS_FORMAT', 'KNN_BLOCK', 'FeatureNet', 'extract_features', 'RunningStats', 'FeatureStats', 'frechet_distance',
-           'ProtocolMismatch', 'check_same_protocol', 'compute_fid', 'compute_kid', 'inception_score', 'knn_radii',
-           'manifold_coverage', 'precision_recall', 'nearest_neighbours', 'nn_figure', 'stats_cache_root',
-           'reference_key', 'reference_stats']
+__all__ = ['STATS_FORMAT', 'KNN_BLOCK', 'ADM_STATS_KEYS', 'FeatureNet', 'extract_features', 'RunningStats', 'FeatureStats',
+           'frechet_distance', 'ProtocolMismatch', 'check_same_protocol', 'compute_fid', 'compute_kid',
+           'inception_score', 'knn_radii', 'manifold_coverage', 'precision_recall', 'nearest_neighbours', 'nn_figure',
+           'stats_cache_root', 'reference_key', 'reference_stats', 'read_ref_stats', 'ref_stats_for',
+           'export_ref_stats']
 
 # %% ../nbs/09_metrics.ipynb #be23dec8
 class FeatureNet(nn.Module):
@@ -482,3 +483,54 @@ def reference_stats(
     st = FeatureStats(rs.mean, rs.cov, rs.n, net.protocol, source)
     st.save(path)
     return st
+
+# %% ../nbs/09_metrics.ipynb #56dc1114
+ADM_STATS_KEYS = ("mu", "sigma")  # ADM's evaluator and the release's FID statistics: pool3 mean [D], covariance [D, D]
+
+
+def read_ref_stats(
+    path: str | os.PathLike,  # a .npz holding `mu` and `sigma` (other keys are ignored)
+    protocol: str | None,  # the user's statement of how the statistics were made (network, images, count)
+) -> dict:  # mu, sigma (float64), n (0 when the file has none), source (file, sha256, layout, asserted protocol)
+    "Reference statistics in ADM's layout (`mu`, `sigma`), with the file's sha256 and the user's word on its protocol."
+    if not isinstance(protocol, str) or not protocol.strip():
+        raise ValueError(
+            "say which protocol made the reference statistics (e.g. -p ref_stats_protocol 'ADM "
+            "VIRTUAL_imagenet256_labeled: TF-Inception pool3 of ImageNet train images'): the file cannot tell"
+        )
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no reference statistics at {p}")
+    with np.load(p, allow_pickle=False) as z:
+        missing = [k for k in ADM_STATS_KEYS if k not in z.files]
+        if missing:
+            raise ValueError(f"{p} has no {missing} (it holds {sorted(z.files)}): need `mu` [D] and `sigma` [D, D]")
+        mu, sigma = z["mu"].astype(np.float64), z["sigma"].astype(np.float64)
+        n = int(z["n"]) if "n" in z.files else 0
+    if mu.ndim != 1 or sigma.shape != (len(mu), len(mu)) or not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+        raise ValueError(f"{p}: need finite mu [D] and sigma [D, D], got {list(mu.shape)} and {list(sigma.shape)}")
+    source = dict(file=str(p.resolve()), sha256=sha256_file(p), layout="ADM (mu, sigma)", asserted_protocol=protocol)
+    return dict(mu=mu, sigma=sigma, n=n, source=source)
+
+
+def ref_stats_for(
+    rec: dict,  # `read_ref_stats`
+    net: FeatureNet,  # the metric network the statistics are asserted to come from
+) -> FeatureStats:
+    "Imported statistics as `FeatureStats` under `net`'s protocol, once their width fits the network."
+    if len(rec["mu"]) != net.num_features:
+        raise ValueError(
+            f"{rec['source']['file']}: {len(rec['mu'])} features, but {net.name} has {net.num_features}: "
+            "statistics and metric network must match (TF-Inception pool3: 2048; -p metric_net inception)"
+        )
+    return FeatureStats(rec["mu"], rec["sigma"], rec["n"], net.protocol, rec["source"])
+
+
+def export_ref_stats(
+    stats: FeatureStats,
+    path: str | os.PathLike,
+) -> Path:
+    "Write statistics in ADM's layout (`mu` [D], `sigma` [D, D], float64): what other evaluators and `read_ref_stats` read."
+    with atomic_open(path) as f:
+        np.savez(f, mu=stats.mu, sigma=stats.sigma)
+    return Path(path)

@@ -21,7 +21,8 @@ from .metrics import FeatureNet, FeatureStats, extract_features
 from .sample import class_labels, generate_chunks, to_uint8
 
 # %% auto #0
-__all__ = ['SHARD_ROWS', 'shard_writer', 'bundle_writer', 'ShardSet', 'export_arr0', 'stream_alpha', 'stream_sweep']
+__all__ = ['SHARD_ROWS', 'shard_writer', 'bundle_writer', 'ShardSet', 'export_arr0', 'stream_alpha', 'save_shards',
+           'stream_sweep']
 
 # %% ../nbs/12b_stream.ipynb #5a1b00d1
 SHARD_ROWS = 1024  # samples generated, decoded, featurised and stored at a time (2 × `generate`'s batch of 512)
@@ -131,6 +132,21 @@ def stream_alpha(
         files.append(write(k, to_uint8(x), labels[i : i + len(z)], z if decode is not None else None))
     cat = lambda ts: None if ts[0] is None else torch.cat(ts)
     return [(cat([f for f, _ in p]), cat([lg for _, lg in p])) for p in parts], files
+
+# %% ../nbs/12b_stream.ipynb #926ea1fd
+def save_shards(
+    write,  # write(k, images [c, H, W, C] uint8, labels [c], raw or None) -> the shard's path
+    images: Tensor,  # [N, C, H, W] in [-1, 1]
+    labels: Tensor,  # [N]
+    raw: Tensor | None = None,  # [N, ...] latents stored with the images (None: not stored)
+    chunk: int = SHARD_ROWS,
+) -> ShardSet:
+    "Write in-memory samples as uint8 shards of `chunk` rows, as `stream_alpha` writes streamed ones."
+    files = []
+    for k, i in enumerate(range(0, len(images), chunk)):
+        sl = slice(i, i + chunk)
+        files.append(write(k, to_uint8(images[sl]), labels[sl], None if raw is None else raw[sl]))
+    return ShardSet(files)
 
 # %% ../nbs/12b_stream.ipynb #dfef2fe2
 def stream_sweep(

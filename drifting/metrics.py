@@ -369,7 +369,10 @@ def knn_radii(
     x = torch.as_tensor(np.asarray(feats), dtype=torch.float64)
     if not 1 <= k < len(x):
         raise ValueError(f"k must be in [1, N-1] = [1, {len(x) - 1}], got {k}")
-    return torch.cat([d.topk(k + 1, dim=1, largest=False).values[:, k] for _, d in _mm_dist_blocks(x, x, chunk)])
+    out = x.new_empty(len(x))  # [N] filled in place: nothing small is kept between the large blocks
+    for i, d in _mm_dist_blocks(x, x, chunk):
+        out[i : i + len(d)] = d.topk(k + 1, dim=1, largest=False).values[:, k]
+    return out
 
 
 def manifold_coverage(
@@ -380,8 +383,10 @@ def manifold_coverage(
 ) -> float:
     "Fraction of `points` inside at least one ball (centre, radius)."
     p, c = (torch.as_tensor(np.asarray(a), dtype=torch.float64) for a in (points, centres))
-    inside = [(d <= radii[None]).any(1) for _, d in _mm_dist_blocks(p, c, chunk)]  # [c] bool each
-    return float(torch.cat(inside).double().mean())
+    inside = torch.zeros(len(p), dtype=torch.bool)  # [P] filled in place, as in `knn_radii`
+    for i, d in _mm_dist_blocks(p, c, chunk):
+        inside[i : i + len(d)] = (d <= radii[None]).any(1)
+    return float(inside.double().mean())
 
 
 def precision_recall(

@@ -311,7 +311,7 @@ def reference_protocol(
     seed: int = 0,
     imported: FeatureStats | None = None,  # statistics from a file (`drifting.metrics.ref_stats_for`): FID's reference
 ) -> tuple[dict, object, torch.Tensor]:  # (protocol fields, reference stats, reference features)
-    "The metric network's reference statistics (held-out or imported), held-out features and the real-vs-real FID floor."
+    "The metric network's reference statistics (held-out or imported), held-out features and real-vs-real FID floor."
     ref_stats = reference_stats(net, heldout) if imported is None else imported
     ref_feats = extract_features(net, heldout.images)  # KID and precision/recall: a statistics file has no features
     sub = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: min(n, len(train))]

@@ -535,7 +535,7 @@ def export_ref_stats(
     stats: FeatureStats,
     path: str | os.PathLike,
 ) -> Path:
-    "Write statistics in ADM's layout (`mu` [D], `sigma` [D, D], float64): what other evaluators and `read_ref_stats` read."
+    "Statistics written in ADM's layout (`mu` [D], `sigma` [D, D], float64), readable by other evaluators."
     with atomic_open(path) as f:
         np.savez(f, mu=stats.mu, sigma=stats.sigma)
     return Path(path)

@@ -579,7 +579,8 @@ def eval_worker(
     try:
         from drifting.core import atomic_torch_save
         from drifting.metrics import extract_features
-        from drifting.runs import build_metric_net, check_eval_run
+        from drifting.evaluate import build_metric_net
+        from drifting.runs import check_eval_run
         from drifting.sample import class_labels, generate, load_generator
 
         t0, rank, world = time.perf_counter(), dist.get_rank(), dist.get_world_size()

@@ -326,25 +326,28 @@ def small_classifier(
 # %% ../nbs/09a_metrics_nets.ipynb #33c1870d
 def class_accuracy(
     classifier: FeatureNet,  # a FeatureNet with logits
-    images: torch.Tensor,  # [N, C, H, W] in [-1, 1]
+    images: torch.Tensor | None,  # [N, C, H, W] in [-1, 1] (None with `logits`)
     labels: torch.Tensor,  # [N] class each image should show
+    logits: torch.Tensor | None = None,  # [N, K] the classifier's logits of the images, if already computed
 ) -> float:
     "Fraction of images classified as their label."
-    _, logits = extract_features(classifier, images, logits=True)  # [N, K]
+    if logits is None:
+        _, logits = extract_features(classifier, images, logits=True)  # [N, K]
     return float((logits.argmax(1) == torch.as_tensor(labels).cpu()).double().mean())
 
 
 def heldout_frechet(
     net: FeatureNet,  # feature network (e.g. `small_classifier()`)
-    gen_images: torch.Tensor,  # [G, C, H, W] in [-1, 1] generated
+    gen_images: torch.Tensor | None,  # [G, C, H, W] in [-1, 1] generated (None with `gen_feats`)
     train: ImageDataset,  # training split (source of the real-vs-real subset)
     heldout: ImageDataset,  # held-out split (the reference)
     seed: int = 0,  # draw of the real-vs-real subset
+    gen_feats: torch.Tensor | None = None,  # [G, D] the generated images' features, if already computed
 ) -> dict:  # {'fd', 'fd_real_vs_real', 'n_gen', 'n_real_subset', 'n_heldout', 'feature_net', ...}
     "Fréchet distance of generated images to the held-out split, with the real-vs-real value at the same N."
     ref = FeatureStats.from_features(extract_features(net, heldout.images), net)
-    gen = FeatureStats.from_features(extract_features(net, gen_images), net)
-    n = min(len(gen_images), len(train))
+    gen = FeatureStats.from_features(extract_features(net, gen_images) if gen_feats is None else gen_feats, net)
+    n = min(gen.n, len(train))
     sub = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:n]
     real = FeatureStats.from_features(extract_features(net, train.images[sub]), net)
     fd = lambda a: frechet_distance(a.mu, a.sigma, ref.mu, ref.sigma)

@@ -9,18 +9,18 @@ import dataclasses, hashlib, io, json, math, os
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 
 from .core import check_int, default_device
-from .data import BUILTIN_DATASETS, ImageDataset, is_latent_cache
+from .data import BUILTIN_DATASETS, is_latent_cache
+from .evaluate import METRIC_NETS, metric_net_kind
 from .feature_nets import check_convnext_spec
 from .latents import get_vae
 from .mae import check_encoder_spec, mae_config
 from .mae_train import MAE_RECIPES, MAETrainConfig
-from .metrics import FeatureNet, compute_fid, extract_features, reference_key, reference_stats
+from .metrics import FeatureNet
 from .provenance import open_checkpoint
-from .sample import sweep_alpha, training_run_config
+from .sample import training_run_config
 from .tokenizer import Tokenizer, check_vae_spec
 from drifting.train import (
     ConfigMismatch,
@@ -36,11 +36,9 @@ from drifting.train import (
 )
 
 # %% auto #0
-__all__ = ['MAE_RUN_RECIPE_FIELDS', 'METRIC_NETS', 'PARAM_TYPES', 'KERNEL_NAMES', 'parse_alphas', 'machine', 'check_dataset_arg',
+__all__ = ['MAE_RUN_RECIPE_FIELDS', 'PARAM_TYPES', 'KERNEL_NAMES', 'parse_alphas', 'machine', 'check_dataset_arg',
            'check_latent_run', 'check_resume', 'EvalPlan', 'check_eval_run', 'check_mae_run', 'release_mae_recipe',
-           'is_builtin_digits', 'metric_net_kind', 'build_metric_net', 'digit_classifier', 'evaluate_alphas',
-           'autoencoder_floor', 'fid_at_alpha', 'reference_protocol', 'nn_audit_figure', 'training_curves_figure',
-           'metrics_vs_alpha_figure', 'default_preset', 'check_train_run', 'run_params', 'run_record']
+           'default_preset', 'check_train_run', 'run_params', 'run_record']
 
 # %% ../nbs/13_runs.ipynb #4923967c
 def parse_alphas(
@@ -241,7 +239,6 @@ def check_mae_run(
     **recipe,  # MAETrainConfig fields (lr, warmup, ema_decay, finetune_*)
 ):
     "Validate an MAE pre-training run's parameters; return its recipe and model config (channels and classes to fill)."
-    from drifting.mae import mae_config
 
     check_int(steps, "steps")
     check_int(batch_size, "batch_size")
@@ -280,219 +277,6 @@ def release_mae_recipe(
         raise ValueError(f"unknown MAE recipe {recipe!r}; choose one of {sorted(MAE_RECIPES)} or None")
     r = MAE_RECIPES[recipe]
     return r.preset, r.steps, r.batch_size, {k: getattr(r.train, k) for k in MAE_RUN_RECIPE_FIELDS}
-
-# %% ../nbs/13_runs.ipynb #15a99456
-METRIC_NETS = ("auto", "classifier", "inception")
-
-
-def is_builtin_digits(dataset, resolution) -> bool:
-    "Whether the data are the built-in MNIST-5k digits at 32×32 (what the small classifier was trained on)."
-    return str(dataset) == "mnist5k" and resolution == 32
-
-
-def metric_net_kind(
-    name: str,  # one of METRIC_NETS
-    dataset,
-    resolution,  # the reference data
-) -> str:
-    "'classifier' or 'inception' for `name` on this data; a clear error when it cannot be used."
-    if name not in METRIC_NETS:
-        raise ValueError(f"metric_net must be 'auto', 'classifier' or 'inception', got {name!r}")
-    kind = ("classifier" if is_builtin_digits(dataset, resolution) else "inception") if name == "auto" else name
-    if kind == "classifier" and not is_builtin_digits(dataset, resolution):
-        raise ValueError(
-            "metric_net='classifier' is the MNIST-5k classifier: it needs dataset='mnist5k' at resolution 32"
-        )
-    if kind == "inception":
-        from drifting.metrics_nets import find_inception_weights
-
-        find_inception_weights()  # raises with the offline recipe when missing
-    return kind
-
-
-def build_metric_net(
-    kind: str,  # 'classifier' or 'inception' (`metric_net_kind`)
-    device=None,
-) -> FeatureNet:
-    "The metric network of that kind."
-    if kind == "classifier":
-        from drifting.metrics_nets import small_classifier
-
-        return small_classifier(device=device)
-    from drifting.metrics_nets import find_inception_weights, tf_inception
-
-    return tf_inception(find_inception_weights(), device=device)
-
-
-def digit_classifier(dataset, resolution, device=None) -> FeatureNet | None:
-    "The small classifier when the data are the built-in digits it knows, else None (no class accuracy)."
-    return build_metric_net("classifier", device) if is_builtin_digits(dataset, resolution) else None
-
-# %% ../nbs/13_runs.ipynb #8c1bc7bd
-def evaluate_alphas(
-    model,
-    alphas,
-    per_class: int,
-    decode=None,  # latents -> images (the VAE's decode); None: samples are images
-    classifier: FeatureNet | None = None,  # `digit_classifier(...)`: class accuracy and Fréchet distance
-    train: ImageDataset | None = None,
-    heldout: ImageDataset | None = None,  # image splits (Fréchet reference)
-    seed: int = 0,
-    progress: bool = True,
-) -> tuple[list, dict, dict, dict]:  # (rows per α, {α: images}, {α: raw samples}, best row)
-    "Sample every class at each α; the best α by Fréchet distance with a classifier, else the first."
-    rows, images, raw = sweep_alpha(
-        model,
-        alphas,
-        per_class,
-        decode=decode,
-        classifier=classifier,
-        train=train,
-        heldout=heldout,
-        seed=seed,
-        progress=progress,
-    )
-    best = min(rows, key=lambda r: r["frechet"]) if classifier is not None and "frechet" in rows[0] else rows[0]
-    return rows, images, raw, best
-
-
-def autoencoder_floor(
-    tokenizer,  # the run's `Tokenizer` (None: pixels, no floor)
-    classifier: FeatureNet | None,  # `digit_classifier(...)` (None: no metrics, no floor)
-    train: ImageDataset,
-    heldout: ImageDataset,  # image splits: the held-out images are reconstructed
-    seed: int = 0,  # posterior noise and the real-vs-real draw
-) -> dict | None:  # `classifier_metrics` of the reconstructions, with n and source
-    "The metrics of the tokenizer's decoded reconstructions of the held-out images: what a generator in its space can reach at best."
-    if tokenizer is None or classifier is None or heldout.kind != "pixels":
-        return None
-    from drifting.sample import classifier_metrics
-
-    with torch.no_grad():
-        x = tokenizer.decode(
-            tokenizer.encode(heldout.images, generator=torch.Generator().manual_seed(seed))
-        )  # posterior samples, as the training latents
-    return dict(
-        n=len(x),
-        source="decoded posterior samples of the held-out images",
-        **classifier_metrics(classifier, x, heldout.labels, train, heldout, seed=seed),
-    )
-
-
-def fid_at_alpha(
-    model,
-    alpha: float,
-    n: int,  # samples (rounded down to whole classes, ≥ 1 per class)
-    heldout: ImageDataset,  # the reference images
-    decode=None,
-    seed: int = 0,
-    device=None,
-) -> tuple[dict | None, str]:  # (FID record or None, what happened)
-    "FID (TF-Inception) of `n` samples at one α against the held-out images, when it can be computed here."
-    if n <= 0:
-        return None, "FID not asked for (fid_n = 0)"
-    if heldout.kind != "pixels":
-        return None, (
-            "FID skipped: the data is a latent cache, so there are no reference images here; run "
-            "nbs/run_eval.ipynb with dataset=<the image folder> for FID against real images"
-        )
-    from drifting.metrics_nets import find_inception_weights, tf_inception
-
-    try:
-        w = find_inception_weights()
-    except FileNotFoundError as e:
-        return None, "FID skipped: " + str(e).split(". ")[0]
-    net = tf_inception(w, device=device)
-    k = max(1, n // model.cfg.num_classes)
-    x = sweep_alpha(model, [alpha], k, decode=decode, seed=seed, progress=False)[1][float(alpha)]
-    fid = dict(compute_fid(extract_features(net, x), reference_stats(net, heldout), net), alpha=float(alpha))
-    return fid, f"FID@{fid['n_gen']} vs held-out ({fid['n_ref']}) at α={alpha}: {fid['fid']:.2f}"
-
-
-def reference_protocol(
-    net: FeatureNet,
-    train: ImageDataset,
-    heldout: ImageDataset,
-    n: int,  # samples per α: the real-vs-real floor uses as many training images
-    seed: int = 0,
-) -> tuple[dict, object, torch.Tensor]:  # (protocol fields, reference stats, reference features)
-    "The metric network's reference (held-out) statistics and features, and the FID floor of real images at the same N."
-    ref_stats, ref_feats = reference_stats(net, heldout), extract_features(net, heldout.images)
-    sub = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: min(n, len(train))]
-    floor = dict(
-        fid=compute_fid(extract_features(net, train.images[sub]), ref_stats, net)["fid"],
-        n=len(sub),
-        source="random subset of the training split",
-    )
-    protocol = dict(
-        metric_net=dict(net.protocol, protocol_hash=net.protocol_hash),
-        reference=dict(ref_stats.source, n=ref_stats.n, stats_key=reference_key(net, heldout)),
-        fid_real_vs_real=floor,
-    )
-    return protocol, ref_stats, ref_feats
-
-
-def nn_audit_figure(
-    net: FeatureNet,
-    samples: torch.Tensor,  # [N, C, H, W] images at one α
-    train: ImageDataset,
-    pool: int,
-    seed: int = 0,
-    n_show: int = 6,
-):
-    "Nearest training images (in `net`'s features) of a few samples: (figure, record of the distances)."
-    from drifting.metrics import nearest_neighbours, nn_figure
-
-    pick = torch.arange(0, len(samples), max(1, len(samples) // n_show))[:n_show]
-    idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:pool].sort().values
-    d, ix = nearest_neighbours(extract_features(net, samples[pick]), extract_features(net, train.images[idx]), k=3)
-    fig = nn_figure(samples[pick], train.images, d, idx[ix], title=f"nearest training images in {net.name} features")
-    return fig, dict(pool=len(idx), min_distance=float(d[:, 0].min()), median_distance=float(d[:, 0].median()))
-
-# %% ../nbs/13_runs.ipynb #e0153687
-def training_curves_figure(
-    hist: dict,  # `Trainer.fit` history
-    taus,
-) -> plt.Figure | None:
-    "Loss, raw E‖V‖² per τ, gradient norm and learning rate against step (None when no step was taken)."
-    if not hist["loss"]:
-        return None
-    fig, ax = plt.subplots(1, 3, figsize=(10, 2.8), dpi=70)
-    ax[0].plot(hist["step"], hist["loss"], lw=0.8)
-    ax[0].set_title("loss", fontsize=9)
-    for t, tau in enumerate(taus):
-        ax[1].plot(hist["step"], [v[t] for v in hist["v2_total"]], lw=0.8, label=f"τ={tau}")
-    ax[1].set_yscale("log")
-    ax[1].legend(fontsize=7)
-    ax[1].set_title("raw E‖V‖², Σ keys", fontsize=9)
-    ax[2].plot(hist["step"], hist["grad_norm"], lw=0.8, label="grad norm")
-    ax[2].set_yscale("log")
-    ax2 = ax[2].twinx()
-    ax2.plot(hist["step"], hist["lr"], color="grey", lw=0.8, ls="--")
-    ax2.set_ylabel("lr", fontsize=8)
-    ax[2].set_title("grad norm (before clip), lr", fontsize=9)
-    for a in ax:
-        a.set_xlabel("step", fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
-def metrics_vs_alpha_figure(rows: list, floor: float, net_name: str, title: str) -> plt.Figure:
-    "FID (and IS when the network has logits) against α, with the real-vs-real FID at the same N."
-    fig, ax = plt.subplots(1, 2 if "is_mean" in rows[0] else 1, figsize=(7, 2.6), dpi=70, squeeze=False)
-    a = [r["alpha"] for r in rows]
-    ax[0, 0].plot(a, [r["fid"] for r in rows], "o-")
-    ax[0, 0].set_xlabel("α")
-    ax[0, 0].set_ylabel(f"FID ({net_name})", fontsize=8)
-    ax[0, 0].axhline(floor, color="grey", ls="--", lw=0.8, label="real vs real, same N")
-    ax[0, 0].legend(fontsize=7)
-    if "is_mean" in rows[0]:
-        ax[0, 1].errorbar(a, [r["is_mean"] for r in rows], [r["is_std"] for r in rows], fmt="o-")
-        ax[0, 1].set_xlabel("α")
-        ax[0, 1].set_ylabel(f"IS ({net_name})", fontsize=8)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    return fig
 
 # %% ../nbs/13_runs.ipynb #45ce75d6
 def default_preset(

@@ -5,6 +5,7 @@ import hashlib, json, os, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 
 import nbformat
+import numpy as np
 import papermill as pm
 import pytest
 import torch
@@ -173,7 +174,7 @@ def test_run_eval_on_the_tiny_run(env, first):
     "run_eval reads the training bundle, sweeps α, and leaves a bundle with the table, plots, samples and protocol."
     out = env["root"] / "eval.ipynb"
     params = dict(checkpoint=str(first), alphas="1,2", n_per_class=3, metric_net="auto", num_threads=1, progress=False,
-                  runs_dir=str(env["runs"]))
+                  runs_dir=str(env["runs"]), arr0=True)
     args = [a for k, v in params.items() for a in ("-p", k, str(v))]
     r = subprocess.run([str(Path(sys.executable).parent / "papermill"), str(EVAL_NB), str(out), *args, "--no-progress-bar"],
                        cwd=env["root"], env=dict(os.environ, DRIFTING_NO_WATCH="1"), capture_output=True, text=True, timeout=900)
@@ -194,12 +195,36 @@ def test_run_eval_on_the_tiny_run(env, first):
     assert figs == ["metrics_vs_alpha.png", "nearest_neighbours.png", "samples_by_alpha.png"]
     meta = json.loads((bundle / "artifacts" / "predictions" / "metadata.json").read_text())
     assert len(meta["samples"]) == 2 and meta["samples"][0]["model"]["checkpoint_sha256"] == pr["checkpoint_sha256"]
+    shard = np.load(bundle / "artifacts" / "predictions" / meta["samples"][0]["file"])  # α = 1: one shard of 30
+    a0 = np.load(bundle / "artifacts" / "arr0" / "alpha_1.npz")  # the export other evaluators read
+    assert a0["arr_0"].dtype == np.uint8 and a0["arr_0"].shape == (30, 32, 32, 1) and (a0["arr_0"] == shard["images"]).all()
+    assert (a0["arr_1"] == shard["labels"]).all() and pr["samples"]["chunk"] == 1024
+    # FID against the statistics it wrote (ADM's layout), imported as another tool's file: the same FID (issue 24, item 2)
+    ref = bundle / "artifacts" / "ref_stats.npz"
+    assert sorted(np.load(ref).files) == ["mu", "sigma"] and pr["reference"]["exported"] == "artifacts/ref_stats.npz"
+    runs2 = env["root"] / "eval_imported_runs"
+    imp = dict(params, runs_dir=str(runs2), nn_audit=False, arr0=False, ref_stats=str(ref),
+               ref_stats_protocol="held-out MNIST-5k digits in the classifier's features")
+    args2 = [a for k, v in imp.items() for a in ("-p", k, str(v))]
+    r = subprocess.run([str(Path(sys.executable).parent / "papermill"), str(EVAL_NB), str(env["root"] / "eval_imp.ipynb"),
+                        *args2, "--no-progress-bar"],
+                       cwd=env["root"], env=dict(os.environ, DRIFTING_NO_WATCH="1"), capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-4000:]
+    (b2,) = sorted((runs2 / "eval").iterdir())
+    ev2 = json.loads((b2 / "artifacts" / "eval.json").read_text())
+    assert ev2["protocol"]["reference"]["sha256"] == hashlib.sha256(ref.read_bytes()).hexdigest()
+    assert ev2["protocol"]["reference"]["asserted_protocol"].startswith("held-out MNIST-5k")
+    for a, b in zip(ev["rows"], ev2["rows"]):
+        assert abs(a["fid"] - b["fid"]) <= 1e-6 * abs(a["fid"]), (a["fid"], b["fid"])
 
 
 @pytest.mark.parametrize("params, msg", [(dict(checkpoint="/no/such/run"), "no checkpoint at"),
                                          (dict(alphas="0.9"), "must be ≥ 1"),
                                          (dict(metric_net="clip"), "metric_net must be"),
-                                         (dict(dataset="/no/such/images"), "neither a built-in")])  # issue 12, item 9
+                                         (dict(dataset="/no/such/images"), "neither a built-in"),  # issue 12, item 9
+                                         (dict(ref_stats="/no/such.npz"), "say which protocol"),
+                                         (dict(ref_stats="/no/such.npz", ref_stats_protocol="ADM"), "no reference statistics"),
+                                         (dict(chunk=0), "chunk must be")])
 def test_run_eval_bad_parameters(env, first, params, msg):
     runs = env["root"] / "eval_bad_runs"
     with pytest.raises(pm.PapermillExecutionError, match=msg):

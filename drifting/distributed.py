@@ -574,7 +574,7 @@ def generate_sharded(
 def eval_worker(
     job: dict,  # plan (check_eval_run's arguments), ema, n_per_class, seed, out; optional: backend
 ) -> dict:  # rank, world_size, seconds
-    "One rank of a distributed α sweep: its share of the samples at every α, decoded, with their metric-net features; rank 0 saves them all."
+    "One rank of an α sweep: its share of the samples at every α, decoded, with their metric-net features."
     created = init_distributed(job.get("backend"))
     try:
         from drifting.core import atomic_torch_save

@@ -409,17 +409,9 @@ def load_official_mae(
 
 # %% ../nbs/13a_official.ipynb #1283b47a
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision/timm ImageNet statistics
-
-
 CONVNEXT_ID = "facebook/convnextv2-base-22k-224"  # App. A.4, Tab. 9; official models/convnext.py
-
-
 CONVNEXT_SIZE = 224  # the official code resizes every input to 224×224
-
-
 CONVNEXT_NORM_EPS = 1e-3  # per-location channel standardisation: (y - mean) / (std + 1e-3)
-
-
 INPUT_RANGES = ("imagenet", "minus_one_one", "zero_one")
 
 # %% ../nbs/13a_official.ipynb #1ef15ba1

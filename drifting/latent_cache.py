@@ -21,8 +21,6 @@ __all__ = ['CACHE_FORMAT', 'CACHE_VERSION', 'REQUIRED_MANIFEST_KEYS', 'SHARD_VER
 
 # %% ../nbs/07a_latent_cache.ipynb #58f80007
 CACHE_FORMAT, CACHE_VERSION = "drifting-latent-cache", 1
-
-
 REQUIRED_MANIFEST_KEYS = ("source_fingerprint", "encoder", "scaling_factor")
 
 

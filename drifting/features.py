@@ -80,7 +80,7 @@ def feature_inventory(
         out["global"] = x_raw.reshape(x_raw.shape[0], 1, -1)  # [B, 1, C*H*W]
     return out
 
-# %% ../nbs/03_features.ipynb #3db86d79
+# %% ../nbs/03_features.ipynb #d37516ee
 AGGREGATES = ("official", "paper")
 
 
@@ -100,7 +100,7 @@ def group_by_class(
 def _groups(t: Tensor) -> Tensor:  # [N_c, N, L, D] -> [N_c*L, N, D], group index = c*L + l
     return t.permute(0, 2, 1, 3).reshape(t.shape[0] * t.shape[2], t.shape[1], t.shape[3])
 
-
+# %% ../nbs/03_features.ipynb #3db86d79
 def feature_drift_loss(
     gen_feats: dict,  # key -> [N_c, N_gen, L, D] generated features (with gradient)
     pos_feats: dict,  # key -> [N_c, N_pos, L, D] positives of each class

@@ -94,7 +94,7 @@ RUN_MANIFEST_SCHEMA = {
     },
 }
 
-# %% ../nbs/10c_bundle.ipynb #145bdbe3
+# %% ../nbs/10c_bundle.ipynb #cae11a75
 REPRO_SCHEMA = {
     "$schema": _DRAFT,
     "title": "provenance/repro.json",
@@ -130,6 +130,7 @@ REPRO_SCHEMA = {
     "not": {"anyOf": [{"required": ["created"]}, {"required": ["time"]}, {"required": ["timestamp"]}]},
 }
 
+# %% ../nbs/10c_bundle.ipynb #145bdbe3
 CODEBASE_FINGERPRINT_SCHEMA = {
     "$schema": _DRAFT,
     "title": "codebase_fingerprint.json",
@@ -143,6 +144,7 @@ CODEBASE_FINGERPRINT_SCHEMA = {
     },
 }
 
+
 ENV_FINGERPRINT_SCHEMA = {
     "$schema": _DRAFT,
     "title": "env_fingerprint.json",
@@ -150,6 +152,7 @@ ENV_FINGERPRINT_SCHEMA = {
     "required": ["schema_version", "sha256", "python", "system", "machine", "torch", "cuda", "n_packages"],
     "properties": {"sha256": _H},
 }
+
 
 ENV_SNAPSHOT_SCHEMA = {
     "$schema": _DRAFT,
@@ -162,7 +165,7 @@ ENV_SNAPSHOT_SCHEMA = {
     },
 }
 
-# %% ../nbs/10c_bundle.ipynb #014af5ab
+# %% ../nbs/10c_bundle.ipynb #1edf4ed6
 METRICS_SCHEMA = {
     "$schema": _DRAFT,
     "title": "metrics.json",
@@ -180,6 +183,7 @@ METRICS_SCHEMA = {
     },
 }
 
+
 EVENT_SCHEMA = {
     "$schema": _DRAFT,
     "title": "a line of provenance/events.jsonl",
@@ -193,6 +197,7 @@ EVENT_SCHEMA = {
     ],
 }
 
+# %% ../nbs/10c_bundle.ipynb #014af5ab
 PREDICTIONS_METADATA_SCHEMA = {
     "$schema": _DRAFT,
     "title": "artifacts/predictions/metadata.json",
@@ -217,6 +222,7 @@ PREDICTIONS_METADATA_SCHEMA = {
         },
     },
 }
+
 
 SCHEMAS = {
     "run_manifest.json": RUN_MANIFEST_SCHEMA,
@@ -351,7 +357,7 @@ def validate_bundle(
             )
     return bad + _hash_problems(d, docs, events) + _content_problems(d, docs)
 
-# %% ../nbs/10c_bundle.ipynb #d4a92096
+# %% ../nbs/10c_bundle.ipynb #293aa271
 def _fence(text: str) -> str:
     "A code fence longer than any run of backticks in `text`: no value (one holding ``` and a newline) closes it."
     return "`" * max(3, 1 + max((len(r) for r in re.findall(r"`+", text)), default=0))
@@ -379,7 +385,7 @@ _MAP = (
     ("notebook.ipynb", "the executed run notebook"),
 )
 
-
+# %% ../nbs/10c_bundle.ipynb #d4a92096
 def _summary(m: dict, r: dict) -> list[str]:
     "RUN.md's title and its list of facts: status, times, code, environment, notebook."
     code = r["code"]

@@ -80,7 +80,7 @@ def feature_inventory(
         out["global"] = x_raw.reshape(x_raw.shape[0], 1, -1)  # [B, 1, C*H*W]
     return out
 
-# %% ../nbs/03_features.ipynb #3db86d79
+# %% ../nbs/03_features.ipynb #d37516ee
 AGGREGATES = ("official", "paper")
 
 
@@ -100,7 +100,22 @@ def group_by_class(
 def _groups(t: Tensor) -> Tensor:  # [N_c, N, L, D] -> [N_c*L, N, D], group index = c*L + l
     return t.permute(0, 2, 1, 3).reshape(t.shape[0] * t.shape[2], t.shape[1], t.shape[3])
 
+# %% ../nbs/03_features.ipynb #96c9df51
+def _check_loss_args(gen_feats: dict, pos_feats: dict, unc_feats: dict | None, w, aggregate: str):
+    "The argument checks of `feature_drift_loss`, in its order (aggregate, keys, `w` only with `unc_feats`)."
+    if aggregate not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
+    for name, d in (("pos_feats", pos_feats), ("unc_feats", unc_feats)):
+        if d is not None and list(d) != list(gen_feats):
+            raise ValueError(
+                f"{name} must have the same keys as gen_feats, in order; differ: {sorted(set(d) ^ set(gen_feats))}"
+            )
+    if not gen_feats:
+        raise ValueError("gen_feats holds no feature key")
+    if w is not None and unc_feats is None:
+        raise ValueError("w weighs the unconditional negatives: pass unc_feats too")
 
+# %% ../nbs/03_features.ipynb #3db86d79
 def feature_drift_loss(
     gen_feats: dict,  # key -> [N_c, N_gen, L, D] generated features (with gradient)
     pos_feats: dict,  # key -> [N_c, N_pos, L, D] positives of each class
@@ -115,17 +130,7 @@ def feature_drift_loss(
     **drift_kwargs,  # passed to `drift_loss`: chunk_groups, chunk_targets, max_chunk_elems, low_memory, ...
 ) -> tuple:  # (total 0-d, {key: loss 0-d}, {key: DriftStats of drift_loss})
     "Sum over keys of one drift loss per key on (class × location) groups (spec §2.5, §5.4)."
-    if aggregate not in AGGREGATES:
-        raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
-    for name, d in (("pos_feats", pos_feats), ("unc_feats", unc_feats)):
-        if d is not None and list(d) != list(gen_feats):
-            raise ValueError(
-                f"{name} must have the same keys as gen_feats, in order; differ: {sorted(set(d) ^ set(gen_feats))}"
-            )
-    if not gen_feats:
-        raise ValueError("gen_feats holds no feature key")
-    if w is not None and unc_feats is None:
-        raise ValueError("w weighs the unconditional negatives: pass unc_feats too")
+    _check_loss_args(gen_feats, pos_feats, unc_feats, w, aggregate)
     calls = OrderedDict()  # one drift_loss call per list of keys: the keys of one shape (merge), else each key alone
     for k, gen in gen_feats.items():
         pos, unc = pos_feats[k], None if unc_feats is None else unc_feats[k]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 
 from .core import atomic_open, atomic_write_text, sha256_arrays, sha256_file, sha256_json
 
@@ -18,7 +19,7 @@ from .core import atomic_open, atomic_write_text, sha256_arrays, sha256_file, sh
 __all__ = ['CACHE_FORMAT', 'CACHE_VERSION', 'REQUIRED_MANIFEST_KEYS', 'SHARD_VERSION', 'LatentCache', 'save_latent_cache',
            'load_latent_cache', 'shard_name', 'LatentCacheWriter', 'ShardedRows', 'open_latent_cache']
 
-# %% ../nbs/07a_latent_cache.ipynb #be1cbc6c
+# %% ../nbs/07a_latent_cache.ipynb #58f80007
 CACHE_FORMAT, CACHE_VERSION = "drifting-latent-cache", 1
 REQUIRED_MANIFEST_KEYS = ("source_fingerprint", "encoder", "scaling_factor")
 
@@ -36,7 +37,7 @@ class LatentCache:
 def _np(a) -> np.ndarray:
     return a.detach().cpu().numpy() if isinstance(a, torch.Tensor) else np.asarray(a)
 
-
+# %% ../nbs/07a_latent_cache.ipynb #037b9f85
 def _check_required(manifest: dict):
     missing = [k for k in REQUIRED_MANIFEST_KEYS if k not in manifest]
     if missing:
@@ -77,7 +78,7 @@ def _cache_manifest(latents, labels, latents_flip, manifest) -> dict:
         sha256=sha,
     )
 
-
+# %% ../nbs/07a_latent_cache.ipynb #7f10ebe3
 def _write_npz_cache(path, latents, labels, manifest, latents_flip) -> dict:
     lat, lab = _np(latents), _np(labels).astype(np.int64)
     flip = None if latents_flip is None else _np(latents_flip)
@@ -104,7 +105,7 @@ def save_latent_cache(
     _write_npz_cache(path, latents, labels, manifest, latents_flip)
     return path
 
-
+# %% ../nbs/07a_latent_cache.ipynb #be1cbc6c
 def _load_npz_cache(path: Path) -> LatentCache:
     try:
         with np.load(path, allow_pickle=False) as z:
@@ -179,7 +180,7 @@ def _resume_manifest(
             )
     return man
 
-# %% ../nbs/07a_latent_cache.ipynb #lc-writer
+# %% ../nbs/07a_latent_cache.ipynb #c8d7cfb9
 class LatentCacheWriter:
     "Write the shards of a cache directory (any order, any process); reopen to resume; `finish()` writes the manifest."
 
@@ -209,106 +210,115 @@ class LatentCacheWriter:
     def n_written(self) -> int:
         return self.man["count"]
 
-    def done(self, k: int) -> dict | None:
-        "The record of shard `k` if it was written completely by this export (its files present, sizes as recorded)."
-        p = self.root / f"{shard_name(k)}.json"
-        if not p.exists():
-            return None
-        rec = _read_manifest(p)
-        ok = rec.get("base") == sha256_json(self.base) and all(
-            (self.root / f).is_file() and (self.root / f).stat().st_size == rec["bytes"][r]
-            for r, f in rec["files"].items()
-        )
-        return rec if ok else None
 
-    def write(
-        self,
-        k: int,  # shard number
-        start: int,  # index of its first item in the whole cache
-        latents,
-        labels,
-        latents_flip=None,  # as for `save_latent_cache`, this shard's items
+@patch
+def done(self: LatentCacheWriter, k: int) -> dict | None:
+    "The record of shard `k` if it was written completely by this export (its files present, sizes as recorded)."
+    p = self.root / f"{shard_name(k)}.json"
+    if not p.exists():
+        return None
+    rec = _read_manifest(p)
+    ok = rec.get("base") == sha256_json(self.base) and all(
+        (self.root / f).is_file() and (self.root / f).stat().st_size == rec["bytes"][r] for r, f in rec["files"].items()
+    )
+    return rec if ok else None
+
+# %% ../nbs/07a_latent_cache.ipynb #28833c11
+@patch
+def write(
+    self: LatentCacheWriter,
+    k: int,  # shard number
+    start: int,  # index of its first item in the whole cache
+    latents,
+    labels,
+    latents_flip=None,  # as for `save_latent_cache`, this shard's items
+    **extra,
+) -> dict:  # JSON-able extras kept in the shard's record (e.g. source digests)
+    "Write shard `k` atomically: its `.npy` files, then its record (the record marks it done). Returns the record."
+    if self.man["complete"]:
+        raise ValueError(f"{self.root} is marked complete; use a new directory")
+    lat, lab = _np(latents), _np(labels).astype(np.int64)
+    flip = None if latents_flip is None else _np(latents_flip)
+    _check_arrays(lat, lab, flip)
+    files, sha, size = {}, {}, {}
+    for role, a in zip(_ROLES, (lat, lab, flip)):
+        if a is None:
+            continue
+        f = self.root / f"{shard_name(k)}.{role}.npy"
+        with atomic_open(f) as fh:
+            np.save(fh, np.ascontiguousarray(a), allow_pickle=False)
+        files[role], sha[role], size[role] = f.name, sha256_file(f), f.stat().st_size
+    cls, cnt = np.unique(lab, return_counts=True)
+    rec = dict(
+        index=k,
+        start=int(start),
+        count=len(lat),
+        shape=list(lat.shape[1:]),
+        dtype=str(lat.dtype),
+        has_flip=flip is not None,
+        files=files,
+        sha256=sha,
+        bytes=size,
+        base=sha256_json(self.base),
+        count_per_class={str(int(c)): int(n) for c, n in zip(cls, cnt)},
         **extra,
-    ) -> dict:  # JSON-able extras kept in the shard's record (e.g. source digests)
-        "Write shard `k` atomically: its `.npy` files, then its record (the record marks it done). Returns the record."
-        if self.man["complete"]:
-            raise ValueError(f"{self.root} is marked complete; use a new directory")
-        lat, lab = _np(latents), _np(labels).astype(np.int64)
-        flip = None if latents_flip is None else _np(latents_flip)
-        _check_arrays(lat, lab, flip)
-        files, sha, size = {}, {}, {}
-        for role, a in zip(_ROLES, (lat, lab, flip)):
-            if a is None:
-                continue
-            f = self.root / f"{shard_name(k)}.{role}.npy"
-            with atomic_open(f) as fh:
-                np.save(fh, np.ascontiguousarray(a), allow_pickle=False)
-            files[role], sha[role], size[role] = f.name, sha256_file(f), f.stat().st_size
-        cls, cnt = np.unique(lab, return_counts=True)
-        rec = dict(
-            index=k,
-            start=int(start),
-            count=len(lat),
-            shape=list(lat.shape[1:]),
-            dtype=str(lat.dtype),
-            has_flip=flip is not None,
-            files=files,
-            sha256=sha,
-            bytes=size,
-            base=sha256_json(self.base),
-            count_per_class={str(int(c)): int(n) for c, n in zip(cls, cnt)},
-            **extra,
-        )
-        atomic_write_text(self.root / f"{shard_name(k)}.json", json.dumps(rec))
-        return rec
+    )
+    atomic_write_text(self.root / f"{shard_name(k)}.json", json.dumps(rec))
+    return rec
 
-    def append(self, latents, labels, latents_flip=None) -> dict:
-        "Write the next shard of a sequential export and list it in the (still incomplete) manifest."
-        k = len(self.man["shards"])
-        rec = self.write(k, self.man["count"], latents, labels, latents_flip)
+# %% ../nbs/07a_latent_cache.ipynb #722e7f39
+@patch
+def append(self: LatentCacheWriter, latents, labels, latents_flip=None) -> dict:
+    "Write the next shard of a sequential export and list it in the (still incomplete) manifest."
+    k = len(self.man["shards"])
+    rec = self.write(k, self.man["count"], latents, labels, latents_flip)
+    for f in ("shape", "dtype", "has_flip"):
+        if self.man["shards"] and rec[f] != self.man[f]:
+            for p in rec["files"].values():
+                (self.root / p).unlink()
+            (self.root / f"{shard_name(k)}.json").unlink()
+            raise ValueError(f"shard {f} {rec[f]!r} differs from the cache's {self.man[f]!r}")
+        self.man[f] = rec[f]
+    self._list(self.man["shards"] + [rec])
+    atomic_write_text(self.root / "manifest.json", json.dumps(self.man, indent=1))
+    return rec
+
+
+@patch
+def _list(self: LatentCacheWriter, recs: list):
+    keep = ("index", "start", "count", "files", "sha256", "bytes")
+    self.man["shards"] = [{k: r[k] for k in keep} for r in recs]
+    self.man["count"] = sum(r["count"] for r in recs)
+
+# %% ../nbs/07a_latent_cache.ipynb #lc-writer
+@patch
+def finish(
+    self: LatentCacheWriter,
+    n_shards: int | None = None,  # shards the export has (None: those listed by `append`)
+    **update,
+) -> Path:  # manifest fields known only at the end (e.g. the source fingerprint)
+    "Check that shards 0..n-1 are all written and consistent, list them with their hashes, mark the cache complete."
+    n = len(self.man["shards"]) if n_shards is None else n_shards
+    recs = [self.done(k) for k in range(n)]
+    missing = [shard_name(k) for k, r in enumerate(recs) if r is None]
+    if not n or missing:
+        raise ValueError(f"cannot finish {self.root}: shards not written: {missing or 'all'}")
+    pos = 0
+    for r in recs:
         for f in ("shape", "dtype", "has_flip"):
-            if self.man["shards"] and rec[f] != self.man[f]:
-                for p in rec["files"].values():
-                    (self.root / p).unlink()
-                (self.root / f"{shard_name(k)}.json").unlink()
-                raise ValueError(f"shard {f} {rec[f]!r} differs from the cache's {self.man[f]!r}")
-            self.man[f] = rec[f]
-        self._list(self.man["shards"] + [rec])
-        atomic_write_text(self.root / "manifest.json", json.dumps(self.man, indent=1))
-        return rec
-
-    def _list(self, recs: list):
-        keep = ("index", "start", "count", "files", "sha256", "bytes")
-        self.man["shards"] = [{k: r[k] for k in keep} for r in recs]
-        self.man["count"] = sum(r["count"] for r in recs)
-
-    def finish(
-        self,
-        n_shards: int | None = None,  # shards the export has (None: those listed by `append`)
-        **update,
-    ) -> Path:  # manifest fields known only at the end (e.g. the source fingerprint)
-        "Check that shards 0..n-1 are all written and consistent, list them with their hashes, mark the cache complete."
-        n = len(self.man["shards"]) if n_shards is None else n_shards
-        recs = [self.done(k) for k in range(n)]
-        missing = [shard_name(k) for k, r in enumerate(recs) if r is None]
-        if not n or missing:
-            raise ValueError(f"cannot finish {self.root}: shards not written: {missing or 'all'}")
-        pos = 0
-        for r in recs:
-            for f in ("shape", "dtype", "has_flip"):
-                if r[f] != recs[0][f]:
-                    raise ValueError(f"{shard_name(r['index'])}: {f} {r[f]!r} differs from shard 0's {recs[0][f]!r}")
-            if r["start"] != pos:
-                raise ValueError(f"{shard_name(r['index'])} starts at item {r['start']}, expected {pos}")
-            pos += r["count"]
-        per_class = {}
-        for r in recs:
-            for c, m in r["count_per_class"].items():
-                per_class[c] = per_class.get(c, 0) + m
-        self._list(recs)
-        self.man.update({f: recs[0][f] for f in ("shape", "dtype", "has_flip")}, count_per_class=per_class, **update)
-        self.man["complete"] = True
-        return atomic_write_text(self.root / "manifest.json", json.dumps(self.man, indent=1))
+            if r[f] != recs[0][f]:
+                raise ValueError(f"{shard_name(r['index'])}: {f} {r[f]!r} differs from shard 0's {recs[0][f]!r}")
+        if r["start"] != pos:
+            raise ValueError(f"{shard_name(r['index'])} starts at item {r['start']}, expected {pos}")
+        pos += r["count"]
+    per_class = {}
+    for r in recs:
+        for c, m in r["count_per_class"].items():
+            per_class[c] = per_class.get(c, 0) + m
+    self._list(recs)
+    self.man.update({f: recs[0][f] for f in ("shape", "dtype", "has_flip")}, count_per_class=per_class, **update)
+    self.man["complete"] = True
+    return atomic_write_text(self.root / "manifest.json", json.dumps(self.man, indent=1))
 
 # %% ../nbs/07a_latent_cache.ipynb #aa885710
 def _file_key(st: os.stat_result) -> tuple:  # what changes when a file is rewritten, truncated or replaced
@@ -351,7 +361,7 @@ def _check_unchanged(path: Path, mm, key: tuple):
             "again) or re-export it, and resume from the last checkpoint"
         )
 
-# %% ../nbs/07a_latent_cache.ipynb #lc-rows
+# %% ../nbs/07a_latent_cache.ipynb #2b7069ee
 class ShardedRows:
     "Rows `[N, ...]` of memory-mapped `.npy` shards: indexing reads only the rows asked for and releases their pages."
 
@@ -393,40 +403,46 @@ class ShardedRows:
             "with row indices, or load the cache whole (load_dataset(..., lazy=False))"
         )
 
-    def _rows(self, key) -> np.ndarray:  # [n] int64 rows of the whole
-        if isinstance(key, torch.Tensor):
-            key = key.cpu().numpy()
-        idx = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key, dtype=np.int64)
-        if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
-            raise IndexError(f"row index out of range for {len(self)} rows")
-        idx = idx % max(len(self), 1)
-        return idx if self.index is None else self.index[idx]
 
-    def subset(self, key) -> "ShardedRows":
-        "A lazy view of some rows (nothing is read)."
-        return ShardedRows(self.files, self._rows(key), self._maps)
+@patch
+def _rows(self: ShardedRows, key) -> np.ndarray:  # [n] int64 rows of the whole
+    if isinstance(key, torch.Tensor):
+        key = key.cpu().numpy()
+    idx = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key, dtype=np.int64)
+    if idx.size and (idx.min() < -len(self) or idx.max() >= len(self)):
+        raise IndexError(f"row index out of range for {len(self)} rows")
+    idx = idx % max(len(self), 1)
+    return idx if self.index is None else self.index[idx]
 
-    def __getitem__(self, key) -> torch.Tensor:  # rows copied into memory, in the order asked
-        scalar = isinstance(key, (int, np.integer)) or (isinstance(key, torch.Tensor) and key.ndim == 0)
-        rows = self._rows(np.asarray([int(key)]) if scalar else key)
-        out = np.empty((len(rows),) + self.row_shape, self.np_dtype)
-        shard = np.searchsorted(self.ends, rows, side="right")  # [n]
-        for s in np.unique(shard):
-            m = shard == s
-            mm, a, key = self._maps[s]
-            _check_unchanged(self.files[s], mm, key)  # just before the pages are touched
-            out[m] = a[rows[m] - (self.ends[s] - self.counts[s])]
-            mm.madvise(
-                __import__("mmap").MADV_DONTNEED
-            )  # drop the pages from this process (the OS page cache keeps them)
-        t = torch.from_numpy(out)
-        return t[0] if scalar else t
 
-    def materialize(self) -> torch.Tensor:
-        "Every row in memory (small caches)."
-        return self[np.arange(len(self))]
+@patch
+def subset(self: ShardedRows, key) -> "ShardedRows":
+    "A lazy view of some rows (nothing is read)."
+    return ShardedRows(self.files, self._rows(key), self._maps)
 
-# %% ../nbs/07a_latent_cache.ipynb #lc-open
+# %% ../nbs/07a_latent_cache.ipynb #lc-rows
+@patch
+def __getitem__(self: ShardedRows, key) -> torch.Tensor:  # rows copied into memory, in the order asked
+    scalar = isinstance(key, (int, np.integer)) or (isinstance(key, torch.Tensor) and key.ndim == 0)
+    rows = self._rows(np.asarray([int(key)]) if scalar else key)
+    out = np.empty((len(rows),) + self.row_shape, self.np_dtype)
+    shard = np.searchsorted(self.ends, rows, side="right")  # [n]
+    for s in np.unique(shard):
+        m = shard == s
+        mm, a, key = self._maps[s]
+        _check_unchanged(self.files[s], mm, key)  # just before the pages are touched
+        out[m] = a[rows[m] - (self.ends[s] - self.counts[s])]
+        mm.madvise(__import__("mmap").MADV_DONTNEED)  # drop the pages from this process (the OS page cache keeps them)
+    t = torch.from_numpy(out)
+    return t[0] if scalar else t
+
+
+@patch
+def materialize(self: ShardedRows) -> torch.Tensor:
+    "Every row in memory (small caches)."
+    return self[np.arange(len(self))]
+
+# %% ../nbs/07a_latent_cache.ipynb #8666a2dd
 def _check_files(root: Path, s: dict, verify: bool) -> dict:  # {file name: its key when checked}
     keys = {}
     for role, f in s["files"].items():
@@ -453,7 +469,7 @@ def _check_files(root: Path, s: dict, verify: bool) -> dict:  # {file name: its 
             raise ValueError(f"latent cache {root}: shard file {f} changed while it was being checked; re-open it")
     return keys
 
-
+# %% ../nbs/07a_latent_cache.ipynb #lc-open
 def open_latent_cache(
     path: str | os.PathLike,  # a sharded cache directory of format 2
     allow_incomplete: bool = False,  # accept an export that has not finished (its listed shards)

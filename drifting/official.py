@@ -66,7 +66,7 @@ def _flax_ext_hook(code: int, data: bytes):
         return _ndarray(data)[()]
     raise ValueError(f"msgpack extension type {code} is not one Flax writes")
 
-# %% ../nbs/13a_official.ipynb #off-rd
+# %% ../nbs/13a_official.ipynb #977640dd
 def _unchunk(tree, where: str = ""):
     "Reassemble arrays Flax split into chunks (`__msgpack_chunked_array__`; shape and chunks as {'0': …, '1': …})."
     if not isinstance(tree, dict):
@@ -103,7 +103,7 @@ def _flatten(tree: dict) -> dict:  # {"a/b/c": array}; a name holding "/" would 
     walk(tree, "")
     return flat
 
-
+# %% ../nbs/13a_official.ipynb #off-rd
 def read_flax_msgpack(
     path: str | Path,  # an `ema_params.msgpack`
 ) -> dict:  # {"a/b/c": np.ndarray}: flat names of the parameter tree (a top-level "params" is removed)
@@ -131,7 +131,7 @@ def read_flax_msgpack(
     except (ValueError, TypeError, msgpack.UnpackException) as e:
         raise ValueError(f"{path} is not a Flax parameter file this reader accepts: {e}") from None
 
-# %% ../nbs/13a_official.ipynb #f7f434af
+# %% ../nbs/13a_official.ipynb #abcdcd4f
 _GEN_KEYS = {
     "cond_dim",
     "num_classes",
@@ -168,7 +168,7 @@ def read_metadata(
         raise ValueError(f"{p} has no 'model_config' object")
     return meta
 
-
+# %% ../nbs/13a_official.ipynb #f7f434af
 def official_generator_config(
     mc: dict,  # `model_config` of an official generator (DitGen arguments)
 ) -> GeneratorConfig:
@@ -255,7 +255,7 @@ def _convert(name: str, a: np.ndarray, rules) -> tuple[str, Tensor] | None:
         return ours, t
     return None
 
-# %% ../nbs/13a_official.ipynb #off-gen
+# %% ../nbs/13a_official.ipynb #2a1b4238
 def _count(params: dict, pattern: str) -> int:  # 1 + the largest index captured by `pattern` in the names (0: none)
     found = [int(m.group(1)) for n in params if (m := re.match(pattern, n))]
     return 1 + max(found) if found else 0
@@ -283,7 +283,7 @@ def _fill(
     model.load_state_dict({**model.state_dict(), **sd})
     return model
 
-
+# %% ../nbs/13a_official.ipynb #58d1f737
 def generator_state_dict(
     params: dict,  # flat official parameters (`read_flax_msgpack`)
     cfg: GeneratorConfig,  # from `official_generator_config`
@@ -307,7 +307,7 @@ def generator_state_dict(
         )  # [n_style·V, D], table k at rows k·V…
     return sd
 
-
+# %% ../nbs/13a_official.ipynb #off-gen
 def load_official_generator(
     folder: str | Path,  # models/gen/jax/<name>/ (metadata.json + ema_params.msgpack)
     device: torch.device | str = "cpu",
@@ -328,7 +328,7 @@ def load_official_generator(
         raise ValueError(f"{folder}: {e}") from None
     return gen.to(device).eval()
 
-# %% ../nbs/13a_official.ipynb #f177ab4f
+# %% ../nbs/13a_official.ipynb #5748af3b
 MAE_RULES = [
     (r"encoder/conv1/kernel", "conv1.weight", _CONV),
     (r"encoder/gn1/(scale|bias)", "gn1.{p}", None),
@@ -338,6 +338,8 @@ MAE_RULES = [
     (r"encoder/stages_(\d+)/layers_(\d+)/proj_gn/(scale|bias)", "stages.{0}.{1}.proj.1.{p}", None),
     (r"encoder/layer(\d)_norm/(scale|bias)", lambda m: f"stage_norms.{int(m.group(1)) - 1}.{_PARAM[m.group(2)]}", None),
 ]
+
+
 MAE_NOT_LOADED = r"(decoder/.*|fc/(kernel|bias))"  # reconstruction decoder and cls head: not part of the features
 
 
@@ -367,7 +369,7 @@ class MAEFeatures(nn.Module):
 
     forward = activations
 
-
+# %% ../nbs/13a_official.ipynb #f177ab4f
 def load_official_mae(
     folder: str | Path,  # models/mae/jax/<name>/ (metadata.json + ema_params.msgpack)
     device: torch.device | str = "cpu",
@@ -405,14 +407,14 @@ def load_official_mae(
         raise ValueError(f"{folder}: {e}") from None
     return MAEFeatures(enc, every_k_block).to(device)
 
-# %% ../nbs/13a_official.ipynb #249bcf16
+# %% ../nbs/13a_official.ipynb #1283b47a
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # torchvision/timm ImageNet statistics
 CONVNEXT_ID = "facebook/convnextv2-base-22k-224"  # App. A.4, Tab. 9; official models/convnext.py
 CONVNEXT_SIZE = 224  # the official code resizes every input to 224×224
 CONVNEXT_NORM_EPS = 1e-3  # per-location channel standardisation: (y - mean) / (std + 1e-3)
 INPUT_RANGES = ("imagenet", "minus_one_one", "zero_one")
 
-
+# %% ../nbs/13a_official.ipynb #1ef15ba1
 class ConvNeXtFeatures(nn.Module):
     "A frozen `transformers` ConvNeXt-V2 with the official `get_activations` as `activations(x)`."
 
@@ -464,7 +466,7 @@ class ConvNeXtFeatures(nn.Module):
 
     forward = activations
 
-
+# %% ../nbs/13a_official.ipynb #249bcf16
 def load_convnext(
     folder: str | Path = CONVNEXT_ID,  # a `save_pretrained` folder, or a hub id (needs `revision`)
     revision: str | None = None,  # hub commit for a hub id ('main' accepts whatever the hub holds)

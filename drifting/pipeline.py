@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 from torch import Tensor
 
 from .core import atomic_folder, atomic_write_text, cache_root
@@ -308,7 +309,7 @@ def from_official(
     kind = json.loads((conv / "config.json").read_text())["kind"]
     return load_generator_folder(conv, device) if kind == EXPORT_KINDS[0] else load_mae_folder(conv, device)
 
-# %% ../nbs/13b_pipeline.ipynb #71de26db
+# %% ../nbs/13b_pipeline.ipynb #42853bca
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
 
 
@@ -330,88 +331,93 @@ class DriftingPipeline:
     ):  # provenance (source, revision, step, vae spec, ...)
         self.generator, self.vae, self.info = generator.eval(), vae, dict(info or {})
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        name_or_path: str | os.PathLike,  # released name ('latent_L_sota', 'hf://…'), export or official folder
-        vae="auto",  # "auto", a load_vae spec, a Tokenizer, or None
-        device: torch.device | str = "cpu",
-        revision: str = OFFICIAL_REVISION,  # for released models
-        cache_dir: str | os.PathLike | None = None,
-        local_files_only: bool = False,
-    ) -> "DriftingPipeline":
-        "A pipeline for one of our exports, an official model folder, or a released model by name."
-        p = Path(str(name_or_path)).expanduser()
-        if p.is_dir() and (p / "config.json").is_file():
-            gen = load_generator_folder(p, device)
-            info = dict(gen.info, source=str(p))
-        elif p.is_dir() and (p / "metadata.json").is_file():
-            gen = load_official_generator(p, device)
-            info = dict(source=str(p), official=True)
-        elif official_name(str(name_or_path)) is not None:
-            name = official_name(str(name_or_path))
-            if OFFICIAL_MODELS[name]["kind"] != "gen":
-                raise ValueError(f"{name!r} is a feature encoder, not a generator")
-            gen = from_official(name, revision, cache_dir, local_files_only, device)
-            info = dict(gen.info)
+# %% ../nbs/13b_pipeline.ipynb #2d29c49e
+@patch(cls_method=True)
+def from_pretrained(
+    cls: DriftingPipeline,
+    name_or_path: str | os.PathLike,  # released name ('latent_L_sota', 'hf://…'), export or official folder
+    vae="auto",  # "auto", a load_vae spec, a Tokenizer, or None
+    device: torch.device | str = "cpu",
+    revision: str = OFFICIAL_REVISION,  # for released models
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+) -> "DriftingPipeline":
+    "A pipeline for one of our exports, an official model folder, or a released model by name."
+    p = Path(str(name_or_path)).expanduser()
+    if p.is_dir() and (p / "config.json").is_file():
+        gen = load_generator_folder(p, device)
+        info = dict(gen.info, source=str(p))
+    elif p.is_dir() and (p / "metadata.json").is_file():
+        gen = load_official_generator(p, device)
+        info = dict(source=str(p), official=True)
+    elif official_name(str(name_or_path)) is not None:
+        name = official_name(str(name_or_path))
+        if OFFICIAL_MODELS[name]["kind"] != "gen":
+            raise ValueError(f"{name!r} is a feature encoder, not a generator")
+        gen = from_official(name, revision, cache_dir, local_files_only, device)
+        info = dict(gen.info)
+    else:
+        raise FileNotFoundError(
+            f"{str(name_or_path)!r} is not an export folder (config.json + model.safetensors), an "
+            f"official folder (metadata.json + ema_params.msgpack) or a released model "
+            f"{sorted(k for k, v in OFFICIAL_MODELS.items() if v['kind'] == 'gen')}"
+        )
+    if isinstance(vae, str) and vae == "auto":
+        vae = info.get("vae") or ("sd-vae-ft-mse" if info.get("space") == "latent" else None)
+    if isinstance(vae, (str, os.PathLike)):  # (not runs.get_vae: runs imports this module)
+        info["vae"] = str(vae)
+        if str(vae) == "builtin":
+            from drifting.builtin_vae import builtin_vae
+
+            vae = builtin_vae(device=device)
         else:
-            raise FileNotFoundError(
-                f"{str(name_or_path)!r} is not an export folder (config.json + model.safetensors), an "
-                f"official folder (metadata.json + ema_params.msgpack) or a released model "
-                f"{sorted(k for k, v in OFFICIAL_MODELS.items() if v['kind'] == 'gen')}"
-            )
-        if isinstance(vae, str) and vae == "auto":
-            vae = info.get("vae") or ("sd-vae-ft-mse" if info.get("space") == "latent" else None)
-        if isinstance(vae, (str, os.PathLike)):  # (not runs.get_vae: runs imports this module)
-            info["vae"] = str(vae)
-            if str(vae) == "builtin":
-                from drifting.builtin_vae import builtin_vae
+            from drifting.tokenizer import load_vae  # a hub id/alias (pinned revision) or a save_pretrained folder
 
-                vae = builtin_vae(device=device)
-            else:
-                from drifting.tokenizer import load_vae  # a hub id/alias (pinned revision) or a save_pretrained folder
+            vae = load_vae(vae, device=device)
+    return cls(gen, vae, info)
 
-                vae = load_vae(vae, device=device)
-        return cls(gen, vae, info)
 
-    def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        "Export the generator (safetensors + config.json) with this pipeline's provenance."
-        return save_generator(self.generator, folder, self.info)
+@patch
+def save_pretrained(self: DriftingPipeline, folder: str | os.PathLike) -> Path:
+    "Export the generator (safetensors + config.json) with this pipeline's provenance."
+    return save_generator(self.generator, folder, self.info)
 
-    @torch.no_grad()
-    def __call__(
-        self,
-        class_labels,  # [N] class indices (list, array or tensor)
-        alpha: float = 1.0,  # CFG scale α ≥ 1 (one for all samples)
-        seed: int = 0,  # noise and style draw
-        output_type: str = "pil",  # "pil", "np", "pt" or "latent"
-        batch_size: int = 64,  # samples per forward pass
-        return_dict: bool = True,  # False: a tuple (images,)
-    ):
-        "Samples of the given classes at CFG scale α."
-        from drifting.sample import generate
+# %% ../nbs/13b_pipeline.ipynb #3d18183c
+@patch
+@torch.no_grad()
+def __call__(
+    self: DriftingPipeline,
+    class_labels,  # [N] class indices (list, array or tensor)
+    alpha: float = 1.0,  # CFG scale α ≥ 1 (one for all samples)
+    seed: int = 0,  # noise and style draw
+    output_type: str = "pil",  # "pil", "np", "pt" or "latent"
+    batch_size: int = 64,  # samples per forward pass
+    return_dict: bool = True,  # False: a tuple (images,)
+):
+    "Samples of the given classes at CFG scale α."
+    from drifting.sample import generate
 
-        if output_type not in OUTPUT_TYPES:
-            raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
-        labels = torch.as_tensor(np.asarray(class_labels), dtype=torch.long).reshape(-1)
-        K = self.generator.cfg.num_classes
-        if len(labels) and (labels.min() < 0 or labels.max() >= K):
-            raise ValueError(f"class labels must lie in [0, {K}); got {labels.min().item()}..{labels.max().item()}")
-        z = generate(self.generator, labels, float(alpha), seed, batch_size)  # [N, C, H, W] on the CPU
-        if output_type == "latent":
-            images = z
+    if output_type not in OUTPUT_TYPES:
+        raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    labels = torch.as_tensor(np.asarray(class_labels), dtype=torch.long).reshape(-1)
+    K = self.generator.cfg.num_classes
+    if len(labels) and (labels.min() < 0 or labels.max() >= K):
+        raise ValueError(f"class labels must lie in [0, {K}); got {labels.min().item()}..{labels.max().item()}")
+    z = generate(self.generator, labels, float(alpha), seed, batch_size)  # [N, C, H, W] on the CPU
+    if output_type == "latent":
+        images = z
+    else:
+        x = self.vae.decode(z) if self.vae is not None else z  # [N, C', H', W'] in [-1, 1]
+        x = (x.float().clamp(-1, 1) + 1) / 2  # [0, 1]
+        if output_type == "pt":
+            images = x
+        elif output_type == "np":
+            images = x.permute(0, 2, 3, 1).numpy()
         else:
-            x = self.vae.decode(z) if self.vae is not None else z  # [N, C', H', W'] in [-1, 1]
-            x = (x.float().clamp(-1, 1) + 1) / 2  # [0, 1]
-            if output_type == "pt":
-                images = x
-            elif output_type == "np":
-                images = x.permute(0, 2, 3, 1).numpy()
-            else:
-                images = numpy_to_pil(x.permute(0, 2, 3, 1).numpy())
-        return DriftingPipelineOutput(images) if return_dict else (images,)
+            images = numpy_to_pil(x.permute(0, 2, 3, 1).numpy())
+    return DriftingPipelineOutput(images) if return_dict else (images,)
 
-
+# %% ../nbs/13b_pipeline.ipynb #71de26db
 def numpy_to_pil(
     images: np.ndarray,  # [N, H, W, C] in [0, 1]
 ) -> list:

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from fastcore.basics import patch
 
 from .core import atomic_open, atomic_torch_save, sha256_file
 from .bundle import run_md
@@ -197,70 +198,88 @@ def _copy_atomic(src: Path, dst: Path) -> Path:
             f.write(b)
     return dst
 
-# %% ../nbs/10_provenance.ipynb #4bef431c
+# %% ../nbs/10_provenance.ipynb #695d3060
 class _Records:
     "Events, logs, metrics and paths of a run's bundle (the first part of `Run`)."
 
-    def event(
-        self,
-        kind: str,  # start, resume, checkpoint, eval, predictions, end, failure, or your own word
-        **data,
-    ) -> dict:
-        "Append one line to `provenance/events.jsonl` (time, seconds since start, event, data)."
-        return append_event(self.dir, kind, elapsed_s=round(time.monotonic() - self._t0, 3), **data)
 
-    def log(self, msg: str):
-        "Append a timestamped line to `logs/run.log`."
-        with open(self.dir / "logs" / "run.log", "a", encoding="utf-8") as f:
-            f.write(f"{utc_now()} {scrub(str(msg))}\n")
+@patch
+def event(
+    self: _Records,
+    kind: str,  # start, resume, checkpoint, eval, predictions, end, failure, or your own word
+    **data,
+) -> dict:
+    "Append one line to `provenance/events.jsonl` (time, seconds since start, event, data)."
+    return append_event(self.dir, kind, elapsed_s=round(time.monotonic() - self._t0, 3), **data)
 
-    def save_json(self, *parts: str, obj) -> Path:
-        "Write `obj` as JSON at `parts` inside the bundle: redacted as data, then written atomically."
-        return write_json(self.dir, str(self.path(*parts).relative_to(self.dir)), obj)
 
-    def log_metrics(
-        self,
-        step: int | None = None,  # None: headline scalars; an int: a point of each time series
-        **values,
-    ):
-        "Record metrics in `metrics.json` (scalars at once; series points at most every 10 s, and always at the end)."
-        for k, v in jsonable(values).items():
-            if step is None:
-                self.metrics["scalars"][k] = v
-            else:
-                self.metrics["series"].setdefault(k, []).append(dict(step=int(step), value=v))
-        if step is None or time.monotonic() - self._metrics_t > 10:
-            self._write_metrics()
+@patch
+def log(self: _Records, msg: str):
+    "Append a timestamped line to `logs/run.log`."
+    with open(self.dir / "logs" / "run.log", "a", encoding="utf-8") as f:
+        f.write(f"{utc_now()} {scrub(str(msg))}\n")
 
-    def _write_metrics(self):
-        write_json(self.dir, "metrics.json", self.metrics)
-        self._metrics_t = time.monotonic()
 
-    def log_series(self, name: str, values, steps=None):
-        "Record a whole time series at once (one write), e.g. a loss history; `steps` default 1..len(values)."
-        values = jsonable(list(values))
-        steps = list(steps) if steps is not None else range(1, len(values) + 1)
-        self.metrics["series"].setdefault(name, []).extend(dict(step=int(s), value=v) for s, v in zip(steps, values))
+@patch
+def save_json(self: _Records, *parts: str, obj) -> Path:
+    "Write `obj` as JSON at `parts` inside the bundle: redacted as data, then written atomically."
+    return write_json(self.dir, str(self.path(*parts).relative_to(self.dir)), obj)
+
+# %% ../nbs/10_provenance.ipynb #42181a01
+@patch
+def log_metrics(
+    self: _Records,
+    step: int | None = None,  # None: headline scalars; an int: a point of each time series
+    **values,
+):
+    "Record metrics in `metrics.json` (scalars at once; series points at most every 10 s, and always at the end)."
+    for k, v in jsonable(values).items():
+        if step is None:
+            self.metrics["scalars"][k] = v
+        else:
+            self.metrics["series"].setdefault(k, []).append(dict(step=int(step), value=v))
+    if step is None or time.monotonic() - self._metrics_t > 10:
         self._write_metrics()
 
-    def path(self, *parts: str) -> Path:
-        "A path inside the bundle (parent folders created), e.g. `run.path('artifacts', 'figures', 'loss.png')`."
-        p = self.dir.joinpath(*parts)
-        if not p.resolve().is_relative_to(self.dir.resolve()):
-            raise BundleError(f"{p} is outside the bundle {self.dir}")
-        p.parent.mkdir(parents=True, exist_ok=True)
-        return p
 
-    def log_eval(self, step: int, **metrics):
-        "Record evaluation metrics as a time series and an `eval` event."
-        self.log_metrics(step, **metrics)
-        self._write_metrics()
-        self.event("eval", step=int(step), metrics=metrics)
+@patch
+def _write_metrics(self: _Records):
+    write_json(self.dir, "metrics.json", self.metrics)
+    self._metrics_t = time.monotonic()
 
-    def set_dataset(self, **info):
-        "Record what the data was (e.g. `name=`, `fingerprint=data_fingerprint(x)`) in `repro.json`."
-        self.repro["dataset"] = jsonable(info)
-        write_json(self.dir, "provenance/repro.json", self.repro)
+
+@patch
+def log_series(self: _Records, name: str, values, steps=None):
+    "Record a whole time series at once (one write), e.g. a loss history; `steps` default 1..len(values)."
+    values = jsonable(list(values))
+    steps = list(steps) if steps is not None else range(1, len(values) + 1)
+    self.metrics["series"].setdefault(name, []).extend(dict(step=int(s), value=v) for s, v in zip(steps, values))
+    self._write_metrics()
+
+# %% ../nbs/10_provenance.ipynb #4bef431c
+@patch
+def path(self: _Records, *parts: str) -> Path:
+    "A path inside the bundle (parent folders created), e.g. `run.path('artifacts', 'figures', 'loss.png')`."
+    p = self.dir.joinpath(*parts)
+    if not p.resolve().is_relative_to(self.dir.resolve()):
+        raise BundleError(f"{p} is outside the bundle {self.dir}")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+@patch
+def log_eval(self: _Records, step: int, **metrics):
+    "Record evaluation metrics as a time series and an `eval` event."
+    self.log_metrics(step, **metrics)
+    self._write_metrics()
+    self.event("eval", step=int(step), metrics=metrics)
+
+
+@patch
+def set_dataset(self: _Records, **info):
+    "Record what the data was (e.g. `name=`, `fingerprint=data_fingerprint(x)`) in `repro.json`."
+    self.repro["dataset"] = jsonable(info)
+    write_json(self.dir, "provenance/repro.json", self.repro)
 
 # %% ../nbs/10_provenance.ipynb #bd2e3d29
 class _Artifacts:

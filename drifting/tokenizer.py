@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 from diffusers import AutoencoderKL
 from diffusers.utils import is_accelerate_available
+from fastcore.basics import patch
 
 from .core import progress_bar, sha256_arrays, sha256_json
 from .data import BUILTIN_DATASETS, ImageDataset, hflip, load_dataset, load_image, scan_image_folder
@@ -44,7 +45,7 @@ def item_seeds(
         dtype=torch.int64,
     )
 
-# %% ../nbs/08_tokenizer.ipynb #d9522fec
+# %% ../nbs/08_tokenizer.ipynb #b87d5e2c
 class Tokenizer:
     "An `AutoencoderKL` with scaled, batched, seeded `encode` and `decode` (images in [-1, 1])."
 
@@ -79,90 +80,104 @@ class Tokenizer:
     def downsample(self) -> int:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
-    def latent_shape(self, image_shape: tuple) -> tuple:  # (C, H, W) -> (latent_channels, H/f, W/f)
-        "The shape of one item's latent for an image of shape (C, H, W)."
-        h, w = image_shape[-2:]
-        if h % self.downsample or w % self.downsample:
-            raise ValueError(f"image size {h}x{w} is not divisible by the VAE downsampling factor {self.downsample}")
-        return (self.vae.config.latent_channels, h // self.downsample, w // self.downsample)
 
-    def fingerprint(self) -> str:
-        "sha256 of the config and every weight (computed once)."
-        if self._fp is None:
-            sd = self.vae.state_dict()
-            self._fp = sha256_json(
-                dict(
-                    config={k: v for k, v in self.vae.config.items() if not k.startswith("_")},
-                    weights=sha256_arrays(*[sd[k] for k in sorted(sd)]),
-                    names=sorted(sd),
-                )
+@patch
+def latent_shape(self: Tokenizer, image_shape: tuple) -> tuple:  # (C, H, W) -> (latent_channels, H/f, W/f)
+    "The shape of one item's latent for an image of shape (C, H, W)."
+    h, w = image_shape[-2:]
+    if h % self.downsample or w % self.downsample:
+        raise ValueError(f"image size {h}x{w} is not divisible by the VAE downsampling factor {self.downsample}")
+    return (self.vae.config.latent_channels, h // self.downsample, w // self.downsample)
+
+# %% ../nbs/08_tokenizer.ipynb #0638d34c
+@patch
+def fingerprint(self: Tokenizer) -> str:
+    "sha256 of the config and every weight (computed once)."
+    if self._fp is None:
+        sd = self.vae.state_dict()
+        self._fp = sha256_json(
+            dict(
+                config={k: v for k, v in self.vae.config.items() if not k.startswith("_")},
+                weights=sha256_arrays(*[sd[k] for k in sorted(sd)]),
+                names=sorted(sd),
             )
-        return self._fp
-
-    def describe(self) -> dict:
-        "JSON-able provenance: name, fingerprint, scale, shift, downsampling and extra info."
-        return dict(
-            encoder=self.name,
-            encoder_fingerprint=self.fingerprint(),
-            scaling_factor=self.scaling_factor,
-            shift_factor=self.shift_factor,
-            downsample=self.downsample,
-            **self.info,
         )
+    return self._fp
 
-    def _prep(self, x: torch.Tensor) -> torch.Tensor:  # [b, C, H, W] on the model's device and dtype
-        want = self.vae.config.in_channels
-        if x.ndim != 4:
-            raise ValueError(f"images must be [B, C, H, W], got shape {tuple(x.shape)}")
-        if x.shape[1] == 1 and want == 3:
-            x = x.expand(-1, 3, -1, -1)  # grey -> RGB
-        if x.shape[1] != want:
-            raise ValueError(f"images have {x.shape[1]} channels but the VAE expects {want}")
-        return x.to(self.device, self.vae.dtype)
 
-    @torch.no_grad()
-    def encode(
-        self,
-        x: torch.Tensor,  # [B, C, H, W] images in [-1, 1]
-        sample: bool = True,  # posterior sample (the release) or its mean
-        generator: torch.Generator | None = None,  # noise source when sampling (its device's noise)
-        seeds: torch.Tensor | None = None,  # [B] per-item seeds (see `item_noise`); overrides `generator`
-    ) -> torch.Tensor:  # [B, latent_channels, H/f, W/f] scaled latents, on x's device
-        "Scaled latents s·(z - b) of images: a seeded posterior sample or the posterior mean."
-        if seeds is not None and len(seeds) != len(x):
-            raise ValueError(f"seeds has {len(seeds)} entries for {len(x)} images; give one seed per image")
-        out = []
-        for i in range(0, len(x), self.batch_size):
-            post = self.vae.encode(self._prep(x[i : i + self.batch_size])).latent_dist
-            z = post.mean  # [b, c, h, w]
-            if sample:
-                if seeds is not None:
-                    eps = item_noise(seeds[i : i + self.batch_size], z.shape[1:])
-                else:
-                    g_dev = generator.device if generator is not None else z.device
-                    eps = torch.randn(z.shape, generator=generator, device=g_dev)  # as diffusers' randn_tensor
-                z = z + post.std * eps.to(z.device, z.dtype)  # [b, c, h, w]
-            out.append(((z - self.shift_factor) * self.scaling_factor).float().to(x.device))
-        return torch.cat(out)
+@patch
+def describe(self: Tokenizer) -> dict:
+    "JSON-able provenance: name, fingerprint, scale, shift, downsampling and extra info."
+    return dict(
+        encoder=self.name,
+        encoder_fingerprint=self.fingerprint(),
+        scaling_factor=self.scaling_factor,
+        shift_factor=self.shift_factor,
+        downsample=self.downsample,
+        **self.info,
+    )
 
-    @torch.no_grad()
-    def decode(
-        self,
-        z: torch.Tensor,  # [B, latent_channels, h, w] scaled latents
-        clamp: bool = True,  # clip the images to [-1, 1]
-    ) -> torch.Tensor:  # [B, out_channels, h*f, w*f] images, on z's device
-        "Images from scaled latents: D(z/s + b)."
-        if z.ndim != 4 or z.shape[1] != self.vae.config.latent_channels:
-            raise ValueError(f"latents must be [B, {self.vae.config.latent_channels}, h, w], got {tuple(z.shape)}")
-        out = []
-        for i in range(0, len(z), self.batch_size):
-            zb = z[i : i + self.batch_size].to(self.device, self.vae.dtype) / self.scaling_factor + self.shift_factor
-            x = self.vae.decode(zb).sample.float()  # [b, C, H, W]
-            out.append((x.clamp(-1, 1) if clamp else x).to(z.device))
-        return torch.cat(out)
 
-    def __repr__(self):
-        return f"Tokenizer({self.name!r}, scaling_factor={self.scaling_factor:.6g}, f={self.downsample})"
+@patch
+def _prep(self: Tokenizer, x: torch.Tensor) -> torch.Tensor:  # [b, C, H, W] on the model's device and dtype
+    want = self.vae.config.in_channels
+    if x.ndim != 4:
+        raise ValueError(f"images must be [B, C, H, W], got shape {tuple(x.shape)}")
+    if x.shape[1] == 1 and want == 3:
+        x = x.expand(-1, 3, -1, -1)  # grey -> RGB
+    if x.shape[1] != want:
+        raise ValueError(f"images have {x.shape[1]} channels but the VAE expects {want}")
+    return x.to(self.device, self.vae.dtype)
+
+# %% ../nbs/08_tokenizer.ipynb #cbe2a8e0
+@patch
+@torch.no_grad()
+def encode(
+    self: Tokenizer,
+    x: torch.Tensor,  # [B, C, H, W] images in [-1, 1]
+    sample: bool = True,  # posterior sample (the release) or its mean
+    generator: torch.Generator | None = None,  # noise source when sampling (its device's noise)
+    seeds: torch.Tensor | None = None,  # [B] per-item seeds (see `item_noise`); overrides `generator`
+) -> torch.Tensor:  # [B, latent_channels, H/f, W/f] scaled latents, on x's device
+    "Scaled latents s·(z - b) of images: a seeded posterior sample or the posterior mean."
+    if seeds is not None and len(seeds) != len(x):
+        raise ValueError(f"seeds has {len(seeds)} entries for {len(x)} images; give one seed per image")
+    out = []
+    for i in range(0, len(x), self.batch_size):
+        post = self.vae.encode(self._prep(x[i : i + self.batch_size])).latent_dist
+        z = post.mean  # [b, c, h, w]
+        if sample:
+            if seeds is not None:
+                eps = item_noise(seeds[i : i + self.batch_size], z.shape[1:])
+            else:
+                g_dev = generator.device if generator is not None else z.device
+                eps = torch.randn(z.shape, generator=generator, device=g_dev)  # as diffusers' randn_tensor
+            z = z + post.std * eps.to(z.device, z.dtype)  # [b, c, h, w]
+        out.append(((z - self.shift_factor) * self.scaling_factor).float().to(x.device))
+    return torch.cat(out)
+
+# %% ../nbs/08_tokenizer.ipynb #d9522fec
+@patch
+@torch.no_grad()
+def decode(
+    self: Tokenizer,
+    z: torch.Tensor,  # [B, latent_channels, h, w] scaled latents
+    clamp: bool = True,  # clip the images to [-1, 1]
+) -> torch.Tensor:  # [B, out_channels, h*f, w*f] images, on z's device
+    "Images from scaled latents: D(z/s + b)."
+    if z.ndim != 4 or z.shape[1] != self.vae.config.latent_channels:
+        raise ValueError(f"latents must be [B, {self.vae.config.latent_channels}, h, w], got {tuple(z.shape)}")
+    out = []
+    for i in range(0, len(z), self.batch_size):
+        zb = z[i : i + self.batch_size].to(self.device, self.vae.dtype) / self.scaling_factor + self.shift_factor
+        x = self.vae.decode(zb).sample.float()  # [b, C, H, W]
+        out.append((x.clamp(-1, 1) if clamp else x).to(z.device))
+    return torch.cat(out)
+
+
+@patch
+def __repr__(self: Tokenizer):
+    return f"Tokenizer({self.name!r}, scaling_factor={self.scaling_factor:.6g}, f={self.downsample})"
 
 # %% ../nbs/08_tokenizer.ipynb #3dd31c1e
 SD_VAE_ID = "stabilityai/sd-vae-ft-mse"  # spec §5.1 (PyTorch weights of pcuenq/sd-vae-ft-mse-flax)
@@ -236,7 +251,7 @@ def check_vae_spec(
         )
     return spec
 
-# %% ../nbs/08_tokenizer.ipynb #d3716060
+# %% ../nbs/08_tokenizer.ipynb #a52e5e6d
 class _Items(torch.utils.data.Dataset):
     "Item i to encode: (image [C, H, W] in [-1, 1], i, sha256 of its file or ''), from memory or decoded from a file."
 
@@ -278,7 +293,7 @@ def _folder_fingerprint(root: Path, files: list, classes: list, resolution, recs
         )
     )
 
-
+# %% ../nbs/08_tokenizer.ipynb #d3716060
 def export_latent_cache(
     data: ImageDataset | str | os.PathLike,  # dataset, built-in name, or class-folder directory
     tokenizer: Tokenizer,  # the encoder

@@ -115,11 +115,12 @@ def test_float16_storage_halves_the_bytes(env, tmp_path):
 def test_training_reads_a_lazy_cache_like_the_whole_one(tmp_path):
     "A trainer on a memory-mapped cache takes the same steps as on the cache in memory; a job folder references the shards."
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
+    from _tiny_trainer import tiny_encoder
     from drifting.distributed import build_trainer, save_job
-    from drifting.features import FeatureSpace
+    from drifting.feature_nets import build_features
     from drifting.latent_cache import LatentCacheWriter, ShardedRows
-    from drifting.mae import ResNetEncoder
-    from drifting.train import DataStream, Trainer, train_config
+    from drifting.streams import data_stream
+    from drifting.train import Trainer, train_config
     g = torch.Generator().manual_seed(1)
     lat = torch.randn(60, 2, 8, 8, generator=g)
     w = LatentCacheWriter(tmp_path / "c", dict(source_fingerprint="s", encoder="e", scaling_factor=1.0, class_names=list("abcde")))
@@ -128,9 +129,9 @@ def test_training_reads_a_lazy_cache_like_the_whole_one(tmp_path):
 
     def make(lazy):
         ds = load_dataset(tmp_path / "c", lazy=lazy)
-        torch.manual_seed(7); enc = ResNetEncoder(in_channels=2, width=8, blocks=(1, 1, 1, 1))
-        cfg = train_config("tiny", n_c=4, push_per_step=8, flip=True)
-        return Trainer(cfg, DataStream(ds, cfg.push_per_step, cfg.seed, cfg.flip), FeatureSpace(enc, every_k_block=1), "cpu")
+        # the tiny random encoder as an export folder the config names: a job rebuilds it from the config
+        cfg = train_config("tiny", n_c=4, push_per_step=8, flip=True, feature_encoder=tiny_encoder(), every_k_block=1)
+        return Trainer(cfg, data_stream(cfg, ds), build_features(cfg, ds, "cpu", progress=False)[0], "cpu")
     a, b = make(False), make(True)
     assert isinstance(b.data.ds.images, ShardedRows) and not isinstance(a.data.ds.images, ShardedRows)
     for _ in range(2): assert a.step()["loss"] == b.step()["loss"]

@@ -13,9 +13,10 @@ import torch
 
 from drifting.data import ImageDataset
 from drifting.distributed import fit_worker, launch, save_job
-from drifting.mae import ResNetEncoder
-from drifting.features import FeatureSpace
-from drifting.train import DataStream, Trainer, train_config
+from drifting.feature_nets import build_features
+from drifting.mae import ResNetEncoder, save_encoder
+from drifting.streams import data_stream
+from drifting.train import Trainer, train_config
 
 
 def build(n_c):
@@ -23,9 +24,11 @@ def build(n_c):
     ds = ImageDataset(torch.randn(2000, 4, 16, 16, generator=g), torch.arange(2000) % 10, [str(i) for i in range(10)],
                       "synthetic", "bench-synthetic")
     torch.manual_seed(0)
-    enc = ResNetEncoder(in_channels=4, width=16, blocks=(1, 1, 1, 1))
-    cfg = train_config("cpu", n_c=n_c, push_per_step=max(64, n_c), generator_overrides=dict(input_size=16, in_channels=4))
-    return Trainer(cfg, DataStream(ds, cfg.push_per_step, cfg.seed), FeatureSpace(enc, every_k_block=1), "cpu")
+    enc = save_encoder(ResNetEncoder(in_channels=4, width=16, blocks=(1, 1, 1, 1)), tempfile.mkdtemp())
+    # the encoder is an export folder the config names: the job's workers rebuild the feature space from the config
+    cfg = train_config("cpu", n_c=n_c, push_per_step=max(64, n_c), generator_overrides=dict(input_size=16, in_channels=4),
+                       feature_encoder=str(enc), every_k_block=1)
+    return Trainer(cfg, data_stream(cfg, ds), build_features(cfg, ds, "cpu", progress=False)[0], "cpu")
 
 
 def main():

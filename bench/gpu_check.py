@@ -19,25 +19,32 @@ os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # deterministic cuB
 import torch
 
 from drifting.data import ImageDataset
-from drifting.features import FeatureSpace
-from drifting.mae import MAE, mae_config
-from drifting.train import DataStream, Trainer, train_config
+from drifting.feature_nets import build_features
+from drifting.mae import MAE, mae_config, save_encoder
+from drifting.streams import data_stream
+from drifting.train import Trainer, train_config
 
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "A10": 125.0, "4090": 165.0}
 
 
+_ENCODERS = {}  # preset -> the random encoder's export folder
+
+
 def build(preset, dev, n_items=4096):
-    cfg = train_config(preset)
+    push = train_config(preset).push_per_step
     shape = (4, 32, 32) if preset != "tiny" else (2, 8, 8)
     classes = 1000 if preset != "tiny" else 5
     g = torch.Generator().manual_seed(0)
-    ds = ImageDataset(torch.randn(max(n_items, cfg.push_per_step), *shape, generator=g),
-                      torch.arange(max(n_items, cfg.push_per_step)) % classes, [str(i) for i in range(classes)],
+    ds = ImageDataset(torch.randn(max(n_items, push), *shape, generator=g),
+                      torch.arange(max(n_items, push)) % classes, [str(i) for i in range(classes)],
                       "synthetic", f"gpu-check-{preset}")
     torch.manual_seed(0)
     enc = MAE(mae_config("latent-256" if preset != "tiny" else "tiny", in_channels=shape[0], num_classes=classes)).encoder
-    feats = FeatureSpace(enc, cfg.every_k_block, cfg.patch_sizes, cfg.norm_x, cfg.raw_key, cfg.bf16)
-    return Trainer(cfg, DataStream(ds, cfg.push_per_step, cfg.seed), feats, dev)
+    # a random encoder as an export folder the config names (a distributed job rebuilds it from the config)
+    if preset not in _ENCODERS:  # one folder per preset: a resumed trainer must name the same encoder
+        _ENCODERS[preset] = str(save_encoder(enc, tempfile.mkdtemp()))
+    cfg = train_config(preset, feature_encoder=_ENCODERS[preset])
+    return Trainer(cfg, data_stream(cfg, ds), build_features(cfg, ds, dev, progress=False)[0], dev)
 
 
 def speed(a, dev):

@@ -81,7 +81,7 @@ def test_run_eval_accepts_a_released_model_name(tmp_path):
     args = [a for k, v in params.items() for a in ("-p", k, str(v))]
     r = subprocess.run([str(Path(sys.executable).parent / "papermill"), str(ROOT / "nbs" / "run_eval.ipynb"),
                         str(tmp_path / "eval.ipynb"), *args, "--no-progress-bar"], cwd=tmp_path, capture_output=True,
-                       text=True, timeout=900, env=dict(os.environ, DRIFTING_CACHE=str(cache), DRIFTING_NO_WATCH="1"))
+                       text=True, timeout=900, env=dict(os.environ, DRIFTING_CACHE=str(cache)))
     assert r.returncode == 0, r.stderr[-4000:]
     (bundle,) = sorted((tmp_path / "runs" / "eval").iterdir())
     validate_bundle(bundle)

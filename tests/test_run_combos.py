@@ -31,7 +31,7 @@ def env(tmp_path_factory):
 def _papermill(env, name, **params):
     p = dict(env["tiny"], runs_dir=str(env["root"] / "runs"), project=name, **params)
     args = [a for k, v in p.items() for a in ("-p", k, str(v))]  # `-p vae None` is papermill's None
-    e = dict(os.environ, DRIFTING_NO_WATCH="1", DRIFTING_CACHE=str(env["root"] / "cache"), OMP_NUM_THREADS="1")
+    e = dict(os.environ, DRIFTING_CACHE=str(env["root"] / "cache"), OMP_NUM_THREADS="1")
     r = subprocess.run([str(Path(sys.executable).parent / "papermill"), str(NB), str(env["root"] / f"{name}.ipynb"), *args,
                         "--no-progress-bar"], cwd=env["root"], env=e, capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]

@@ -33,7 +33,7 @@ def env(tmp_path_factory):
 def _papermill(env, out, **params):
     p = dict(env["tiny"], **params)
     args = [a for k, v in p.items() for a in ("-p", k, str(v))]
-    e = dict(os.environ, DRIFTING_NO_WATCH="1")
+    e = dict(os.environ)
     return subprocess.run([str(Path(sys.executable).parent / "papermill"), str(NB), str(out), *args, "--no-progress-bar"],
                           cwd=env["root"], env=e, capture_output=True, text=True, timeout=900)
 
@@ -146,7 +146,7 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path):
     from _tiny_trainer import tiny_trainer
     from drifting.provenance import load_checkpoint
     p = subprocess.Popen([sys.executable, "-c", KILLED.format(tests=str(Path(__file__).parent), runs=str(tmp_path))],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, DRIFTING_NO_WATCH="1"))
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ))
     bundle = Path(p.stdout.readline().strip())
     ck = bundle / "artifacts" / "checkpoints"
     deadline = time.time() + 120
@@ -177,7 +177,7 @@ def test_run_eval_on_the_tiny_run(env, first):
                   runs_dir=str(env["runs"]), arr0=True)
     args = [a for k, v in params.items() for a in ("-p", k, str(v))]
     r = subprocess.run([str(Path(sys.executable).parent / "papermill"), str(EVAL_NB), str(out), *args, "--no-progress-bar"],
-                       cwd=env["root"], env=dict(os.environ, DRIFTING_NO_WATCH="1"), capture_output=True, text=True, timeout=900)
+                       cwd=env["root"], env=dict(os.environ), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
     (bundle,) = sorted((env["runs"] / "eval").iterdir())
     validate_bundle(bundle)
@@ -208,7 +208,7 @@ def test_run_eval_on_the_tiny_run(env, first):
     args2 = [a for k, v in imp.items() for a in ("-p", k, str(v))]
     r = subprocess.run([str(Path(sys.executable).parent / "papermill"), str(EVAL_NB), str(env["root"] / "eval_imp.ipynb"),
                         *args2, "--no-progress-bar"],
-                       cwd=env["root"], env=dict(os.environ, DRIFTING_NO_WATCH="1"), capture_output=True, text=True, timeout=900)
+                       cwd=env["root"], env=dict(os.environ), capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-4000:]
     (b2,) = sorted((runs2 / "eval").iterdir())
     ev2 = json.loads((b2 / "artifacts" / "eval.json").read_text())
@@ -311,7 +311,7 @@ def test_run_latent_two_processes(env, first):
 def _run_eval(env, out, **params):
     args = [a for k, v in params.items() for a in ("-p", k, str(v))]
     return subprocess.run([str(Path(sys.executable).parent / "papermill"), str(EVAL_NB), str(out), *args, "--no-progress-bar"],
-                          cwd=env["root"], env=dict(os.environ, DRIFTING_NO_WATCH="1"), capture_output=True, text=True, timeout=900)
+                          cwd=env["root"], env=dict(os.environ), capture_output=True, text=True, timeout=900)
 
 
 def test_run_eval_two_processes(env, first):

@@ -26,7 +26,7 @@ def env(tmp_path_factory):
 def _papermill(env, out, **params):
     p = dict(env["tiny"], **params)
     args = [a for k, v in p.items() for a in ("-p", k, str(v))]  # `-p vae None` is papermill's None
-    e = dict(os.environ, DRIFTING_NO_WATCH="1", DRIFTING_CACHE=str(env["root"] / "cache"))
+    e = dict(os.environ, DRIFTING_CACHE=str(env["root"] / "cache"))
     return subprocess.run([str(Path(sys.executable).parent / "papermill"), str(NB), str(out), *args, "--no-progress-bar"],
                           cwd=env["root"], env=e, capture_output=True, text=True, timeout=900)
 
@@ -82,7 +82,7 @@ def test_run_eval_on_the_pixel_run(env, first):
     args = [a for k, v in params.items() for a in ("-p", k, str(v))]
     r = subprocess.run([str(Path(sys.executable).parent / "papermill"), str(NB.parent / "run_eval.ipynb"), str(out), *args,
                         "--no-progress-bar"], cwd=env["root"], capture_output=True, text=True, timeout=900,
-                       env=dict(os.environ, DRIFTING_NO_WATCH="1", DRIFTING_CACHE=str(env["root"] / "cache")))
+                       env=dict(os.environ, DRIFTING_CACHE=str(env["root"] / "cache")))
     assert r.returncode == 0, r.stderr[-4000:]
     (ev_dir,) = sorted((env["root"] / "runs" / "eval").iterdir())
     ev = json.loads((ev_dir / "artifacts" / "eval.json").read_text())

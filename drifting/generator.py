@@ -5,6 +5,7 @@
 # %% ../nbs/05_generator.ipynb #4ca5e69a
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
@@ -14,6 +15,7 @@ from torch.utils.checkpoint import checkpoint
 from fastcore.basics import patch
 
 from .core import autocast, from_preset
+from .hub import HubModel
 from drifting.generator_blocks import (
     patchify,
     unpatchify,
@@ -123,8 +125,12 @@ def generator_config(
     return from_preset(GENERATOR_PRESETS, name, "generator", **overrides)
 
 # %% ../nbs/05_generator.ipynb #bf20816f
-class Generator(nn.Module):
+class Generator(nn.Module, HubModel):
     "f(ε, class, α) → sample, same shape as ε; see the notebook for the architecture."
+
+    export_kinds, card_title = ("drifting.Generator",), "Drifting generator"  # Hub I/O (drifting.hub, D-hub-1)
+    export_config = lambda self: dataclasses.asdict(self.cfg)  # what config.json records
+    from_export = classmethod(lambda cls, config: cls(GeneratorConfig(**config)))
 
     def __init__(self, cfg: GeneratorConfig):
         super().__init__()

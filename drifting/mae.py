@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from fastcore.basics import patch
 
 from .core import atomic_torch_save, atomic_write_text, from_preset
+from .hub import HUB_FILES, HubModel
 
 # %% auto #0
 __all__ = ['MAE_PRESETS', 'ENCODER_FORMAT', 'MAEConfig', 'mae_config', 'gn_groups', 'group_norm', 'BasicBlock', 'patchify',
@@ -154,8 +155,13 @@ def unpatchify(
     return x.reshape(B, C, h * p, w * p)
 
 # %% ../nbs/04_mae.ipynb #34438bca
-class ResNetEncoder(nn.Module):
+class ResNetEncoder(nn.Module, HubModel):
     "The MAE encoder: GN stem and 4 stages of basic blocks, each stage output GN-normalised (`layer{i}_norm`)."
+
+    # Hub I/O (drifting.hub, D-hub-1): our save_pretrained folders, and the converted released MAEs (same layout)
+    export_kinds, card_title = ("drifting.mae.ResNetEncoder", "drifting.official.MAEFeatures"), "Drifting MAE encoder"
+    export_config = lambda self: dict(self.config)
+    from_export = classmethod(lambda cls, config: cls(**config))
 
     def __init__(
         self,
@@ -359,7 +365,7 @@ def mae_param_counts(cfg: MAEConfig) -> dict:
     return dict(encoder=n(m.encoder), decoder=n(m.decoder), head=n(m.fc), total=n(m))
 
 # %% ../nbs/04_mae.ipynb #2d92e78a
-ENCODER_FORMAT = 1  # bump when the export layout changes
+ENCODER_FORMAT = ResNetEncoder.export_format  # one number for both layouts (encoder.pt, model.safetensors)
 
 
 def save_encoder(
@@ -390,14 +396,7 @@ def load_encoder(
 ) -> ResNetEncoder:
     "Load an exported encoder in eval mode (frozen by default), checking its config against `expect`."
     d = Path(path)
-    if not (d / "config.json").exists() or not (d / "encoder.pt").exists():
-        raise FileNotFoundError(f"{d} is not an encoder export: it needs config.json and encoder.pt (save_encoder)")
-    meta = json.loads((d / "config.json").read_text())
-    if meta.get("format") != ENCODER_FORMAT or meta.get("kind") != "drifting.mae.ResNetEncoder":
-        raise ValueError(
-            f"{d}/config.json has format {meta.get('format')!r}, kind {meta.get('kind')!r}; "
-            f"expected format {ENCODER_FORMAT} of drifting.mae.ResNetEncoder"
-        )
+    meta, sd = ResNetEncoder.read_folder(d)  # save_encoder's encoder.pt or save_pretrained's model.safetensors
     cfg = meta["config"]
     if expect is not None:
         want = expect.encoder_dict() if isinstance(expect, MAEConfig) else dict(expect)
@@ -408,13 +407,36 @@ def load_encoder(
                 + ", ".join(f"{k}={a!r} (expected {b!r})" for k, (a, b) in diff.items())
             )
     enc = ResNetEncoder(**cfg)
-    sd = torch.load(d / "encoder.pt", map_location="cpu", weights_only=True)
     try:
         enc.load_state_dict(sd, strict=True)
     except RuntimeError as e:
-        raise ValueError(f"the weights in {d}/encoder.pt do not fit the config in config.json {cfg}: {e}") from None
+        raise ValueError(f"the weights in {d} do not fit the config in config.json {cfg}: {e}") from None
     enc.info = meta.get("info", {})
     return enc.to(device).eval().requires_grad_(not frozen)
+
+# %% ../nbs/04_mae.ipynb #mae-hubrd
+@classmethod
+def _read_encoder_folder(cls: type[ResNetEncoder], folder: Path) -> tuple[dict, dict]:
+    "(config.json, state dict) of a `save_encoder` (encoder.pt) or `save_pretrained` (model.safetensors) folder."
+    folder = Path(folder)
+    if (folder / HUB_FILES[1]).is_file() or not (folder / "encoder.pt").is_file():
+        if not (folder / HUB_FILES[1]).is_file() or not (folder / HUB_FILES[0]).is_file():
+            raise FileNotFoundError(
+                f"{folder} is not an encoder export: it needs config.json and encoder.pt (save_encoder) "
+                "or model.safetensors (save_pretrained)"
+            )
+        return HubModel.read_folder.__func__(cls, folder)
+    meta = json.loads((folder / HUB_FILES[0]).read_text()) if (folder / HUB_FILES[0]).is_file() else {}
+    if meta.get("format") != ENCODER_FORMAT or meta.get("kind") != cls.export_kinds[0]:
+        raise ValueError(
+            f"{folder}/config.json has format {meta.get('format')!r}, kind {meta.get('kind')!r}; "
+            f"expected format {ENCODER_FORMAT} of {cls.export_kinds[0]}"
+        )
+    return meta, torch.load(folder / "encoder.pt", map_location="cpu", weights_only=True)
+
+
+ResNetEncoder.read_folder = _read_encoder_folder
+
 
 # %% ../nbs/04_mae.ipynb #02513bdc
 def check_encoder_spec(
@@ -429,14 +451,14 @@ def check_encoder_spec(
             raise ValueError(f"unknown mae_preset {mae_preset!r}; choose one of {sorted(MAE_PRESETS)}")
         return
     d = Path(str(feature_encoder)).expanduser()
-    if not (d / "config.json").is_file() or not (d / "encoder.pt").is_file():
+    if not (d / "config.json").is_file() or not any((d / f).is_file() for f in ("encoder.pt", HUB_FILES[1])):
         raise FileNotFoundError(
-            f"feature_encoder={str(feature_encoder)!r} is not None, 'builtin' or an encoder export "
-            "(a folder with config.json and encoder.pt written by drifting.mae.save_encoder)"
+            f"feature_encoder={str(feature_encoder)!r} is not None, 'builtin' or an encoder export (a folder with "
+            "config.json and encoder.pt or model.safetensors, from drifting.mae.save_encoder or save_pretrained)"
         )
     try:
         meta = json.loads((d / "config.json").read_text())
     except ValueError as e:
         raise ValueError(f"{d}/config.json is not JSON ({e})") from None
-    if meta.get("format") != ENCODER_FORMAT or meta.get("kind") != "drifting.mae.ResNetEncoder":
+    if meta.get("format") != ENCODER_FORMAT or meta.get("kind") not in ResNetEncoder.export_kinds:
         raise ValueError(f"{d} is not a drifting.mae.ResNetEncoder export of format {ENCODER_FORMAT}")

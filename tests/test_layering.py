@@ -16,7 +16,7 @@ import pytest
 PKG = Path(__file__).resolve().parents[1] / "drifting"
 
 LAYERS = {
-    "core": 0,
+    "core": 0, "hub": 0,
     "drift": 1, "drift_exact": 1, "features": 1, "generator": 1, "generator_blocks": 1, "mae": 1, "queues": 1, "toy": 1,
     "drift_triton": 1,  # the fused drift kernel: torch and `drift` only (Triton is imported lazily, `drift_exact` calls it)
     "provenance": 2, "fingerprint": 2, "smoke": 2, "bundle": 2, "writers": 2, "lifecycle": 2,

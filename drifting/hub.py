@@ -83,12 +83,13 @@ def card_text(
         lines += ["", "Protocol:", ""] + [f"- {k}: {_cell(v)}" for k, v in proto.items()]
         lines += ["- (no protocol recorded)"] * (not proto)
     else:
-        lines += ["None recorded with this export (our numbers, not the paper's, would appear here with their protocol)."]
+        lines += ["None recorded with this export (ours, not the paper's, would appear here with their protocol)."]
     if info.get("paper_fid") is not None:
         fid, a = info["paper_fid"], info.get("alpha")
         lines += ["", f"The paper's number, not ours: FID-50K {fid} at α = {a} (reported by the authors)."]
-    lines += ["", "## Use", "", "```python", "from drifting.pipeline import DriftingPipeline", ""]
-    lines += ['pipe = DriftingPipeline.from_pretrained("<this repo id or folder>")', "```", ""]
+    lines += ["", "## Use", "", "```python", "import torch", "from drifting.pipeline import DriftingPipeline", ""]
+    lines += ['pipe = DriftingPipeline.from_pretrained("<this repo id or folder>").to("cpu")']
+    lines += ["images = pipe([0, 1], alpha=1.0, generator=torch.Generator().manual_seed(0)).images", "```", ""]
     return "\n".join(lines)
 
 # %% ../nbs/00a_hub.ipynb #37a664f5

@@ -16,19 +16,20 @@ from torch import Tensor
 
 from .core import atomic_folder, atomic_write_text, cache_root
 from .generator import Generator, GeneratorConfig
+from .hub import HUB_FILES, hub_folder
 from .mae import ResNetEncoder
 from .official import MAEFeatures, load_official_generator, load_official_mae, read_metadata
 
 # %% auto #0
 __all__ = ['EXPORT_FORMAT', 'EXPORT_KINDS', 'OFFICIAL_REPO', 'OFFICIAL_REVISION', 'OFFICIAL_MODELS', 'OFFICIAL_FILES',
-           'OUTPUT_TYPES', 'save_generator', 'read_export', 'load_generator_folder', 'export_checkpoint',
-           'OfficialDownloadError', 'official_name', 'fetch_official', 'verify_official', 'convert_official',
-           'load_mae_folder', 'from_official', 'DriftingPipelineOutput', 'DriftingPipeline', 'numpy_to_pil',
-           'resolve_checkpoint']
+           'OUTPUT_TYPES', 'VAE_SUBFOLDER', 'VAE_RECORD', 'GEN_DTYPES', 'save_generator', 'read_export',
+           'load_generator_folder', 'OfficialDownloadError', 'official_name', 'fetch_official', 'verify_official',
+           'convert_official', 'load_mae_folder', 'from_official', 'DriftingPipelineOutput', 'DriftingPipeline',
+           'numpy_to_pil', 'export_checkpoint', 'resolve_checkpoint']
 
 # %% ../nbs/13b_pipeline.ipynb #309061c8
-EXPORT_FORMAT = 1  # bump when the export layout changes
-EXPORT_KINDS = ("drifting.Generator", "drifting.official.MAEFeatures")
+EXPORT_FORMAT = Generator.export_format  # bump (in drifting.hub) when the export layout changes
+EXPORT_KINDS = (Generator.export_kinds[0], ResNetEncoder.export_kinds[1])
 
 
 def save_generator(
@@ -36,23 +37,9 @@ def save_generator(
     folder: str | os.PathLike,  # created; must not exist yet
     info: dict | None = None,  # JSON-able provenance (source checkpoint, step, VAE, official name, ...)
 ) -> Path:
-    "Write `model.safetensors` + `config.json` of a generator into a new folder, atomically."
-    from safetensors.torch import save_file
-
-    folder = Path(folder)
-    if (folder / "config.json").exists():
-        raise FileExistsError(f"{folder} already holds an export; choose a new folder")
-    sd = {k: v.detach().to("cpu").contiguous() for k, v in gen.state_dict().items()}
-    with atomic_folder(folder, "config.json") as tmp:
-        save_file(sd, str(tmp / "model.safetensors"), metadata={"format": str(EXPORT_FORMAT), "kind": EXPORT_KINDS[0]})
-        atomic_write_text(
-            tmp / "config.json",
-            json.dumps(
-                dict(format=EXPORT_FORMAT, kind=EXPORT_KINDS[0], config=dataclasses.asdict(gen.cfg), info=info or {}),
-                indent=1,
-            ),
-        )
-    return folder
+    "Write `model.safetensors`, `config.json` and a model card of a generator into a new folder, atomically."
+    gen.save_pretrained(folder, info=info or {})  # drifting.hub: the layout below, and README.md; `info` kept on gen
+    return Path(folder)
 
 
 def read_export(folder: str | os.PathLike) -> tuple[dict, dict]:
@@ -85,29 +72,6 @@ def load_generator_folder(
     gen.info = meta.get("info", {})
     return gen.to(device).eval()
 
-# %% ../nbs/13b_pipeline.ipynb #8fc72df2
-def export_checkpoint(
-    checkpoint: str | os.PathLike,  # a drifting.train checkpoint file or run bundle folder
-    folder: str | os.PathLike,  # the export folder (new)
-    ema: bool = True,  # the EMA weights (the paper's) or the online ones
-    vae: str | None = None,  # the decoder spec to record; None: the training run's (if recorded)
-) -> Path:
-    "Export a training checkpoint's generator as safetensors + config.json."
-    from drifting.sample import load_generator, training_run_config
-    from drifting.provenance import load_checkpoint
-
-    ck, run_cfg, _ = training_run_config(checkpoint)
-    state = load_checkpoint(ck)
-    gen = load_generator(state, ema=ema)
-    info = dict(
-        source=str(ck),
-        step=int(state.get("step", -1)),
-        weights="ema" if ema else "online",
-        vae=vae if vae is not None else run_cfg.get("vae"),
-        dataset=run_cfg.get("dataset"),
-    )
-    return save_generator(gen, folder, info)
-
 # %% ../nbs/13b_pipeline.ipynb #7934eac0
 OFFICIAL_REPO = "Goodeat/drifting"  # the authors' release (README of lambertae/drifting)
 OFFICIAL_REVISION = "1a5afa9fc22c3beefe06e4689e84d3e6500b5983"  # pinned hub commit (D-official-4)
@@ -128,6 +92,15 @@ class OfficialDownloadError(RuntimeError):
     "A released model could not be fetched (usually: no network)."
 
 
+def _hub_cache(cache_dir: str | os.PathLike | None) -> Path:
+    "Where Hub downloads go: the Hugging Face cache (HF_HOME, HF_HUB_CACHE), or `<cache_dir>/hub` when one is given."
+    if cache_dir is not None:
+        return Path(cache_dir).expanduser() / "hub"
+    from huggingface_hub import constants
+
+    return Path(constants.HF_HUB_CACHE)
+
+
 def official_name(spec: str) -> str | None:
     "The released model that `spec` names ('latent_L_sota' or 'hf://latent_L_sota'), or None."
     s = str(spec)
@@ -145,7 +118,7 @@ def _check_name(name: str) -> str:
 def fetch_official(
     name: str,  # a key of OFFICIAL_MODELS (or 'hf://<name>')
     revision: str = OFFICIAL_REVISION,
-    cache_dir: str | os.PathLike | None = None,  # default: cache_root("official")
+    cache_dir: str | os.PathLike | None = None,  # None: the Hugging Face cache and cache_root("official")
     local_files_only: bool = False,  # never touch the network
 ) -> Path:  # the folder holding metadata.json and ema_params.msgpack
     "The folder of a released model: already in the cache (or placed there by hand), else downloaded."
@@ -162,7 +135,7 @@ def fetch_official(
             OFFICIAL_REPO,
             revision=revision,
             allow_patterns=[f"{sub}/*"],
-            cache_dir=str(root / "hub"),
+            cache_dir=str(_hub_cache(cache_dir)),
             local_files_only=local_files_only,
         )
     except Exception as e:  # no network, unknown revision, hub errors: all end in the same instructions
@@ -184,9 +157,9 @@ def _git_blob_sha1(data: bytes) -> str:  # the id git (and the Hub, for files ke
     return hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
 
 
-def _pinned_ids(sub: str, revision: str, root: Path, local_files_only: bool) -> tuple[dict, str] | tuple[None, None]:
+def _pinned_ids(sub: str, revision: str, hub: Path, local_files_only: bool) -> tuple[dict, str] | tuple[None, None]:
     "The ids of the release's files at `revision` ({file: sha256 or git sha1}), from the hub cache or the hub itself."
-    snap = root / "hub" / f"models--{OFFICIAL_REPO.replace('/', '--')}" / "snapshots" / revision / sub
+    snap = hub / f"models--{OFFICIAL_REPO.replace('/', '--')}" / "snapshots" / revision / sub
     links = {f: snap / f for f in OFFICIAL_FILES}
     if all(p.is_symlink() for p in links.values()):  # huggingface_hub names each blob by its etag: sha256 or git sha1
         return {f: Path(os.readlink(p)).name for f, p in links.items()}, f"the hub cache of {OFFICIAL_REPO}@{revision}"
@@ -216,7 +189,7 @@ def verify_official(
     "Are these the pinned release's files? Their hashes against the ids the Hub gives that revision's files."
     name, folder = _check_name(name), Path(folder)
     sub = f"models/{OFFICIAL_MODELS[name]['kind']}/jax/{name}"
-    ids, where = _pinned_ids(sub, revision, cache_root("official", cache_dir), local_files_only)
+    ids, where = _pinned_ids(sub, revision, _hub_cache(cache_dir), local_files_only)
     sha, bad = {}, []
     for f in OFFICIAL_FILES:
         data = (folder / f).read_bytes()
@@ -311,6 +284,8 @@ def from_official(
 
 # %% ../nbs/13b_pipeline.ipynb #42853bca
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+VAE_SUBFOLDER, VAE_RECORD = "vae", "drifting_vae.json"  # a pipeline folder's decoder: diffusers files + our record
+GEN_DTYPES = (torch.float32, torch.bfloat16, torch.float16)  # the generator's compute dtypes (weights stay float32)
 
 
 @dataclass
@@ -327,83 +302,179 @@ class DriftingPipeline:
         self,
         generator: Generator,  # eval mode
         vae=None,  # a `drifting.tokenizer.Tokenizer` for latent models, or None (pixel models)
-        info: dict | None = None,
-    ):  # provenance (source, revision, step, vae spec, ...)
+        info: dict | None = None,  # provenance (source, revision, step, vae spec, class_names, metrics, ...)
+    ):
         self.generator, self.vae, self.info = generator.eval(), vae, dict(info or {})
+        self.dtype = torch.float32  # what `.to(dtype=)` asked for: the VAE's weights, the generator's autocast
 
-# %% ../nbs/13b_pipeline.ipynb #2d29c49e
-@patch(cls_method=True)
-def from_pretrained(
-    cls: DriftingPipeline,
-    name_or_path: str | os.PathLike,  # released name ('latent_L_sota', 'hf://…'), export or official folder
-    vae="auto",  # "auto", a load_vae spec, a Tokenizer, or None
-    device: torch.device | str = "cpu",
-    revision: str = OFFICIAL_REVISION,  # for released models
-    cache_dir: str | os.PathLike | None = None,
-    local_files_only: bool = False,
-) -> "DriftingPipeline":
-    "A pipeline for one of our exports, an official model folder, or a released model by name."
-    p = Path(str(name_or_path)).expanduser()
-    if p.is_dir() and (p / "config.json").is_file():
-        gen = load_generator_folder(p, device)
-        info = dict(gen.info, source=str(p))
-    elif p.is_dir() and (p / "metadata.json").is_file():
-        gen = load_official_generator(p, device)
-        info = dict(source=str(p), official=True)
-    elif official_name(str(name_or_path)) is not None:
-        name = official_name(str(name_or_path))
-        if OFFICIAL_MODELS[name]["kind"] != "gen":
-            raise ValueError(f"{name!r} is a feature encoder, not a generator")
-        gen = from_official(name, revision, cache_dir, local_files_only, device)
-        info = dict(gen.info)
-    else:
-        raise FileNotFoundError(
-            f"{str(name_or_path)!r} is not an export folder (config.json + model.safetensors), an "
-            f"official folder (metadata.json + ema_params.msgpack) or a released model "
-            f"{sorted(k for k, v in OFFICIAL_MODELS.items() if v['kind'] == 'gen')}"
-        )
-    if isinstance(vae, str) and vae == "auto":
-        vae = info.get("vae") or ("sd-vae-ft-mse" if info.get("space") == "latent" else None)
-    if isinstance(vae, (str, os.PathLike)):  # (not runs.get_vae: runs imports this module)
-        info["vae"] = str(vae)
-        if str(vae) == "builtin":
-            from drifting.builtin_vae import builtin_vae
+    device = property(lambda self: next(self.generator.parameters()).device)
 
-            vae = builtin_vae(device=device)
-        else:
-            from drifting.tokenizer import load_vae  # a hub id/alias (pinned revision) or a save_pretrained folder
+    @property
+    def id2label(self) -> dict:
+        "{class id: name}: the training data's class names (the ids as strings when none were recorded)."
+        names = self.info.get("class_names") or [str(i) for i in range(self.generator.cfg.num_classes)]
+        return dict(enumerate(names))
 
-            vae = load_vae(vae, device=device)
-    return cls(gen, vae, info)
+# %% ../nbs/13b_pipeline.ipynb #pl-to
+@patch
+def to(
+    self: DriftingPipeline,
+    device: torch.device | str | torch.dtype | None = None,  # where both networks go (or a dtype, as `pipe.to(dtype)`)
+    dtype: torch.dtype | None = None,  # float32, bfloat16 or float16
+) -> DriftingPipeline:
+    "Move the generator and the VAE to `device`; `dtype` casts the VAE and sets the generator's compute dtype."
+    if isinstance(device, torch.dtype):
+        device, dtype = None, device
+    if dtype is not None and dtype not in GEN_DTYPES:
+        raise ValueError(f"dtype {dtype} is not one of {GEN_DTYPES}: the generator runs in float32 or bf16 autocast")
+    if device is not None:
+        self.generator.to(device)
+    if dtype is not None:
+        self.dtype = dtype
+        self.generator.cfg = dataclasses.replace(self.generator.cfg, use_bf16=dtype != torch.float32)
+    if self.vae is not None:
+        self.vae.vae.to(**{k: v for k, v in dict(device=device, dtype=dtype).items() if v is not None})
+        self.vae.device = next(self.vae.vae.parameters()).device
+    return self
 
 
 @patch
-def save_pretrained(self: DriftingPipeline, folder: str | os.PathLike) -> Path:
-    "Export the generator (safetensors + config.json) with this pipeline's provenance."
-    return save_generator(self.generator, folder, self.info)
+def get_label_ids(
+    self: DriftingPipeline,
+    names: str | list,  # one class name or several
+) -> list[int]:
+    "The class ids of class names (see `id2label`), with a clear error for a name the model does not know."
+    names = [names] if isinstance(names, str) else list(names)
+    ids = {str(n): i for i, n in self.id2label.items()}
+    bad = [n for n in names if str(n) not in ids]
+    if bad:
+        known = list(ids)[:12]
+        raise ValueError(f"unknown class names {bad}; this model's classes are {known}{' …' * (len(ids) > 12)}")
+    return [ids[str(n)] for n in names]
+
+# %% ../nbs/13b_pipeline.ipynb #2d29c49e
+def _pinned_hub_vae(tok) -> str | None:
+    "The Hub id of a VAE loaded at its pinned revision (which the Hugging Face cache keeps), else None."
+    from drifting.tokenizer import PINNED_REVISIONS
+
+    src, rev = tok.info.get("source"), tok.info.get("revision")
+    return src if src in PINNED_REVISIONS and rev == PINNED_REVISIONS[src] and not tok.info.get("subfolder") else None
+
+
+def _load_vae_spec(spec, info: dict, device):
+    "A Tokenizer for a VAE spec: 'builtin' (cached, else trained), a Hub id/alias (pinned) or a folder; None passes."
+    if not isinstance(spec, (str, os.PathLike)):
+        return spec
+    info["vae"] = str(spec)
+    if str(spec) == "builtin":  # (not runs.get_vae: runs imports this module)
+        from drifting.builtin_vae import builtin_vae
+
+        return builtin_vae(device=device)
+    from drifting.tokenizer import load_vae  # a hub id/alias (pinned revision) or a save_pretrained folder
+
+    return load_vae(spec, device=device)
+
+
+def _read_saved_vae(d: Path, device):
+    "The VAE a pipeline folder holds (diffusers files + our record of its name and provenance)."
+    from drifting.tokenizer import load_vae
+
+    rec = json.loads((d / VAE_RECORD).read_text())
+    tok = load_vae(d, device=device)
+    tok.name, tok.info = rec["name"], dict(rec.get("info") or {})
+    return tok
+
+# %% ../nbs/13b_pipeline.ipynb #pl-fromp
+@patch(cls_method=True)
+def from_pretrained(
+    cls: DriftingPipeline,
+    name_or_path: str | os.PathLike,  # a folder (ours or official), a Hub repo id, or a released name ('latent_L_sota')
+    vae="auto",  # "auto" (the folder's vae/, else what the model records), a VAE spec, a Tokenizer, or None
+    device: torch.device | str = "cpu",
+    torch_dtype: torch.dtype | None = None,  # as `.to(dtype=)`: float32, bfloat16 or float16
+    revision: str | None = None,  # Hub revision (released models: OFFICIAL_REVISION)
+    cache_dir: str | os.PathLike | None = None,  # None: the Hugging Face cache (HF_HOME / HF_HUB_CACHE)
+    local_files_only: bool = False,  # only the cache (also HF_HUB_OFFLINE=1)
+    token: str | bool | None = None,
+) -> "DriftingPipeline":
+    "A pipeline for a folder of ours or the authors', a Hub repository holding our export, or a released model."
+    s = str(name_or_path)
+    p = Path(s).expanduser()
+    if not p.exists() and official_name(s) is None and s.count("/") == 1 and not s.startswith((".", "/", "~")):
+        p = hub_folder(s, revision, cache_dir, local_files_only, token)  # a Hub repo id: its snapshot in the HF cache
+    folder = p if p.is_dir() else None
+    if folder is not None and (p / HUB_FILES[0]).is_file():
+        gen = load_generator_folder(p, device)
+        info = dict(gen.info, source=s)
+    elif folder is not None and (p / "metadata.json").is_file():
+        gen = load_official_generator(p, device)
+        info = dict(source=s, official=True)
+    elif official_name(s) is not None:
+        name = official_name(s)
+        if OFFICIAL_MODELS[name]["kind"] != "gen":
+            raise ValueError(f"{name!r} is a feature encoder, not a generator")
+        gen = from_official(name, revision or OFFICIAL_REVISION, cache_dir, local_files_only, device)
+        info, folder = dict(gen.info), None
+    else:
+        raise FileNotFoundError(
+            f"{s!r} is not an export folder (config.json + model.safetensors), an official folder (metadata.json + "
+            f"ema_params.msgpack), a Hub repo id or a released model "
+            f"{sorted(k for k, v in OFFICIAL_MODELS.items() if v['kind'] == 'gen')}"
+        )
+    if isinstance(vae, str) and vae == "auto":
+        if folder is not None and (folder / VAE_SUBFOLDER / VAE_RECORD).is_file():
+            vae = _read_saved_vae(folder / VAE_SUBFOLDER, device)
+        else:
+            vae = info.get("vae") or ("sd-vae-ft-mse" if info.get("space") == "latent" else None)
+    pipe = cls(gen, _load_vae_spec(vae, info, device), info)
+    return pipe.to(dtype=torch_dtype) if torch_dtype is not None else pipe
+
+# %% ../nbs/13b_pipeline.ipynb #pl-save
+@patch
+def save_pretrained(
+    self: DriftingPipeline,
+    folder: str | os.PathLike,  # a new folder
+) -> Path:
+    "Write the generator (safetensors, config.json, card) and the VAE (vae/) unless it is a pinned Hub VAE."
+    folder = Path(folder)
+    if (folder / HUB_FILES[0]).exists():
+        raise FileExistsError(f"{folder} already holds an export; choose a new folder")
+    info, pinned = dict(self.info), self.vae is not None and _pinned_hub_vae(self.vae)
+    if self.vae is not None:
+        info["vae"] = pinned or self.vae.name
+        info.pop("vae_folder", None) if pinned else info.update(vae_folder=VAE_SUBFOLDER)
+    with atomic_folder(folder, HUB_FILES[0]) as tmp:
+        self.generator.save_pretrained(tmp, info=info)  # first: it needs an empty folder
+        if self.vae is not None and not pinned:
+            self.vae.vae.save_pretrained(tmp / VAE_SUBFOLDER)
+            rec = dict(name=self.vae.name, info=self.vae.info, fingerprint=self.vae.fingerprint())
+            atomic_write_text(tmp / VAE_SUBFOLDER / VAE_RECORD, json.dumps(rec, indent=1, default=str))
+    self.info = info
+    return folder
 
 # %% ../nbs/13b_pipeline.ipynb #3d18183c
 @patch
 @torch.no_grad()
 def __call__(
     self: DriftingPipeline,
-    class_labels,  # [N] class indices (list, array or tensor)
+    class_labels,  # [N] class ids (list, array or tensor) or class names (see `id2label`)
     alpha: float = 1.0,  # CFG scale α ≥ 1 (one for all samples)
-    seed: int = 0,  # noise and style draw
+    seed: int = 0,  # noise and style draw, when no `generator` is given
+    generator: torch.Generator | None = None,  # the RNG of the noise and style draw (its device is used)
     output_type: str = "pil",  # "pil", "np", "pt" or "latent"
     batch_size: int = 64,  # samples per forward pass
     return_dict: bool = True,  # False: a tuple (images,)
 ):
     "Samples of the given classes at CFG scale α."
-    from drifting.sample import generate
-
     if output_type not in OUTPUT_TYPES:
         raise ValueError(f"output_type must be one of {OUTPUT_TYPES}, got {output_type!r}")
+    if isinstance(class_labels, str) or any(isinstance(c, str) for c in np.asarray(class_labels).reshape(-1)):
+        class_labels = self.get_label_ids(class_labels)
     labels = torch.as_tensor(np.asarray(class_labels), dtype=torch.long).reshape(-1)
     K = self.generator.cfg.num_classes
     if len(labels) and (labels.min() < 0 or labels.max() >= K):
         raise ValueError(f"class labels must lie in [0, {K}); got {labels.min().item()}..{labels.max().item()}")
-    z = generate(self.generator, labels, float(alpha), seed, batch_size)  # [N, C, H, W] on the CPU
+    z = self._draw(labels, float(alpha), generator or torch.Generator().manual_seed(seed), batch_size)
     if output_type == "latent":
         images = z
     else:
@@ -417,6 +488,27 @@ def __call__(
             images = numpy_to_pil(x.permute(0, 2, 3, 1).numpy())
     return DriftingPipelineOutput(images) if return_dict else (images,)
 
+# %% ../nbs/13b_pipeline.ipynb #pl-draw
+@patch
+def _draw(
+    self: DriftingPipeline,
+    labels: Tensor,  # [N] class ids
+    alpha: float,  # CFG scale
+    g: torch.Generator,  # noise then style draw, on its own device
+    batch_size: int,
+) -> Tensor:  # [N, C, H, W] float32 samples on the CPU
+    "The generator's samples for `labels`, drawn from `g` as `drifting.sample.generate` draws them."
+    cfg, n, dev = self.generator.cfg, len(labels), self.device
+    eps = torch.randn(n, cfg.in_channels, cfg.input_size, cfg.input_size, generator=g, device=g.device)  # [N, C, H, W]
+    style = self.generator.sample_style(n, g, g.device)  # [N, n_style]
+    a = torch.full((n,), alpha, dtype=torch.float32)  # [N]
+    out = [
+        self.generator(eps[i : i + batch_size].to(dev), labels[i : i + batch_size].to(dev),
+                       a[i : i + batch_size].to(dev), style[i : i + batch_size].to(dev)).float().cpu()
+        for i in range(0, n, batch_size)
+    ]  # fmt: skip
+    return torch.cat(out) if out else eps.new_zeros(0, *eps.shape[1:]).cpu()
+
 # %% ../nbs/13b_pipeline.ipynb #71de26db
 def numpy_to_pil(
     images: np.ndarray,  # [N, H, W, C] in [0, 1]
@@ -428,6 +520,73 @@ def numpy_to_pil(
     if u8.shape[-1] not in (1, 3):
         raise ValueError(f"PIL output needs 1 or 3 channels, got {u8.shape[-1]}: use output_type='np'")
     return [Image.fromarray(a[..., 0], "L") if a.shape[-1] == 1 else Image.fromarray(a, "RGB") for a in u8]
+
+# %% ../nbs/13b_pipeline.ipynb #pl-exphelp
+def _class_names(dataset) -> list | None:
+    "The class names of a run's data: a built-in set, a class-folder tree or a latent-cache folder's manifest."
+    from drifting.data import BUILTIN_DATASETS, load_dataset, scan_image_folder
+
+    if dataset is None:
+        return None
+    s, p = str(dataset), Path(str(dataset)).expanduser()
+    try:
+        if s in BUILTIN_DATASETS:
+            return [str(n) for n in load_dataset(s, split="all").class_names]
+        if (p / "manifest.json").is_file():
+            return json.loads((p / "manifest.json").read_text()).get("class_names")
+        if p.is_dir():
+            return [str(n) for n in scan_image_folder(p)[2]]
+    except (OSError, ValueError) as e:  # the data moved or changed: the export names classes by id
+        warnings.warn(f"the class names of {s!r} could not be read ({e}); the export names the classes by their ids")
+    return None
+
+
+def _bundle_metrics(bundle: Path) -> dict | None:
+    "The run's headline scalars (metrics.json) and the protocol they were measured with (artifacts/eval_alpha.json)."
+    if not (bundle / "metrics.json").is_file():
+        return None
+    scal = json.loads((bundle / "metrics.json").read_text()).get("scalars") or {}
+    values = {k: v for k, v in scal.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    ev = bundle / "artifacts" / "eval_alpha.json"
+    ev = json.loads(ev.read_text()) if ev.is_file() else {}
+    proto = {k: v for k, v in ev.items() if k != "rows" and isinstance(v, (str, int, float, bool))}
+    if isinstance(ev.get("fid"), dict):
+        proto.update({f"fid_{k}": v for k, v in ev["fid"].items() if k != "fid" and isinstance(v, (str, int, float))})
+    return dict(values=values, protocol=proto)
+
+# %% ../nbs/13b_pipeline.ipynb #8fc72df2
+def export_checkpoint(
+    checkpoint: str | os.PathLike,  # a drifting.train checkpoint file or run bundle folder
+    folder: str | os.PathLike,  # the export folder (new)
+    ema: bool = True,  # the EMA weights (the paper's) or the online ones
+    vae=None,  # the decoder: a spec, a Tokenizer, or None for the training run's (if recorded)
+    class_names: list | None = None,  # default: read from the run's dataset
+) -> Path:
+    "Export a training checkpoint as a pipeline folder (generator, card, and its VAE unless a pinned Hub VAE)."
+    from drifting.provenance import load_checkpoint
+    from drifting.sample import load_generator, training_run_config
+
+    ck, run_cfg, _ = training_run_config(checkpoint)
+    state = load_checkpoint(ck)
+    info = dict(
+        source=str(ck),
+        step=int(state.get("step", -1)),
+        weights="ema" if ema else "online",
+        dataset=run_cfg.get("dataset"),
+        class_names=class_names or _class_names(run_cfg.get("dataset")),
+        metrics=_bundle_metrics(Path(ck).parent.parent.parent),
+    )
+    spec = vae if vae is not None else run_cfg.get("vae")
+    if isinstance(spec, (str, os.PathLike)) and _is_pinned_spec(spec):
+        info["vae"], spec = str(spec), None  # recorded only: the Hugging Face cache keeps it
+    tok = _load_vae_spec(spec, info, "cpu")
+    return DriftingPipeline(load_generator(state, ema=ema), tok, info).save_pretrained(folder)
+
+
+def _is_pinned_spec(spec) -> bool:
+    from drifting.tokenizer import PINNED_REVISIONS, VAE_ALIASES
+
+    return VAE_ALIASES.get(str(spec), str(spec)) in PINNED_REVISIONS
 
 # %% ../nbs/13b_pipeline.ipynb #56f2019d
 def resolve_checkpoint(

@@ -437,7 +437,6 @@ def _read_encoder_folder(cls: type[ResNetEncoder], folder: Path) -> tuple[dict, 
 
 ResNetEncoder.read_folder = _read_encoder_folder
 
-
 # %% ../nbs/04_mae.ipynb #02513bdc
 def check_encoder_spec(
     feature_encoder,  # None, 'builtin' or an export folder (the `feature_encoder` parameter of a run)

@@ -4,6 +4,7 @@ or retrained; the same folder as a Hub repository in the Hugging Face cache (#25
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).parent))
 from _tiny_trainer import tiny_encoder  # noqa: E402
@@ -39,8 +41,6 @@ def tiny_vae():
 def run(tmp_path_factory):
     """A bundle as a latent run leaves it (checkpoint, repro.json config naming its data and VAE folder, metrics.json,
     eval_alpha.json), from 2 steps of a tiny trainer on random 2×8×8 'latents' of 10 named classes."""
-    from PIL import Image
-
     from drifting.data import ImageDataset
     from drifting.feature_nets import build_features
     from drifting.streams import data_stream
@@ -114,8 +114,6 @@ def test_the_readme_lines_run_offline_on_an_empty_cache(run, exported, tmp_path)
     snap = repo / "snapshots" / ("0" * 40)
     (repo / "refs").mkdir(parents=True)
     (repo / "refs" / "main").write_text("0" * 40)
-    import shutil
-
     shutil.copytree(exported, snap)
     hub_files = sorted(str(p) for p in cache.rglob("*"))
     code = readme_lines().replace('"digits_model"', repr(str(exported)))
@@ -137,7 +135,7 @@ def test_the_readme_lines_run_offline_on_an_empty_cache(run, exported, tmp_path)
     rec = json.loads(r.stdout.strip().splitlines()[-1])
     assert rec == dict(vae="local:vae_src", hub_vae="local:vae_src", hub_dtype="torch.bfloat16",
                     hub_ids=[NAMES.index("seven"), NAMES.index("one")])
-    got = np.asarray(__import__("PIL.Image").Image.open(tmp_path / "seven.png"))
+    got = np.asarray(Image.open(tmp_path / "seven.png"))
     assert got.shape == want.shape == (16, 16)
     # the same noise and weights; another process may sum in another order: at most one uint8 level from rounding
     assert np.abs(got.astype(int) - want.astype(int)).max() <= 1

@@ -5,7 +5,7 @@
 # %% ../nbs/13b_pipeline.ipynb #bb1197ed
 from __future__ import annotations
 
-import dataclasses, hashlib, json, os, time, warnings
+import dataclasses, hashlib, json, os, tempfile, time, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -451,6 +451,24 @@ def save_pretrained(
             atomic_write_text(tmp / VAE_SUBFOLDER / VAE_RECORD, json.dumps(rec, indent=1, default=str))
     self.info = info
     return folder
+
+# %% ../nbs/13b_pipeline.ipynb #pl-push
+@patch
+def push_to_hub(
+    self: DriftingPipeline,
+    repo_id: str,  # 'user/name'
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload a drifting pipeline",
+) -> str:  # the commit's URL
+    "Upload the `save_pretrained` folder (generator, card, VAE unless pinned) to a Hub model repository."
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+    with tempfile.TemporaryDirectory() as t:
+        folder = self.save_pretrained(Path(t) / "pipeline")
+        return api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message=commit_message)
 
 # %% ../nbs/13b_pipeline.ipynb #3d18183c
 @patch

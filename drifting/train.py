@@ -43,7 +43,7 @@ from .streams import AUGMENTATIONS, DataStream
 __all__ = ['TRAIN_COUNTS', 'TRAIN_PRESETS', 'CONVNEXT_HUB', 'TRAIN_FORMAT', 'SCHEDULE', 'RESUME_MAY_CHANGE', 'TrainConfig',
            'train_config', 'check_world_size', 'train_checkpoint', 'finite_clip_', 'check_keep_checkpoints',
            'check_flag', 'check_resume_params', 'ConfigMismatch', 'config_diff', 'describe_diff', 'StepLog', 'Trainer',
-           'rotate_checkpoints', 'ResumeOptions', 'resume_options']
+           'ResumeOptions', 'resume_options', 'rotate_checkpoints']
 
 # %% ../nbs/11_train.ipynb #c0de0e49
 @dataclass
@@ -732,6 +732,62 @@ def step(self: Trainer) -> dict:
         samples_per_s=cfg.n_c * cfg.n_neg / dt,
     )
 
+# %% ../nbs/11_train.ipynb #07c5aebe
+@dataclass
+class ResumeOptions:
+    "How a resume departs from the exact continuation (all off: exactly where the checkpoint stopped)."
+
+    fresh_optimizer: bool = False  # empty AdamW moments and step counts; everything else continues
+    restart_warmup: bool = False  # the warm-up runs again from lr_init, starting at the resumed step
+    lr: float | None = None  # the new peak learning rate (None: keep)
+    lr_scale: float | None = None  # or the current peak times this factor (None: keep)
+
+    def __bool__(self) -> bool:
+        return self != ResumeOptions()
+
+
+def resume_options(
+    resume,  # the run's `resume` (a checkpoint or bundle, or None)
+    cfg: TrainConfig,  # the run's checked config
+    fresh_optimizer=False,  # resume_fresh_optimizer
+    restart_warmup=False,  # resume_restart_warmup
+    lr=None,  # resume_lr
+    lr_scale=None,  # resume_lr_scale
+) -> ResumeOptions:
+    "The checked resume options of a run; refused before any work when they cannot act."
+    opts = ResumeOptions(
+        check_flag("resume_fresh_optimizer", fresh_optimizer), check_flag("resume_restart_warmup", restart_warmup)
+    )
+    for k, v in dict(resume_lr=lr, resume_lr_scale=lr_scale).items():
+        ok = v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0)
+        _need(ok, f"{k} must be a positive number or None, got {v!r}")
+    _need(lr is None or lr_scale is None, "give resume_lr (a new peak rate) or resume_lr_scale (a factor), not both")
+    opts.lr, opts.lr_scale = None if lr is None else float(lr), None if lr_scale is None else float(lr_scale)
+    _need(
+        resume is not None or not opts,
+        f"{opts} act on a resume, but resume is None: pass -p resume <bundle or checkpoint>",
+    )
+    _need(
+        not opts.restart_warmup or cfg.warmup > 0,
+        "resume_restart_warmup with warmup=0 restarts nothing: pass -p warmup <steps> (and allow_config_change True)",
+    )
+    return opts
+
+# %% ../nbs/11_train.ipynb #59379d71
+@patch
+def apply_resume_options(self: Trainer, opts: ResumeOptions) -> dict:
+    "Depart from the exact continuation as `opts` asks; return the new schedule (the checkpoints carry it)."
+    if opts.restart_warmup and self.cfg.warmup == 0:
+        raise ValueError("restart_warmup with warmup=0 restarts nothing: set the config's warmup")
+    if opts.fresh_optimizer:
+        self.opt.state.clear()  # AdamW creates zero moments and step 0 at the next step
+    if opts.restart_warmup:
+        self.schedule["warmup_from"] = self.step_count
+    peak = self.cfg.lr if self.schedule["lr"] is None else self.schedule["lr"]
+    if opts.lr is not None or opts.lr_scale is not None:
+        self.schedule["lr"] = opts.lr if opts.lr is not None else peak * opts.lr_scale
+    return dict(self.schedule)
+
 # %% ../nbs/11_train.ipynb #327211c6
 @patch
 def state_dict(self: Trainer) -> dict:
@@ -892,59 +948,3 @@ def fit(
         if run is not None:
             run.in_loop = False
     return hist
-
-# %% ../nbs/11_train.ipynb #07c5aebe
-@dataclass
-class ResumeOptions:
-    "How a resume departs from the exact continuation (all off: exactly where the checkpoint stopped)."
-
-    fresh_optimizer: bool = False  # empty AdamW moments and step counts; everything else continues
-    restart_warmup: bool = False  # the warm-up runs again from lr_init, starting at the resumed step
-    lr: float | None = None  # the new peak learning rate (None: keep)
-    lr_scale: float | None = None  # or the current peak times this factor (None: keep)
-
-    def __bool__(self) -> bool:
-        return self != ResumeOptions()
-
-
-def resume_options(
-    resume,  # the run's `resume` (a checkpoint or bundle, or None)
-    cfg: TrainConfig,  # the run's checked config
-    fresh_optimizer=False,  # resume_fresh_optimizer
-    restart_warmup=False,  # resume_restart_warmup
-    lr=None,  # resume_lr
-    lr_scale=None,  # resume_lr_scale
-) -> ResumeOptions:
-    "The checked resume options of a run; refused before any work when they cannot act."
-    opts = ResumeOptions(
-        check_flag("resume_fresh_optimizer", fresh_optimizer), check_flag("resume_restart_warmup", restart_warmup)
-    )
-    for k, v in dict(resume_lr=lr, resume_lr_scale=lr_scale).items():
-        ok = v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0)
-        _need(ok, f"{k} must be a positive number or None, got {v!r}")
-    _need(lr is None or lr_scale is None, "give resume_lr (a new peak rate) or resume_lr_scale (a factor), not both")
-    opts.lr, opts.lr_scale = None if lr is None else float(lr), None if lr_scale is None else float(lr_scale)
-    _need(
-        resume is not None or not opts,
-        f"{opts} act on a resume, but resume is None: pass -p resume <bundle or checkpoint>",
-    )
-    _need(
-        not opts.restart_warmup or cfg.warmup > 0,
-        "resume_restart_warmup with warmup=0 restarts nothing: pass -p warmup <steps> (and allow_config_change True)",
-    )
-    return opts
-
-# %% ../nbs/11_train.ipynb #59379d71
-@patch
-def apply_resume_options(self: Trainer, opts: ResumeOptions) -> dict:
-    "Depart from the exact continuation as `opts` asks; return the new schedule (the checkpoints carry it)."
-    if opts.restart_warmup and self.cfg.warmup == 0:
-        raise ValueError("restart_warmup with warmup=0 restarts nothing: set the config's warmup")
-    if opts.fresh_optimizer:
-        self.opt.state.clear()  # AdamW creates zero moments and step 0 at the next step
-    if opts.restart_warmup:
-        self.schedule["warmup_from"] = self.step_count
-    peak = self.cfg.lr if self.schedule["lr"] is None else self.schedule["lr"]
-    if opts.lr is not None or opts.lr_scale is not None:
-        self.schedule["lr"] = opts.lr if opts.lr is not None else peak * opts.lr_scale
-    return dict(self.schedule)

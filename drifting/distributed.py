@@ -304,7 +304,7 @@ def bundle_writer(bundle: str | os.PathLike):
 # %% ../nbs/14_distributed.ipynb #cbb83df8
 def fit_worker(
     job: dict,  # build, kwargs, steps; optional: mode, resume, bundle | runs_dir (+ project), save, ckpt_every,
-    # keep_checkpoints, log_every, tensorboard, callback, backend
+    # keep_checkpoints, keep_every, log_every, tensorboard, callback, backend
 ) -> dict:  # rank, world_size, backend, mode, step, hist, bytes, calls, comm_seconds, seconds
     "One rank of a distributed training job (run by `launch` or torchrun)."
     created = init_distributed(job.get("backend"))
@@ -336,6 +336,7 @@ def fit_worker(
                 run=run,
                 ckpt_every=job.get("ckpt_every"),
                 keep_checkpoints=job.get("keep_checkpoints"),
+                keep_every=job.get("keep_every"),
                 progress=job.get("progress", False) and comm.rank == 0,
                 callback=cb,
                 log_every=job.get("log_every", 1),
@@ -437,6 +438,7 @@ def fit_local(
     mode: str = "exact",  # see `MODES`
     ckpt_every: int | None = None,
     keep_checkpoints: int | None = None,
+    keep_every: int | None = None,
     progress: bool = True,
     log_every: int = 1,
     tensorboard: bool = False,  # as `Trainer.fit` (rank 0 writes them)
@@ -445,7 +447,8 @@ def fit_local(
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     check_world_size(trainer.cfg, nproc)
-    kw = dict(ckpt_every=ckpt_every, keep_checkpoints=keep_checkpoints, log_every=log_every, tensorboard=tensorboard)
+    kw = dict(ckpt_every=ckpt_every, keep_checkpoints=keep_checkpoints, keep_every=keep_every, log_every=log_every)
+    kw.update(tensorboard=tensorboard)
     if nproc == 1:  # this process: the notebook's trainer itself
         if run is not None:
             run.manifest.update(world_size=1)

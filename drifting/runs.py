@@ -31,6 +31,7 @@ from drifting.train import (
     check_world_size,
     config_diff,
     describe_diff,
+    resume_options,
     train_checkpoint,
     train_config,
 )
@@ -93,11 +94,16 @@ def check_latent_run(
     eval_per_class: int = 100,
     fid_n: int = 0,
     keep_checkpoints=None,
+    keep_every=None,  # step files kept for good beside the newest keep_checkpoints
     log_every: int = 1,
     allow_changes: bool = False,  # accept a resume whose configuration differs
     vae=None,  # the VAE spec (`get_vae`), checked without loading; None: not checked
     nproc: int = 1,  # training processes (torch.distributed); each takes whole label groups
     dist_mode: str = "exact",  # 'exact' (global-batch statistics, the release) or 'per_rank'
+    resume_fresh_optimizer: bool = False,  # resume options (`train.resume_options`)
+    resume_restart_warmup: bool = False,
+    resume_lr: float | None = None,
+    resume_lr_scale: float | None = None,
     feature_encoder="preset",  # 'builtin', an encoder folder, None (no encoder: the raw drift loss only) or 'preset'
     **overrides,  # other TrainConfig fields; None keeps the preset's
 ) -> tuple[TrainConfig, list[float]]:  # (checked config, α grid)
@@ -112,7 +118,8 @@ def check_latent_run(
     if resume is not None and not Path(str(resume)).expanduser().exists():
         raise FileNotFoundError(f"resume={resume!r} does not exist: give a checkpoint file or a run bundle folder")
     check_int(ckpt_every, "ckpt_every", 1, none_ok=True)
-    check_keep_checkpoints(keep_checkpoints)
+    check_keep_checkpoints(keep_checkpoints, keep_every)
+    resume_options(resume, cfg, resume_fresh_optimizer, resume_restart_warmup, resume_lr, resume_lr_scale)
     check_int(eval_per_class, "eval_per_class", 2)
     check_int(fid_n, "fid_n", 0)
     check_int(log_every, "log_every")

@@ -47,11 +47,12 @@ def shard_writer(
 def bundle_writer(
     run,  # a `drifting.provenance` run bundle
     checkpoint=None,  # the checkpoint the samples come from (recorded with each shard)
+    prefix: str = "",  # before each sample id (a trend: 'step_<n>_', so that checkpoints do not collide)
 ):
     "A `write` for `stream_sweep` that saves each shard as the bundle's predictions (`samples_alpha_<α>_<k>.npz`)."
 
     def write(alpha: float, k: int, images: np.ndarray, labels: Tensor, raw: Tensor | None = None) -> Path:
-        sid = f"alpha_{alpha:g}".replace(".", "p") + f"_{k:03d}"
+        sid = prefix + f"alpha_{alpha:g}".replace(".", "p") + f"_{k:03d}"
         extra = {} if raw is None else dict(latents=raw)
         return run.save_predictions(images, labels, sample_id=sid, checkpoint=checkpoint, **extra)
 

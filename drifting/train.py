@@ -13,6 +13,7 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import torch
 from fastcore.basics import patch
@@ -39,9 +40,10 @@ from .queues import SampleQueues, sample_alpha, uncond_weight
 from .streams import AUGMENTATIONS, DataStream
 
 # %% auto #0
-__all__ = ['TRAIN_COUNTS', 'TRAIN_PRESETS', 'CONVNEXT_HUB', 'TRAIN_FORMAT', 'RESUME_MAY_CHANGE', 'TrainConfig', 'train_config',
-           'check_world_size', 'train_checkpoint', 'finite_clip_', 'check_keep_checkpoints', 'check_flag',
-           'check_resume_params', 'ConfigMismatch', 'config_diff', 'describe_diff', 'StepLog', 'Trainer']
+__all__ = ['TRAIN_COUNTS', 'TRAIN_PRESETS', 'CONVNEXT_HUB', 'TRAIN_FORMAT', 'SCHEDULE', 'RESUME_MAY_CHANGE', 'TrainConfig',
+           'train_config', 'check_world_size', 'train_checkpoint', 'finite_clip_', 'check_keep_checkpoints',
+           'check_flag', 'check_resume_params', 'ConfigMismatch', 'config_diff', 'describe_diff', 'StepLog', 'Trainer',
+           'ResumeOptions', 'resume_options', 'rotate_checkpoints']
 
 # %% ../nbs/11_train.ipynb #c0de0e49
 @dataclass
@@ -407,6 +409,7 @@ def check_world_size(
 
 # %% ../nbs/11_train.ipynb #5aa4d6f9
 TRAIN_FORMAT = 1  # bump when the checkpoint layout changes
+SCHEDULE = dict(warmup_from=0, lr=None)  # the plain lr schedule (a resume may restart or re-peak it)
 
 
 def train_checkpoint(
@@ -440,8 +443,12 @@ def finite_clip_(
         ) from None
 
 # %% ../nbs/11_train.ipynb #b82780d0
-def check_keep_checkpoints(keep) -> int | None:
-    "`keep_checkpoints`: None (keep every step file) or an int ≥ 1; anything else is refused before a run starts."
+def check_keep_checkpoints(
+    keep,  # keep_checkpoints: the newest step files to keep (None: all)
+    keep_every=None,  # keep_every: step files whose step is a multiple of it are never deleted (None: none)
+) -> int | None:
+    "`keep_checkpoints` and `keep_every`: None or an int ≥ 1; anything else is refused before a run starts."
+    check_int(keep_every, "keep_every", 1, none_ok=True)
     return check_int(keep, "keep_checkpoints", 1, none_ok=True)
 
 
@@ -594,6 +601,7 @@ class Trainer:
         )
         self.rng = torch.Generator(dev).manual_seed(cfg.seed + 1)
         self.step_count = 0
+        self.schedule = dict(SCHEDULE)  # the lr schedule's resume options (`lr_now`)
         self.comm = None  # a `drifting.distributed.Comm` when this is one rank of a torch.distributed job
 
 # %% ../nbs/11_train.ipynb #3463bb19
@@ -652,13 +660,21 @@ def _micro(
     (loss * scale).backward()
     return loss.detach(), losses, infos
 
+# %% ../nbs/11_train.ipynb #55184609
+@patch
+def lr_now(self: Trainer) -> float:
+    "The next step's learning rate: the config's warm-up, restarted and re-peaked as the resume options left it."
+    s, cfg = self.schedule, self.cfg
+    peak = cfg.lr if s["lr"] is None else s["lr"]
+    return lr_at(self.step_count - s["warmup_from"], SimpleNamespace(lr=peak, lr_init=cfg.lr_init, warmup=cfg.warmup))
+
 # %% ../nbs/11_train.ipynb #375927dc
 @patch
 def step(self: Trainer) -> dict:
     "One optimiser step; returns its metrics (loss, lr, grad norm, α, raw per-τ ‖V‖² per key, seconds)."
     cfg, g, t0 = self.cfg, self.rng, time.perf_counter()
     self.gen.train()
-    lr = lr_at(self.step_count, cfg)
+    lr = self.lr_now()
     for pg in self.opt.param_groups:
         pg["lr"] = lr
     x, y = self.data.next()
@@ -716,6 +732,62 @@ def step(self: Trainer) -> dict:
         samples_per_s=cfg.n_c * cfg.n_neg / dt,
     )
 
+# %% ../nbs/11_train.ipynb #07c5aebe
+@dataclass
+class ResumeOptions:
+    "How a resume departs from the exact continuation (all off: exactly where the checkpoint stopped)."
+
+    fresh_optimizer: bool = False  # empty AdamW moments and step counts; everything else continues
+    restart_warmup: bool = False  # the warm-up runs again from lr_init, starting at the resumed step
+    lr: float | None = None  # the new peak learning rate (None: keep)
+    lr_scale: float | None = None  # or the current peak times this factor (None: keep)
+
+    def __bool__(self) -> bool:
+        return self != ResumeOptions()
+
+
+def resume_options(
+    resume,  # the run's `resume` (a checkpoint or bundle, or None)
+    cfg: TrainConfig,  # the run's checked config
+    fresh_optimizer=False,  # resume_fresh_optimizer
+    restart_warmup=False,  # resume_restart_warmup
+    lr=None,  # resume_lr
+    lr_scale=None,  # resume_lr_scale
+) -> ResumeOptions:
+    "The checked resume options of a run; refused before any work when they cannot act."
+    opts = ResumeOptions(
+        check_flag("resume_fresh_optimizer", fresh_optimizer), check_flag("resume_restart_warmup", restart_warmup)
+    )
+    for k, v in dict(resume_lr=lr, resume_lr_scale=lr_scale).items():
+        ok = v is None or (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0)
+        _need(ok, f"{k} must be a positive number or None, got {v!r}")
+    _need(lr is None or lr_scale is None, "give resume_lr (a new peak rate) or resume_lr_scale (a factor), not both")
+    opts.lr, opts.lr_scale = None if lr is None else float(lr), None if lr_scale is None else float(lr_scale)
+    _need(
+        resume is not None or not opts,
+        f"{opts} act on a resume, but resume is None: pass -p resume <bundle or checkpoint>",
+    )
+    _need(
+        not opts.restart_warmup or cfg.warmup > 0,
+        "resume_restart_warmup with warmup=0 restarts nothing: pass -p warmup <steps> (and allow_config_change True)",
+    )
+    return opts
+
+# %% ../nbs/11_train.ipynb #59379d71
+@patch
+def apply_resume_options(self: Trainer, opts: ResumeOptions) -> dict:
+    "Depart from the exact continuation as `opts` asks; return the new schedule (the checkpoints carry it)."
+    if opts.restart_warmup and self.cfg.warmup == 0:
+        raise ValueError("restart_warmup with warmup=0 restarts nothing: set the config's warmup")
+    if opts.fresh_optimizer:
+        self.opt.state.clear()  # AdamW creates zero moments and step 0 at the next step
+    if opts.restart_warmup:
+        self.schedule["warmup_from"] = self.step_count
+    peak = self.cfg.lr if self.schedule["lr"] is None else self.schedule["lr"]
+    if opts.lr is not None or opts.lr_scale is not None:
+        self.schedule["lr"] = opts.lr if opts.lr is not None else peak * opts.lr_scale
+    return dict(self.schedule)
+
 # %% ../nbs/11_train.ipynb #327211c6
 @patch
 def state_dict(self: Trainer) -> dict:
@@ -732,6 +804,7 @@ def state_dict(self: Trainer) -> dict:
         queues=self.queues.state_dict(),
         data=self.data.state_dict(),
         rng=dict(run=self.rng.get_state(), **rng_states()),
+        schedule=dict(self.schedule),
     )
 
 
@@ -740,6 +813,7 @@ def load_state_dict(
     self: Trainer,
     sd: dict,  # a `state_dict()` (e.g. `load_checkpoint(path)`)
     allow_changes: bool = False,  # accept a different config / feature space / data, and say so
+    options: ResumeOptions | None = None,  # depart from the exact continuation (`ResumeOptions`); None: exact
 ) -> dict:  # what differed: {field: (checkpoint, now)}
     "Continue from a checkpoint; refuse one written with another config, feature space or data unless allowed."
     train_checkpoint(sd)
@@ -766,6 +840,9 @@ def load_state_dict(
     self.step_count = int(sd["step"])
     self.rng.set_state(sd["rng"]["run"])
     set_rng_states(sd["rng"])
+    self.schedule = dict(SCHEDULE, **sd.get("schedule", {}))  # checkpoints from before the options: the plain schedule
+    if options is not None:
+        self.apply_resume_options(options)
     return diff
 
 
@@ -803,6 +880,20 @@ def _begin_fit(
             run.event("prefill", batches=n)
     return steps
 
+# %% ../nbs/11_train.ipynb #e2b7ccb6
+def rotate_checkpoints(
+    saved: list,  # [(step, path)] the step files this run wrote, oldest first
+    keep: int | None,  # keep_checkpoints: the newest files to keep (None: all)
+    keep_every: int | None = None,  # never delete a file whose step is a multiple of this (None: none)
+) -> list:  # the files still subject to rotation, oldest first
+    "Delete the step files older than the newest `keep`, except every `keep_every`-th step; return the newest `keep`."
+    if not keep or len(saved) <= keep:
+        return saved
+    for step, path in saved[:-keep]:
+        if not (keep_every and step % keep_every == 0):
+            Path(path).unlink(missing_ok=True)
+    return saved[-keep:]
+
 # %% ../nbs/11_train.ipynb #07a92a21
 @patch
 def fit(
@@ -811,6 +902,7 @@ def fit(
     run=None,  # a `drifting.provenance.Run`: per-step log, checkpoints and events go into its bundle
     ckpt_every: int | None = None,  # checkpoint every so many steps (and always at the end); None: end only
     keep_checkpoints: int | None = None,  # keep only the newest step_<n>.pt files (None: all)
+    keep_every: int | None = None,  # and never delete step_<n>.pt with n % keep_every == 0 (checkpoint trends)
     progress: bool = True,  # tqdm bar with ETA
     callback=None,  # called as callback(trainer, metrics) after each step
     log_every: int = 1,  # write the step record (logs/steps.jsonl, TensorBoard) every so many steps, and at the end
@@ -818,6 +910,7 @@ def fit(
 ) -> dict:  # history: lists of loss, lr, grad_norm, alpha_mean, seconds, v2_total (per τ), and v2 per key
     "Train to `steps`, logging every step and checkpointing atomically; returns the history of this call."
     steps = self._begin_fit(steps, run, ckpt_every, keep_checkpoints)
+    check_keep_checkpoints(keep_checkpoints, keep_every)
     hist = dict(step=[], loss=[], lr=[], grad_norm=[], alpha_mean=[], seconds=[], v2_total=[], v2={})
     log = StepLog(run, log_every, tensorboard) if run is not None else None
     bar = progress_bar(steps, self.step_count, progress)
@@ -841,13 +934,12 @@ def fit(
             at_end = self.step_count == steps or (run is not None and run.terminated)
             if (ckpt_every and self.step_count % ckpt_every == 0) or at_end:
                 if run is not None:
-                    saved.append(run.save_checkpoint(self.state_dict(), self.step_count))
-                    if keep_checkpoints and len(saved) > keep_checkpoints:
-                        saved.pop(0).unlink(missing_ok=True)  # last.pt is a copy of the newest, untouched
+                    saved.append((self.step_count, run.save_checkpoint(self.state_dict(), self.step_count)))
+                    saved = rotate_checkpoints(saved, keep_checkpoints, keep_every)  # last.pt is never touched
             if run is not None and run.terminated:
                 raise RuntimeError(
                     f"terminated by SIGTERM at step {self.step_count}; checkpoint "
-                    f"{saved[-1].name if saved else 'none'} written: resume with resume=<this bundle>"
+                    f"{saved[-1][1].name if saved else 'none'} written: resume with resume=<this bundle>"
                 )
     finally:
         bar.close()

@@ -31,6 +31,7 @@ from drifting.metrics_nets import (
     class_accuracy,
     find_inception_weights,
     heldout_frechet,
+    rehearsal_features,
     small_classifier,
     tf_inception,
 )
@@ -135,7 +136,7 @@ def classifier_metrics(
     return out
 
 # %% ../nbs/12a_evaluate.ipynb #0d9e32dc
-METRIC_NETS = ("auto", "classifier", "inception")
+METRIC_NETS = ("auto", "classifier", "inception", "rehearsal")  # rehearsal: seeded random features, no quality
 
 
 def is_builtin_digits(dataset, resolution) -> bool:
@@ -148,9 +149,9 @@ def metric_net_kind(
     dataset,
     resolution,  # the reference data
 ) -> str:
-    "'classifier' or 'inception' for `name` on this data; a clear error when it cannot be used."
+    "'classifier', 'inception' or 'rehearsal' for `name` on this data; a clear error when it cannot be used."
     if name not in METRIC_NETS:
-        raise ValueError(f"metric_net must be 'auto', 'classifier' or 'inception', got {name!r}")
+        raise ValueError(f"metric_net must be one of {', '.join(map(repr, METRIC_NETS))}, got {name!r}")
     kind = ("classifier" if is_builtin_digits(dataset, resolution) else "inception") if name == "auto" else name
     if kind == "classifier" and not is_builtin_digits(dataset, resolution):
         raise ValueError(
@@ -162,12 +163,14 @@ def metric_net_kind(
 
 
 def build_metric_net(
-    kind: str,  # 'classifier' or 'inception' (`metric_net_kind`)
+    kind: str,  # 'classifier', 'inception' or 'rehearsal' (`metric_net_kind`)
     device=None,
 ) -> FeatureNet:
     "The metric network of that kind."
     if kind == "classifier":
         return small_classifier(device=device)
+    if kind == "rehearsal":
+        return rehearsal_features(device=device)
     return tf_inception(find_inception_weights(), device=device)
 
 

@@ -21,7 +21,7 @@ from .metrics import FeatureNet, FeatureStats, extract_features, frechet_distanc
 __all__ = ['INCEPTION_SIZE', 'INCEPTION_FEATURES', 'FID_HELPER_SHA256', 'INCEPTION_PREPROCESS', 'CLASSIFIER_FORMAT',
            'quantize_uint8', 'tf_bilinear_resize', 'inception_preprocess', 'find_inception_weights', 'tf_inception',
            'fidelity_inception', 'ClassifierConfig', 'SmallCNN', 'train_classifier', 'classifier_cache_root',
-           'classifier_key', 'small_classifier', 'class_accuracy', 'heldout_frechet']
+           'classifier_key', 'small_classifier', 'class_accuracy', 'heldout_frechet', 'rehearsal_features']
 
 # %% ../nbs/09a_metrics_nets.ipynb #023983a3
 INCEPTION_SIZE = 299  # TF Inception-v3 input side (FID protocol)
@@ -362,3 +362,30 @@ def heldout_frechet(
         protocol_hash=net.protocol_hash,
         reference=dict(name=heldout.name, fingerprint=heldout.fingerprint, split=heldout.split),
     )
+
+# %% ../nbs/09a_metrics_nets.ipynb #e32d853f
+def rehearsal_features(
+    device: torch.device | str = "cpu",  # where it runs
+    seed: int = 0,  # seed of the random weights (part of the name and hash)
+    width: int = 32,  # channels of the first convolution; features are 4 × width
+) -> FeatureNet:
+    "Seeded random conv features with global pooling: a fast stand-in to rehearse the FID pipeline, not a metric."
+    g = torch.Generator().manual_seed(seed)
+    chans = (3, width, 2 * width, 4 * width)
+    layers = []
+    for a, b in zip(chans[:-1], chans[1:]):
+        conv = nn.Conv2d(a, b, 3, stride=2, padding=1)
+        with torch.no_grad():  # He-normal weights from the seeded stream, zero bias
+            conv.weight.copy_(torch.randn(conv.weight.shape, generator=g) * (2 / (a * 9)) ** 0.5)
+            conv.bias.zero_()
+        layers += [conv, nn.ReLU()]
+    net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten()).to(device)
+
+    def tr(x):  # [N, 1 or 3, H, W] in [-1, 1] -> quantised, 3 channels
+        if x.shape[1] not in (1, 3):
+            raise ValueError(f"rehearsal_features takes 1 or 3 channels, got {x.shape[1]}")
+        u = quantize_uint8(x) / 127.5 - 1
+        return u.expand(-1, 3, -1, -1) if u.shape[1] == 1 else u
+
+    pre = dict(quantize=INCEPTION_PREPROCESS["quantize"], resize="none (global pooling)", input_range=[-1.0, 1.0])
+    return FeatureNet(net, f"random-conv-rehearsal:seed{seed}", pre, chans[-1], tr, batch_size=512)

@@ -214,7 +214,7 @@ def check_eval_run(
     check_int(nn_pool, "nn_pool", 3)
     check_int(nproc, "nproc")
     if metric_net not in METRIC_NETS:
-        raise ValueError(f"metric_net must be 'auto', 'classifier' or 'inception', got {metric_net!r}")
+        raise ValueError(f"metric_net must be one of {', '.join(map(repr, METRIC_NETS))}, got {metric_net!r}")
     data = dataset if dataset is not None else trained.get("dataset")
     res = resolution if resolution is not None else trained.get("resolution")
     if data is None:

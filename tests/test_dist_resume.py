@@ -1,0 +1,86 @@
+"""#24 item 6: a torchrun job that names its bundle (`--bundle DIR`), killed with SIGKILL mid-run (launcher and both
+gloo ranks at once: a lost node) and started again with the same command, continues from the bundle's newest good
+checkpoint (not the job folder's older resume.pt) and equals the uninterrupted job step by step: the loss of every
+logged step identical, the final weights, EMA and optimiser state bit-identical (one torch thread per rank, pinned by
+the environment). Rank 0 closes the bundle: completed at the end, and the kill is recorded as `crashed` before the
+relaunch reopens it."""
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from _dist_workers import trainer
+from drifting.bundle import validate_bundle
+from drifting.distributed import save_job
+from drifting.provenance import load_checkpoint
+
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
+TESTS, ROOT = Path(__file__).resolve().parent, Path(__file__).resolve().parents[1]
+STEPS = 8
+
+
+def torchrun(job, bundle, *more):
+    "The same command a Slurm requeue repeats; its own session, so a kill of its process group stays inside it."
+    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join([str(TESTS), str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+           "drifting.distributed", str(job), "--steps", str(STEPS), "--bundle", str(bundle), "--ckpt-every", "2",
+           "--project", "dist", *more]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, start_new_session=True)
+
+
+def steps_log(b):
+    return [json.loads(line) for line in (b / "logs" / "steps.jsonl").read_text().splitlines()]
+
+
+def events(b):
+    return [json.loads(line) for line in (b / "provenance" / "events.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory):
+    "A job folder whose trainer is at step 2: its resume.pt is what a relaunch must NOT go back to."
+    torch.set_num_threads(1)
+    t = trainer(); t.fit(2, progress=False)
+    return save_job(tmp_path_factory.mktemp("job") / "job", t)
+
+
+def test_killed_and_relaunched_equals_uninterrupted(job, tmp_path):
+    ref, b = tmp_path / "ref", tmp_path / "requeued"
+    r = torchrun(job, ref)
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = torchrun(job, b, "--callback", "_kill_workers:kill_job_at_5")
+    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr[-3000:])
+    man = json.loads((b / "run_manifest.json").read_text())
+    assert man["status"] == "running" and [s["step"] for s in steps_log(b)] == [3, 4, 5]  # killed after step 5
+    assert load_checkpoint(b)["step"] == 4
+    r = torchrun(job, b)  # the requeue: the same command
+    assert r.returncode == 0, r.stderr[-3000:]
+    man = json.loads((b / "run_manifest.json").read_text())
+    assert man["status"] == "completed" and man["error"] is None and man["world_size"] == 2
+    assert [x["previous"]["status"] for x in man["relaunches"]] == ["crashed"]
+    ev = events(b)
+    kinds = [e["event"] for e in ev]
+    assert kinds.index("failure") < kinds.index("relaunch") < kinds.index("end") == len(kinds) - 1
+    (res,) = [e for e in ev if e["event"] == "resume" and e.get("relaunch")]
+    assert res["step"] == 4 and res["from"].endswith("step_4.pt")  # the bundle's newest, not the job's resume.pt (2)
+    # step by step: every logged step of the killed and the relaunched launches has the uninterrupted loss, exactly
+    want = {s["step"]: s["loss"] for s in steps_log(ref)}
+    got = steps_log(b)
+    assert [s["step"] for s in got] == [3, 4, 5, 5, 6, 7, 8] and sorted(want) == list(range(3, STEPS + 1))
+    assert all(s["loss"] == want[s["step"]] for s in got), [(s["step"], s["loss"], want[s["step"]]) for s in got]
+    a, c = load_checkpoint(ref), load_checkpoint(b)
+    assert a["step"] == c["step"] == STEPS
+    for k in ("model", "ema"):
+        assert a[k].keys() == c[k].keys() and all(torch.equal(a[k][n], c[k][n]) for n in a[k]), k
+    sa, sc = a["optimizer"]["state"], c["optimizer"]["state"]
+    assert all(torch.equal(sa[i][n], sc[i][n]) for i in sa for n in sa[i])
+    assert validate_bundle(b) == [] and validate_bundle(ref) == []
+    r = torchrun(job, b)  # a completed bundle is refused, and left as it was
+    assert r.returncode != 0 and "already completed" in r.stderr
+    assert json.loads((b / "run_manifest.json").read_text())["status"] == "completed"

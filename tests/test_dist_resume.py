@@ -54,7 +54,7 @@ def job(tmp_path_factory):
     return save_job(tmp_path_factory.mktemp("job") / "job", t)
 
 
-@pytest.mark.slow  # three torchrun launches of 2 gloo ranks: ~50 s on an idle 2-core machine, ~110 s at load 13
+@pytest.mark.slow  # three torchrun launches of 2 gloo ranks: 107 s measured at load average 13 on 2 cores
 def test_killed_and_relaunched_equals_uninterrupted(job, tmp_path):
     ref, b = tmp_path / "ref", tmp_path / "requeued"
     p_ref, p_b = torchrun(job, ref), torchrun(job, b, "--callback", "_kill_workers:kill_rank0_at_5")  # side by side

@@ -225,7 +225,12 @@ def verify_encoder(
     ev = b / "provenance" / "events.jsonl"
     if d.parts[-3:-1] != ("artifacts", "mae") or not ev.is_file():
         return d
-    recs = [json.loads(x) for x in ev.read_text().splitlines() if '"encoder"' in x]
+    recs = []
+    for line in ev.read_text(encoding="utf-8", errors="replace").splitlines():
+        try:
+            recs.append(json.loads(line))
+        except ValueError:
+            continue  # a line a kill cut short
     want = [r["sha256"] for r in recs if r.get("event") == "encoder" and r.get("path") == "artifacts/mae/encoder"]
     if want and encoder_sha256(d) != want[-1]:
         raise ValueError(

@@ -3,7 +3,7 @@ SIGKILL mid-run (torchrun then stops the other rank and exits) and started again
 checkpoint (not the job folder's older resume.pt) and equals the uninterrupted job step by step: the loss of every
 logged step identical, the final weights, EMA and optimiser state bit-identical (one torch thread per rank, pinned by
 the environment). Rank 0 closes the bundle: completed at the end, and the kill is recorded as `crashed` before the
-relaunch reopens it."""
+relaunch reopens it; an exception in the loop closes it as `failed`, and a relaunch completes it."""
 import json
 import os
 import subprocess
@@ -86,3 +86,20 @@ def test_killed_and_relaunched_equals_uninterrupted(job, tmp_path):
     sa, sc = a["optimizer"]["state"], c["optimizer"]["state"]
     assert all(torch.equal(sa[i][n], sc[i][n]) for i in sa for n in sa[i])
     assert validate_bundle(b) == [] and validate_bundle(ref) == []
+
+
+@pytest.mark.slow  # two launches of 2 gloo ranks through torch's elastic launcher
+def test_a_failing_job_closes_its_bundle_as_failed_and_a_relaunch_completes_it(tmp_path):
+    "An exception in rank 0's loop: the bundle is closed as failed (with the error); the relaunch continues from step 2."
+    from drifting.distributed import WorkerFailed, fit_worker, launch
+    b = tmp_path / "b"
+    job = dict(build="_dist_workers:trainer", steps=4, bundle=str(b), own_bundle=True, project="dist", ckpt_every=2)
+    with pytest.raises(WorkerFailed):
+        launch(fit_worker, 2, dict(job, callback="_kill_workers:raise_at_3"))
+    man = json.loads((b / "run_manifest.json").read_text())
+    assert man["status"] == "failed" and "planted failure after step 3" in man["error"]["message"]
+    assert load_checkpoint(b)["step"] == 2
+    (r0, _) = launch(fit_worker, 2, job)
+    man = json.loads((b / "run_manifest.json").read_text())
+    assert man["status"] == "completed" and [x["previous"]["status"] for x in man["relaunches"]] == ["failed"]
+    assert r0["hist"]["step"] == [3, 4] and load_checkpoint(b)["step"] == 4 and validate_bundle(b) == []

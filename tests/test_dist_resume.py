@@ -1,9 +1,10 @@
 """#24 item 6: a torchrun job that names its bundle (`--bundle DIR`), its rank 0 (the bundle's writer) killed with
-SIGKILL mid-run (torchrun then stops the other rank and exits) and started again with the same command, continues from the bundle's newest good
-checkpoint (not the job folder's older resume.pt) and equals the uninterrupted job step by step: the loss of every
-logged step identical, the final weights, EMA and optimiser state bit-identical (one torch thread per rank, pinned by
-the environment). Rank 0 closes the bundle: completed at the end, and the kill is recorded as `crashed` before the
-relaunch reopens it; an exception in the loop closes it as `failed`, and a relaunch completes it."""
+SIGKILL mid-run (torchrun then stops the other rank and exits) and started again with the same command, continues
+from the bundle's newest good checkpoint (not the job folder's older resume.pt) and equals the uninterrupted job step
+by step: the loss of every logged step identical, the final weights, EMA and optimiser state bit-identical (one torch
+thread per rank, pinned by the environment). Rank 0 closes the bundle: completed at the end, and the kill is recorded
+as `crashed` before the relaunch reopens it; an exception in the loop closes it as `failed`, and a relaunch
+completes it."""
 import json
 import os
 import subprocess

@@ -21,17 +21,20 @@ import torch.distributed as dist
 from fastcore.basics import patch
 from torch import Tensor
 
+from .core import sha256_file
 from .data import ImageDataset
 from .feature_nets import build_features, save_features
 from .latent_cache import ShardedRows
-from .provenance import Run, load_checkpoint, start_run
+from .lifecycle import install_hooks, kernel_invocation, prepare_named_bundle, reopen_bundle
+from .provenance import CheckpointError, Run, load_checkpoint, open_checkpoint, start_run
 from .streams import data_stream
 from .train import TrainConfig, Trainer, check_world_size
 
 # %% auto #0
 __all__ = ['MODES', 'default_backend', 'init_distributed', 'teardown', 'Comm', 'attach', 'WorkerFailed', 'launch',
-           'bundle_writer', 'fit_worker', 'save_data', 'load_data', 'save_job', 'rank_device', 'build_trainer',
-           'fit_local', 'main', 'share', 'gather_rows', 'generate_sharded', 'eval_worker', 'eval_local']
+           'bundle_writer', 'newest_checkpoint', 'open_job_bundle', 'fit_worker', 'save_data', 'load_data', 'save_job',
+           'rank_device', 'build_trainer', 'fit_local', 'main', 'share', 'gather_rows', 'generate_sharded',
+           'eval_worker', 'eval_local']
 
 # %% ../nbs/14_distributed.ipynb #3a084126
 MODES = ("exact", "per_rank")  # global-batch statistics (the release) | each rank's own statistics (most ports)
@@ -299,49 +302,117 @@ def bundle_writer(bundle: str | os.PathLike):
     "A `drifting.provenance.Run` on an existing bundle, for the rank that writes into it (checkpoints, events, logs)."
     d = Path(bundle)
     man = json.loads((d / "run_manifest.json").read_text())
-    return Run(d, man.get("project_name", d.parent.name), man, {}, {})
+    repro = json.loads((d / "provenance" / "repro.json").read_text())
+    run = Run(d, man.get("project_name", d.parent.name), man, repro, repro.get("config", {}))
+    if (d / "metrics.json").is_file():  # what earlier launches recorded: a relaunch adds to it
+        run.metrics = json.loads((d / "metrics.json").read_text())
+    return run
+
+# %% ../nbs/14_distributed.ipynb #a265863e
+def newest_checkpoint(
+    bundle: str | os.PathLike,  # a run bundle
+) -> Path | None:  # the file, or None when the bundle holds no good checkpoint
+    "The bundle's checkpoint with the highest step among those whose bytes match its record and that load."
+    ck = Path(bundle) / "artifacts" / "checkpoints"
+    best, step = None, -1
+    for f in sorted(ck.glob("step_*.pt")) + [ck / "last.pt"]:
+        try:
+            got, sd = open_checkpoint(f, mmap=True)  # verified against the recorded sha256, then loaded
+            s = int(sd["step"])
+        except (CheckpointError, KeyError, TypeError, ValueError):
+            continue  # truncated, replaced, not a training state: not a candidate
+        if s > step or (s == step and got.name != "last.pt"):
+            best, step = got, s
+    return best
+
+
+def open_job_bundle(
+    job: dict,  # fit_worker's job: bundle, project, resume, ...
+    trainer,  # built on this rank (its config is recorded by a new bundle)
+) -> tuple[Run, str | None]:  # (rank 0's run, the checkpoint every rank resumes from)
+    "Rank 0 of a job naming its bundle: make it (first launch) or reopen it (relaunch); pick the resume checkpoint."
+    d = Path(job["bundle"])
+    if not (d / "run_manifest.json").is_file():
+        prepare_named_bundle(d, kernel_invocation())
+        cfg = dict(train=trainer.cfg.to_dict(), job=job)
+        run = start_run(
+            job.get("project", "latent"), cfg, bundle=d, seed=trainer.cfg.seed, resume_from=job.get("resume")
+        )
+        return run, job.get("resume")
+    reopen_bundle(d)
+    run = bundle_writer(d)
+    run._hooks = install_hooks(run)
+    found = newest_checkpoint(d)
+    resume = str(found) if found is not None else job.get("resume")
+    if resume is not None:
+        step = int(load_checkpoint(resume)["step"])
+        run.event("resume", **{"from": str(resume), "step": step, "sha256": sha256_file(resume), "relaunch": True})
+    return run, resume
+
+# %% ../nbs/14_distributed.ipynb #64f3d30e
+def _fit_rank(trainer, job: dict, run, comm) -> dict:
+    "`Trainer.fit` with the job's options; rank 0 writes the bundle and shows progress."
+    cb = _resolve(job["callback"]) if job.get("callback") else None
+    return trainer.fit(
+        job["steps"],
+        run=run,
+        ckpt_every=job.get("ckpt_every"),
+        keep_checkpoints=job.get("keep_checkpoints"),
+        keep_every=job.get("keep_every"),
+        progress=job.get("progress", False) and comm.rank == 0,
+        callback=cb,
+        log_every=job.get("log_every", 1),
+        tensorboard=job.get("tensorboard", False),
+    )
 
 # %% ../nbs/14_distributed.ipynb #cbb83df8
+def _job_run(job: dict, trainer) -> tuple[Run | None, str | None]:
+    "This rank's bundle writer (rank 0 only) and the checkpoint every rank resumes from (rank 0's choice)."
+    if not job.get("own_bundle"):
+        return None, job.get("resume")
+    run, err, msg = None, None, [None]
+    if dist.get_rank() == 0:
+        try:
+            run, resume = open_job_bundle(job, trainer)
+            msg = [dict(resume=resume)]
+        except Exception as e:  # every rank stops with rank 0's reason
+            err, msg = e, [dict(error=f"{type(e).__name__}: {e}")]
+    dist.broadcast_object_list(msg, src=0)
+    if "error" in msg[0]:
+        raise err if err is not None else RuntimeError(f"rank 0 could not open the job's bundle: {msg[0]['error']}")
+    return run, msg[0]["resume"]
+
+
 def fit_worker(
-    job: dict,  # build, kwargs, steps; optional: mode, resume, bundle | runs_dir (+ project), save, ckpt_every,
-    # keep_checkpoints, keep_every, log_every, tensorboard, callback, backend
+    job: dict,  # build, kwargs, steps; optional: mode, resume, bundle (+ own_bundle) | runs_dir (+ project), save,
+    # ckpt_every, keep_checkpoints, keep_every, log_every, tensorboard, callback, backend
 ) -> dict:  # rank, world_size, backend, mode, step, hist, bytes, calls, comm_seconds, seconds
     "One rank of a distributed training job (run by `launch` or torchrun)."
     created = init_distributed(job.get("backend"))
     try:
         t0 = time.perf_counter()
         trainer = _resolve(job["build"])(**job.get("kwargs", {}))
-        if job.get("resume") is not None:
-            trainer.load_state_dict(load_checkpoint(job["resume"]), allow_changes=job.get("allow_changes", False))
-        comm = attach(trainer, job.get("mode", "exact"))
-        run, own = None, False
-        if comm.rank == 0 and job.get("bundle") is not None:
-            run = bundle_writer(job["bundle"])
-        elif comm.rank == 0 and job.get("runs_dir") is not None:  # rank 0 creates the bundle and closes it
-            run, own = (
-                start_run(
+        run, resume = _job_run(job, trainer)
+        own = run is not None  # rank 0 of a job naming its bundle closes it
+        try:
+            if resume is not None:
+                trainer.load_state_dict(load_checkpoint(resume), allow_changes=job.get("allow_changes", False))
+            comm = attach(trainer, job.get("mode", "exact"))
+            if comm.rank == 0 and run is None and job.get("bundle") is not None:
+                run = bundle_writer(job["bundle"])  # a bundle another process owns (fit_local's notebook)
+            elif comm.rank == 0 and run is None and job.get("runs_dir") is not None:  # rank 0 creates and closes it
+                cfg = dict(train=trainer.cfg.to_dict(), job=job)
+                run = start_run(
                     job.get("project", "latent"),
-                    dict(train=trainer.cfg.to_dict(), job=job),
+                    cfg,
                     runs_dir=job["runs_dir"],
                     seed=trainer.cfg.seed,
-                    resume_from=job.get("resume"),
-                ),
-                True,
-            )
-            run.manifest.update(world_size=comm.world_size, distributed=dict(comm.info(), launcher="torchrun"))
-        cb = _resolve(job["callback"]) if job.get("callback") else None
-        try:
-            hist = trainer.fit(
-                job["steps"],
-                run=run,
-                ckpt_every=job.get("ckpt_every"),
-                keep_checkpoints=job.get("keep_checkpoints"),
-                keep_every=job.get("keep_every"),
-                progress=job.get("progress", False) and comm.rank == 0,
-                callback=cb,
-                log_every=job.get("log_every", 1),
-                tensorboard=job.get("tensorboard", False),
-            )
+                    resume_from=resume,
+                )
+                own = True
+            if own:
+                run.manifest.update(world_size=comm.world_size, distributed=dict(comm.info(), launcher="torchrun"))
+            hist = _fit_rank(trainer, job, run, comm)
         except BaseException as e:
             if own:
                 run.fail(e)
@@ -482,24 +553,32 @@ def fit_local(
 
 # %% ../nbs/14_distributed.ipynb #013c9cfc
 def main(argv=None):
-    "`python -m drifting.distributed JOB --steps N [--bundle DIR] [--mode exact|per_rank] [--ckpt-every K]` (torchrun)."
+    "`python -m drifting.distributed JOB --steps N [--bundle DIR | --runs-dir D] [--ckpt-every K] ...` (torchrun)."
     p = argparse.ArgumentParser(
         prog="python -m drifting.distributed",
         description="one rank of a distributed training job (run it under torchrun)",
     )
     p.add_argument("job", help="a job folder written by drifting.distributed.save_job")
     p.add_argument("--steps", type=int, required=True, help="train until this many steps in total")
-    p.add_argument("--bundle", default=None, help="an existing run bundle rank 0 writes checkpoints and logs into")
+    p.add_argument(
+        "--bundle",
+        default=None,
+        help="this job's bundle: made by the first launch, continued from its newest good checkpoint by a relaunch",
+    )
     p.add_argument(
         "--runs-dir", default=None, help="rank 0 creates a new bundle under <runs-dir>/<project>/ (instead of --bundle)"
     )
     p.add_argument("--project", default="latent")
     p.add_argument(
-        "--resume", default=None, help="checkpoint or bundle to continue from (default: the job's resume.pt, if any)"
+        "--resume",
+        default=None,
+        help="checkpoint or bundle to start from (default: the job's resume.pt); a relaunch uses its bundle's newest",
     )
     p.add_argument("--mode", default="exact", choices=MODES)
     p.add_argument("--ckpt-every", type=int, default=None)
     p.add_argument("--keep-checkpoints", type=int, default=None)
+    p.add_argument("--keep-every", type=int, default=None, help="also keep every checkpoint whose step is a multiple")
+    p.add_argument("--callback", default=None, help="'module:function' called as f(trainer, metrics) after each step")
     a = p.parse_args(argv)
     job = Path(a.job)
     if not (job / "config.json").is_file():
@@ -513,10 +592,13 @@ def main(argv=None):
             mode=a.mode,
             resume=resume,
             bundle=a.bundle,
+            own_bundle=a.bundle is not None,
             runs_dir=a.runs_dir,
             project=a.project,
             ckpt_every=a.ckpt_every,
             keep_checkpoints=a.keep_checkpoints,
+            keep_every=a.keep_every,
+            callback=a.callback,
             progress=True,
         )
     )

@@ -16,6 +16,7 @@ import torch.nn as nn
 from .data import ImageDataset
 from .features import FeatureSpace
 from .mae import load_encoder, save_encoder
+from .mae_resume import verify_encoder
 from .mae_train import BUILTIN_MAE_RECIPE, MAETrainConfig, latent_mae_encoder
 from .official import ConvNeXtFeatures, FeatureStack, MAEFeatures, load_convnext
 from .train import TrainConfig
@@ -56,7 +57,8 @@ def mae_encoder(
             progress=progress,
         )
     else:
-        enc, info = load_encoder(cfg.feature_encoder, device=device or "cpu"), dict(path=str(cfg.feature_encoder))
+        d = verify_encoder(cfg.feature_encoder)  # links followed; a bundle's export checked against its recorded sha256
+        enc, info = load_encoder(d, device=device or "cpu"), dict(path=str(d))
     return enc, {k: v for k, v in info.items() if k in RECORD_KEYS}
 
 # %% ../nbs/13c_feature_nets.ipynb #89f3fa32

@@ -47,7 +47,8 @@ from drifting.writers import (
 # %% auto #0
 __all__ = ['SCHEMA_VERSION', 'BUNDLE_DIRS', 'INVOCATION', 'RESERVE', 'short_hash', 'prepare_bundle', 'read_invocation',
            'gather_facts', 'kernel_invocation', 'make_repro', 'make_manifest', 'write_start', 'install_hooks',
-           'rewrite_run_md', 'close_stale', 'close_stale_runs', 'attach_notebook']
+           'rewrite_run_md', 'close_stale', 'close_stale_runs', 'prepare_named_bundle', 'reopen_bundle',
+           'attach_notebook']
 
 # %% ../nbs/10f_lifecycle.ipynb #5661436a
 SCHEMA_VERSION = "1"
@@ -281,16 +282,8 @@ def _crash_message(why: str, step, ck) -> str:
     )
 
 # %% ../nbs/10f_lifecycle.ipynb #f1471ce4
-def close_stale(
-    bundle: str | os.PathLike,  # a run folder
-    reason: str | None = None,  # what the noticer knows (e.g. papermill's exit code), added to the message
-) -> dict | None:  # the manifest written, or None when nothing was closed
-    "Close a `running` bundle whose writer is proven dead as `crashed`; otherwise change nothing."
-    b = Path(bundle)
-    man = read_manifest(b)
-    state, why = writer_state(man) if man.get("status") == "running" else ("", "")
-    if state != "dead":
-        return None
+def _close_dead(b: Path, man: dict, why: str, reason: str | None = None) -> dict:
+    "Close bundle `b` (manifest `man`, writer gone for reason `why`) as `crashed`: failure event, trimmed logs."
     _trim_partial(b / "logs" / "steps.jsonl")
     _trim_partial(b / EVENTS)
     cks = [e for e in read_events(b) if e.get("event") == "checkpoint"]
@@ -306,6 +299,17 @@ def close_stale(
     rewrite_run_md(b, man)
     return man
 
+
+def close_stale(
+    bundle: str | os.PathLike,  # a run folder
+    reason: str | None = None,  # what the noticer knows (e.g. papermill's exit code), added to the message
+) -> dict | None:  # the manifest written, or None when nothing was closed
+    "Close a `running` bundle whose writer is proven dead as `crashed`; otherwise change nothing."
+    b = Path(bundle)
+    man = read_manifest(b)
+    state, why = writer_state(man) if man.get("status") == "running" else ("", "")
+    return _close_dead(b, man, why, reason) if state == "dead" else None
+
 # %% ../nbs/10f_lifecycle.ipynb #a6910551
 def close_stale_runs(parent: str | os.PathLike) -> list[Path]:
     "Close every proven-dead `running` bundle directly under `parent`; skip unreadable ones with a warning."
@@ -317,6 +321,49 @@ def close_stale_runs(parent: str | os.PathLike) -> list[Path]:
         except (OSError, ValueError) as e:  # another user's bundle, a damaged manifest: never this run's business
             warnings.warn(f"drifting: skipped {d} while looking for stale runs ({type(e).__name__}: {e})")
     return closed
+
+# %% ../nbs/10f_lifecycle.ipynb #afd2bc3f
+def prepare_named_bundle(
+    d: str | os.PathLike,  # the bundle folder to make: absent or empty
+    invocation: dict,  # command, cwd, input, output (as `kernel_invocation`)
+) -> Path:
+    "Make bundle folder `d` holding only `provenance/invocation.json`, for `start_run(bundle=d)` to fill."
+    d = Path(d)
+    if d.exists() and (not d.is_dir() or any(d.iterdir())):
+        raise BundleError(
+            f"{d} exists and is not a run bundle (no run_manifest.json): name a new folder, or a bundle to relaunch"
+        )
+    (d / "provenance").mkdir(parents=True, exist_ok=True)
+    write_json(d, INVOCATION, dict(invocation, input_sha256=None, created=utc_now()))
+    return d
+
+
+def reopen_bundle(
+    bundle: str
+    | os.PathLike,  # a bundle whose job stopped: failed, crashed, aborted, or `running` with its writer gone
+) -> dict:  # the manifest, `running` again with this process as its writer
+    "Take over a stopped bundle for a relaunch of its job; refuse a completed one or one a live process writes."
+    b = Path(bundle)
+    man = read_manifest(b)
+    if man.get("status") == "completed":
+        raise BundleError(
+            f"{b} is already completed (step {man.get('last_step', '?')}): nothing to relaunch; "
+            "start a new bundle (--resume from this one to train further)"
+        )
+    if man.get("status") == "running":
+        state, why = writer_state(man)
+        if state == "alive":
+            raise BundleError(f"{b} is still being written ({why}): stop that job first, or name another bundle")
+        why = why if state == "dead" else f"{why}; taken over by a relaunch"
+        man = _close_dead(b, man, why)
+    prev = {k: man.pop(k, None) for k in ("status", "ended", "error", "last_step", "last_checkpoint")}
+    man.setdefault("relaunches", []).append(dict(time=utc_now(), previous=prev, pid=os.getpid()))
+    man.update(status="running", ended=None, seconds=None, error=None, writer=writer_record())
+    atomic_write_bytes(b / RESERVE, bytes(1 << 16))
+    write_manifest(b, man)
+    append_event(b, "relaunch", previous_status=prev["status"], pid=os.getpid())
+    rewrite_run_md(b, man)
+    return man
 
 # %% ../nbs/10f_lifecycle.ipynb #9950bac5
 def _own_notebook(nb: dict, bundle: Path) -> bool:

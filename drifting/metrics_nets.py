@@ -363,7 +363,7 @@ def heldout_frechet(
         reference=dict(name=heldout.name, fingerprint=heldout.fingerprint, split=heldout.split),
     )
 
-# %% ../nbs/09a_metrics_nets.ipynb #e32d853f
+# %% ../nbs/09a_metrics_nets.ipynb #d278df69
 def rehearsal_features(
     device: torch.device | str = "cpu",  # where it runs
     seed: int = 0,  # seed of the random weights (part of the name and hash)

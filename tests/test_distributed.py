@@ -1,5 +1,6 @@
 """Exact distributed training on 2 gloo processes (loopback, free port, torch's elastic launcher): a sharded drift-loss
 call and a training step equal one process, the ranks stay bit-identical over 20 steps, per-rank statistics differ;
+the overlapped gradient all-reduce (grad_sync="overlap") takes the flat path's steps to the bit;
 resume 2 → 2 bit-exact, 1 → 2 and 2 → 1 continue the same step; sharded sampling and FID equal one process; a rank
 killed mid-run stops the job with a clear error and leaves the last checkpoint and a failed bundle; the torchrun
 entry point creates and completes a bundle."""
@@ -12,7 +13,7 @@ import sys
 import pytest
 import torch
 
-from _dist_workers import HALF, STEPS, drift_inputs, exactness, one_step, sample_setup, trainer
+from _dist_workers import HALF, STEPS, SYNC_STEPS, drift_inputs, exactness, one_step, sample_setup, trainer
 from drifting.distributed import WorkerFailed, fit_worker, launch, save_job
 from drifting.drift_exact import drift_loss
 from drifting.metrics import FeatureStats, compute_fid
@@ -190,25 +191,15 @@ def test_torchrun_entry_point(tmp_path):
     assert load_checkpoint(b)["step"] == 2 and len((b / "logs" / "steps.jsonl").read_text().splitlines()) == 2
 
 
-@pytest.fixture(scope="module")
-def grad_syncs(tmp_path_factory):
-    "Both ranks' steps with the flat and the overlapped gradient all-reduce (`_dist_workers.grad_sync_steps`)."
-    from _dist_workers import grad_sync_steps
-    out = tmp_path_factory.mktemp("sync")
-    launch(grad_sync_steps, 2, str(out), log_dir=out / "logs")
-    return [torch.load(out / f"sync_rank{r}.pt", weights_only=True) for r in range(2)]
-
-
 @pytest.mark.parametrize("grad_accum", [1, 2])
-def test_overlapped_gradient_sync_equals_flat(grad_syncs, grad_accum):
+def test_overlapped_gradient_sync_equals_flat(two_ranks, grad_accum):
     """grad_sync="overlap" takes the flat path's steps to the bit (loss, averaged and clipped gradients, weights, EMA),
     with and without gradient accumulation, and the ranks stay bit-identical. Bits, not a tolerance, because with 2 ranks
     every gradient element is one fp32 addition a + b in either path (commutative and correctly rounded, wherever the
     element sits in a bucket) followed by the same division by 2; with 3 or more ranks gloo's and NCCL's rings add the
     ranks' values in an order that depends on the element's place in the buffer, so the two paths would agree to about
     (W - 1) ulp, not to the bit (D-dist-11). The buckets are sent during the backward pass, not all after it."""
-    from _dist_workers import SYNC_STEPS
-    r0, r1 = (r[grad_accum] for r in grad_syncs)
+    r0, r1 = (r["sync"][grad_accum] for r in two_ranks)
     for k in range(SYNC_STEPS):
         same_bits(r0["steps"][k]["overlap"], r0["steps"][k]["flat"])  # the same step as the flat path
         same_bits(r0["steps"][k]["overlap"], r1["steps"][k]["overlap"])  # on both ranks

@@ -6,7 +6,8 @@ writes its job folder, and runs `--steps` steps on `--nproc` local workers throu
 first step of each run (warm-up) is left out of the times. Per step and rank it prints the gradient bytes and
 all-reduce calls, the drift-loss statistics' bytes and calls, and for the gradients: the time in flight (the union
 of the all-reduces' send-to-completion times, on the host), the share of it hidden behind the backward pass (before
-the backward pass ended) and the exposed wait after it. The flat path's one all-reduce starts after the backward
+the backward pass ended), the exposed wait after it, and the host time the hooks spent flattening and sending
+buckets (which the backward pass waits for). The flat path's one all-reduce starts after the backward
 pass, so all of it is exposed. On CUDA (NCCL) a collective completes on its stream, not on the host: only the
 exposed wait and the step time are measured there.
 
@@ -43,7 +44,7 @@ def per_step(r):
     return dict(step_s=sum(r["hist"]["seconds"][1:]) / (n - 1), grad_mb=r["bytes"]["grads"] / n / 1e6,
                 grad_calls=r["calls"]["grads"] / n, stats_b=r["bytes"]["stats"] / n, stats_calls=r["calls"]["stats"] / n,
                 flight_ms=gt["in_flight"] / n * 1e3, hidden=gt["hidden"] / gt["in_flight"] if gt["in_flight"] else None,
-                exposed_ms=r["comm_seconds"]["grads"] / n * 1e3, early=gt["early"] / n)
+                exposed_ms=r["comm_seconds"]["grads"] / n * 1e3, early=gt["early"] / n, launch_ms=gt["launch"] / n * 1e3)
 
 
 def main():
@@ -82,7 +83,8 @@ def main():
                 s = rows[name, r["rank"]] = per_step(r)
                 hid = "-" if s["hidden"] is None else f"{100 * s['hidden']:.0f}%"
                 print(f"{name:22s} rank {r['rank']}: {s['step_s']:.3f} s/step | grads {s['grad_mb']:.3f} MB in "
-                      f"{s['grad_calls']:.0f} all-reduce(s), {s['early']:.0f} sent during backward; in flight "
+                      f"{s['grad_calls']:.0f} all-reduce(s), {s['early']:.0f} sent during backward (hooks "
+                      f"{s['launch_ms']:.1f} ms); in flight "
                       f"{s['flight_ms']:.1f} ms, hidden {hid}, exposed {s['exposed_ms']:.1f} ms | statistics "
                       f"{s['stats_b']:.0f} B in {s['stats_calls']:.0f} calls")
     mean = lambda name, k: sum(v[k] for (n, _), v in rows.items() if n == name) / a.nproc  # noqa: E731

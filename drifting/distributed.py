@@ -90,9 +90,10 @@ class Comm:
         self.bytes = dict(stats=0, grads=0, metrics=0)  # bytes this rank has all-reduced, by purpose
         self.calls = dict(stats=0, grads=0, metrics=0)
         self.seconds = dict(stats=0.0, grads=0.0, metrics=0.0)  # wall time inside the collectives (includes waiting)
-        # gradient all-reduces: seconds in flight (their union), the part of it before the backward pass ended, and
-        # buckets sent during the backward pass (grad_sync "overlap"; the flat path's one call is all exposed)
-        self.grad_timing = dict(in_flight=0.0, hidden=0.0, early=0)
+        # gradient all-reduces: seconds in flight (their union), the part of it before the backward pass ended, buckets
+        # sent during the backward pass and seconds the hooks took to send them (grad_sync "overlap"; the flat path's
+        # one call after the backward pass is all exposed)
+        self.grad_timing = dict(in_flight=0.0, hidden=0.0, early=0, launch=0.0)
         self.buckets = None  # a `GradBuckets` when the trainer's grad_sync is "overlap" (set by `attach`)
 
     def __repr__(self):
@@ -233,19 +234,19 @@ def _ready(self: GradBuckets, i: int, p: Tensor):  # the post-accumulate-grad ho
 @patch
 def _launch(self: GradBuckets, i: int):
     "All-reduce (sum) bucket i asynchronously; its parameters' gradients become views of the bucket."
-    ps = self.buckets[i]
+    t0, ps = time.perf_counter(), self.buckets[i]
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in ps])
     lo = 0
     for p in ps:
         p.grad = flat[lo : lo + p.numel()].view_as(p)
         lo += p.numel()
-    t0 = time.perf_counter()
     work = dist.all_reduce(flat, group=self.comm.group, async_op=True)
     # when it completed, on the host (gloo); a CUDA future completes on its stream, not on the host: not timed
     done = None if flat.is_cuda else work.get_future().then(lambda _: time.perf_counter())
     self.pending.append((flat, work, t0, done))
     self.comm.bytes["grads"] += flat.numel() * flat.element_size()
     self.comm.calls["grads"] += 1
+    self.comm.grad_timing["launch"] += time.perf_counter() - t0  # the host time the hook adds to the backward pass
 
 # %% ../nbs/14_distributed.ipynb #gsync-finish
 def _spans(

@@ -5,11 +5,11 @@ Builds one trainer per variant (synthetic latents, a small random ResNet feature
 writes its job folder, and runs `--steps` steps on `--nproc` local workers through torch's elastic launcher. The
 first step of each run (warm-up) is left out of the times. Per step and rank it prints the gradient bytes and
 all-reduce calls, the drift-loss statistics' bytes and calls, and for the gradients: the time in flight (the union
-of the all-reduces' send-to-completion times, on the host), the share of it hidden behind the backward pass (before
-the backward pass ended), the exposed wait after it, and the host time the hooks spent flattening and sending
-buckets (which the backward pass waits for). The flat path's one all-reduce starts after the backward
-pass, so all of it is exposed. On CUDA (NCCL) a collective completes on its stream, not on the host: only the
-exposed wait and the step time are measured there.
+of the all-reduces' times from the start of the send to completion, on the host), the share of it hidden behind the
+backward pass (before the backward pass ended), the host time the hooks spent flattening and sending buckets (the
+backward pass waits for it, so at least hidden − hooks overlapped computation) and the exposed wait after the
+backward pass. The flat path's one all-reduce starts after the backward pass: all of it is exposed. On CUDA (NCCL)
+a collective completes on its stream, not on the host: only the exposed wait and the step time are measured there.
 
     python bench/dist_step.py [--nproc 2] [--steps 6] [--n-c 8] [--preset cpu] [--bucket-mb 25 0.02]
     python bench/dist_step.py --cpu --preset tiny     # gloo on the CPU even where CUDA is available
@@ -42,9 +42,13 @@ def per_step(r):
     n = len(r["hist"]["seconds"])
     gt = r["grad_timing"]
     return dict(step_s=sum(r["hist"]["seconds"][1:]) / (n - 1), grad_mb=r["bytes"]["grads"] / n / 1e6,
-                grad_calls=r["calls"]["grads"] / n, stats_b=r["bytes"]["stats"] / n, stats_calls=r["calls"]["stats"] / n,
-                flight_ms=gt["in_flight"] / n * 1e3, hidden=gt["hidden"] / gt["in_flight"] if gt["in_flight"] else None,
-                exposed_ms=r["comm_seconds"]["grads"] / n * 1e3, early=gt["early"] / n, launch_ms=gt["launch"] / n * 1e3)
+                grad_calls=r["calls"]["grads"] / n, stats_b=r["bytes"]["stats"] / n,
+                stats_calls=r["calls"]["stats"] / n, flight_ms=gt["in_flight"] / n * 1e3,
+                hidden=gt["hidden"] / gt["in_flight"] if gt["in_flight"] else None,
+                # at least this share overlapped computation: the hooks' own time stalls the backward pass
+                behind=max(0.0, gt["hidden"] - gt["launch"]) / gt["in_flight"] if gt["in_flight"] else None,
+                exposed_ms=r["comm_seconds"]["grads"] / n * 1e3, early=gt["early"] / n,
+                launch_ms=gt["launch"] / n * 1e3)
 
 
 def main():
@@ -81,7 +85,8 @@ def main():
             name = f"{mode}/{sync}" + (f" {mb:g} MiB" if mb is not None else "")
             for r in launch(fit_worker, a.nproc, job):
                 s = rows[name, r["rank"]] = per_step(r)
-                hid = "-" if s["hidden"] is None else f"{100 * s['hidden']:.0f}%"
+                hid = "-" if s["hidden"] is None else f"{100 * s['hidden']:.0f}% (≥ {100 * s['behind']:.0f}% of it "
+                hid += "" if s["hidden"] is None else "behind computation)"
                 print(f"{name:22s} rank {r['rank']}: {s['step_s']:.3f} s/step | grads {s['grad_mb']:.3f} MB in "
                       f"{s['grad_calls']:.0f} all-reduce(s), {s['early']:.0f} sent during backward (hooks "
                       f"{s['launch_ms']:.1f} ms); in flight "

@@ -227,8 +227,10 @@ def _ready(self: GradBuckets, i: int, p: Tensor):  # the post-accumulate-grad ho
     if not self.armed:
         return
     self.missing[i] -= 1
+    t0 = time.perf_counter()
     while len(self.pending) < len(self.buckets) and self.missing[len(self.pending)] == 0:
         self._launch(len(self.pending))  # in bucket order on every rank: the ranks' collectives pair up
+    self.comm.grad_timing["launch"] += time.perf_counter() - t0  # host time the backward pass spent sending
 
 
 @patch
@@ -246,7 +248,6 @@ def _launch(self: GradBuckets, i: int):
     self.pending.append((flat, work, t0, done))
     self.comm.bytes["grads"] += flat.numel() * flat.element_size()
     self.comm.calls["grads"] += 1
-    self.comm.grad_timing["launch"] += time.perf_counter() - t0  # the host time the hook adds to the backward pass
 
 # %% ../nbs/14_distributed.ipynb #gsync-finish
 def _spans(

@@ -85,8 +85,8 @@ def main():
             name = f"{mode}/{sync}" + (f" {mb:g} MiB" if mb is not None else "")
             for r in launch(fit_worker, a.nproc, job):
                 s = rows[name, r["rank"]] = per_step(r)
-                hid = "-" if s["hidden"] is None else f"{100 * s['hidden']:.0f}% (≥ {100 * s['behind']:.0f}% of it "
-                hid += "" if s["hidden"] is None else "behind computation)"
+                hid = "-" if s["hidden"] is None else f"{100 * s['hidden']:.0f}% (≥ {100 * s['behind']:.0f}%"
+                hid += "" if s["hidden"] is None else " behind compute)"
                 print(f"{name:22s} rank {r['rank']}: {s['step_s']:.3f} s/step | grads {s['grad_mb']:.3f} MB in "
                       f"{s['grad_calls']:.0f} all-reduce(s), {s['early']:.0f} sent during backward (hooks "
                       f"{s['launch_ms']:.1f} ms); in flight "

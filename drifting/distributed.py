@@ -31,10 +31,10 @@ from .streams import data_stream
 from .train import TrainConfig, Trainer, check_world_size
 
 # %% auto #0
-__all__ = ['MODES', 'default_backend', 'init_distributed', 'teardown', 'Comm', 'attach', 'WorkerFailed', 'launch',
-           'bundle_writer', 'newest_checkpoint', 'open_job_bundle', 'fit_worker', 'save_data', 'load_data', 'save_job',
-           'rank_device', 'build_trainer', 'fit_local', 'main', 'share', 'gather_rows', 'generate_sharded',
-           'eval_worker', 'eval_local']
+__all__ = ['MODES', 'BUCKET_MB', 'default_backend', 'init_distributed', 'teardown', 'Comm', 'GradBuckets', 'attach',
+           'WorkerFailed', 'launch', 'bundle_writer', 'newest_checkpoint', 'open_job_bundle', 'fit_worker', 'save_data',
+           'load_data', 'save_job', 'rank_device', 'build_trainer', 'fit_local', 'main', 'share', 'gather_rows',
+           'generate_sharded', 'eval_worker', 'eval_local']
 
 # %% ../nbs/14_distributed.ipynb #3a084126
 MODES = ("exact", "per_rank")  # global-batch statistics (the release) | each rank's own statistics (most ports)
@@ -92,6 +92,11 @@ class Comm:
         self.bytes = dict(stats=0, grads=0, metrics=0)  # bytes this rank has all-reduced, by purpose
         self.calls = dict(stats=0, grads=0, metrics=0)
         self.seconds = dict(stats=0.0, grads=0.0, metrics=0.0)  # wall time inside the collectives (includes waiting)
+        # gradient all-reduces: seconds in flight (their union), the part of it before the backward pass ended, buckets
+        # sent during the backward pass and seconds the hooks took to send them (grad_sync "overlap"; the flat path's
+        # one call after the backward pass is all exposed)
+        self.grad_timing = dict(in_flight=0.0, hidden=0.0, early=0, launch=0.0)
+        self.buckets = None  # a `GradBuckets` when the trainer's grad_sync is "overlap" (set by `attach`)
 
     def __repr__(self):
         return f"Comm(rank={self.rank}, world_size={self.world_size}, backend={self.backend!r}, mode={self.mode!r})"
@@ -120,11 +125,25 @@ def stat_reduce(self: Comm):
 
 # %% ../nbs/14_distributed.ipynb #d93b0f0a
 @patch
+def backward_begins(
+    self: Comm,
+    last: bool,  # this micro-batch is the step's last: its backward pass makes the step's gradients final
+):
+    "Called before each micro-batch's backward pass: grad_sync 'overlap' sends the last one's gradients as they come."
+    if self.buckets is not None:
+        self.buckets.arm(last)
+
+
+@patch
 def average_gradients(self: Comm, params):
-    "Replace every gradient by its mean over ranks: one all-reduce of the flattened gradients (D-dist-3)."
+    "Replace every gradient by its mean over ranks: one all-reduce of the flat gradients (D-dist-3), or the buckets."
+    if self.buckets is not None:  # grad_sync "overlap": most buckets were sent during the backward pass
+        return self.buckets.finish()
     ps = [p for p in params if p.requires_grad]
     flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in ps])
+    s0 = self.seconds["grads"]
     flat = self.sum(flat, "grads").div_(self.world_size)
+    self.grad_timing["in_flight"] += self.seconds["grads"] - s0  # all of it after the backward pass
     lo = 0
     for p in ps:
         g = flat[lo : lo + p.numel()].view_as(p)
@@ -155,11 +174,128 @@ def info(self: Comm) -> dict:
     "What the run manifest records."
     return dict(world_size=self.world_size, backend=self.backend, mode=self.mode)
 
+# %% ../nbs/14_distributed.ipynb #gsync-init
+BUCKET_MB = 25.0  # bucket size of grad_sync "overlap" in MiB: DDP's default `bucket_cap_mb`
+
+
+class GradBuckets:
+    "A rank's gradients all-reduced in buckets while the backward pass runs (grad_sync 'overlap', D-dist-11)."
+
+    def __init__(
+        self,
+        comm: Comm,  # the rank's collectives (bytes, calls and seconds are counted there)
+        params,  # the parameters whose gradients are averaged (those that require a gradient)
+        bucket_mb: float = BUCKET_MB,  # bucket size; a parameter larger than this gets a bucket of its own
+    ):
+        if isinstance(bucket_mb, bool) or not isinstance(bucket_mb, (int, float)) or not bucket_mb > 0:
+            raise ValueError(f"bucket_mb must be a number > 0 (MiB per bucket), got {bucket_mb!r}")
+        self.comm, cap = comm, bucket_mb * 2**20
+        self.buckets, size = [[]], 0  # [[param, ...], ...] in launch order
+        for p in reversed([p for p in params if p.requires_grad]):  # the last layers' gradients come first (as DDP)
+            n, b = p.numel() * p.element_size(), self.buckets[-1]
+            if b and (size + n > cap or p.dtype != b[0].dtype or p.device != b[0].device):
+                self.buckets.append([])
+                size = 0
+            self.buckets[-1].append(p)
+            size += n
+        self.buckets = [b for b in self.buckets if b]
+        self.hooks = [  # each calls self._ready(i, p) after p's gradient is accumulated in a backward pass
+            p.register_post_accumulate_grad_hook(lambda p, i=i: self._ready(i, p))
+            for i, b in enumerate(self.buckets)
+            for p in b
+        ]
+        self.armed, self.missing, self.pending = False, [], []  # see `arm`
+
+    def close(self):
+        "Remove the hooks (the parameters' gradients are left as they are)."
+        for h in self.hooks:
+            h.remove()
+        self.hooks, self.armed = [], False
+
+# %% ../nbs/14_distributed.ipynb #gsync-launch
+@patch
+def arm(
+    self: GradBuckets,
+    last: bool = True,  # this backward pass is the step's last (its gradients are final)
+):
+    "Before a backward pass: if `last`, send each bucket as soon as its gradients are final; else let them accumulate."
+    self.armed = last
+    self.missing = [len(b) for b in self.buckets]  # per bucket: parameters whose hook has not fired yet
+    self.pending = []  # sent buckets, in order: (flat gradients, work, send time, future of the completion time)
+
+
+@patch
+def _ready(self: GradBuckets, i: int, p: Tensor):  # the post-accumulate-grad hook of parameter p of bucket i
+    if not self.armed:
+        return
+    self.missing[i] -= 1
+    t0 = time.perf_counter()
+    while len(self.pending) < len(self.buckets) and self.missing[len(self.pending)] == 0:
+        self._launch(len(self.pending))  # in bucket order on every rank: the ranks' collectives pair up
+    self.comm.grad_timing["launch"] += time.perf_counter() - t0  # host time the backward pass spent sending
+
+
+@patch
+def _launch(self: GradBuckets, i: int):
+    "All-reduce (sum) bucket i asynchronously; its parameters' gradients become views of the bucket."
+    t0, ps = time.perf_counter(), self.buckets[i]
+    flat = torch.cat([(p.grad if p.grad is not None else torch.zeros_like(p)).reshape(-1) for p in ps])
+    lo = 0
+    for p in ps:
+        p.grad = flat[lo : lo + p.numel()].view_as(p)
+        lo += p.numel()
+    work = dist.all_reduce(flat, group=self.comm.group, async_op=True)
+    # when it completed, on the host (gloo); a CUDA future completes on its stream, not on the host: not timed
+    done = None if flat.is_cuda else work.get_future().then(lambda _: time.perf_counter())
+    self.pending.append((flat, work, t0, done))
+    self.comm.bytes["grads"] += flat.numel() * flat.element_size()
+    self.comm.calls["grads"] += 1
+
+# %% ../nbs/14_distributed.ipynb #gsync-finish
+def _spans(
+    spans: list,  # [(start, end)] seconds
+    cut: float,  # a time
+) -> tuple:  # (length of the union of the spans, the part of it before `cut`)
+    total = before = 0.0
+    lo = hi = None
+    for a, b in sorted(spans):
+        if hi is not None and a <= hi:
+            hi = max(hi, b)
+            continue
+        if hi is not None:
+            total, before = total + hi - lo, before + max(0.0, min(hi, cut) - lo)
+        lo, hi = a, b
+    if hi is not None:
+        total, before = total + hi - lo, before + max(0.0, min(hi, cut) - lo)
+    return total, before
+
+
+@patch
+def finish(self: GradBuckets):
+    "After the last backward pass: send the remaining buckets, wait, divide by the world size (D-dist-11)."
+    t_end, comm = time.perf_counter(), self.comm
+    comm.grad_timing["early"] += len(self.pending)
+    self.armed = False
+    while len(self.pending) < len(self.buckets):  # gradients the last backward pass did not touch
+        self._launch(len(self.pending))
+    spans = []
+    for flat, work, t0, done in self.pending:
+        work.wait()
+        flat.div_(comm.world_size)  # the parameters' gradients are views of `flat`
+        if done is not None:
+            spans.append((t0, done.wait()))
+    self.arm(False)
+    comm.seconds["grads"] += time.perf_counter() - t_end  # exposed: the wait after the backward pass
+    flight, hidden = _spans(spans, t_end)
+    comm.grad_timing["in_flight"] += flight
+    comm.grad_timing["hidden"] += hidden
+
 # %% ../nbs/14_distributed.ipynb #050dead1
 def attach(
     trainer,  # a `drifting.train.Trainer`, built the same way on every rank
     mode: str = "exact",  # see `MODES`
     group=None,
+    bucket_mb: float = BUCKET_MB,  # bucket size of the gradient all-reduce when the config's grad_sync is "overlap"
 ) -> Comm:
     "Make `trainer` one rank of the job; returns its `Comm` (also `trainer.comm`)."
     comm = Comm(mode, group)
@@ -181,6 +317,10 @@ def attach(
             f"rank {comm.rank} was built with another configuration, step, feature space or data than "
             "rank 0: every rank must build the same trainer (same parameters and files)"
         )
+    if getattr(trainer, "comm", None) is not None and trainer.comm.buckets is not None:
+        trainer.comm.buckets.close()  # attached before: its hooks go
+    if cfg.grad_sync == "overlap":
+        comm.buckets = GradBuckets(comm, trainer.gen.parameters(), bucket_mb)
     trainer.comm = comm
     return comm
 
@@ -385,8 +525,8 @@ def _job_run(job: dict, trainer) -> tuple[Run | None, str | None]:
 
 def fit_worker(
     job: dict,  # build, kwargs, steps; optional: mode, resume, bundle (+ own_bundle) | runs_dir (+ project), save,
-    # ckpt_every, keep_checkpoints, keep_every, log_every, tensorboard, callback, backend
-) -> dict:  # rank, world_size, backend, mode, step, hist, bytes, calls, comm_seconds, seconds
+    # ckpt_every, keep_checkpoints, keep_every, log_every, tensorboard, callback, backend, bucket_mb
+) -> dict:  # rank, world_size, backend, mode, step, hist, bytes, calls, comm_seconds, grad_timing, seconds
     "One rank of a distributed training job (run by `launch` or torchrun)."
     created = init_distributed(job.get("backend"))
     try:
@@ -397,7 +537,7 @@ def fit_worker(
         try:
             if resume is not None:
                 trainer.load_state_dict(load_checkpoint(resume), allow_changes=job.get("allow_changes", False))
-            comm = attach(trainer, job.get("mode", "exact"))
+            comm = attach(trainer, job.get("mode", "exact"), bucket_mb=job.get("bucket_mb", BUCKET_MB))
             if comm.rank == 0 and run is None and job.get("bundle") is not None:
                 run = bundle_writer(job["bundle"])  # a bundle another process owns (fit_local's notebook)
             elif comm.rank == 0 and run is None and job.get("runs_dir") is not None:  # rank 0 creates and closes it
@@ -431,6 +571,7 @@ def fit_worker(
             bytes=dict(comm.bytes),
             calls=dict(comm.calls),
             comm_seconds=dict(comm.seconds),
+            grad_timing=dict(comm.grad_timing),
             seconds=time.perf_counter() - t0,
             bundle=None if run is None else str(run.dir),
         )

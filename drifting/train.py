@@ -40,10 +40,10 @@ from .queues import SampleQueues, sample_alpha, uncond_weight
 from .streams import AUGMENTATIONS, DataStream
 
 # %% auto #0
-__all__ = ['TRAIN_COUNTS', 'TRAIN_PRESETS', 'CONVNEXT_HUB', 'TRAIN_FORMAT', 'SCHEDULE', 'RESUME_MAY_CHANGE', 'TrainConfig',
-           'train_config', 'check_world_size', 'train_checkpoint', 'finite_clip_', 'check_keep_checkpoints',
-           'check_flag', 'check_resume_params', 'ConfigMismatch', 'config_diff', 'describe_diff', 'StepLog', 'Trainer',
-           'ResumeOptions', 'resume_options', 'rotate_checkpoints']
+__all__ = ['TRAIN_COUNTS', 'GRAD_SYNCS', 'TRAIN_PRESETS', 'CONVNEXT_HUB', 'TRAIN_FORMAT', 'SCHEDULE', 'RESUME_MAY_CHANGE',
+           'TrainConfig', 'train_config', 'check_world_size', 'train_checkpoint', 'finite_clip_',
+           'check_keep_checkpoints', 'check_flag', 'check_resume_params', 'ConfigMismatch', 'config_diff',
+           'describe_diff', 'StepLog', 'Trainer', 'ResumeOptions', 'resume_options', 'rotate_checkpoints']
 
 # %% ../nbs/11_train.ipynb #c0de0e49
 @dataclass
@@ -92,6 +92,7 @@ class TrainConfig:
     aug: str | None = None
     aggregate: str = "official"  # "official": mean over (class, location) per key; "paper": sum over locations
     grad_accum: int = 1  # split the N_c labels of a step into this many micro-batches (see the note below)
+    grad_sync: str = "flat"  # ranks: "flat" one all-reduce after backward, "overlap" buckets during it (GRAD_SYNCS)
     bf16: bool = True  # bf16 autocast of generator and encoder on CUDA (release); the drift loss stays fp32
     flip: bool = False  # random horizontal flip of pushed real samples (release latent caches store both flips)
     seed: int = 0  # initialisation, data order and every draw of the run
@@ -221,6 +222,10 @@ def _check_features(self: TrainConfig):
     )
 
 
+# how ranks average gradients: one all-reduce after the backward pass | buckets while it runs (D-dist-11)
+GRAD_SYNCS = ("flat", "overlap")
+
+
 @patch
 def check(self: TrainConfig) -> TrainConfig:
     "Raise `ValueError` naming the first bad field and what to do; return self."
@@ -231,6 +236,7 @@ def check(self: TrainConfig) -> TrainConfig:
     self._check_counts()
     self._check_numbers()
     self._check_features()
+    _need(self.grad_sync in GRAD_SYNCS, f"grad_sync must be one of {GRAD_SYNCS}, got {self.grad_sync!r}")
     return self
 
 # %% ../nbs/11_train.ipynb #e919e718
@@ -489,7 +495,8 @@ class ConfigMismatch(ValueError):
     "A checkpoint was written with another configuration, feature space or data."
 
 
-RESUME_MAY_CHANGE = ("steps",)  # a resume may lengthen the run; every other field must match
+# a resume may lengthen the run or change how ranks sum gradients (D-dist-11); every other field must match
+RESUME_MAY_CHANGE = ("steps", "grad_sync")
 
 
 def config_diff(
@@ -698,6 +705,8 @@ def step(self: Trainer) -> dict:
     tot, v2 = 0.0, OrderedDict()
     for i in range(0, cfg.n_c, m):
         a, b = i + rank * k, i + (rank + 1) * k  # this rank's labels of the micro-batch i:i+m
+        if self.comm is not None:  # grad_sync "overlap": the last backward all-reduces gradients as it runs
+            self.comm.backward_begins(last=i + m == cfg.n_c)
         loss, losses, infos = self._micro(
             labels[a:b],
             alpha[a:b],

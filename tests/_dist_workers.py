@@ -8,6 +8,7 @@ from drifting.distributed import attach, init_distributed, teardown
 from drifting.drift_exact import drift_loss
 
 STEPS, HALF = 20, 10
+SYNC_STEPS, SYNC_BUCKET_MB = 2, 0.02  # 20 KiB buckets: the tiny generator's 185 KiB of gradients in 12
 
 
 def drift_inputs(G=8):
@@ -95,6 +96,8 @@ def exactness(out: str):
         t = trainer(); attach(t, "per_rank"); res["per_rank"] = one_step(t)
         # 6. sampling and features split over the ranks
         res["samples"], res["feats"] = sharded_samples()
+        # 7. the overlapped gradient all-reduce against the flat one
+        res["sync"] = grad_sync_steps()
         if rank: del res["ck_half"]
         torch.save(res, os.path.join(out, f"rank{rank}.pt"))
     finally:
@@ -132,3 +135,17 @@ def pushed_batches(folder: str, steps: int) -> dict:
         return dict(batches=batches, queues=t.queues.state_dict(), stream=type(t.data).__name__)
     finally:
         teardown()
+
+
+def grad_sync_steps() -> dict:
+    """The flat gradient all-reduce and the overlapped one (grad_sync="overlap") side by side on this rank: SYNC_STEPS
+    steps of each from the same initial state, with grad_accum 1 and 2."""
+    res = {}
+    for ga in (1, 2):
+        f, o = trainer(grad_accum=ga), trainer(grad_accum=ga, grad_sync="overlap")
+        cf, co = attach(f, "exact"), attach(o, "exact", bucket_mb=SYNC_BUCKET_MB)
+        steps = [dict(flat=one_step(f), overlap=one_step(o)) for _ in range(SYNC_STEPS)]
+        res[ga] = dict(steps=steps, ema=dict(flat=_state(f.ema), overlap=_state(o.ema)), buckets=len(co.buckets.buckets),
+                       flat=dict(calls=cf.calls["grads"], bytes=cf.bytes["grads"]),
+                       overlap=dict(calls=co.calls["grads"], bytes=co.bytes["grads"], **co.grad_timing))
+    return res

@@ -304,7 +304,7 @@ def bundle_writer(bundle: str | os.PathLike):
 # %% ../nbs/14_distributed.ipynb #cbb83df8
 def fit_worker(
     job: dict,  # build, kwargs, steps; optional: mode, resume, bundle | runs_dir (+ project), save, ckpt_every,
-    # keep_checkpoints, log_every, tensorboard, diagnostics, tracker, callback, backend
+    # keep_checkpoints, log_every, tensorboard, diag_every, tracker, callback, backend
 ) -> dict:  # rank, world_size, backend, mode, step, hist, bytes, calls, comm_seconds, seconds
     "One rank of a distributed training job (run by `launch` or torchrun)."
     created = init_distributed(job.get("backend"))
@@ -340,7 +340,7 @@ def fit_worker(
                 callback=cb,
                 log_every=job.get("log_every", 1),
                 tensorboard=job.get("tensorboard", False),
-                diagnostics=job.get("diagnostics", True),
+                diag_every=job.get("diag_every", 10),
                 tracker=job.get("tracker") if run is not None else None,
             )
         except BaseException as e:
@@ -442,7 +442,7 @@ def fit_local(
     progress: bool = True,
     log_every: int = 1,
     tensorboard: bool = False,  # as `Trainer.fit` (rank 0 writes them)
-    diagnostics: bool = True,  # as `Trainer.fit` (rank 0's share)
+    diag_every: int | None = 10,  # as `Trainer.fit` (rank 0's share)
     tracker: str | None = None,  # as `Trainer.fit` (rank 0 feeds it)
     **watching,  # watch, sample_every, eval_every of `Trainer.fit`: in this process only (nproc=1)
 ) -> dict:  # rank 0's history (as `Trainer.fit` returns)
@@ -451,7 +451,7 @@ def fit_local(
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     check_world_size(trainer.cfg, nproc)
     kw = dict(ckpt_every=ckpt_every, keep_checkpoints=keep_checkpoints, log_every=log_every, tensorboard=tensorboard)
-    kw.update(diagnostics=diagnostics, tracker=tracker)
+    kw.update(diag_every=diag_every, tracker=tracker)
     if nproc == 1:  # this process: the notebook's trainer itself
         if run is not None:
             run.manifest.update(world_size=1)

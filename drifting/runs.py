@@ -283,14 +283,14 @@ def release_mae_recipe(
 def check_watch_params(
     sample_every=None,  # a sample grid every so many steps; None: none
     eval_every=None,  # a quick quality number every so many steps; None: none
-    diagnostics=True,  # the drift diagnostics in the logged step records
+    diag_every=10,  # the drift diagnostics every so many steps (in those steps' records); None: never
     tracker=None,  # 'wandb' | 'mlflow' | None
     nproc: int = 1,  # training processes: the grid and the quick number need this one (1)
 ):
     "The parameters that watch a training run, checked before any work (the tracker's package is importable)."
     check_int(sample_every, "sample_every", 1, none_ok=True)
     check_int(eval_every, "eval_every", 1, none_ok=True)
-    check_flag("diagnostics", diagnostics)
+    check_int(diag_every, "diag_every", 1, none_ok=True)
     check_tracker(tracker)
     if (sample_every or eval_every) and nproc != 1:
         raise ValueError("sample_every / eval_every run in the notebook's process: use nproc=1 or leave them None")
@@ -328,7 +328,7 @@ def check_train_run(
     # watching the run (`check_watch_params`): sample grid, quick number, diagnostics, tracker
     sample_every=None,
     eval_every=None,
-    diagnostics=True,
+    diag_every=10,
     tracker=None,
     **kwargs,  # everything else of `check_latent_run`: its own parameters, then TrainConfig fields
 ) -> tuple[TrainConfig, list[float]]:  # (checked config, α grid)
@@ -351,7 +351,7 @@ def check_train_run(
             "(a VAE or a latent cache): pass vae=None with image data, or convnext='none' and aug=None"
         )
     check_convnext_spec(cfg.convnext)
-    check_watch_params(sample_every, eval_every, diagnostics, tracker, kwargs.get("nproc", 1))
+    check_watch_params(sample_every, eval_every, diag_every, tracker, kwargs.get("nproc", 1))
     return cfg, alphas
 
 # %% ../nbs/13_runs.ipynb #0ba52d17

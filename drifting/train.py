@@ -914,10 +914,11 @@ def _begin_fit(
     return steps
 
 # %% ../nbs/11_train.ipynb #0c39e62e
-def _check_watch(run, watch, sample_every, eval_every, tracker):
+def _check_watch(run, watch, sample_every, eval_every, tracker, diag_every=None):
     "The watching arguments of `fit`: counts ≥ 1 or None, a `watch` when sampling or scoring, a bundle for a tracker."
     check_int(sample_every, "sample_every", 1, none_ok=True)
     check_int(eval_every, "eval_every", 1, none_ok=True)
+    check_int(diag_every, "diag_every", 1, none_ok=True)
     check_tracker(tracker)
     if (sample_every or eval_every) and watch is None:
         raise ValueError("sample_every / eval_every need watch= (e.g. drifting.evaluate.training_watch(...))")
@@ -938,7 +939,7 @@ def _after_step(self: Trainer, m: dict, log, watch, sample_every, eval_every, at
         if out.get("grid") is not None and log is not None:
             log.image(out["grid"], s)
     if log is not None:
-        log.write(m, self.cfg.taus, force=at_end or "eval" in m)
+        log.write(m, self.cfg.taus, force=at_end or "eval" in m or "diag" in m)
 
 # %% ../nbs/11_train.ipynb #07a92a21
 @patch
@@ -952,14 +953,14 @@ def fit(
     callback=None,  # called as callback(trainer, metrics) after each step
     log_every: int = 1,  # write the step record (logs/steps.jsonl, TensorBoard) every so many steps, and at the end
     tensorboard: bool = False,  # also write the step records as TensorBoard scalars (logs/tensorboard/ of the bundle)
-    diagnostics: bool = True,  # at the logged steps, also `diag` (forces, ‖V‖² by feature group, queue shortfalls)
+    diag_every: int | None = 10,  # `diag` (forces, ‖V‖² by group, queue shortfalls) every so many steps; None: never
     watch=None,  # watch(trainer, sample=, evaluate=) -> dict(grid=[H, W, C] uint8 or None, metrics=dict or None)
     sample_every: int | None = None,  # a sample grid every so many steps (and at the end), from `watch`
     eval_every: int | None = None,  # a quick quality number into the step record every so many steps, from `watch`
     tracker: str | None = None,  # also feed the step records (and grids) to 'wandb' or 'mlflow'
 ) -> dict:  # history: lists of loss, lr, grad_norm, alpha_mean, seconds, v2_total (per τ), and v2 per key
     "Train to `steps`, logging every step and checkpointing atomically; returns the history of this call."
-    _check_watch(run, watch, sample_every, eval_every, tracker)
+    _check_watch(run, watch, sample_every, eval_every, tracker, diag_every)
     steps = self._begin_fit(steps, run, ckpt_every, keep_checkpoints)
     hist = dict(step=[], loss=[], lr=[], grad_norm=[], alpha_mean=[], seconds=[], v2_total=[], v2={})
     log = StepLog(run, log_every, tensorboard, tracker, self.cfg.to_dict()) if run is not None else None
@@ -970,7 +971,7 @@ def fit(
     try:
         while self.step_count < steps:
             nxt = self.step_count + 1
-            m = self.step(diagnostics and log is not None and log.due(nxt, nxt == steps))
+            m = self.step(log is not None and bool(diag_every) and (nxt % diag_every == 0 or nxt == steps))
             for k in ("step", "loss", "lr", "grad_norm", "alpha_mean", "seconds", "v2_total"):
                 hist[k].append(m[k])
             for k, v in m["v2"].items():

@@ -98,7 +98,8 @@ def _watched_fit(tmp_path, tracker, steps=4):
     ds = _data()
     ref = dataclasses.replace(ds, images=ds.images.clamp(-1, 1))  # the metric's reference: images in [-1, 1]
     watch = training_watch(None, net, ref, ref, per_class=2, eval_per_class=4)
-    t.fit(steps, run=run, progress=False, log_every=2, watch=watch, sample_every=2, eval_every=4, tracker=tracker)
+    t.fit(steps, run=run, progress=False, log_every=2, diag_every=2, watch=watch, sample_every=2, eval_every=4,
+          tracker=tracker)
     run.finish(steps=t.step_count)
     recs = [json.loads(l) for l in (run.dir / "logs" / "steps.jsonl").read_text().splitlines()]
     assert [r["step"] for r in recs] == [2, 4] and all("diag" in r for r in recs)

@@ -17,7 +17,7 @@ from .fingerprint import canonical_json, jsonable, redact_obj, scrub
 __all__ = ['EVENTS', 'TRACKERS', 'BundleError', 'utc_now', 'check_name', 'default_runs_dir', 'check_writable', 'new_run_dir',
            'write_text', 'write_json', 'append_event', 'read_events', 'write_manifest', 'read_manifest',
            'writer_record', 'writer_state', 'scrub_files', 'flat_scalars', 'image_grid', 'write_png', 'check_tracker',
-           'Tracker', 'flat_params']
+           'flat_params', 'Tracker']
 
 # %% ../nbs/10e_writers.ipynb #56bf815b
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -300,6 +300,17 @@ def _need_module(name: str):
         ) from e
 
 
+def flat_params(config: dict, prefix: str = "") -> dict:
+    "A nested config as flat `name: str` parameters (MLflow params are strings of at most 500 characters)."
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict) and v:
+            out.update(flat_params(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = str(v)[:500]
+    return out
+
+# %% ../nbs/10e_writers.ipynb #6a1d9b34
 class Tracker:
     "A W&B or MLflow run fed with a bundle's step scalars and sample grids."
 
@@ -354,14 +365,3 @@ class Tracker:
             self.run.finish(exit_code=0 if ok else 1)
         else:
             self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")
-
-
-def flat_params(config: dict, prefix: str = "") -> dict:
-    "A nested config as flat `name: str` parameters (MLflow params are strings of at most 500 characters)."
-    out = {}
-    for k, v in config.items():
-        if isinstance(v, dict) and v:
-            out.update(flat_params(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = str(v)[:500]
-    return out

@@ -33,7 +33,7 @@ setuptools.setup(
     packages=setuptools.find_packages(include=[c["lib_name"], c["lib_name"] + ".*"]),
     include_package_data=True,
     install_requires=c.get("requirements", "").split(),
-    extras_require={k: c.get(f"{k}_requirements", "").split() for k in ("dev", "docs", "eval", "triton")},
+    extras_require={k: c.get(f"{k}_requirements", "").split() for k in ("dev", "docs", "eval", "triton", "trackers")},
     python_requires=c["python_requires"],
     long_description=(here / "README.md").read_text(encoding="utf-8") if (here / "README.md").exists() else "",
     long_description_content_type="text/markdown",

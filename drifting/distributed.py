@@ -503,6 +503,8 @@ def _fit_rank(trainer, job: dict, run, comm) -> dict:
         callback=cb,
         log_every=job.get("log_every", 1),
         tensorboard=job.get("tensorboard", False),
+        diag_every=job.get("diag_every", 10),
+        tracker=job.get("tracker") if run is not None else None,
     )
 
 # %% ../nbs/14_distributed.ipynb #cbb83df8
@@ -525,7 +527,7 @@ def _job_run(job: dict, trainer) -> tuple[Run | None, str | None]:
 
 def fit_worker(
     job: dict,  # build, kwargs, steps; optional: mode, resume, bundle (+ own_bundle) | runs_dir (+ project), save,
-    # ckpt_every, keep_checkpoints, keep_every, log_every, tensorboard, callback, backend, bucket_mb
+    # ckpt_every, keep_checkpoints, keep_every, log_every, tensorboard, diag_every, tracker, callback, backend, bucket_mb
 ) -> dict:  # rank, world_size, backend, mode, step, hist, bytes, calls, comm_seconds, grad_timing, seconds
     "One rank of a distributed training job (run by `launch` or torchrun)."
     created = init_distributed(job.get("backend"))
@@ -654,17 +656,23 @@ def fit_local(
     progress: bool = True,
     log_every: int = 1,
     tensorboard: bool = False,  # as `Trainer.fit` (rank 0 writes them)
+    diag_every: int | None = 10,  # as `Trainer.fit` (rank 0's share)
+    tracker: str | None = None,  # as `Trainer.fit` (rank 0 feeds it)
+    **watching,  # watch, sample_every, eval_every of `Trainer.fit`: in this process only (nproc=1)
 ) -> dict:  # rank 0's history (as `Trainer.fit` returns)
     "Train `trainer` to `steps` on `nproc` local workers (1: in this process); it ends in the trained state."
     if mode not in MODES:
         raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
     check_world_size(trainer.cfg, nproc)
     kw = dict(ckpt_every=ckpt_every, keep_checkpoints=keep_checkpoints, keep_every=keep_every, log_every=log_every)
-    kw.update(tensorboard=tensorboard)
+    kw.update(tensorboard=tensorboard, diag_every=diag_every, tracker=tracker)
     if nproc == 1:  # this process: the notebook's trainer itself
         if run is not None:
             run.manifest.update(world_size=1)
-        return trainer.fit(steps, run=run, progress=progress, **kw)
+        return trainer.fit(steps, run=run, progress=progress, **kw, **watching)
+    asked = [k for k, v in watching.items() if v is not None]
+    if asked:
+        raise ValueError(f"{', '.join(asked)}: a sample grid and a quick evaluation while training need nproc=1")
     if run is not None:
         run.manifest.update(
             world_size=nproc, distributed=dict(backend=default_backend(), mode=mode, launcher="elastic_launch")

@@ -35,13 +35,14 @@ from drifting.metrics_nets import (
     small_classifier,
     tf_inception,
 )
-from .sample import class_labels, generate
+from .sample import class_labels, generate, to_uint8
+from .writers import image_grid
 
 # %% auto #0
 __all__ = ['METRICS', 'METRIC_NETS', 'SampleFeatures', 'fid_metric', 'kid_metric', 'is_metric', 'pr_metric', 'feature_metrics',
            'classifier_metrics', 'is_builtin_digits', 'metric_net_kind', 'build_metric_net', 'digit_classifier',
-           'sweep_alpha', 'evaluate_alphas', 'autoencoder_floor', 'fid_at_alpha', 'reference_protocol',
-           'nn_audit_figure', 'training_curves_figure', 'metrics_vs_alpha_figure']
+           'sweep_alpha', 'evaluate_alphas', 'autoencoder_floor', 'training_watch', 'fid_at_alpha',
+           'reference_protocol', 'nn_audit_figure', 'training_curves_figure', 'metrics_vs_alpha_figure']
 
 # %% ../nbs/12a_evaluate.ipynb #5bf5da4c
 @dataclass
@@ -276,6 +277,37 @@ def autoencoder_floor(
         source="decoded posterior samples of the held-out images",
         **classifier_metrics(classifier, x, heldout.labels, train, heldout, seed=seed),
     )
+
+# %% ../nbs/12a_evaluate.ipynb #a0858eac
+def training_watch(
+    decode=None,  # latents -> images in [-1, 1] (the VAE's decode); None: samples are images
+    classifier: FeatureNet | None = None,  # `digit_classifier(...)`: the quick numbers; None: skipped, with the reason
+    train: ImageDataset | None = None,
+    heldout: ImageDataset | None = None,  # image splits (the Fréchet reference)
+    alpha: float = 1.0,  # CFG scale of the watched samples
+    per_class: int = 8,  # samples per class in the grid
+    eval_per_class: int = 20,  # samples per class for the quick numbers
+    seed: int = 0,  # the noise: the same at every watched step
+):
+    "The `watch` of `Trainer.fit`: a grid of every class at one α, and the classifier's quick numbers, on the EMA."
+
+    def watch(trainer, sample: bool, evaluate: bool) -> dict:  # dict(grid=[H, W, C] uint8 | None, metrics=dict | None)
+        model, metrics, grid = trainer.ema, None, None
+        if evaluate and classifier is None:
+            metrics = dict(skipped="no classifier for this data: read the FID at the end of the run (fid_n)")
+        elif evaluate:
+            rows = sweep_alpha(
+                model, [alpha], eval_per_class, decode, classifier, train, heldout, seed=seed, progress=False
+            )[0]
+            metrics = dict(
+                rows[0], protocol=f"{classifier.name}, EMA, α={alpha:g}, {eval_per_class}/class, seed {seed}"
+            )
+        if sample:  # its own draw of per_class samples a class: the same noise at every step
+            x = sweep_alpha(model, [alpha], per_class, decode, seed=seed, progress=False)[1][float(alpha)]
+            grid = image_grid(to_uint8(x), per_class)  # rows: classes (samples are class-major)
+        return dict(grid=grid, metrics=metrics)
+
+    return watch
 
 # %% ../nbs/12a_evaluate.ipynb #989a9ba5
 def fid_at_alpha(

@@ -5,6 +5,7 @@
 # %% ../nbs/03_features.ipynb #45168cd0
 from __future__ import annotations
 
+import dataclasses, re
 from collections import OrderedDict
 
 import torch
@@ -14,11 +15,11 @@ from torch import Tensor
 
 from .core import autocast, module_sha256
 from .drift import TAUS, DriftOptions
-from .drift_exact import drift_loss
+from .drift_exact import drift_loss, normalized_drift
 
 # %% auto #0
 __all__ = ['PATCH_SIZES', 'STD_EPS', 'NORM_X_EPS', 'AGGREGATES', 'patch_stats', 'feature_inventory', 'group_by_class',
-           'feature_drift_loss', 'FeatureSpace']
+           'feature_drift_loss', 'feature_group', 'feature_forces', 'FeatureSpace']
 
 # %% ../nbs/03_features.ipynb #89843f5e
 PATCH_SIZES = (2, 4)  # release patch_mean_size = patch_std_size = [2, 4] (App. A.5 (c), (d))
@@ -172,6 +173,55 @@ def feature_drift_loss(
             infos[k] = inf
     losses, infos = OrderedDict((k, losses[k]) for k in gen_feats), OrderedDict((k, infos[k]) for k in gen_feats)
     return torch.stack(list(losses.values())).sum(), losses, infos
+
+# %% ../nbs/03_features.ipynb #d275701b
+def feature_group(key: str) -> str:
+    "The family of a feature key (App. A.5): 'location', 'mean_std', 'patch_<p>', 'norm_x', 'global' or 'other'."
+    if key in ("norm_x", "global"):
+        return key
+    m = re.search(r"_(?:mean|std)_(\d+)$", key)  # `{name}_mean_{p}`, `{name}_std_{p}`: patch statistics
+    if m:
+        return f"patch_{m.group(1)}"
+    return "mean_std" if re.search(r"_(?:mean|std)$", key) else "location"
+
+
+@torch.no_grad()
+def feature_forces(
+    gen_feats: dict,  # key -> [N_c, N_gen, L, D] generated features (detached here)
+    pos_feats: dict,  # key -> [N_c, N_pos, L, D] positives
+    unc_feats: dict | None = None,  # key -> [N_c, N_unc, L, D] CFG unconditional negatives, or None
+    w=None,  # CFG weight of the unc negatives: None (=1), a number, or [N_c]
+    options: DriftOptions = DriftOptions(),  # the run's drift options (attraction a, repulsion r, taus, ...)
+    **drift_kwargs,  # chunking keywords of `normalized_drift` (no all_reduce: the figures are this process's)
+) -> "OrderedDict[str, tuple]":  # key -> (attraction [n_tau], repulsion [n_tau]): RMS of F+ and F- per τ
+    "Per key and τ, the RMS of the attraction and of the repulsion force (normalised units), forward only."
+    _check_loss_args(gen_feats, pos_feats, unc_feats, w, "official")
+    parts = {}
+    for k, gen in gen_feats.items():  # keys of one shape share a call, as in `feature_drift_loss`
+        shape = (
+            gen.shape[:2],
+            gen.shape[3],
+            pos_feats[k].shape[1],
+            None if unc_feats is None else unc_feats[k].shape[1],
+        )
+        parts.setdefault(shape, []).append(k)
+    out = OrderedDict()
+    for keys in parts.values():
+        n_c, Ls = gen_feats[keys[0]].shape[0], [gen_feats[k].shape[2] for k in keys]
+        cat = lambda d: torch.cat([_groups(d[k].detach()) for k in keys])  # [sum N_c*L, N, D]
+        w_neg = None
+        if w is not None:
+            w_c = torch.as_tensor(w, dtype=torch.float32, device=gen_feats[keys[0]].device).expand(n_c)  # [N_c]
+            w_neg = torch.cat([w_c.repeat_interleave(L) for L in Ls])
+        args = (cat(gen_feats), cat(pos_feats), None if unc_feats is None else cat(unc_feats))
+        seg = dict(segments=tuple(n_c * L for L in Ls)) if len(keys) > 1 else {}
+        rms = []
+        for o in (dataclasses.replace(options, repulsion=0.0), dataclasses.replace(options, attraction=0.0)):
+            stats = normalized_drift(*args, w_neg=w_neg, options=o, **seg, **drift_kwargs)[2]
+            rms.append([s.force_sq.sqrt() for s in (stats if seg else [stats])])  # one [n_tau] per key
+        for k, a, r in zip(keys, *rms):
+            out[k] = (a, r)
+    return OrderedDict((k, out[k]) for k in gen_feats)
 
 # %% ../nbs/03_features.ipynb #17243b5c
 class FeatureSpace(nn.Module):

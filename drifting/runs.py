@@ -5,7 +5,7 @@
 # %% ../nbs/13_runs.ipynb #004310b6
 from __future__ import annotations
 
-import dataclasses, hashlib, io, json, math, os
+import dataclasses, hashlib, importlib.util, io, json, math, os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,11 +35,12 @@ from drifting.train import (
     train_checkpoint,
     train_config,
 )
+from .writers import check_tracker
 
 # %% auto #0
 __all__ = ['MAE_RUN_RECIPE_FIELDS', 'PARAM_TYPES', 'KERNEL_NAMES', 'parse_alphas', 'machine', 'check_dataset_arg',
            'check_latent_run', 'check_resume', 'EvalPlan', 'check_eval_run', 'check_mae_run', 'release_mae_recipe',
-           'default_preset', 'check_train_run', 'run_params', 'run_record']
+           'check_watch_params', 'default_preset', 'check_train_run', 'run_params', 'run_record']
 
 # %% ../nbs/13_runs.ipynb #4923967c
 def parse_alphas(
@@ -285,6 +286,24 @@ def release_mae_recipe(
     r = MAE_RECIPES[recipe]
     return r.preset, r.steps, r.batch_size, {k: getattr(r.train, k) for k in MAE_RUN_RECIPE_FIELDS}
 
+# %% ../nbs/13_runs.ipynb #869dd5b9
+def check_watch_params(
+    sample_every=None,  # a sample grid every so many steps; None: none
+    eval_every=None,  # a quick quality number every so many steps; None: none
+    diag_every=10,  # the drift diagnostics every so many steps (in those steps' records); None: never
+    tracker=None,  # 'wandb' | 'mlflow' | None
+    nproc: int = 1,  # training processes: the grid and the quick number need this one (1)
+):
+    "The parameters that watch a training run, checked before any work (the tracker's package is importable)."
+    check_int(sample_every, "sample_every", 1, none_ok=True)
+    check_int(eval_every, "eval_every", 1, none_ok=True)
+    check_int(diag_every, "diag_every", 1, none_ok=True)
+    check_tracker(tracker)
+    if (sample_every or eval_every) and nproc != 1:
+        raise ValueError("sample_every / eval_every run in the notebook's process: use nproc=1 or leave them None")
+    if tracker is not None and importlib.util.find_spec(tracker) is None:
+        raise ValueError(f"tracker={tracker!r} needs the {tracker} package: pip install 'drifting[trackers]'")
+
 # %% ../nbs/13_runs.ipynb #45ce75d6
 def default_preset(
     preset: str | None,  # the `preset` parameter; None: the default of the data kind
@@ -313,6 +332,11 @@ def check_train_run(
     project: str = "latent",
     runs_dir=None,  # checked by `start_run`
     bundle=None,  # the bundle `drifting run` prepared; checked by `start_run`
+    # watching the run (`check_watch_params`): sample grid, quick number, diagnostics, tracker
+    sample_every=None,
+    eval_every=None,
+    diag_every=10,
+    tracker=None,
     **kwargs,  # everything else of `check_latent_run`: its own parameters, then TrainConfig fields
 ) -> tuple[TrainConfig, list[float]]:  # (checked config, α grid)
     "Every parameter of `run_latent` (one mapping, `**run_params(globals())`), checked for either kind of run."
@@ -334,6 +358,7 @@ def check_train_run(
             "(a VAE or a latent cache): pass vae=None with image data, or convnext='none' and aug=None"
         )
     check_convnext_spec(cfg.convnext)
+    check_watch_params(sample_every, eval_every, diag_every, tracker, kwargs.get("nproc", 1))
     return cfg, alphas
 
 # %% ../nbs/13_runs.ipynb #0ba52d17

@@ -31,13 +31,22 @@ from drifting.core import (
     rng_states,
     set_rng_states,
 )
-from .drift import TAUS
-from .features import AGGREGATES, PATCH_SIZES, FeatureSpace, feature_drift_loss, group_by_class
+from .drift import TAUS, DriftOptions
+from drifting.features import (
+    AGGREGATES,
+    PATCH_SIZES,
+    FeatureSpace,
+    feature_drift_loss,
+    feature_forces,
+    feature_group,
+    group_by_class,
+)
 from .generator import GENERATOR_PRESETS, Generator, generator_config
 from .mae import MAE_PRESETS
 from .provenance import check_finite
 from .queues import SampleQueues, sample_alpha, uncond_weight
 from .streams import AUGMENTATIONS, DataStream
+from .writers import Tracker, check_tracker, flat_scalars, image_grid, write_png
 
 # %% auto #0
 __all__ = ['TRAIN_COUNTS', 'GRAD_SYNCS', 'TRAIN_PRESETS', 'CONVNEXT_HUB', 'TRAIN_FORMAT', 'SCHEDULE', 'RESUME_MAY_CHANGE',
@@ -515,54 +524,93 @@ def describe_diff(diff: dict) -> str:
     return "\n".join(f"  {k}: {a!r} (checkpoint) -> {b!r} (now)" for k, (a, b) in diff.items())
 
 # %% ../nbs/11_train.ipynb #99e67126
+def _rounded(x):  # floats to 4 significant digits, through dicts and lists
+    if isinstance(x, dict):
+        return {k: _rounded(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_rounded(v) for v in x]
+    return float(f"{x:.4g}") if isinstance(x, float) else x
+
+
 class StepLog:
-    "A run's step records: `logs/steps.jsonl` every `log_every` steps, and the same scalars to TensorBoard when asked."
+    "A run's step records: `logs/steps.jsonl` every `log_every` steps; the same scalars to TensorBoard and a tracker."
 
     def __init__(
         self,
         run,  # a `drifting.provenance.Run`
         log_every: int = 1,  # steps between records (the last step is always written)
-        tensorboard: bool = False,  # also write TensorBoard scalars into logs/tensorboard/
+        tensorboard: bool = False,  # also write TensorBoard scalars (and sample grids) into logs/tensorboard/
+        tracker: str | None = None,  # also feed 'wandb' or 'mlflow' (`drifting.writers.Tracker`)
+        config: dict | None = None,  # the run's parameters, for the tracker
     ):
         check_int(log_every, "log_every")
-        self.log_every, self.file, self.tb = (
-            log_every,
-            open(run.path("logs", "steps.jsonl"), "a", encoding="utf-8"),
-            None,
-        )
+        check_tracker(tracker)
+        self.log_every, self.bundle, self.tb, self.tracker = log_every, run.path("logs").parent, None, None
+        self.file = open(run.path("logs", "steps.jsonl"), "a", encoding="utf-8")
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter  # needs the `tensorboard` package (in the lock)
 
             self.tb = SummaryWriter(str(run.path("logs", "tensorboard")))
+        if tracker is not None:
+            self.tracker = Tracker(tracker, self.bundle, config)
+
+    def due(self, step: int, force: bool = False) -> bool:
+        "Whether the record of `step` is written."
+        return force or step % self.log_every == 0
 
     @staticmethod
     def record(m: dict) -> dict:
-        "The JSON record of one step's metrics (`Trainer.step()`)."
+        "The JSON record of one step's metrics (`Trainer.step()`), with its `diag` and `eval` when present."
         rec = {k: m[k] for k in ("step", "loss", "lr", "grad_norm", "alpha_mean", "samples_per_s")}
         rec["v2"] = {k: [float(f"{x:.4g}") for x in v] for k, v in m["v2"].items()}
+        rec.update({k: _rounded(m[k]) for k in ("diag", "eval") if k in m})
         return rec
 
-    def write(self, m: dict, taus, force: bool = False):
-        "Write the record of step metrics `m` if its step is due (or `force`)."
-        if not force and m["step"] % self.log_every:
-            return
-        rec = self.record(m)
-        self.file.write(json.dumps(rec) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            s = rec["step"]
-            for k in ("loss", "lr", "grad_norm", "alpha_mean", "samples_per_s"):
-                self.tb.add_scalar(k, rec[k], s)
-            for t, tau in enumerate(taus):
-                self.tb.add_scalar(f"v2_total/tau{tau}", sum(v[t] for v in rec["v2"].values()), s)
-                for key, v in rec["v2"].items():
-                    self.tb.add_scalar(f"v2/{key}/tau{tau}", v[t], s)
-            self.tb.flush()
+# %% ../nbs/11_train.ipynb #bb6296ef
+@patch
+def write(self: StepLog, m: dict, taus, force: bool = False):
+    "Write the record of step metrics `m` if its step is due (or `force`)."
+    if not self.due(m["step"], force):
+        return
+    rec, labels = self.record(m), [f"tau{t}" for t in taus]
+    self.file.write(json.dumps(rec) + "\n")
+    self.file.flush()
+    s = rec["step"]
+    if self.tb is not None:
+        for k in ("loss", "lr", "grad_norm", "alpha_mean", "samples_per_s"):
+            self.tb.add_scalar(k, rec[k], s)
+        for t, tau in enumerate(taus):
+            self.tb.add_scalar(f"v2_total/tau{tau}", sum(v[t] for v in rec["v2"].values()), s)
+            for key, v in rec["v2"].items():
+                self.tb.add_scalar(f"v2/{key}/tau{tau}", v[t], s)
+        for k, v in flat_scalars({k: rec[k] for k in ("diag", "eval") if k in rec}, labels).items():
+            self.tb.add_scalar(k, v, s)
+        self.tb.flush()
+    if self.tracker is not None:
+        v2_total = [sum(v[t] for v in rec["v2"].values()) for t in range(len(taus))]
+        self.tracker.log(flat_scalars(dict(rec, v2_total=v2_total), labels), s)
 
-    def close(self):
-        self.file.close()
-        if self.tb is not None:
-            self.tb.close()
+
+@patch
+def image(self: StepLog, grid, step: int) -> Path:
+    "A sample grid ([H, W, C] uint8): `samples/step_<n>.png` in the bundle, a TensorBoard image, the tracker's."
+    f = write_png(self.bundle, f"samples/step_{step}.png", grid)
+    if self.tb is not None:
+        self.tb.add_image("samples", grid, step, dataformats="HWC")
+        self.tb.flush()
+    if self.tracker is not None:
+        self.tracker.image("samples", f, step)
+    return f
+
+
+@patch
+def close(self: StepLog, ok: bool = True):
+    "Close the files (and end the tracker's run: finished, or failed when `ok` is False)."
+    self.file.close()
+    if self.tb is not None:
+        self.tb.close()
+    if self.tracker is not None:
+        self.tracker.close(ok)
 
 # %% ../nbs/11_train.ipynb #feaf20c0
 class Trainer:
@@ -641,8 +689,9 @@ def _micro(
     pos: Tensor,
     unc: Tensor | None,
     scale: float,
-) -> tuple:
-    "Forward and backward of one micro-batch of labels and its draws; returns (loss, {key: loss}, {key: info})."
+    diagnose: bool = False,  # also the attraction/repulsion figures (`feature_forces`), after the backward
+) -> tuple:  # (loss, {key: loss}, {key: DriftStats}, {key: (F+ RMS, F- RMS)} or None)
+    "Forward and backward of one micro-batch of labels and its draws, and (`diagnose`) its force diagnostics."
     cfg, n = self.cfg, labels.shape[0]
     x = self.gen(eps, labels.repeat_interleave(cfg.n_neg), alpha.repeat_interleave(cfg.n_neg), style)
     f_gen = group_by_class(self.features(x), n)  # key -> [n, N_neg, L, D]
@@ -665,7 +714,8 @@ def _micro(
             "last checkpoint are unchanged (lower lr, check the data for NaN/inf)"
         )
     (loss * scale).backward()
-    return loss.detach(), losses, infos
+    forces = feature_forces(f_gen, f_pos, f_unc, w=w, options=_drift_options(cfg)) if diagnose else None
+    return loss.detach(), losses, infos, forces
 
 # %% ../nbs/11_train.ipynb #55184609
 @patch
@@ -675,10 +725,64 @@ def lr_now(self: Trainer) -> float:
     peak = cfg.lr if s["lr"] is None else s["lr"]
     return lr_at(self.step_count - s["warmup_from"], SimpleNamespace(lr=peak, lr_init=cfg.lr_init, warmup=cfg.warmup))
 
+# %% ../nbs/11_train.ipynb #6c3bcb7b
+def _drift_options(cfg: TrainConfig) -> DriftOptions:
+    "The run's drift options: the `DriftOptions` fields the config has (e.g. taus), the release's defaults for others."
+    return DriftOptions(
+        **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DriftOptions) if hasattr(cfg, f.name)}
+    )
+
+
+@patch
+def _queue_shortfall(self: Trainer, labels: Tensor) -> dict:
+    "How short the queues are before this step's draws: class coverage and the shares drawn with replacement."
+    cfg, q = self.cfg, self.queues
+    if getattr(self, "_present", None) is None:  # classes that exist in the data (fixed for the run)
+        self._present = (self.data.ds.counts() > 0).to(q.pos.count.device)
+    cnt = q.pos.count  # [K] items held per class
+    return dict(
+        queue_coverage=float((cnt[self._present] >= cfg.n_pos).float().mean()),
+        pos_replaced=float((cnt[labels] < cfg.n_pos).float().mean()),  # a short queue: the whole row with replacement
+        unc_replaced=float(cfg.n_unc > 0 and int(q.unc.count[0]) < cfg.n_unc),
+    )
+
+
+def _drift_diagnostics(
+    parts: list,  # per micro-batch: ({key: loss}, {key: DriftStats}, {key: (F+ [n_tau], F- [n_tau])})
+    grad_accum: int,  # micro-batches per step (figures are means over them)
+) -> dict:  # {group: dict(keys, scale, loss, v2 [n_tau], attraction [n_tau], repulsion [n_tau])}
+    "Per feature group: key count, mean scale S, summed loss and raw force², RMS attraction and repulsion per τ."
+    acc = OrderedDict()
+    with torch.no_grad():
+        for losses, infos, forces in parts:
+            for k, l in losses.items():
+                a = acc.setdefault(feature_group(k), dict(keys=set(), s=0.0, l=0.0, v2=0.0, att=0.0, rep=0.0))
+                a["keys"].add(k)
+                a["s"] = a["s"] + infos[k].scale / grad_accum
+                a["l"] = a["l"] + l.detach() / grad_accum
+                a["v2"] = a["v2"] + infos[k].force_sq / grad_accum
+                a["att"] = a["att"] + forces[k][0] ** 2 / grad_accum
+                a["rep"] = a["rep"] + forces[k][1] ** 2 / grad_accum
+        out = OrderedDict()
+        for grp, a in acc.items():
+            n = len(a["keys"])
+            out[grp] = dict(
+                keys=n,
+                scale=float(a["s"]) / n,
+                loss=float(a["l"]),
+                v2=a["v2"].tolist(),
+                attraction=(a["att"] / n).sqrt().tolist(),
+                repulsion=(a["rep"] / n).sqrt().tolist(),
+            )
+    return out
+
 # %% ../nbs/11_train.ipynb #375927dc
 @patch
-def step(self: Trainer) -> dict:
-    "One optimiser step; returns its metrics (loss, lr, grad norm, α, raw per-τ ‖V‖² per key, seconds)."
+def step(
+    self: Trainer,
+    diagnostics: bool = False,  # also `diag`: forces, ‖V‖² by feature group, scales, queue shortfalls
+) -> dict:
+    "One optimiser step; returns its metrics (loss, lr, grad norm, α, raw per-τ ‖V‖² per key, seconds, diag)."
     cfg, g, t0 = self.cfg, self.rng, time.perf_counter()
     self.gen.train()
     lr = self.lr_now()
@@ -696,18 +800,19 @@ def step(self: Trainer) -> dict:
     B = cfg.n_c * cfg.n_neg  # the global batch's draws, whole and in one order on every rank (D-dist-2)
     eps = torch.randn(B, *self.data.item_shape, generator=g, device=self.dev)  # [N_c*N_neg, C, H, W]
     style = self.gen.sample_style(B, g, self.dev)  # [N_c*N_neg, n_style]
+    short = self._queue_shortfall(labels) if diagnostics else None  # before the draws
     pos, _ = self.queues.sample_pos(labels, cfg.n_pos, g)  # [N_c, N_pos, C, H, W]
     unc = self.queues.sample_unc(cfg.n_c, cfg.n_unc, g)[0] if cfg.n_unc else None  # [N_c, N_unc, C, H, W]
     self.opt.zero_grad(set_to_none=True)
     rank, world = (self.comm.rank, self.comm.world_size) if self.comm is not None else (0, 1)
     m = cfg.n_c // cfg.grad_accum
     k = m // world  # labels per micro-batch, this rank's share of them
-    tot, v2 = 0.0, OrderedDict()
+    tot, v2, parts = 0.0, OrderedDict(), []
     for i in range(0, cfg.n_c, m):
         a, b = i + rank * k, i + (rank + 1) * k  # this rank's labels of the micro-batch i:i+m
         if self.comm is not None:  # grad_sync "overlap": the last backward all-reduces gradients as it runs
             self.comm.backward_begins(last=i + m == cfg.n_c)
-        loss, losses, infos = self._micro(
+        loss, losses, infos, forces = self._micro(
             labels[a:b],
             alpha[a:b],
             None if w is None else w[a:b],
@@ -716,7 +821,10 @@ def step(self: Trainer) -> dict:
             pos[a:b],
             None if unc is None else unc[a:b],
             1.0 / cfg.grad_accum,
+            diagnostics,
         )
+        if diagnostics:
+            parts.append((losses, infos, forces))
         tot += loss.item() / cfg.grad_accum
         for key, inf in infos.items():
             v = [f / cfg.grad_accum for f in inf.force_sq.tolist()]  # one per tau, in order
@@ -729,6 +837,7 @@ def step(self: Trainer) -> dict:
     ema_update(self.ema, self.gen, cfg.ema_decay)
     self.step_count += 1
     dt = time.perf_counter() - t0
+    diag = dict(short, groups=_drift_diagnostics(parts, cfg.grad_accum)) if diagnostics else None
     return dict(
         step=self.step_count,
         loss=tot,
@@ -739,6 +848,7 @@ def step(self: Trainer) -> dict:
         v2=v2,
         seconds=dt,
         samples_per_s=cfg.n_c * cfg.n_neg / dt,
+        **({} if diag is None else dict(diag=diag)),
     )
 
 # %% ../nbs/11_train.ipynb #07c5aebe
@@ -903,6 +1013,34 @@ def rotate_checkpoints(
             Path(path).unlink(missing_ok=True)
     return saved[-keep:]
 
+# %% ../nbs/11_train.ipynb #0c39e62e
+def _check_watch(run, watch, sample_every, eval_every, tracker, diag_every=None):
+    "The watching arguments of `fit`: counts ≥ 1 or None, a `watch` when sampling or scoring, a bundle for a tracker."
+    check_int(sample_every, "sample_every", 1, none_ok=True)
+    check_int(eval_every, "eval_every", 1, none_ok=True)
+    check_int(diag_every, "diag_every", 1, none_ok=True)
+    check_tracker(tracker)
+    if (sample_every or eval_every) and watch is None:
+        raise ValueError("sample_every / eval_every need watch= (e.g. drifting.evaluate.training_watch(...))")
+    if tracker is not None and run is None:
+        raise ValueError(f"tracker={tracker!r} is fed from the bundle's step records: pass run=")
+
+
+@patch
+def _after_step(self: Trainer, m: dict, log, watch, sample_every, eval_every, at_end: bool):
+    "Sample a grid and score the model when due (`watch`), then write the step record."
+    s = self.step_count
+    due = lambda every: bool(every) and (s % every == 0 or at_end)
+    if watch is not None and (due(sample_every) or due(eval_every)):
+        with torch.random.fork_rng(devices=[]):  # the watch draws nothing from the run's streams
+            out = watch(self, sample=due(sample_every), evaluate=due(eval_every))
+        if out.get("metrics"):
+            m["eval"] = out["metrics"]
+        if out.get("grid") is not None and log is not None:
+            log.image(out["grid"], s)
+    if log is not None:
+        log.write(m, self.cfg.taus, force=at_end or "eval" in m or "diag" in m)
+
 # %% ../nbs/11_train.ipynb #07a92a21
 @patch
 def fit(
@@ -916,26 +1054,31 @@ def fit(
     callback=None,  # called as callback(trainer, metrics) after each step
     log_every: int = 1,  # write the step record (logs/steps.jsonl, TensorBoard) every so many steps, and at the end
     tensorboard: bool = False,  # also write the step records as TensorBoard scalars (logs/tensorboard/ of the bundle)
+    diag_every: int | None = 10,  # `diag` (forces, ‖V‖² by group, queue shortfalls) every so many steps; None: never
+    watch=None,  # watch(trainer, sample=, evaluate=) -> dict(grid=[H, W, C] uint8 or None, metrics=dict or None)
+    sample_every: int | None = None,  # a sample grid every so many steps (and at the end), from `watch`
+    eval_every: int | None = None,  # a quick quality number into the step record every so many steps, from `watch`
+    tracker: str | None = None,  # also feed the step records (and grids) to 'wandb' or 'mlflow'
 ) -> dict:  # history: lists of loss, lr, grad_norm, alpha_mean, seconds, v2_total (per τ), and v2 per key
     "Train to `steps`, logging every step and checkpointing atomically; returns the history of this call."
+    _check_watch(run, watch, sample_every, eval_every, tracker, diag_every)
     steps = self._begin_fit(steps, run, ckpt_every, keep_checkpoints)
     check_keep_checkpoints(keep_checkpoints, keep_every)
     hist = dict(step=[], loss=[], lr=[], grad_norm=[], alpha_mean=[], seconds=[], v2_total=[], v2={})
-    log = StepLog(run, log_every, tensorboard) if run is not None else None
+    log = StepLog(run, log_every, tensorboard, tracker, self.cfg.to_dict()) if run is not None else None
     bar = progress_bar(steps, self.step_count, progress)
-    saved = []
+    saved, ok = [], False
     if run is not None:
         run.in_loop = True  # SIGTERM now means: checkpoint at the end of this step, then fail
     try:
         while self.step_count < steps:
-            m = self.step()
+            nxt = self.step_count + 1
+            m = self.step(log is not None and bool(diag_every) and (nxt % diag_every == 0 or nxt == steps))
             for k in ("step", "loss", "lr", "grad_norm", "alpha_mean", "seconds", "v2_total"):
                 hist[k].append(m[k])
             for k, v in m["v2"].items():
                 hist["v2"].setdefault(k, []).append(v)
-            at_end = self.step_count == steps
-            if log is not None:
-                log.write(m, self.cfg.taus, force=at_end)
+            self._after_step(m, log, watch, sample_every, eval_every, self.step_count == steps)
             bar.update(1)
             bar.set_postfix(loss=f"{m['loss']:.4g}", v2=f"{m['v2_total'][0]:.3g}", refresh=False)
             if callback is not None:
@@ -950,10 +1093,11 @@ def fit(
                     f"terminated by SIGTERM at step {self.step_count}; checkpoint "
                     f"{saved[-1][1].name if saved else 'none'} written: resume with resume=<this bundle>"
                 )
+        ok = True
     finally:
         bar.close()
         if log is not None:
-            log.close()
+            log.close(ok)
         if run is not None:
             run.in_loop = False
     return hist

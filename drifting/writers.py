@@ -8,13 +8,16 @@ from __future__ import annotations
 import datetime as dt, json, os, re, socket, tempfile
 from pathlib import Path
 
+import numpy as np
+
 from .core import atomic_write_text
 from .fingerprint import canonical_json, jsonable, redact_obj, scrub
 
 # %% auto #0
-__all__ = ['EVENTS', 'BundleError', 'utc_now', 'check_name', 'default_runs_dir', 'check_writable', 'new_run_dir', 'write_text',
-           'write_json', 'append_event', 'read_events', 'write_manifest', 'read_manifest', 'writer_record',
-           'writer_state', 'scrub_files']
+__all__ = ['EVENTS', 'TRACKERS', 'BundleError', 'utc_now', 'check_name', 'default_runs_dir', 'check_writable', 'new_run_dir',
+           'write_text', 'write_json', 'append_event', 'read_events', 'write_manifest', 'read_manifest',
+           'writer_record', 'writer_state', 'scrub_files', 'flat_scalars', 'image_grid', 'write_png', 'check_tracker',
+           'flat_params', 'Tracker']
 
 # %% ../nbs/10e_writers.ipynb #56bf815b
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -224,3 +227,141 @@ def scrub_files(
             atomic_write_text(p, clean)
             out.append(p)
     return out
+
+# %% ../nbs/10e_writers.ipynb #b84ad342
+def flat_scalars(
+    rec: dict,  # a step record: numbers, lists of numbers and dicts of them
+    list_labels=None,  # names of the positions of a list of this length (e.g. ['tau0.02', ...]); else the index
+    prefix: str = "",
+) -> dict:  # {'a/b/tau0.02': float}; `step`, None, strings and booleans are left out
+    "A nested step record as flat `name: number` scalars, the names TensorBoard and the trackers show."
+    out = {}
+    for k, v in rec.items():
+        name = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat_scalars(v, list_labels, name + "/"))
+        elif isinstance(v, (list, tuple)):
+            labels = list_labels if list_labels is not None and len(list_labels) == len(v) else range(len(v))
+            out.update({f"{name}/{lab}": float(x) for lab, x in zip(labels, v) if _is_number(x)})
+        elif _is_number(v) and name != "step":
+            out[name] = float(v)
+    return out
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def image_grid(
+    images: np.ndarray,  # [N, H, W, C] uint8, row-major (e.g. class-major samples)
+    ncol: int,  # images per row (e.g. samples per class)
+    pad: int = 1,  # pixels between images (black)
+) -> np.ndarray:  # [rows*(H+pad)+pad, ncol*(W+pad)+pad, C] uint8
+    "Tile images into one grid image, `ncol` per row."
+    N, H, W, C = images.shape
+    rows = -(-N // ncol)  # ceil
+    grid = np.zeros((rows * (H + pad) + pad, ncol * (W + pad) + pad, C), dtype=np.uint8)
+    for i in range(N):
+        r, c = divmod(i, ncol)
+        grid[pad + r * (H + pad) : (r + 1) * (H + pad), pad + c * (W + pad) : (c + 1) * (W + pad)] = images[i]
+    return grid
+
+
+def write_png(bundle: str | os.PathLike, rel: str, grid: np.ndarray) -> Path:
+    "Write a [H, W, C] uint8 image (C = 1 or 3) as a PNG at `bundle/rel`, atomically."
+    from PIL import Image  # pillow: a requirement of the package
+
+    f = Path(bundle) / rel
+    f.parent.mkdir(parents=True, exist_ok=True)
+    tmp = f.with_name(f".{f.name}.tmp")
+    Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid).save(tmp, format="PNG")
+    os.replace(tmp, f)
+    return f
+
+# %% ../nbs/10e_writers.ipynb #5d4d2393
+TRACKERS = ("wandb", "mlflow")  # optional experiment trackers (the `[trackers]` extra)
+
+
+def check_tracker(tracker) -> str | None:
+    "`tracker` if it is None or one of `TRACKERS`, else a ValueError saying what is accepted."
+    if tracker is not None and tracker not in TRACKERS:
+        raise ValueError(f"tracker must be None or one of {TRACKERS}, got {tracker!r}")
+    return tracker
+
+
+def _need_module(name: str):
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        raise ImportError(
+            f"tracker={name.split('.')[0]!r} needs the {name.split('.')[0]} package: pip install 'drifting[trackers]'"
+        ) from e
+
+
+def flat_params(config: dict, prefix: str = "") -> dict:
+    "A nested config as flat `name: str` parameters (MLflow params are strings of at most 500 characters)."
+    out = {}
+    for k, v in config.items():
+        if isinstance(v, dict) and v:
+            out.update(flat_params(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = str(v)[:500]
+    return out
+
+# %% ../nbs/10e_writers.ipynb #6a1d9b34
+class Tracker:
+    "A W&B or MLflow run fed with a bundle's step scalars and sample grids."
+
+    def __init__(
+        self,
+        kind: str,  # 'wandb' | 'mlflow'
+        bundle: str | os.PathLike,  # the run bundle (W&B files and the default MLflow store go inside)
+        config: dict | None = None,  # the run's parameters (W&B config, MLflow params)
+    ):
+        self.kind, self.bundle = check_tracker(kind), Path(bundle)
+        project, name, config = self.bundle.parent.name or "drifting", self.bundle.name, jsonable(config or {})
+        if kind == "wandb":
+            wandb = _need_module("wandb")
+            self.run = wandb.init(
+                project=project, name=name, dir=str(self.bundle), config=config, settings=wandb.Settings(console="off")
+            )
+            return
+        mlflow = _need_module("mlflow")
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or (self.bundle / "mlruns").resolve().as_uri()
+        if uri.startswith("file:"):
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow ≥ 3: the file store on request only
+        self.client = mlflow.MlflowClient(tracking_uri=uri)
+        exp = self.client.get_experiment_by_name(project)
+        exp_id = exp.experiment_id if exp is not None else self.client.create_experiment(project)
+        self.run_id = self.client.create_run(exp_id, run_name=name).info.run_id
+        for k, v in flat_params(config).items():
+            self.client.log_param(self.run_id, k, v)
+        self.uri = uri
+
+    def log(self, scalars: dict, step: int):
+        "Log flat scalars (`flat_scalars`) at `step`."
+        if self.kind == "wandb":
+            self.run.log(scalars, step=step)
+            return
+        from mlflow.entities import Metric
+
+        ms = int(dt.datetime.now().timestamp() * 1000)
+        metrics = [Metric(k, v, ms, step) for k, v in scalars.items()]
+        for i in range(0, len(metrics), 1000):  # MLflow takes at most 1000 metrics a batch
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + 1000])
+
+    def image(self, tag: str, path: str | os.PathLike, step: int):
+        "Log the PNG at `path` (a sample grid) at `step`."
+        if self.kind == "wandb":
+            self.run.log({tag: _need_module("wandb").Image(str(path))}, step=step)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path=tag)
+
+    def close(self, ok: bool = True):
+        "End the tracker's run (finished, or failed when `ok` is False)."
+        if self.kind == "wandb":
+            self.run.finish(exit_code=0 if ok else 1)
+        else:
+            self.client.set_terminated(self.run_id, "FINISHED" if ok else "FAILED")

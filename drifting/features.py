@@ -101,8 +101,8 @@ def _groups(t: Tensor) -> Tensor:  # [N_c, N, L, D] -> [N_c*L, N, D], group inde
     return t.permute(0, 2, 1, 3).reshape(t.shape[0] * t.shape[2], t.shape[1], t.shape[3])
 
 # %% ../nbs/03_features.ipynb #96c9df51
-def _check_loss_args(gen_feats: dict, pos_feats: dict, unc_feats: dict | None, w, aggregate: str):
-    "The argument checks of `feature_drift_loss`, in its order (aggregate, keys, `w` only with `unc_feats`)."
+def _check_loss_args(gen_feats: dict, pos_feats: dict, unc_feats: dict | None, w, aggregate: str, taus=None, options=None):
+    "The argument checks of `feature_drift_loss`, in its order (aggregate, keys, `w`, options); returns the options."
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")
     for name, d in (("pos_feats", pos_feats), ("unc_feats", unc_feats)):
@@ -114,6 +114,13 @@ def _check_loss_args(gen_feats: dict, pos_feats: dict, unc_feats: dict | None, w
         raise ValueError("gen_feats holds no feature key")
     if w is not None and unc_feats is None:
         raise ValueError("w weighs the unconditional negatives: pass unc_feats too")
+    if options is None:
+        return DriftOptions() if taus is None else DriftOptions(taus=taus)
+    if not isinstance(options, DriftOptions):
+        raise TypeError(f"options must be a DriftOptions, got {type(options).__name__}")
+    if taus is not None and DriftOptions(taus=taus).taus != options.taus:
+        raise ValueError(f"taus={taus!r} and options.taus={options.taus!r} differ: give the temperatures once")
+    return options
 
 # %% ../nbs/03_features.ipynb #3db86d79
 def feature_drift_loss(
@@ -121,7 +128,9 @@ def feature_drift_loss(
     pos_feats: dict,  # key -> [N_c, N_pos, L, D] positives of each class
     unc_feats: dict | None = None,  # key -> [N_c, N_unc, L, D] CFG unconditional negatives, or None
     w=None,  # CFG weight of the unc negatives: None (=1), a number, or [N_c] one per class
-    taus=TAUS,  # temperatures (App. A.6)
+    taus=None,  # temperatures (App. A.6); None: those of `options` (default `TAUS`)
+    # the drift's options (attraction, repulsion: Tab. 1; kernel_norm: Tab. 11; taus); None: the release's defaults
+    options: DriftOptions | None = None,
     # "official": mean over (class, location); "paper": sum over locations, mean over classes
     aggregate: str = "official",
     # keys of one shape share a `drift_loss` call (`segments`: each keeps its own S, lambda_tau); False: one call per
@@ -130,7 +139,7 @@ def feature_drift_loss(
     **drift_kwargs,  # passed to `drift_loss`: chunk_groups, chunk_targets, max_chunk_elems, low_memory, ...
 ) -> tuple:  # (total 0-d, {key: loss 0-d}, {key: DriftStats of drift_loss})
     "Sum over keys of one drift loss per key on (class × location) groups (spec §2.5, §5.4)."
-    _check_loss_args(gen_feats, pos_feats, unc_feats, w, aggregate)
+    options = _check_loss_args(gen_feats, pos_feats, unc_feats, w, aggregate, taus, options)
     calls = OrderedDict()  # one drift_loss call per list of keys: the keys of one shape (merge), else each key alone
     for k, gen in gen_feats.items():
         pos, unc = pos_feats[k], None if unc_feats is None else unc_feats[k]
@@ -163,7 +172,7 @@ def feature_drift_loss(
             cat(pos_feats),
             None if unc_feats is None else cat(unc_feats),
             w_neg=w_neg,
-            options=DriftOptions(taus=taus),
+            options=options,
             segments=tuple(sizes) if len(keys) > 1 else None,
             **drift_kwargs,
         )  # loss [sum of N_c*L]

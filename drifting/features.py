@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from .core import autocast, module_sha256
-from .drift import TAUS, DriftOptions
+from .drift import DriftOptions
 from .drift_exact import drift_loss
 
 # %% auto #0
@@ -101,7 +101,9 @@ def _groups(t: Tensor) -> Tensor:  # [N_c, N, L, D] -> [N_c*L, N, D], group inde
     return t.permute(0, 2, 1, 3).reshape(t.shape[0] * t.shape[2], t.shape[1], t.shape[3])
 
 # %% ../nbs/03_features.ipynb #96c9df51
-def _check_loss_args(gen_feats: dict, pos_feats: dict, unc_feats: dict | None, w, aggregate: str, taus=None, options=None):
+def _check_loss_args(
+    gen_feats: dict, pos_feats: dict, unc_feats: dict | None, w, aggregate: str, taus=None, options=None
+):
     "The argument checks of `feature_drift_loss`, in its order (aggregate, keys, `w`, options); returns the options."
     if aggregate not in AGGREGATES:
         raise ValueError(f"aggregate must be one of {AGGREGATES}, got {aggregate!r}")

@@ -38,9 +38,9 @@ from drifting.train import (
 from .writers import check_tracker
 
 # %% auto #0
-__all__ = ['MAE_RUN_RECIPE_FIELDS', 'PARAM_TYPES', 'KERNEL_NAMES', 'parse_alphas', 'machine', 'check_dataset_arg',
+__all__ = ['MAE_RUN_RECIPE_FIELDS', 'TUPLE_PARAMS', 'PARAM_TYPES', 'KERNEL_NAMES', 'parse_alphas', 'machine', 'check_dataset_arg',
            'check_latent_run', 'check_resume', 'EvalPlan', 'check_eval_run', 'check_mae_run', 'release_mae_recipe',
-           'check_watch_params', 'default_preset', 'check_train_run', 'run_params', 'run_record']
+           'check_watch_params', 'parse_tuple_param', 'default_preset', 'check_train_run', 'run_params', 'run_record']
 
 # %% ../nbs/13_runs.ipynb #4923967c
 def parse_alphas(
@@ -304,6 +304,34 @@ def check_watch_params(
     if tracker is not None and importlib.util.find_spec(tracker) is None:
         raise ValueError(f"tracker={tracker!r} needs the {tracker} package: pip install 'drifting[trackers]'")
 
+# %% ../nbs/13_runs.ipynb #53aa1234
+TUPLE_PARAMS = dict(taus=float, patch_sizes=int)  # the TrainConfig fields that are tuples of numbers, and their type
+
+
+def parse_tuple_param(
+    name: str,  # the parameter's name, for the message
+    v,  # a list or tuple, one number, or a string such as '0.02, 0.05' or '[2, 4]' (papermill -p passes strings)
+    kind=float,  # float or int
+) -> tuple:
+    "A tuple-of-numbers parameter as a tuple of `kind`; a clear error for anything else."
+    items = v
+    if isinstance(v, str):
+        items = [a for a in v.strip().strip("[]()").replace(",", " ").split() if a]
+    elif isinstance(v, (int, float)) and not isinstance(v, bool):
+        items = [v]
+    bad = ValueError(
+        f"{name} must be a list of {kind.__name__}s (e.g. '{'0.02, 0.05' if kind is float else '2, 4'}'), got {v!r}"
+    )
+    if not isinstance(items, (list, tuple)):
+        raise bad
+    try:
+        out = tuple(kind(float(a)) if kind is int else kind(a) for a in items)
+    except (TypeError, ValueError):
+        raise bad from None
+    if any(isinstance(a, bool) for a in items) or (kind is int and any(float(a) != int(float(a)) for a in items)):
+        raise bad
+    return out
+
 # %% ../nbs/13_runs.ipynb #45ce75d6
 def default_preset(
     preset: str | None,  # the `preset` parameter; None: the default of the data kind
@@ -341,6 +369,8 @@ def check_train_run(
 ) -> tuple[TrainConfig, list[float]]:  # (checked config, α grid)
     "Every parameter of `run_latent` (one mapping, `**run_params(globals())`), checked for either kind of run."
     base = train_config(default_preset(preset, vae))
+    kwargs = {k: parse_tuple_param(k, v, TUPLE_PARAMS[k]) if k in TUPLE_PARAMS and v is not None else v
+              for k, v in kwargs.items()}  # fmt: skip
     if convnext is not None:
         base = dataclasses.replace(base, convnext=None if str(convnext).lower() == "none" else str(convnext))
     steps = base.steps if steps is None else steps

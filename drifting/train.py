@@ -31,7 +31,7 @@ from drifting.core import (
     rng_states,
     set_rng_states,
 )
-from .drift import TAUS, DriftOptions
+from .drift import KERNEL_NORMS, TAUS, DriftOptions
 from drifting.features import (
     AGGREGATES,
     PATCH_SIZES,
@@ -83,6 +83,11 @@ class TrainConfig:
     clip: float = 2.0  # global gradient-norm clip (Tab. 8)
     ema_decay: float = 0.999  # Tab. 8 / release configs
     taus: tuple = TAUS  # temperatures (App. A.6)
+    # the method's ablation knobs (issue 26): the defaults are the method; `drift_options()` hands them to the loss
+    attraction: float = 1.0  # scale of V⁺ (Tab. 1 ablation)
+    repulsion: float = 1.0  # scale of V⁻ (Tab. 1 ablation; 0 = attraction only)
+    kernel_norm: str = "both"  # the kernel's softmax over x and y, "y" only, or "none" (Tab. 11)
+    style: bool = True  # the generator's style embeddings (App. A.2); False: none (n_style = 0)
     # the feature space (Tab. 8 "feature encoder", App. A.5); the networks' weights are hashed into every checkpoint.
     # "builtin": a ResNet MAE pre-trained on the run's data (App. A.3); a save_encoder folder; None: raw drift loss only
     feature_encoder: str | None = "builtin"
@@ -246,7 +251,41 @@ def check(self: TrainConfig) -> TrainConfig:
     self._check_numbers()
     self._check_features()
     _need(self.grad_sync in GRAD_SYNCS, f"grad_sync must be one of {GRAD_SYNCS}, got {self.grad_sync!r}")
+    self._check_method()
     return self
+
+# %% ../nbs/11_train.ipynb #4fd92a7e
+@patch
+def drift_options(self: TrainConfig) -> DriftOptions:
+    "The drift loss's options of this run: temperatures, attraction and repulsion scales, kernel normalisation."
+    return DriftOptions(
+        taus=self.taus, attraction=self.attraction, repulsion=self.repulsion, kernel_norm=self.kernel_norm
+    )
+
+
+@patch
+def _check_method(self: TrainConfig):
+    "The method's ablation knobs: attraction/repulsion scales, kernel normalisation, style embeddings."
+    for k in ("attraction", "repulsion"):
+        v = getattr(self, k)
+        _need(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0,
+            f"TrainConfig.{k} must be a finite number ≥ 0 (Tab. 1: 1 is the method), got {v!r}",
+        )
+    _need(
+        self.attraction > 0 or self.repulsion > 0,
+        "attraction=0 and repulsion=0 make V zero and the generator never moves: give one of them > 0",
+    )
+    _need(
+        self.kernel_norm in KERNEL_NORMS,
+        f"kernel_norm must be one of {KERNEL_NORMS} (Tab. 11), got {self.kernel_norm!r}",
+    )
+    _need(isinstance(self.style, bool), f"style must be True or False, got {self.style!r}")
+    _need(
+        self.style or "n_style" not in self.generator_overrides,
+        f"style=False and generator_overrides n_style={self.generator_overrides.get('n_style')!r}: give one of them",
+    )
+    self.drift_options()  # the loss's own checks of the temperatures
 
 # %% ../nbs/11_train.ipynb #e919e718
 # One TrainConfig per Tab. 8 column (spec §6.1); the final encoders' MAE ends with the 3k-step cls fine-tune (spec
@@ -637,6 +676,7 @@ class Trainer:
         self.gen_cfg = generator_config(
             cfg.generator,
             **dict(dict(num_classes=data.num_classes, in_channels=C, input_size=H), **cfg.generator_overrides),
+            **({} if cfg.style else dict(n_style=0)),  # App. A.2 ablation: no style embeddings
         )
         with torch.random.fork_rng(devices=[]):  # the initialisation depends on the seed only
             torch.manual_seed(cfg.seed)
@@ -704,7 +744,7 @@ def _micro(
         f_pos,
         f_unc,
         w=w,
-        taus=cfg.taus,
+        options=cfg.drift_options(),  # taus, attraction, repulsion, kernel_norm
         aggregate=cfg.aggregate,
         **({} if reduce is None else dict(all_reduce=reduce)),
     )
@@ -714,7 +754,7 @@ def _micro(
             "last checkpoint are unchanged (lower lr, check the data for NaN/inf)"
         )
     (loss * scale).backward()
-    forces = feature_forces(f_gen, f_pos, f_unc, w=w, options=_drift_options(cfg)) if diagnose else None
+    forces = feature_forces(f_gen, f_pos, f_unc, w=w, options=cfg.drift_options()) if diagnose else None
     return loss.detach(), losses, infos, forces
 
 # %% ../nbs/11_train.ipynb #55184609
@@ -726,13 +766,6 @@ def lr_now(self: Trainer) -> float:
     return lr_at(self.step_count - s["warmup_from"], SimpleNamespace(lr=peak, lr_init=cfg.lr_init, warmup=cfg.warmup))
 
 # %% ../nbs/11_train.ipynb #6c3bcb7b
-def _drift_options(cfg: TrainConfig) -> DriftOptions:
-    "The run's drift options: the `DriftOptions` fields the config has (e.g. taus), the release's defaults for others."
-    return DriftOptions(
-        **{f.name: getattr(cfg, f.name) for f in dataclasses.fields(DriftOptions) if hasattr(cfg, f.name)}
-    )
-
-
 @patch
 def _queue_shortfall(self: Trainer, labels: Tensor) -> dict:
     "How short the queues are before this step's draws: class coverage and the shares drawn with replacement."

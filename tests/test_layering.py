@@ -23,7 +23,7 @@ LAYERS = {
     "data": 3, "streams": 3, "latents": 3, "feature_nets": 3, "latent_cache": 3, "mae_train": 3, "mae_resume": 3,
     "tokenizer": 3, "builtin_vae": 3, "metrics": 3, "metrics_nets": 3, "evaluate": 3, "stream": 3, "trend": 3,
     "train": 3,
-    "sample": 3, "runs": 3, "official": 3, "pipeline": 3, "distributed": 3, "planner": 3,
+    "sample": 3, "runs": 3, "sweep": 3, "official": 3, "pipeline": 3, "distributed": 3, "planner": 3,
     "cli": 4,
 }
 NAMES = {0: "core", 1: "paper", 2: "infrastructure", 3: "pipeline", 4: "cli"}

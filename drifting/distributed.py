@@ -527,7 +527,8 @@ def _job_run(job: dict, trainer) -> tuple[Run | None, str | None]:
 
 def fit_worker(
     job: dict,  # build, kwargs, steps; optional: mode, resume, bundle (+ own_bundle) | runs_dir (+ project), save,
-    # ckpt_every, keep_checkpoints, keep_every, log_every, tensorboard, diag_every, tracker, callback, backend, bucket_mb
+    # ckpt_every, keep_checkpoints, keep_every, log_every, tensorboard, diag_every, tracker, callback, backend,
+    # bucket_mb
 ) -> dict:  # rank, world_size, backend, mode, step, hist, bytes, calls, comm_seconds, grad_timing, seconds
     "One rank of a distributed training job (run by `launch` or torchrun)."
     created = init_distributed(job.get("backend"))

@@ -50,6 +50,8 @@ def test_switches_are_recorded_and_checked():
     sd = tr.state_dict()["config"]  # what the checkpoint and the bundle record
     assert (sd["tf32"], sd["fused_adamw"], sd["compile"], sd["bf16"]) == (True, True, False, None)
     assert tr.speed == dict(bf16=False, compile=False, fused_adamw=True, tf32=False)  # TF32: a no-op on the CPU
+    cfg, _ = check_train_run(preset="tiny", bf16=True, compile=None, fused_adamw=True)  # run_latent's -p values
+    assert (cfg.bf16, cfg.compile, cfg.fused_adamw, cfg.tf32) == (True, False, True, False)  # None: the preset's
     with pytest.raises(ValueError, match="compile must be True or False"):
         check_train_run(compile="True")  # `-r compile True` gives a string
     with pytest.raises(ValueError, match="bf16 must be None"):

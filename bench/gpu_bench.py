@@ -7,7 +7,7 @@ feature encoder of the preset's MAE exported to a folder the config names). Sect
          planner's prediction beside it), FLOPs per step (torch's FLOP counter: matrix products and convolutions of
          the forward and backward passes) and MFU against the card's dense bf16 peak; variants eager (the default
          path), fused (AdamW fused=True), compiled (torch.compile of generator and feature network, + fused), and
-         compiled+fused+TF32; the compile time is the first step's time minus the median step's. A variant that runs
+         on request (--variants) compiled+fused+TF32; the compile time is the first step's time minus the median step's. A variant that runs
          out of memory is a row saying so.
 - drift  `drift_exact.drift_loss` forward + backward on the shapes S1-S5 of bench/drift_loss.py: kernel="eager" vs
          kernel="triton" (time, ratio, relative difference of loss and gradient, ok at ≤ 1e-5); where Triton or CUDA
@@ -248,12 +248,13 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", nargs="+", default=["ablation", "B/2"], help="TRAIN_PRESETS names for the step section")
     ap.add_argument("--steps", type=int, default=5, help="timed steps per variant (after one warm-up)")
-    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--variants", nargs="+", default=["eager", "fused", "compiled"], choices=list(VARIANTS),
+                    help="step variants (compiled+tf32 too, if the budget allows: each compile costs a minute or two)")
     ap.add_argument("--shapes", type=int, nargs="+", default=list(range(len(SHAPES))), help="drift shapes (0-4)")
     ap.add_argument("--drift-div", type=int, default=1, help="divide the drift shapes' G by this")
     ap.add_argument("--drift-cap", type=int, default=1 << 30, help="cap N_gen, N_pos, N_unc of the drift shapes")
     ap.add_argument("--drift-reps", type=int, default=3)
-    ap.add_argument("--bf16-steps", type=int, default=20)
+    ap.add_argument("--bf16-steps", type=int, default=10)
     ap.add_argument("--peak-tflops", type=float, default=None, help="the card's dense bf16 peak (default by name)")
     ap.add_argument("--cpu", action="store_true", help="run on the CPU (to test the script; no MFU)")
     ap.add_argument("--quick", action="store_true", help="small: no compiled variants, no planner, drift G/64 and N ≤ 128, 3 steps")

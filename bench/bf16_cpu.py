@@ -75,27 +75,37 @@ def main():
             m = tr[k].step()
             sec[k].append(time.perf_counter() - t0)
             loss[k].append(m["loss"])
-        if (i + 1) % 20 == 0:
-            print(f"step {i + 1}: loss fp32 {loss['fp32'][-1]:.4g} bf16 {loss['bf16'][-1]:.4g}", file=sys.stderr, flush=True)
-    s = {k: smooth(v, a.window) for k, v in loss.items()}
-    gap = [abs(b - f) / abs(f) for f, b in zip(s["fp32"], s["bf16"])]
-    raw = [abs(b - f) / abs(f) for f, b in zip(loss["fp32"], loss["bf16"])]
-    med = {k: sorted(v[1:])[len(v[1:]) // 2] for k, v in sec.items()}
-    i = max(range(len(gap)), key=gap.__getitem__)
-    res = dict(steps=a.steps, window=a.window, max_rel_gap_smoothed=max(gap), at_step=i + 1,
-               mean_rel_gap_smoothed=sum(gap) / len(gap), max_rel_gap_raw=max(raw),
-               first_loss={k: v[0] for k, v in loss.items()}, last_smoothed={k: v[-1] for k, v in s.items()},
-               median_step_s=med, speed_ratio_fp32_over_bf16=med["fp32"] / med["bf16"], cpu=cpu_info(),
-               threads=torch.get_num_threads())
+        if (i + 1) % 10 == 0 or i + 1 == a.steps:  # the figures so far (a run cut short still leaves them)
+            res = figures(loss, sec, a.window)
+            print(f"step {i + 1}: loss fp32 {loss['fp32'][-1]:.4g} bf16 {loss['bf16'][-1]:.4g}; smoothed gap max "
+                  f"{res['max_rel_gap_smoothed']:.2%}; speed fp32/bf16 {res['speed_ratio_fp32_over_bf16']:.2f}x",
+                  file=sys.stderr, flush=True)
+            if a.out:
+                keep = {k: v for k, v in res.items() if not k.startswith("_")}
+                Path(a.out).write_text(json.dumps(dict(keep, cpu=cpu_info(), threads=torch.get_num_threads()), indent=1))
+    res = figures(loss, sec, a.window)
+    s, med, gap, i = res.pop("_s"), res["median_step_s"], res.pop("_gap"), res["at_step"] - 1
     print(f"cpu preset, {a.steps} steps each (alternating), smoothed over {a.window} steps:")
     print(f"  loss at step 1: fp32 {loss['fp32'][0]:.5g}, bf16 {loss['bf16'][0]:.5g}; smoothed at the end: "
           f"fp32 {s['fp32'][-1]:.5g}, bf16 {s['bf16'][-1]:.5g}")
     print(f"  smoothed loss gap |bf16 - fp32| / fp32: max {max(gap):.2%} (step {i + 1}), mean {res['mean_rel_gap_smoothed']:.2%}; "
-          f"raw per-step max {max(raw):.2%}")
+          f"raw per-step max {res['max_rel_gap_raw']:.2%}")
     print(f"  median step: fp32 {med['fp32'] * 1e3:.0f} ms, bf16 {med['bf16'] * 1e3:.0f} ms; "
           f"speed ratio fp32/bf16 {res['speed_ratio_fp32_over_bf16']:.2f}x")
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
-    if a.out: Path(a.out).write_text(json.dumps(res, indent=1))
+
+
+def figures(loss, sec, window) -> dict:
+    "Loss tracking and speed from the per-step losses and times so far."
+    s = {k: smooth(v, window) for k, v in loss.items()}
+    gap = [abs(b - f) / abs(f) for f, b in zip(s["fp32"], s["bf16"])]
+    raw = [abs(b - f) / abs(f) for f, b in zip(loss["fp32"], loss["bf16"])]
+    med = {k: sorted(v[1:] or v)[len(v[1:] or v) // 2] for k, v in sec.items()}  # the first step apart (warm-up)
+    i = max(range(len(gap)), key=gap.__getitem__)
+    return dict(steps=len(gap), window=window, max_rel_gap_smoothed=max(gap), at_step=i + 1,
+                mean_rel_gap_smoothed=sum(gap) / len(gap), max_rel_gap_raw=max(raw),
+                first_loss={k: v[0] for k, v in loss.items()}, last_smoothed={k: v[-1] for k, v in s.items()},
+                median_step_s=med, speed_ratio_fp32_over_bf16=med["fp32"] / med["bf16"], _s=s, _gap=gap)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,11 @@ the process's resident-set high-water mark (VmHWM, which sees torch's allocation
 G * (2 N_gen M D  [distances]  +  n_tau * 2 N_gen M D  [drift]),  M = N_gen + N_pos + N_unc; the backward adds no
 matrix work. The roofline is the fp32 GEMM rate of this machine, measured in the same run (square `torch.mm`) before
 the first shape and after each one; the best of these rates is used (this VM's speed drifts by up to 2x over minutes).
+
+The compiled variant (`--compiled`, on by default; #27 item 5) is the plain form under `torch.compile` (inductor, the
+same equations fused by the compiler), timed in the same rounds; its first call, the compile, is reported apart
+("compile s"). Every table is headed by the CPU model and its vector capabilities (AVX2, AVX-512, AVX-512 BF16, AMX):
+the ratios move with the processor.
 """
 from __future__ import annotations
 
@@ -29,6 +34,24 @@ SHAPES = [  # (G, N_gen, N_pos, N_unc, D): S1 ... S5 of issue 15
 TARGETS = (4.5, 3.2, 6.8, 3.5, 2.0)  # issue 15: 1.5x the official JAX release, expressed against the plain form
 TAUS = (0.02, 0.05, 0.2)
 W_UNC = 3.0  # unconditional weight
+
+
+VECTOR_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_info() -> str:
+    "The CPU model and which of VECTOR_FLAGS it has (from /proc/cpuinfo; 'unknown' elsewhere)."
+    import platform
+    model, flags = platform.processor() or "unknown", set()
+    try:
+        for line in open("/proc/cpuinfo"):
+            k, _, v = line.partition(":")
+            if k.strip() == "model name": model = v.strip()
+            elif k.strip() == "flags": flags = set(v.split())
+    except OSError:
+        pass
+    has = [f for f in VECTOR_FLAGS if f in flags]
+    return f"CPU: {model}, {os.cpu_count()} cpus; vector: {' '.join(has) or 'none of ' + ' '.join(VECTOR_FLAGS)}"
 
 
 def _reset_peak():
@@ -70,7 +93,8 @@ def worker(impl, shape, reps, threads, seed=0):
         fn = lambda x: drift_loss(x, pos, neg, w_neg=w_neg[:, 0], low_memory=impl == "ours-lowmem")[0]
     else:
         from drifting.drift import release_drift_loss
-        fn = lambda x: release_drift_loss(x, pos, neg, w_neg=w_neg[:, 0])[0]
+        plain = torch.compile(release_drift_loss) if impl == "compiled" else release_drift_loss
+        fn = lambda x: plain(x, pos, neg, w_neg=w_neg[:, 0])[0]
     times = []
     for r in range(reps + 1):  # the first call is a warm-up
         x = gen.clone().requires_grad_()
@@ -78,7 +102,7 @@ def worker(impl, shape, reps, threads, seed=0):
         fn(x).sum().backward()
         times.append(time.perf_counter() - t0)
     peak = _peak_rss() if hwm_reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    print(json.dumps({"impl": impl, "shape": shape, "ms": 1e3 * min(times[1:]), "ms_median": 1e3 * sorted(times[1:])[reps // 2],
+    print(json.dumps({"impl": impl, "shape": shape, "ms": 1e3 * min(times[1:]), "first_s": times[0], "ms_median": 1e3 * sorted(times[1:])[reps // 2],
                       "peak_mb": peak / 2**20, "extra_mb": (peak - rss_inputs) / 2**20, "input_mb": (G * (N + Np + Nu) * D * 4) / 2**20}))
 
 
@@ -127,6 +151,8 @@ def main(argv=None):
     ap.add_argument("--impl", default="ours", choices=["ours", "ours-lowmem"], help="ours-lowmem: drift_loss(..., low_memory=True)")
     ap.add_argument("--group-div", type=int, default=1, help="divide G by this (smaller, faster runs)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default); 1 is steadier on a busy machine")
+    ap.add_argument("--compiled", action=argparse.BooleanOptionalAction, default=True,
+                    help="also time the plain form under torch.compile (--no-compiled: skip it)")
     ap.add_argument("--quick", action="store_true", help="shorthand for --group-div 8 --reps 2 --rounds 1")
     ap.add_argument("--worker", nargs=8, metavar=("IMPL", "G", "N", "NP", "NU", "D", "REPS", "THREADS"), help=argparse.SUPPRESS)
     a = ap.parse_args(argv)
@@ -138,6 +164,7 @@ def main(argv=None):
     import torch
     if a.threads > 0: torch.set_num_threads(a.threads)
     load0 = os.getloadavg()
+    print(cpu_info())
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, cpus {os.cpu_count()}, load average at start "
           f"{' '.join(f'{v:.1f}' for v in load0)} (should be ~0 for meaningful absolute numbers; ratios are same-run)")
     print(f"ours vs plain on a small problem (relative max difference): loss, gradient = {check_same():.1e}, {check_same(True):.1e}")
@@ -146,7 +173,7 @@ def main(argv=None):
     for i in (a.shapes if a.shapes is not None else range(len(SHAPES))):
         G, N, Np, Nu, D = SHAPES[i]
         shape = (max(1, G // a.group_div), N, Np, Nu, D)
-        runs = {"plain": [], a.impl: []}
+        runs = {"plain": [], a.impl: [], **({"compiled": []} if a.compiled else {})}
         for _ in range(a.rounds):
             for impl in runs:
                 r = _run_worker(impl, shape, a.reps, a.threads)
@@ -155,19 +182,24 @@ def main(argv=None):
         if not all(runs.values()): continue
         best = {k: min(v, key=lambda r: r["ms"]) for k, v in runs.items()}
         extra = {k: max(r["extra_mb"] for r in v) for k, v in runs.items()}
-        rows.append((i, shape, best["plain"]["ms"], best[a.impl]["ms"], extra))
+        comp = best.get("compiled")
+        rows.append((i, shape, best["plain"]["ms"], best[a.impl]["ms"], extra,
+                     (comp["ms"], max(r["first_s"] for r in runs["compiled"])) if comp else None))
         print(f"S{i + 1} done ({best['plain']['ms']:.1f} / {best[a.impl]['ms']:.1f} ms)", file=sys.stderr, flush=True)
     roof = max(roofs)
     print(f"fp32 matmul roofline (2048^3 torch.mm, best of 5, measured {len(roofs)} times: "
           f"{min(roofs):.1f}-{roof:.1f} GFLOP/s): {roof:.1f} GFLOP/s")
+    cols = f" | {'compiled ms':>11} {'plain/comp':>10} {'compile s':>9}" if a.compiled else ""
     hdr = (f"{'':3} {'G, N_gen, N_pos, N_unc, D':>26} | {'plain ms':>9} {a.impl + ' ms':>9} | {'ratio':>6} {'target':>6} | "
-           f"{'roof %':>6} | {'extra MB plain':>14} {'extra MB ours':>13}")
+           f"{'roof %':>6} | {'extra MB plain':>14} {'extra MB ours':>13}{cols}")
+    print(cpu_info())
     print(hdr); print("-" * len(hdr))
-    for i, shape, p, o, extra in rows:
+    for i, shape, p, o, extra, comp in rows:
         roof_pct = 100 * flops(*shape) / (o / 1e3) / 1e9 / roof
         shp = ", ".join(map(str, shape))
         print(f"S{i + 1:<2} {shp:>26} | {p:9.1f} {o:9.1f} | {p / o:5.2f}x {TARGETS[i]:5.1f}x | {roof_pct:6.1f} | "
-              f"{extra['plain']:14.0f} {extra[a.impl]:13.0f}")
+              f"{extra['plain']:14.0f} {extra[a.impl]:13.0f}"
+              + (f" | {comp[0]:11.1f} {p / comp[0]:9.2f}x {comp[1]:9.1f}" if comp else (" | (failed)" if a.compiled else "")))
     print(f"load average at the end {' '.join(f'{v:.1f}' for v in os.getloadavg())}")
 
 

@@ -30,7 +30,7 @@ PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, 
 _ENCODERS = {}  # preset -> the random encoder's export folder
 
 
-def build(preset, dev, n_items=4096):
+def build(preset, dev, n_items=4096, **overrides):  # overrides: other TrainConfig fields (bench/gpu_bench.py's switches)
     push = train_config(preset).push_per_step
     shape = (4, 32, 32) if preset != "tiny" else (2, 8, 8)
     classes = 1000 if preset != "tiny" else 5
@@ -43,7 +43,7 @@ def build(preset, dev, n_items=4096):
     # a random encoder as an export folder the config names (a distributed job rebuilds it from the config)
     if preset not in _ENCODERS:  # one folder per preset: a resumed trainer must name the same encoder
         _ENCODERS[preset] = str(save_encoder(enc, tempfile.mkdtemp()))
-    cfg = train_config(preset, feature_encoder=_ENCODERS[preset])
+    cfg = train_config(preset, feature_encoder=_ENCODERS[preset], **overrides)
     return Trainer(cfg, data_stream(cfg, ds), build_features(cfg, ds, dev, progress=False)[0], dev)
 
 

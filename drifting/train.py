@@ -5,6 +5,7 @@
 # %% ../nbs/11_train.ipynb #b2015244
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -49,10 +50,11 @@ from .streams import AUGMENTATIONS, DataStream
 from .writers import Tracker, check_tracker, flat_scalars, image_grid, write_png
 
 # %% auto #0
-__all__ = ['TRAIN_COUNTS', 'GRAD_SYNCS', 'TRAIN_PRESETS', 'CONVNEXT_HUB', 'TRAIN_FORMAT', 'SCHEDULE', 'RESUME_MAY_CHANGE',
-           'TrainConfig', 'train_config', 'check_world_size', 'train_checkpoint', 'finite_clip_',
-           'check_keep_checkpoints', 'check_flag', 'check_resume_params', 'ConfigMismatch', 'config_diff',
-           'describe_diff', 'StepLog', 'Trainer', 'ResumeOptions', 'resume_options', 'rotate_checkpoints']
+__all__ = ['SPEED_SWITCHES', 'TRAIN_COUNTS', 'GRAD_SYNCS', 'TRAIN_PRESETS', 'CONVNEXT_HUB', 'TRAIN_FORMAT', 'SCHEDULE',
+           'RESUME_MAY_CHANGE', 'TrainConfig', 'upgrade_config', 'bf16_on', 'train_config', 'check_world_size',
+           'train_checkpoint', 'finite_clip_', 'check_keep_checkpoints', 'check_flag', 'check_resume_params',
+           'ConfigMismatch', 'config_diff', 'describe_diff', 'StepLog', 'Trainer', 'ResumeOptions', 'resume_options',
+           'rotate_checkpoints']
 
 # %% ../nbs/11_train.ipynb #c0de0e49
 @dataclass
@@ -107,7 +109,14 @@ class TrainConfig:
     aggregate: str = "official"  # "official": mean over (class, location) per key; "paper": sum over locations
     grad_accum: int = 1  # split the N_c labels of a step into this many micro-batches (see the note below)
     grad_sync: str = "flat"  # ranks: "flat" one all-reduce after backward, "overlap" buckets during it (GRAD_SYNCS)
-    bf16: bool = True  # bf16 autocast of generator and encoder on CUDA (release); the drift loss stays fp32
+    # bf16 autocast of the generator and the feature networks; the drift loss stays fp32. None: on CUDA (release), off
+    # on CPU (faithful fp32); True: on CPU too (AVX-512 BF16 / AMX), False: off everywhere (D-speed-2)
+    bf16: bool | None = None
+    compile: bool = (
+        False  # torch.compile the generator and feature networks (equal to eager within rounding, D-speed-1)
+    )
+    fused_adamw: bool = False  # AdamW(fused=True): one kernel for all parameters (CPU and CUDA in torch ≥ 2.4)
+    tf32: bool = False  # TF32 matrix products and convolutions on CUDA (torch.backends); a recorded no-op on CPU
     flip: bool = False  # random horizontal flip of pushed real samples (release latent caches store both flips)
     seed: int = 0  # initialisation, data order and every draw of the run
 
@@ -118,13 +127,26 @@ def to_dict(self: TrainConfig) -> dict:
     return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
+SPEED_SWITCHES = ("compile", "fused_adamw", "tf32")  # fields added with the speed switches (D-speed-3)
+
+
+def upgrade_config(
+    d: dict,  # a recorded `to_dict()`, possibly from before the speed switches
+) -> dict:  # a copy in today's fields, meaning what it meant when written
+    "An older config in today's fields: without the speed switches, `bf16=True` meant 'on CUDA only' (today's None)."
+    d = dict(d)
+    if "bf16" in d and not any(k in d for k in SPEED_SWITCHES):
+        d = dict(d, bf16=None if d["bf16"] else False, **{k: False for k in SPEED_SWITCHES})
+    return d
+
+
 @patch(cls_method=True)
 def from_dict(cls: TrainConfig, d: dict) -> TrainConfig:
     "Rebuild from `to_dict()` output; unknown fields are an error."
     bad = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
     if bad:
         raise ValueError(f"unknown TrainConfig field(s) {bad}")
-    d = dict(d)
+    d = upgrade_config(d)
     for k in ("betas", "taus", "patch_sizes"):
         if k in d:
             d[k] = tuple(d[k])
@@ -252,6 +274,7 @@ def check(self: TrainConfig) -> TrainConfig:
     self._check_features()
     _need(self.grad_sync in GRAD_SYNCS, f"grad_sync must be one of {GRAD_SYNCS}, got {self.grad_sync!r}")
     self._check_method()
+    self._check_speed()
     return self
 
 # %% ../nbs/11_train.ipynb #4fd92a7e
@@ -286,6 +309,26 @@ def _check_method(self: TrainConfig):
         f"style=False and generator_overrides n_style={self.generator_overrides.get('n_style')!r}: give one of them",
     )
     self.drift_options()  # the loss's own checks of the temperatures
+
+# %% ../nbs/11_train.ipynb #077396fc
+@patch
+def _check_speed(self: TrainConfig):
+    "The precision and speed switches: bools (a string 'False' from `-r` would be truthy)."
+    for k in SPEED_SWITCHES:
+        v = getattr(self, k)
+        _need(isinstance(v, bool), f"TrainConfig.{k} must be True or False, got {v!r}; pass it as `-p {k} True`")
+    _need(
+        self.bf16 is None or isinstance(self.bf16, bool),
+        f"TrainConfig.bf16 must be None (on for CUDA, off on CPU), True or False, got {self.bf16!r}",
+    )
+
+
+def bf16_on(
+    cfg: TrainConfig,  # its `bf16`
+    device: torch.device | str,  # where the run trains
+) -> bool:
+    "Whether the run's networks run under bf16 autocast: `cfg.bf16`, or None → on CUDA only (the release's GPU runs)."
+    return cfg.bf16 if cfg.bf16 is not None else torch.device(device).type == "cuda"
 
 # %% ../nbs/11_train.ipynb #e919e718
 # One TrainConfig per Tab. 8 column (spec §6.1); the final encoders' MAE ends with the 3k-step cls fine-tune (spec
@@ -543,8 +586,9 @@ class ConfigMismatch(ValueError):
     "A checkpoint was written with another configuration, feature space or data."
 
 
-# a resume may lengthen the run or change how ranks sum gradients (D-dist-11); every other field must match
-RESUME_MAY_CHANGE = ("steps", "grad_sync")
+# a resume may lengthen the run, change how ranks sum gradients (D-dist-11) and switch compile / TF32 (no state,
+# rounding only: D-speed-3); every other field must match
+RESUME_MAY_CHANGE = ("steps", "grad_sync", "compile", "tf32")
 
 
 def config_diff(
@@ -552,7 +596,8 @@ def config_diff(
     new: dict,
     ignore: tuple = RESUME_MAY_CHANGE,  # fields not compared
 ) -> dict:
-    "{field: (old, new)} for every field whose value differs (missing fields count as None)."
+    "{field: (old, new)} for every field whose value differs (missing fields count as None; `old` is upgraded)."
+    old, new = upgrade_config(old), upgrade_config(new)
     return {
         k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k) and k not in ignore
     }
@@ -684,7 +729,12 @@ class Trainer:
         self.gen = gen.to(dev)
         self.ema = ema_copy(self.gen).eval()
         self.opt = torch.optim.AdamW(
-            self.gen.parameters(), lr=cfg.lr_init, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, eps=1e-8
+            self.gen.parameters(),
+            lr=cfg.lr_init,
+            betas=tuple(cfg.betas),
+            weight_decay=cfg.weight_decay,
+            eps=1e-8,
+            fused=True if cfg.fused_adamw else None,  # None: torch's default (for-each on CUDA, a loop on CPU)
         )
         self.queues = SampleQueues(
             data.num_classes,
@@ -698,6 +748,31 @@ class Trainer:
         self.step_count = 0
         self.schedule = dict(SCHEDULE)  # the lr schedule's resume options (`lr_now`)
         self.comm = None  # a `drifting.distributed.Comm` when this is one rank of a torch.distributed job
+        self._speed_setup()
+
+
+# %% ../nbs/11_train.ipynb #52e533d1
+@patch
+def _speed_setup(self: Trainer):
+    "Resolve bf16 for the device, set TF32 on CUDA, wrap the networks in `torch.compile` when asked."
+    cfg, dev = self.cfg, self.dev
+    self.amp = bf16_on(cfg, dev)
+    self.features.bf16 = self.amp  # FeatureSpace's autocast (CUDA) follows the run's choice
+    if dev.type == "cuda":  # process-wide flags: fp32 matrix products in TF32 only when asked
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = cfg.tf32
+    comp = torch.compile if cfg.compile else (lambda m: m)
+    self.gen_fn, self.features_fn = comp(self.gen), comp(self.features)  # forward passes; `self.gen` owns the weights
+    self.speed = dict(
+        bf16=self.amp, compile=cfg.compile, fused_adamw=cfg.fused_adamw, tf32=cfg.tf32 and dev.type == "cuda"
+    )
+
+
+@patch
+def _autocast(self: Trainer):
+    "The CPU's bf16 autocast around the networks when `bf16` is on there (CUDA: the networks' own autocast)."
+    if self.amp and self.dev.type == "cpu":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 # %% ../nbs/11_train.ipynb #3463bb19
 @patch
@@ -733,11 +808,12 @@ def _micro(
 ) -> tuple:  # (loss, {key: loss}, {key: DriftStats}, {key: (F+ RMS, F- RMS)} or None)
     "Forward and backward of one micro-batch of labels and its draws, and (`diagnose`) its force diagnostics."
     cfg, n = self.cfg, labels.shape[0]
-    x = self.gen(eps, labels.repeat_interleave(cfg.n_neg), alpha.repeat_interleave(cfg.n_neg), style)
-    f_gen = group_by_class(self.features(x), n)  # key -> [n, N_neg, L, D]
-    with torch.no_grad():
-        f_pos = group_by_class(self.features(pos.flatten(0, 1)), n)
-        f_unc = group_by_class(self.features(unc.flatten(0, 1)), n) if unc is not None else None
+    with self._autocast():  # the networks only: features come out in fp32 and the drift loss stays fp32
+        x = self.gen_fn(eps, labels.repeat_interleave(cfg.n_neg), alpha.repeat_interleave(cfg.n_neg), style)
+        f_gen = group_by_class(self.features_fn(x), n)  # key -> [n, N_neg, L, D]
+        with torch.no_grad():
+            f_pos = group_by_class(self.features_fn(pos.flatten(0, 1)), n)
+            f_unc = group_by_class(self.features_fn(unc.flatten(0, 1)), n) if unc is not None else None
     reduce = self.comm.stat_reduce if self.comm is not None else None  # global-batch statistics across ranks
     loss, losses, infos = feature_drift_loss(
         f_gen,

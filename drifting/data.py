@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib, math, os
 from dataclasses import dataclass, field
 from functools import lru_cache, partial
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -286,11 +287,7 @@ def latent_dataset(
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")  # compared case-insensitively (.JPEG is ImageNet's)
 
 
-def scan_image_folder(
-    root: str | os.PathLike,  # folder holding one sub-folder per class
-) -> tuple[list, list, list]:
-    "List (files, labels, class_names) of a class-folder dataset, with clear errors for bad layouts."
-    root = Path(root)
+def _class_files(root: Path) -> tuple[list, Iterator]:  # (class names, (class id, sorted image files) per class)
     if not root.exists():
         raise FileNotFoundError(f"image folder {root} does not exist")
     if not root.is_dir():
@@ -298,15 +295,28 @@ def scan_image_folder(
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise ValueError(f"{root} holds no class folders: expected root/<class_name>/<image files>")
+
+    def per_class():
+        for c, name in enumerate(classes):
+            fs = sorted(
+                f
+                for f in (root / name).iterdir()
+                if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS
+            )
+            if not fs:
+                raise ValueError(f"class folder {root / name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            yield c, fs
+
+    return classes, per_class()
+
+
+def scan_image_folder(
+    root: str | os.PathLike,  # folder holding one sub-folder per class
+) -> tuple[list, list, list]:
+    "List (files, labels, class_names) of a class-folder dataset, with clear errors for bad layouts."
+    classes, per_class = _class_files(Path(root))
     files, labels = [], []
-    for c, name in enumerate(classes):
-        fs = sorted(
-            f
-            for f in (root / name).iterdir()
-            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        if not fs:
-            raise ValueError(f"class folder {root / name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    for c, fs in per_class:
         files += fs
         labels += [c] * len(fs)
     return files, labels, classes
@@ -326,12 +336,23 @@ def load_image(
     return pil_to_tensor(center_crop_adm(img, resolution) if resolution else img)
 
 # %% ../nbs/07_data.ipynb #f57c20f3
-def _folder_fingerprint(root, files: list, digests: list, classes: list, params: dict) -> str:
+def _folder_fingerprint(rel_names, digests, classes: list, params: dict) -> str:
     h = hashlib.sha256()
-    for f, d in zip(files, digests):  # the folder's own name is not hashed: copies match
-        h.update(str(f.relative_to(root)).encode())
+    for rel, d in zip(rel_names, digests, strict=True):  # paths relative to the root: copies of a folder match
+        h.update(rel)
         h.update(d)
     return sha256_json(dict(source=h.hexdigest(), classes=classes, **params))
+
+
+def _scan_names(root: Path, max_per_class: int | None) -> tuple[np.ndarray, np.ndarray, list]:
+    "(relative paths [N] bytes, labels [N] int64, class names): one class's `Path`s alive at a time."
+    classes, per_class = _class_files(root)
+    names, labels = [], []
+    for c, fs in per_class:
+        fs = fs[:max_per_class] if max_per_class is not None else fs
+        names.append(np.array([os.fsencode(f"{f.parent.name}/{f.name}") for f in fs], dtype=bytes))
+        labels.append(np.full(len(fs), c, dtype=np.int64))
+    return np.concatenate(names), np.concatenate(labels), classes
 
 
 def _decode_all(files: list, resolution: int | None) -> tuple[torch.Tensor, list]:  # ([N, 3, H, W], sha256 digests)
@@ -355,24 +376,21 @@ def load_image_folder(
     num_workers: int = LOADER_WORKERS,  # lazy: DataLoader processes that decode batches and hash the files
 ) -> ImageDataset:
     "A class-folder dataset (all items, no split applied), decoded into memory or read lazily."
-    files, labels, classes = scan_image_folder(root)
-    if max_per_class is not None:
-        seen = {}
-        keep = [i for i, l in enumerate(labels) if seen.setdefault(l, []).append(i) or len(seen[l]) <= max_per_class]
-        files, labels = [files[i] for i in keep], [labels[i] for i in keep]
+    names, labels, classes = _scan_names(Path(root), max_per_class)
     decode = partial(load_image, resolution=resolution)
-    item_shape = tuple(decode(files[0]).shape)  # [3, H, W] of the first image
+    item_shape = tuple(decode(os.path.join(root, os.fsdecode(names[0]))).shape)  # [3, H, W] of the first image
+    rows = FolderRows(names, decode, item_shape, num_workers, root)
     if lazy is None:
-        lazy = len(files) * math.prod(item_shape) * 4 > LAZY_BYTES
+        lazy = len(rows) * math.prod(rows.item_shape) * 4 > LAZY_BYTES
     if lazy:
-        images, digests = FolderRows(files, decode, item_shape, num_workers), file_digests(files, num_workers)
+        images, digests = rows, file_digests(rows)
     else:
-        images, digests = _decode_all(files, resolution)
+        images, digests = _decode_all([Path(rows.path(i)) for i in range(len(rows))], resolution)
     params = dict(
         resolution=resolution, resize="adm_center_crop" if resolution else None, max_per_class=max_per_class, channels=3
     )
-    fp = _folder_fingerprint(root, files, digests, classes, params)
-    labels = torch.tensor(labels, dtype=torch.int64)
+    fp = _folder_fingerprint(names, digests, classes, params)
+    labels = torch.from_numpy(labels)
     return ImageDataset(images, labels, classes, Path(root).name, fp, meta=dict(params, root=str(root)))
 
 # %% ../nbs/07_data.ipynb #bcc0c459

@@ -31,34 +31,40 @@ class FolderRows(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        files: list,  # image paths, row order
+        files,  # image paths in row order: a list, or an array of bytes (os.fsencode)
         decode: Callable,  # path -> [C, H, W] float32 tensor (e.g. `partial(load_image, resolution=R)`)
         item_shape: tuple,  # (C, H, W) every decoded image must have
         num_workers: int = LOADER_WORKERS,  # decoding processes of `split` and `loader` (0: in this process)
+        root: str | os.PathLike | None = None,  # the paths are relative to it (None: as given)
     ):
-        self.files, self.decode, self.item_shape = list(files), decode, tuple(item_shape)
-        self.num_workers = int(num_workers)
+        self.names = files if isinstance(files, np.ndarray) else np.array([os.fsencode(str(f)) for f in files], bytes)
+        self.decode, self.item_shape, self.num_workers = decode, tuple(item_shape), int(num_workers)
+        self.root = None if root is None else str(root)
 
-    shape = property(lambda self: torch.Size((len(self.files), *self.item_shape)))
+    shape = property(lambda self: torch.Size((len(self.names), *self.item_shape)))
 
     def __len__(self) -> int:
-        return len(self.files)
+        return len(self.names)
 
-    def rows(self, idx) -> list:
+    def path(self, i: int) -> str:
+        "The file of row `i`."
+        p = os.fsdecode(self.names[i])
+        return p if self.root is None else os.path.join(self.root, p)
+
+    def rows(self, idx) -> np.ndarray:  # [n] int64
         "Row numbers an index selects (int, slice, list, array or tensor of ints or booleans)."
         if isinstance(idx, slice):
-            return list(range(len(self)))[idx]
+            return np.arange(len(self))[idx]
         a = np.asarray(idx.cpu() if isinstance(idx, Tensor) else idx)
-        if a.dtype == bool:
-            a = np.flatnonzero(a)
-        return [int(i) + len(self) if i < 0 else int(i) for i in a.reshape(-1)]
+        a = np.flatnonzero(a) if a.dtype == bool else a.reshape(-1).astype(np.int64)
+        return np.where(a < 0, a + len(self), a)
 
     def item(self, i: int) -> Tensor:  # [C, H, W] float32
         "Decode row `i`, checking its shape."
-        x = self.decode(self.files[i])
+        x = self.decode(self.path(i))
         if tuple(x.shape) != self.item_shape:
             raise ValueError(
-                f"{self.files[i]} decodes to {tuple(x.shape)} but the folder's images are {self.item_shape}: "
+                f"{self.path(i)} decodes to {tuple(x.shape)} but the folder's images are {self.item_shape}: "
                 "images differ in size; pass resolution= to centre-crop them all"
             )
         return x
@@ -67,13 +73,13 @@ class FolderRows(torch.utils.data.Dataset):
         if isinstance(idx, (int, np.integer)) or (isinstance(idx, Tensor) and idx.ndim == 0):
             return self.item(int(idx))
         rows = self.rows(idx)
-        return torch.stack([self.item(i) for i in rows]) if rows else torch.empty(0, *self.item_shape)
+        return torch.stack([self.item(int(i)) for i in rows]) if len(rows) else torch.empty(0, *self.item_shape)
 
     __getitems__ = __getitem__  # a DataLoader worker decodes a whole batch in one call
 
     def subset(self, idx) -> FolderRows:
         "The rows `idx` selects, still lazy."
-        return FolderRows([self.files[i] for i in self.rows(idx)], self.decode, self.item_shape, self.num_workers)
+        return FolderRows(self.names[self.rows(idx)], self.decode, self.item_shape, self.num_workers, self.root)
 
 # %% ../nbs/07c_folders.ipynb #d73c2255
 @patch
@@ -94,26 +100,27 @@ def split(self: FolderRows, batch_size: int) -> Iterator[Tensor]:  # batches [<=
 
 # %% ../nbs/07c_folders.ipynb #da557682
 class _Digests(torch.utils.data.Dataset):
-    def __init__(self, files):
-        self.files = files
+    def __init__(self, rows: FolderRows):
+        self.rows = rows
 
     def __len__(self):
-        return len(self.files)
+        return len(self.rows)
 
     def __getitem__(self, i):  # sha256 of file i
-        return hashlib.sha256(open(self.files[i], "rb").read()).digest()
+        with open(self.rows.path(i), "rb") as f:
+            return hashlib.sha256(f.read()).digest()
 
 
 def file_digests(
-    files: list,  # paths
-    num_workers: int = LOADER_WORKERS,  # reading processes (0: in this process)
+    rows: FolderRows,  # the files
+    num_workers: int | None = None,  # reading processes (0: in this process; None: the rows' own)
     batch_size: int = 256,  # files per worker task
-) -> list:  # [len(files)] sha256 digests (bytes), in order
-    "The sha256 of every file's bytes, read by DataLoader workers."
-    dl = torch.utils.data.DataLoader(
-        _Digests(list(files)), batch_size=batch_size, num_workers=num_workers, collate_fn=_as_list
-    )
-    return [d for b in dl for d in b]
+) -> Iterator[bytes]:  # sha256 digest of each file, in row order
+    "The sha256 of every file's bytes, read by DataLoader workers and yielded in order."
+    w = rows.num_workers if num_workers is None else num_workers
+    dl = torch.utils.data.DataLoader(_Digests(rows), batch_size=batch_size, num_workers=w, collate_fn=_as_list)
+    for b in dl:
+        yield from b
 
 # %% ../nbs/07c_folders.ipynb #086bfc69
 def image_batches(

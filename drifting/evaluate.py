@@ -352,7 +352,11 @@ def nn_audit_figure(
     "Nearest training images (in `net`'s features) of a few samples: (figure, record of the distances)."
     pick = torch.arange(0, len(samples), max(1, len(samples) // n_show))[:n_show]
     idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:pool].sort().values
-    d, ix = nearest_neighbours(extract_features(net, samples[pick]), extract_features(net, train.images[idx]), k=3)
+    d, ix = nearest_neighbours(
+        extract_features(net, samples[pick]),
+        extract_features(net, image_batches(train.images, net.batch_size, idx)),
+        k=3,
+    )
     fig = nn_figure(samples[pick], train.images, d, idx[ix], title=f"nearest training images in {net.name} features")
     return fig, dict(pool=len(idx), min_distance=float(d[:, 0].min()), median_distance=float(d[:, 0].median()))
 

@@ -80,6 +80,7 @@ def main():
     ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--no-eager", action="store_true", help="skip the eager (whole folder in memory) comparison")
+    ap.add_argument("--repeats", type=int, default=1, help="fresh processes per case (the peak varies run to run)")
     ap.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     a = ap.parse_args()
     if a.child:
@@ -93,13 +94,14 @@ def main():
             write_folder(tmp / str(n), n)
             print(f"wrote {n} images (40x36 PNG/JPEG, 100 classes) in {time.perf_counter() - t0:.1f} s", flush=True)
             for mode in ["lazy"] + ([] if a.no_eager else ["eager"]):
-                cmd = [sys.executable, __file__, "--child", str(tmp / str(n)), mode, str(a.workers)]
-                out = subprocess.run(cmd, env=env, capture_output=True, text=True)
-                if out.returncode:
-                    sys.exit(out.stderr)
-                r = dict(n=n, mode=mode, **json.loads(out.stdout.strip().splitlines()[-1]))
-                rows.append(r)
-                print(json.dumps(r), flush=True)
+                for _ in range(a.repeats):
+                    cmd = [sys.executable, __file__, "--child", str(tmp / str(n)), mode, str(a.workers)]
+                    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+                    if out.returncode:
+                        sys.exit(out.stderr)
+                    r = dict(n=n, mode=mode, **json.loads(out.stdout.strip().splitlines()[-1]))
+                    rows.append(r)
+                    print(json.dumps(r), flush=True)
             shutil.rmtree(tmp / str(n))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -107,10 +109,14 @@ def main():
     for r in rows:
         w = r["workers_peak_rss_mib"] if r["mode"] == "lazy" else "—"
         print(f"| {r['n']} | {r['mode']} | {r['peak_rss_mib']} | {w} | {r['wall_s']} |")
-    lazy = {r["n"]: r["peak_rss_mib"] for r in rows if r["mode"] == "lazy"}
+    lazy = {}
+    for r in rows:
+        if r["mode"] == "lazy":
+            lazy.setdefault(r["n"], []).append(r["peak_rss_mib"])
     if len(lazy) >= 2:
         lo, hi = min(lazy), max(lazy)
-        print(f"lazy peak RSS at {hi} / at {lo} images: {lazy[hi] / lazy[lo]:.2f}x")
+        print(f"lazy peak RSS, lowest of {a.repeats} run(s): {min(lazy[hi])} MiB at {hi} images, {min(lazy[lo])} at {lo}: "
+              f"{min(lazy[hi]) / min(lazy[lo]):.2f}x")
 
 
 if __name__ == "__main__":

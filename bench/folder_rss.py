@@ -115,8 +115,9 @@ def main():
             lazy.setdefault(r["n"], []).append(r["peak_rss_mib"])
     if len(lazy) >= 2:
         lo, hi = min(lazy), max(lazy)
-        print(f"lazy peak RSS, lowest of {a.repeats} run(s): {min(lazy[hi])} MiB at {hi} images, {min(lazy[lo])} at {lo}: "
-              f"{min(lazy[hi]) / min(lazy[lo]):.2f}x")
+        a_hi, a_lo = min(lazy[hi]), min(lazy[lo])
+        print(f"lazy peak RSS, lowest of {a.repeats} run(s): {a_hi} MiB at {hi} images, {a_lo} at {lo}: "
+              f"{a_hi / a_lo:.2f}x")
 
 
 if __name__ == "__main__":

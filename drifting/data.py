@@ -5,9 +5,10 @@
 # %% ../nbs/07_data.ipynb #5fffd052
 from __future__ import annotations
 
-import hashlib, os
+import hashlib, math, os
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 from .core import sha256_arrays, sha256_json
+from .folders import LOADER_WORKERS, FolderRows, file_digests
 from .latent_cache import ShardedRows, load_latent_cache, open_latent_cache
 
 # %% auto #0
@@ -29,7 +31,7 @@ __all__ = ['HELDOUT_FRAC', 'BUILTIN_DATASETS', 'LAZY_BYTES', 'IMAGE_EXTENSIONS',
 class ImageDataset:
     "Images (or latents) with labels, the class names, and the hashes that identify data, preprocessing and split."
 
-    images: torch.Tensor  # [N, C, H, W] float; pixels in [-1, 1], or scaled latents
+    images: torch.Tensor  # [N, C, H, W] float; pixels in [-1, 1], or scaled latents (lazy: ShardedRows, FolderRows)
     labels: torch.Tensor  # [N] int64 class ids in [0, len(class_names))
     class_names: list  # class id -> name
     name: str  # 'mnist5k', 'digits8', a folder name or a cache name
@@ -148,7 +150,7 @@ def _select_split(ds: ImageDataset, split: str, heldout_frac: float, seed: int) 
     if len(idx) == 0:
         raise ValueError(f"split {split!r} of {ds.name} is empty (heldout_frac={heldout_frac})")
     it = torch.from_numpy(idx)
-    take = lambda a: a.subset(it) if isinstance(a, ShardedRows) else a[it]  # a lazy cache stays lazy
+    take = lambda a: a.subset(it) if isinstance(a, (ShardedRows, FolderRows)) else a[it]  # lazy rows stay lazy
     ds.images, ds.labels = take(ds.images), ds.labels[it]
     if ds.flipped is not None:
         ds.flipped = take(ds.flipped)
@@ -185,7 +187,7 @@ def load_dataset(
     resolution: int | None = None,  # side in pixels (built-ins: optional; folders: ADM centre crop)
     heldout_frac: float = HELDOUT_FRAC,  # per-class held-out fraction of the stratified split
     seed: int = 0,  # split seed
-    **kwargs,  # passed on: `resize`, `channels` (built-ins), `max_per_class` (folders)
+    **kwargs,  # passed on: `resize`, `channels` (built-ins), `max_per_class`, `lazy`, `num_workers` (folders)
 ) -> ImageDataset:
     "Load a dataset by built-in name or path and return the requested part of its stratified split."
     s = str(name_or_path)
@@ -240,7 +242,9 @@ def pil_to_tensor(img: Image.Image) -> torch.Tensor:  # [3, H, W] float32 in [-1
     return torch.from_numpy(a).permute(2, 0, 1) / 127.5 - 1.0
 
 # %% ../nbs/07_data.ipynb #bac09b45
-LAZY_BYTES = 2**30  # a format-2 cache directory whose latent files exceed this is read lazily by default
+LAZY_BYTES = (
+    2**30
+)  # ours: a cache directory's latent files, or a class folder's decoded pixels, past this are read lazily
 
 
 def _cache_bytes(path) -> int:  # bytes of a format-2 directory's latent files (0 for other caches)
@@ -283,11 +287,7 @@ def latent_dataset(
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp")  # compared case-insensitively (.JPEG is ImageNet's)
 
 
-def scan_image_folder(
-    root: str | os.PathLike,  # folder holding one sub-folder per class
-) -> tuple[list, list, list]:
-    "List (files, labels, class_names) of a class-folder dataset, with clear errors for bad layouts."
-    root = Path(root)
+def _class_files(root: Path) -> tuple[list, Iterator]:  # (class names, (class id, sorted image files) per class)
     if not root.exists():
         raise FileNotFoundError(f"image folder {root} does not exist")
     if not root.is_dir():
@@ -295,15 +295,28 @@ def scan_image_folder(
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not classes:
         raise ValueError(f"{root} holds no class folders: expected root/<class_name>/<image files>")
+
+    def per_class():
+        for c, name in enumerate(classes):
+            fs = sorted(
+                f
+                for f in (root / name).iterdir()
+                if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS
+            )
+            if not fs:
+                raise ValueError(f"class folder {root / name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+            yield c, fs
+
+    return classes, per_class()
+
+
+def scan_image_folder(
+    root: str | os.PathLike,  # folder holding one sub-folder per class
+) -> tuple[list, list, list]:
+    "List (files, labels, class_names) of a class-folder dataset, with clear errors for bad layouts."
+    classes, per_class = _class_files(Path(root))
     files, labels = [], []
-    for c, name in enumerate(classes):
-        fs = sorted(
-            f
-            for f in (root / name).iterdir()
-            if f.is_file() and not f.name.startswith(".") and f.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        if not fs:
-            raise ValueError(f"class folder {root / name} holds no images ({', '.join(IMAGE_EXTENSIONS)})")
+    for c, fs in per_class:
         files += fs
         labels += [c] * len(fs)
     return files, labels, classes
@@ -323,39 +336,62 @@ def load_image(
     return pil_to_tensor(center_crop_adm(img, resolution) if resolution else img)
 
 # %% ../nbs/07_data.ipynb #f57c20f3
-def load_image_folder(
-    root: str | os.PathLike,  # folder holding one sub-folder per class
-    resolution: int | None = None,  # ADM centre crop side; needed when sizes differ
-    max_per_class: int | None = None,  # keep the first k files (sorted) of each class
-) -> ImageDataset:
-    "Decode a class-folder dataset into memory (all items, no split applied)."
-    files, labels, classes = scan_image_folder(root)
-    if max_per_class is not None:
-        seen = {}
-        keep = [i for i, l in enumerate(labels) if seen.setdefault(l, []).append(i) or len(seen[l]) <= max_per_class]
-        files, labels = [files[i] for i in keep], [labels[i] for i in keep]
-    imgs, h = [], hashlib.sha256()
+def _folder_fingerprint(rel_names, digests, classes: list, params: dict) -> str:
+    h = hashlib.sha256()
+    for rel, d in zip(rel_names, digests, strict=True):  # paths relative to the root: copies of a folder match
+        h.update(rel)
+        h.update(d)
+    return sha256_json(dict(source=h.hexdigest(), classes=classes, **params))
+
+
+def _scan_names(root: Path, max_per_class: int | None) -> tuple[np.ndarray, np.ndarray, list]:
+    "(relative paths [N] bytes, labels [N] int64, class names): one class's `Path`s alive at a time."
+    classes, per_class = _class_files(root)
+    names, labels = [], []
+    for c, fs in per_class:
+        fs = fs[:max_per_class] if max_per_class is not None else fs
+        names.append(np.array([os.fsencode(f"{f.parent.name}/{f.name}") for f in fs], dtype=bytes))
+        labels.append(np.full(len(fs), c, dtype=np.int64))
+    return np.concatenate(names), np.concatenate(labels), classes
+
+
+def _decode_all(files: list, resolution: int | None) -> tuple[torch.Tensor, list]:  # ([N, 3, H, W], sha256 digests)
+    imgs, digests = [], []
     for f in files:
         imgs.append(load_image(f, resolution))
-        h.update(str(f.relative_to(root)).encode())
-        h.update(hashlib.sha256(f.read_bytes()).digest())
+        digests.append(hashlib.sha256(f.read_bytes()).digest())
         if imgs[-1].shape != imgs[0].shape:
             raise ValueError(
                 f"{f} is {tuple(imgs[-1].shape[1:])} but {files[0]} is {tuple(imgs[0].shape[1:])}: "
                 "images differ in size; pass resolution= to centre-crop them all"
             )
+    return torch.stack(imgs), digests
+
+
+def load_image_folder(
+    root: str | os.PathLike,  # folder holding one sub-folder per class
+    resolution: int | None = None,  # ADM centre crop side; needed when sizes differ
+    max_per_class: int | None = None,  # keep the first k files (sorted) of each class
+    lazy: bool | None = None,  # decode on demand (`FolderRows`); None: when the pixels would exceed LAZY_BYTES
+    num_workers: int = LOADER_WORKERS,  # lazy: DataLoader processes that decode batches and hash the files
+) -> ImageDataset:
+    "A class-folder dataset (all items, no split applied), decoded into memory or read lazily."
+    names, labels, classes = _scan_names(Path(root), max_per_class)
+    decode = partial(load_image, resolution=resolution)
+    item_shape = tuple(decode(os.path.join(root, os.fsdecode(names[0]))).shape)  # [3, H, W] of the first image
+    rows = FolderRows(names, decode, item_shape, num_workers, root)
+    if lazy is None:
+        lazy = len(rows) * math.prod(rows.item_shape) * 4 > LAZY_BYTES
+    if lazy:
+        images, digests = rows, file_digests(rows)
+    else:
+        images, digests = _decode_all([Path(rows.path(i)) for i in range(len(rows))], resolution)
     params = dict(
         resolution=resolution, resize="adm_center_crop" if resolution else None, max_per_class=max_per_class, channels=3
-    )  # the folder's own name is not hashed: copies match
-    fp = sha256_json(dict(source=h.hexdigest(), classes=classes, **params))
-    return ImageDataset(
-        torch.stack(imgs),
-        torch.tensor(labels, dtype=torch.int64),
-        classes,
-        Path(root).name,
-        fp,
-        meta=dict(params, root=str(root)),
     )
+    fp = _folder_fingerprint(names, digests, classes, params)
+    labels = torch.from_numpy(labels)
+    return ImageDataset(images, labels, classes, Path(root).name, fp, meta=dict(params, root=str(root)))
 
 # %% ../nbs/07_data.ipynb #bcc0c459
 def batches(

@@ -13,6 +13,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from .data import ImageDataset
+from .folders import image_batches
 from .generator import Generator
 from drifting.metrics import (
     FeatureNet,
@@ -131,7 +132,11 @@ def classifier_metrics(
     fd = heldout_frechet(classifier, x, train, heldout, seed=seed, gen_feats=feats)
     out.update(frechet=fd["fd"], frechet_real_vs_real=fd["fd_real_vs_real"], frechet_net=fd["feature_net"])
     if len(labels) > 3 and len(heldout) > 3:
-        ref = extract_features(classifier, heldout.images) if ref_feats is None else ref_feats
+        ref = (
+            extract_features(classifier, image_batches(heldout.images, classifier.batch_size))
+            if ref_feats is None
+            else ref_feats
+        )
         pr = precision_recall(ref, extract_features(classifier, x) if feats is None else feats, k=3)
         out.update(precision=pr["precision"], recall=pr["recall"])
     return out
@@ -202,7 +207,9 @@ def sweep_alpha(
         raise ValueError("metric_net needs ref_feats and ref_stats of the reference images")
     labels = class_labels(model.cfg.num_classes, per_class)
     cls_ref = (
-        None if classifier is None or heldout is None else extract_features(classifier, heldout.images)
+        None
+        if classifier is None or heldout is None
+        else extract_features(classifier, image_batches(heldout.images, classifier.batch_size))
     )  # once for every α
     rows, images, raw = [], {}, {}
     for a in tqdm(list(alphas), desc="α sweep", disable=not progress):
@@ -348,10 +355,12 @@ def reference_protocol(
 ) -> tuple[dict, object, torch.Tensor]:  # (protocol fields, reference stats, reference features)
     "The metric network's reference statistics (held-out or imported), held-out features and real-vs-real FID floor."
     ref_stats = reference_stats(net, heldout) if imported is None else imported
-    ref_feats = extract_features(net, heldout.images)  # KID and precision/recall: a statistics file has no features
+    ref_feats = extract_features(
+        net, image_batches(heldout.images, net.batch_size)
+    )  # KID and precision/recall: a statistics file has no features
     sub = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[: min(n, len(train))]
     floor = dict(
-        fid=compute_fid(extract_features(net, train.images[sub]), ref_stats, net)["fid"],
+        fid=compute_fid(extract_features(net, image_batches(train.images, net.batch_size, sub)), ref_stats, net)["fid"],
         n=len(sub),
         source="random subset of the training split",
     )
@@ -378,7 +387,11 @@ def nn_audit_figure(
     "Nearest training images (in `net`'s features) of a few samples: (figure, record of the distances)."
     pick = torch.arange(0, len(samples), max(1, len(samples) // n_show))[:n_show]
     idx = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:pool].sort().values
-    d, ix = nearest_neighbours(extract_features(net, samples[pick]), extract_features(net, train.images[idx]), k=3)
+    d, ix = nearest_neighbours(
+        extract_features(net, samples[pick]),
+        extract_features(net, image_batches(train.images, net.batch_size, idx)),
+        k=3,
+    )
     fig = nn_figure(samples[pick], train.images, d, idx[ix], title=f"nearest training images in {net.name} features")
     return fig, dict(pool=len(idx), min_distance=float(d[:, 0].min()), median_distance=float(d[:, 0].median()))
 

@@ -5,7 +5,7 @@
 # %% ../nbs/13_runs.ipynb #004310b6
 from __future__ import annotations
 
-import dataclasses, hashlib, importlib.util, io, json, math, os
+import dataclasses, hashlib, importlib.util, io, json, math, os, warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -54,12 +54,12 @@ def parse_alphas(
     try:
         alphas = [float(a) for a in alpha_eval]
     except (TypeError, ValueError):
-        raise ValueError(f"alpha_eval must be a list of numbers ≥ 1 (or '1,1.5,2'), got {alpha_eval!r}") from None
+        raise ValueError(f"alphas must be a list of numbers ≥ 1 (or '1,1.5,2'), got {alpha_eval!r}") from None
     if not alphas:
-        raise ValueError("alpha_eval is empty: give at least one CFG scale, e.g. [1.0]")
+        raise ValueError("alphas is empty: give at least one CFG scale, e.g. [1.0]")
     bad = [a for a in alphas if not (math.isfinite(a) and a >= 1)]
     if bad:
-        raise ValueError(f"alpha_eval values must be ≥ 1 (α = 1/(1-γ), Eq. 16), got {bad}")
+        raise ValueError(f"alphas values must be ≥ 1 (α = 1/(1-γ), Eq. 16), got {bad}")
     return alphas
 
 
@@ -347,7 +347,8 @@ def check_train_run(
     preset: str | None = None,  # a TRAIN_PRESETS name; None: `default_preset`
     steps: int | None = None,  # None: the preset's
     dataset="mnist5k",
-    alpha_eval=(1.0,),
+    alphas=(1.0,),  # CFG scales to sample and evaluate: a list (from `-p`, also a string '1,1.5,2')
+    alpha_eval=None,  # deprecated alias of `alphas` (a FutureWarning; when given it wins)
     vae=None,  # the VAE spec; None: pixels
     convnext=None,  # None keeps the preset's; 'none' for no ConvNeXt; a folder or 'hub id@revision'
     allow_config_change: bool = False,  # resume even if the configuration differs
@@ -374,9 +375,10 @@ def check_train_run(
     if convnext is not None:
         base = dataclasses.replace(base, convnext=None if str(convnext).lower() == "none" else str(convnext))
     steps = base.steps if steps is None else steps
-    cfg, alphas = check_latent_run(
-        base, steps, dataset, alpha_eval, vae=vae, allow_changes=allow_config_change, **kwargs
-    )
+    if alpha_eval is not None:
+        warnings.warn("alpha_eval is deprecated: pass the CFG scales as alphas (same values)", FutureWarning, 2)
+        alphas = alpha_eval
+    cfg, alphas = check_latent_run(base, steps, dataset, alphas, vae=vae, allow_changes=allow_config_change, **kwargs)
     check_int(resolution, "resolution", 1, none_ok=True)
     for k, v in dict(eval_ema=eval_ema, tensorboard=tensorboard, progress=progress).items():
         check_flag(k, v)

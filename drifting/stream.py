@@ -17,6 +17,7 @@ from .core import atomic_open
 from .data import ImageDataset
 from .evaluate import classifier_metrics, feature_metrics
 from .generator import Generator
+from .folders import image_batches
 from .metrics import FeatureNet, FeatureStats, extract_features
 from .sample import class_labels, generate_chunks, to_uint8
 
@@ -171,7 +172,11 @@ def stream_sweep(
         raise ValueError("metric_net needs ref_feats and ref_stats of the reference images")
     labels = class_labels(model.cfg.num_classes, per_class)
     nets = list({id(n): n for n in (classifier, metric_net) if n is not None}.values())  # the same network once
-    cls_ref = None if classifier is None or heldout is None else extract_features(classifier, heldout.images)
+    cls_ref = (
+        None
+        if classifier is None or heldout is None
+        else extract_features(classifier, image_batches(heldout.images, classifier.batch_size))
+    )
     rows, shards = [], {}
     for a in tqdm(list(alphas), desc="α sweep", disable=not progress):
         write_a = lambda k, images, lab, raw, a=float(a): write(a, k, images, lab, raw)

@@ -6,12 +6,15 @@
 from __future__ import annotations
 
 import math
+from itertools import count
 
 import torch
 import torch.nn.functional as F
+from fastcore.basics import patch
 from torch import Tensor
 
 from .data import ImageDataset, hflip
+from .folders import FolderRows
 
 # %% auto #0
 __all__ = ['AUGMENTATIONS', 'DataStream', 'random_resized_crop', 'AugmentedStream', 'data_stream']
@@ -26,35 +29,46 @@ class DataStream:
         batch_size: int,  # items per batch (`push_per_step`)
         seed: int = 0,  # order and flips depend only on (seed, epoch)
         flip: bool = False,  # pick the stored flip (latent caches) or flip the item, with probability 1/2
+        num_workers: int | None = None,  # lazy folders: DataLoader processes decoding ahead (None: the folder's own)
     ):
         if not 0 < batch_size <= len(ds):
             raise ValueError(f"push_per_step={batch_size} must be in 1..{len(ds)} (the dataset size)")
         self.ds, self.batch_size, self.seed, self.flip, self.cursor = ds, batch_size, seed, flip, 0
         self.per_epoch = len(ds) // batch_size
-        self._epoch, self._perm = None, None
+        lazy = isinstance(ds.images, FolderRows)
+        self.num_workers = (ds.images.num_workers if num_workers is None else num_workers) if lazy else 0
+        self._draws, self._it, self._it_at = {}, None, None
 
     num_classes = property(lambda self: self.ds.num_classes)
     item_shape = property(lambda self: tuple(self.ds.images.shape[1:]))
 
-    def batch(self, i: int) -> tuple[Tensor, Tensor]:  # x [B, *item_shape] float32, y [B] int64
-        "Batch number `i` of the stream (does not move the cursor)."
+    def order(self, i: int) -> tuple[Tensor, Tensor]:  # rows [B] int64, flip coins [B] bool
+        "The rows of batch `i` and their flip coins: slice i mod B_e of the permutation drawn for (seed, epoch)."
         epoch, j = divmod(i, self.per_epoch)
-        if epoch != self._epoch:
+        if epoch not in self._draws:
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
-            self._perm = torch.randperm(len(self.ds), generator=g)  # [N]
-            self._coins = torch.rand(len(self.ds), generator=g) < 0.5  # [N] flip coin per position
-            self._epoch = epoch
+            perm = torch.randperm(len(self.ds), generator=g)  # [N]
+            coins = torch.rand(len(self.ds), generator=g) < 0.5  # [N] flip coin per position
+            self._draws = {e: d for e, d in self._draws.items() if e == epoch - 1} | {epoch: (perm, coins)}
+        perm, coins = self._draws[epoch]
         sl = slice(j * self.batch_size, (j + 1) * self.batch_size)
-        idx = self._perm[sl]
-        x = self.ds.images[idx].float()
+        return perm[sl], coins[sl]
+
+    def finish(self, x: Tensor, idx: Tensor, coins: Tensor, i: int) -> Tensor:  # [B, *item_shape] float32
+        "The loaded rows of batch `i` as the queues get them (flipped where the coin says so)."
         if self.flip:
             alt = self.ds.flipped[idx].float() if self.ds.flipped is not None else hflip(x)
-            x = torch.where(self._coins[sl][:, None, None, None], alt, x)
-        return x, self.ds.labels[idx]
+            x = torch.where(coins[:, None, None, None], alt, x)
+        return x
+
+    def batch(self, i: int) -> tuple[Tensor, Tensor]:  # x [B, *item_shape] float32, y [B] int64
+        "Batch number `i` of the stream (does not move the cursor), read in this process."
+        idx, coins = self.order(i)
+        return self.finish(self.ds.images[idx].float(), idx, coins, i), self.ds.labels[idx]
 
     def next(self) -> tuple[Tensor, Tensor]:
         "The batch at the cursor; the cursor moves on."
-        b = self.batch(self.cursor)
+        b = self.read(self.cursor)
         self.cursor += 1
         return b
 
@@ -63,6 +77,28 @@ class DataStream:
 
     def load_state_dict(self, sd: dict):
         self.cursor = int(sd["cursor"])
+
+# %% ../nbs/07b_streams.ipynb #2089dff3
+class _StreamBatches:  # the loader's batch sampler: rows of batch cursor, cursor + 1, ... (forever)
+    def __init__(self, stream: DataStream, start: int):
+        self.stream, self.start = stream, start
+
+    def __iter__(self):
+        for i in count(self.start):
+            yield self.stream.order(i)[0].tolist()
+
+
+@patch
+def read(self: DataStream, i: int) -> tuple[Tensor, Tensor]:  # x [B, *item_shape] float32, y [B] int64
+    "Batch `i` as `batch(i)`; lazy folders with workers read it from a loader running ahead from `i`."
+    if self.num_workers > 0:
+        if self._it is None or self._it_at != i:
+            self._it, self._it_at = iter(self.ds.images.loader(_StreamBatches(self, i), self.num_workers)), i
+        x = next(self._it).float()  # [B, *item_shape], decoded by the workers
+        self._it_at += 1
+        idx, coins = self.order(i)
+        return self.finish(x, idx, coins, i), self.ds.labels[idx]
+    return self.batch(i)
 
 # %% ../nbs/07b_streams.ipynb #b26ba850
 AUGMENTATIONS = (None, "rrc")  # of the real pixels pushed into the queues (`TrainConfig.aug`)
@@ -101,9 +137,9 @@ def random_resized_crop(
 class AugmentedStream(DataStream):
     "A `DataStream` whose batches are also randomly resized crops (`aug='rrc'`), drawn from (seed, batch number) alone."
 
-    def batch(self, i: int):
-        x, y = super().batch(i)
-        return random_resized_crop(x, torch.Generator().manual_seed((self.seed + 1) * 2_000_029 + i)), y
+    def finish(self, x: Tensor, idx: Tensor, coins: Tensor, i: int) -> Tensor:  # [B, *item_shape]
+        x = super().finish(x, idx, coins, i)
+        return random_resized_crop(x, torch.Generator().manual_seed((self.seed + 1) * 2_000_029 + i))
 
 
 def data_stream(

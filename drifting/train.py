@@ -50,10 +50,11 @@ from .streams import AUGMENTATIONS, DataStream
 from .writers import Tracker, check_tracker, flat_scalars, image_grid, write_png
 
 # %% auto #0
-__all__ = ['SPEED_SWITCHES', 'TRAIN_COUNTS', 'GRAD_SYNCS', 'TRAIN_PRESETS', 'CONVNEXT_HUB', 'TRAIN_FORMAT', 'SCHEDULE',
-           'RESUME_MAY_CHANGE', 'TrainConfig', 'upgrade_config', 'bf16_on', 'train_config', 'check_world_size',
-           'train_checkpoint', 'finite_clip_', 'check_keep_checkpoints', 'check_flag', 'check_resume_params',
-           'ConfigMismatch', 'config_diff', 'describe_diff', 'StepLog', 'Trainer', 'ResumeOptions', 'resume_options',
+__all__ = ['SPEED_SWITCHES', 'TRAIN_COUNTS', 'GRAD_SYNCS', 'TRAIN_PRESETS', 'CONVNEXT_HUB', 'RELEASE_GEN_FIELDS',
+           'RELEASE_EVAL_FIELDS', 'TRAIN_FORMAT', 'SCHEDULE', 'RESUME_MAY_CHANGE', 'TrainConfig', 'upgrade_config',
+           'bf16_on', 'train_config', 'read_release_yaml', 'check_world_size', 'train_checkpoint', 'finite_clip_',
+           'check_keep_checkpoints', 'check_flag', 'check_resume_params', 'ConfigMismatch', 'config_diff',
+           'describe_diff', 'peak_memory', 'StepLog', 'Trainer', 'ResumeOptions', 'resume_options',
            'rotate_checkpoints']
 
 # %% ../nbs/11_train.ipynb #c0de0e49
@@ -489,6 +490,101 @@ TRAIN_PRESETS["cpu-pixel"] = TrainConfig(
     mae_finetune=300,
 )
 
+# %% ../nbs/11_train.ipynb #48d4a7e3
+RELEASE_GEN_FIELDS = {  # release configs/gen/*.yaml key -> TrainConfig field, as the spec names them
+    "train_batch_size": "n_c",  # spec §5.2
+    "pos_per_sample": "n_pos",  # §5.2
+    "gen_per_label": "n_neg",  # §5.2
+    "neg_per_sample": "n_unc",  # §5.2
+    "push_per_step": "push_per_step",  # §5.3
+    "neg_cfg_pw": "cfg_k",  # §3
+    "no_cfg_frac": "no_cfg_frac",  # §3
+    "use_aug": "aug",  # §5.1: true -> 'rrc' and flip (RandomResizedCrop 0.2-1, bicubic, + horizontal flip)
+    "use_bf16": "bf16",  # §4 precision row
+    "use_remat": "checkpointing",  # §4 precision row: a generator field
+    "attn_fp32": "attn_fp32",  # §4 precision row: a generator field
+}
+RELEASE_EVAL_FIELDS = ("cfg_list",)  # §3: the evaluation's α grid (run_eval's `alphas`), no training setting
+_RELEASE_TYPES = dict(use_aug=bool, use_bf16=bool, use_remat=bool, attn_fp32=bool, neg_cfg_pw=float, no_cfg_frac=float)
+
+
+def _yaml_leaves(d: dict, path: str = "", out: dict | None = None) -> dict:  # leaf name -> (dotted path, value)
+    out = {} if out is None else out
+    for k, v in d.items():
+        p = f"{path}.{k}" if path else str(k)
+        if isinstance(v, dict):
+            _yaml_leaves(v, p, out)
+        elif k in out:
+            raise ValueError(f"{k!r} appears twice ({out[k][0]} and {p}): cannot tell which one the release uses")
+        else:
+            out[k] = (p, v)
+    return out
+
+
+def _release_value(key: str, path: str, v):
+    want = _RELEASE_TYPES.get(key, int)
+    ok = isinstance(v, bool) if want is bool else isinstance(v, (int, float) if want is float else int)
+    if not ok or (want is not bool and isinstance(v, bool)):
+        raise ValueError(f"{path}: {v!r} is not a{'n' if want is int else ''} {want.__name__}, as the release's {key}")
+    return float(v) if want is float else v
+
+# %% ../nbs/11_train.ipynb #7c53de90
+def read_release_yaml(
+    path: str | os.PathLike,  # a release configs/gen/*.yaml
+) -> dict:  # train (TrainConfig overrides), generator (GeneratorConfig overrides), alphas (or None), unknown (paths)
+    "The settings of a release generator config that this library can map, and the keys it cannot."
+    import yaml
+
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FileNotFoundError(f"release config {p} does not exist (a configs/gen/*.yaml file of the release)")
+    d = yaml.safe_load(p.read_text())
+    if not isinstance(d, dict):
+        raise ValueError(f"{p} is not a YAML mapping of config keys")
+    train, gen, alphas, unknown = {}, {}, None, []
+    for key, (path_, v) in _yaml_leaves(d).items():
+        if key in RELEASE_EVAL_FIELDS:
+            alphas = [float(a) for a in (v if isinstance(v, (list, tuple)) else [v])]
+        elif key not in RELEASE_GEN_FIELDS:
+            unknown.append(path_)
+        elif key in ("use_remat", "attn_fp32"):
+            gen[RELEASE_GEN_FIELDS[key]] = _release_value(key, path_, v)
+        elif key == "use_aug":  # the release's crop comes with a flip; off: no crop, the preset's flip
+            train.update(dict(aug="rrc", flip=True) if _release_value(key, path_, v) else dict(aug=None))
+        else:
+            train[RELEASE_GEN_FIELDS[key]] = _release_value(key, path_, v)
+    return dict(train=train, generator=gen, alphas=alphas, unknown=sorted(unknown))
+
+
+@patch(cls_method=True)
+def from_release_yaml(
+    cls: TrainConfig,
+    path: str | os.PathLike,  # a release configs/gen/*.yaml
+    preset: str = "ablation",  # the TRAIN_PRESETS column the file belongs to: every setting it does not map
+    unknown: str = "error",  # keys we cannot map: 'error' (refused, listed) or 'warn' (ignored, one warning)
+) -> TrainConfig:
+    "A checked TrainConfig from a release generator config: its mapped keys over `preset`'s settings."
+    if unknown not in ("error", "warn"):
+        raise ValueError(f"unknown must be 'error' or 'warn', got {unknown!r}")
+    r = read_release_yaml(path)
+    if r["unknown"]:
+        msg = (
+            f"{path}: keys this library cannot map: {r['unknown']}; mapped: {sorted(RELEASE_GEN_FIELDS)} "
+            f"(+ {list(RELEASE_EVAL_FIELDS)} for run_eval). The preset {preset!r} supplies everything else"
+        )
+        if unknown == "error":
+            raise ValueError(msg + ": set those with train_config overrides, or pass unknown='warn' to ignore them")
+        import warnings
+
+        warnings.warn(msg + "; they are IGNORED", UserWarning, stacklevel=2)
+    base = train_config(preset)
+    over = dict(r["train"])
+    g = generator_config(base.generator, **base.generator_overrides)
+    diff = {k: v for k, v in r["generator"].items() if getattr(g, k) != v}  # only what changes the preset's
+    if diff:
+        over["generator_overrides"] = dict(base.generator_overrides, **diff)
+    return train_config(base, **over)
+
 # %% ../nbs/11_train.ipynb #08d20f96
 def check_world_size(
     cfg: TrainConfig,  # n_c and grad_accum
@@ -607,6 +703,20 @@ def describe_diff(diff: dict) -> str:
     "One line per changed field: `name: old (checkpoint) -> new (now)`."
     return "\n".join(f"  {k}: {a!r} (checkpoint) -> {b!r} (now)" for k, (a, b) in diff.items())
 
+# %% ../nbs/11_train.ipynb #cd3c1dd7
+def peak_memory(
+    dev: torch.device | str,  # the step's device
+    reset: bool = False,  # CUDA: start a new peak (at the beginning of a step)
+) -> int:  # bytes
+    "Peak memory: CUDA's `max_memory_allocated` since the last reset, else the process's peak RSS."
+    if torch.device(dev).type == "cuda":
+        if reset:
+            torch.cuda.reset_peak_memory_stats(dev)
+        return torch.cuda.max_memory_allocated(dev)
+    import resource, sys
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * (1 if sys.platform == "darwin" else 1024)
+
 # %% ../nbs/11_train.ipynb #99e67126
 def _rounded(x):  # floats to 4 significant digits, through dicts and lists
     if isinstance(x, dict):
@@ -645,10 +755,12 @@ class StepLog:
     @staticmethod
     def record(m: dict) -> dict:
         "The JSON record of one step's metrics (`Trainer.step()`), with its `diag` and `eval` when present."
-        rec = {k: m[k] for k in ("step", "loss", "lr", "grad_norm", "alpha_mean", "samples_per_s")}
+        keys = ("step", "loss", "lr", "grad_norm", "alpha_mean", "samples_per_s", "peak_mem_bytes")
+        rec = {k: m[k] for k in keys if k in m}
         rec["v2"] = {k: [float(f"{x:.4g}") for x in v] for k, v in m["v2"].items()}
         rec.update({k: _rounded(m[k]) for k in ("diag", "eval") if k in m})
         return rec
+
 
 # %% ../nbs/11_train.ipynb #bb6296ef
 @patch
@@ -661,8 +773,9 @@ def write(self: StepLog, m: dict, taus, force: bool = False):
     self.file.flush()
     s = rec["step"]
     if self.tb is not None:
-        for k in ("loss", "lr", "grad_norm", "alpha_mean", "samples_per_s"):
-            self.tb.add_scalar(k, rec[k], s)
+        for k in ("loss", "lr", "grad_norm", "alpha_mean", "samples_per_s", "peak_mem_bytes"):
+            if k in rec:
+                self.tb.add_scalar(k, rec[k], s)
         for t, tau in enumerate(taus):
             self.tb.add_scalar(f"v2_total/tau{tau}", sum(v[t] for v in rec["v2"].values()), s)
             for key, v in rec["v2"].items():
@@ -893,6 +1006,7 @@ def step(
 ) -> dict:
     "One optimiser step; returns its metrics (loss, lr, grad norm, α, raw per-τ ‖V‖² per key, seconds, diag)."
     cfg, g, t0 = self.cfg, self.rng, time.perf_counter()
+    peak_memory(self.dev, reset=True)
     self.gen.train()
     lr = self.lr_now()
     for pg in self.opt.param_groups:
@@ -957,6 +1071,7 @@ def step(
         v2=v2,
         seconds=dt,
         samples_per_s=cfg.n_c * cfg.n_neg / dt,
+        peak_mem_bytes=peak_memory(self.dev),  # this step (CUDA) or the process so far (RSS)
         **({} if diag is None else dict(diag=diag)),
     )
 

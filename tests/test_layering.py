@@ -20,7 +20,7 @@ LAYERS = {
     "drift": 1, "drift_exact": 1, "features": 1, "generator": 1, "generator_blocks": 1, "mae": 1, "queues": 1, "toy": 1,
     "drift_triton": 1,  # the fused drift kernel: torch and `drift` only (Triton is imported lazily, `drift_exact` calls it)
     "provenance": 2, "fingerprint": 2, "smoke": 2, "bundle": 2, "writers": 2, "lifecycle": 2,
-    "data": 3, "streams": 3, "latents": 3, "feature_nets": 3, "latent_cache": 3, "mae_train": 3, "mae_resume": 3,
+    "data": 3, "folders": 3, "streams": 3, "latents": 3, "feature_nets": 3, "latent_cache": 3, "mae_train": 3, "mae_resume": 3,
     "tokenizer": 3, "builtin_vae": 3, "metrics": 3, "metrics_nets": 3, "evaluate": 3, "stream": 3, "trend": 3,
     "train": 3,
     "sample": 3, "runs": 3, "sweep": 3, "official": 3, "pipeline": 3, "distributed": 3, "planner": 3,

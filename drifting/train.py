@@ -500,7 +500,7 @@ RELEASE_GEN_FIELDS = {  # release configs/gen/*.yaml key -> TrainConfig field, a
     "neg_cfg_pw": "cfg_k",  # §3
     "no_cfg_frac": "no_cfg_frac",  # §3
     "use_aug": "aug",  # §5.1: true -> 'rrc' and flip (RandomResizedCrop 0.2-1, bicubic, + horizontal flip)
-    "use_bf16": "bf16",  # §4 precision row
+    "use_bf16": "bf16",  # §4 precision row: true -> None (bf16 on accelerators), false -> False
     "use_remat": "checkpointing",  # §4 precision row: a generator field
     "attn_fp32": "attn_fp32",  # §4 precision row: a generator field
 }
@@ -549,6 +549,8 @@ def read_release_yaml(
             unknown.append(path_)
         elif key in ("use_remat", "attn_fp32"):
             gen[RELEASE_GEN_FIELDS[key]] = _release_value(key, path_, v)
+        elif key == "use_bf16":  # the release's accelerator runs: our None (on for CUDA, off on CPU, D-speed-2)
+            train["bf16"] = None if _release_value(key, path_, v) else False
         elif key == "use_aug":  # the release's crop comes with a flip; off: no crop, the preset's flip
             train.update(dict(aug="rrc", flip=True) if _release_value(key, path_, v) else dict(aug=None))
         else:

@@ -14,7 +14,7 @@ FID at these counts with TF-Inception would take hours on a CPU (about 7 images/
 statistics, files) and say nothing about quality. Prints wall time and peak RSS (the process tree's, sampled) per
 stage and writes them as JSON.
 
-    python bench/rehearsal.py                 # 1000 classes x 10 images, 50 samples per class (~20 min, 2 cores)
+    python bench/rehearsal.py                 # 1000 classes x 10 images, 50 samples per class of α 1.5, last 2 checkpoints
     python bench/rehearsal.py --small         # 12 classes: the CI version (tests/test_rehearsal.py)
 """
 
@@ -127,7 +127,8 @@ def main(argv=None):
     ap.add_argument("--json", default=None, help="write the stage table here")
     a = ap.parse_args(argv)
     n_cls, per_cls, size = (12, 10, 32) if a.small else (1000, 10, 32)
-    mae_steps, steps, n_eval, last_k = (40, 8, 5, 2) if a.small else (200, 60, 50, 3)
+    mae_steps, steps, n_eval, last_k = (40, 8, 5, 2) if a.small else (200, 60, 50, 2)
+    alphas = "1.0,2.0" if a.small else "1.5"  # full: 50k samples per α and checkpoint, so one α (~10 min on 2 cores)
     work = Path(a.work or f"/tmp/drifting-rehearsal-{os.getpid()}")
     work.mkdir(parents=True, exist_ok=True)
     folder, vae, cache, runs = work / "train", work / "vae", work / "latents", work / "runs"
@@ -267,7 +268,7 @@ def main(argv=None):
         str(n_eval),
         "-p",
         "alphas",
-        "1.0,2.0",
+        alphas,
         "-p",
         "metric_net",
         "rehearsal",

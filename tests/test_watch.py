@@ -1,22 +1,20 @@
 """Watching a run (#25 item 4, #26 item 5): the drift diagnostics leave the step's bits alone and tell a healthy
 configuration from an attraction-only one; a run with `sample_every`, `eval_every` and a tracker leaves sample grids
 in its bundle and its numbers in the W&B offline files and an MLflow file store."""
-import dataclasses, functools, json
+import dataclasses, json
 from pathlib import Path
 
 import pytest
 import torch
 
-import drifting.features as features
 from drifting.data import ImageDataset
-from drifting.drift import DriftOptions
 from drifting.evaluate import training_watch
 from drifting.features import FeatureSpace
 from drifting.mae import ResNetEncoder
 from drifting.metrics import FeatureNet
 from drifting.provenance import start_run
 from drifting.streams import DataStream
-from drifting.train import TrainConfig, Trainer, train_config
+from drifting.train import Trainer, train_config
 
 
 @pytest.fixture(autouse=True)
@@ -42,15 +40,9 @@ def _tiny(**kw) -> Trainer:
     return Trainer(cfg, DataStream(ds, cfg.push_per_step, cfg.seed), FeatureSpace(enc, every_k_block=1), "cpu")
 
 
-def _attraction_only(monkeypatch) -> Trainer:
-    "A trainer whose loss is attraction-only (Tab. 1, `DriftOptions(repulsion=0)`), and whose config says so."
-    if "repulsion" in {f.name for f in dataclasses.fields(TrainConfig)}:  # the Tab. 1 options as run parameters
-        return _tiny(repulsion=0.0)
-    # until then: the loss's options made attraction-only where `feature_drift_loss` builds them, the config told
-    monkeypatch.setattr(features, "DriftOptions", functools.partial(DriftOptions, repulsion=0.0))
-    t = _tiny()
-    t.cfg.repulsion = 0.0
-    return t
+def _attraction_only() -> Trainer:
+    "A trainer whose loss is attraction-only (Tab. 1, `DriftOptions(repulsion=0)`): the config's `repulsion` knob."
+    return _tiny(repulsion=0.0)
 
 
 def test_diagnostics_leave_the_step_bits_alone():
@@ -68,11 +60,11 @@ def test_diagnostics_leave_the_step_bits_alone():
     assert all(torch.equal(sa["ema"][k], sb["ema"][k]) for k in sa["ema"])
 
 
-def test_attraction_only_shows_no_repulsion(monkeypatch):
+def test_attraction_only_shows_no_repulsion():
     healthy = _tiny()
     for _ in range(2):
         mh = healthy.step(diagnostics=True)
-    broken = _attraction_only(monkeypatch)
+    broken = _attraction_only()
     for _ in range(2):
         mb = broken.step(diagnostics=True)
     assert mb["loss"] != mh["loss"]  # the loss itself changed: this is another objective, not only another log

@@ -2,7 +2,6 @@
 configuration from an attraction-only one; a run with `sample_every`, `eval_every` and a tracker leaves sample grids
 in its bundle and its numbers in the W&B offline files and an MLflow file store."""
 import dataclasses, json
-from pathlib import Path
 
 import pytest
 import torch

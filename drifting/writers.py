@@ -321,7 +321,8 @@ class Tracker:
         config: dict | None = None,  # the run's parameters (W&B config, MLflow params)
     ):
         self.kind, self.bundle = check_tracker(kind), Path(bundle)
-        project, name, config = self.bundle.parent.name or "drifting", self.bundle.name, jsonable(config or {})
+        project, name = self.bundle.parent.name or "drifting", self.bundle.name
+        config = redact_obj(jsonable(config or {}))  # the bundle's own rule: no secret leaves for a tracker
         if kind == "wandb":
             wandb = _need_module("wandb")
             self.run = wandb.init(

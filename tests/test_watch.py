@@ -14,6 +14,7 @@ from drifting.metrics import FeatureNet
 from drifting.provenance import start_run
 from drifting.streams import DataStream
 from drifting.train import Trainer, train_config
+from drifting.writers import Tracker
 
 
 @pytest.fixture(autouse=True)
@@ -127,3 +128,15 @@ def test_wandb_offline(tmp_path, monkeypatch):
     for name in ("loss", "diag/groups/location/repulsion/tau0.02", "eval/class_accuracy", "samples"):
         assert name.encode() in data, name
     assert repr(recs[1]["loss"]).encode() in data  # the logged value itself (W&B stores numbers as JSON text)
+
+
+def test_tracker_params_are_redacted(tmp_path, monkeypatch):
+    pytest.importorskip("mlflow", reason="the [trackers] extra (in the lock) is not installed here")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    bundle = tmp_path / "runs" / "latent" / "b"
+    bundle.mkdir(parents=True)
+    t = Tracker("mlflow", bundle, config=dict(n_pos=4, hf_token="hf_notarealsecret12345"))
+    t.close(True)
+    (params,) = list((bundle / "mlruns").glob("*/*/params"))
+    assert (params / "n_pos").read_text() == "4"
+    assert "hf_notarealsecret12345" not in (params / "hf_token").read_text()  # redacted as in the bundle's files

@@ -173,10 +173,11 @@ def _sweep(a) -> int:
             for v, s, p in spec.entries():
                 e = man["entries"].get(entry_key(v, s))
                 st = "completed" if entry_done(d, e, p) else "to run" if e is None else f"to run (was {e['status']})"
-                print(f"{entry_key(v, s)}: {st}" + (f" {e['bundle']}" if e and e.get("bundle") else ""))
+                print(f"{entry_key(v, s)}: {st}" + (f" {e['bundle']}" if e and e.get("bundle") else "")
+                      + (f" (reused from {e['reused_from']})" if e and e.get("reused_from") else ""))
             return 0
         if not a.gather:
-            run_sweep(spec, d, only=a.only)
+            run_sweep(spec, d, only=a.only, reuse=not a.no_reuse)
         rows = gather_sweep(d, spec)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"drifting sweep: {e}", file=sys.stderr)
@@ -209,6 +210,9 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument("--out", default=None, help="the sweep folder (default: <runs>/sweeps/<name>)")
     w.add_argument("--status", action="store_true", help="list each entry's state; run nothing")
     w.add_argument("--gather", action="store_true", help="rebuild the table and figure only; run nothing")
+    w.add_argument(
+        "--no-reuse", action="store_true", help="run every entry here, even one a sibling sweep already ran identically"
+    )
     v = sub.add_parser("validate", help="check a run bundle (layout, schemas, hashes, state); reads only")
     v.add_argument("bundle")
     v.add_argument(

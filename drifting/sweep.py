@@ -19,7 +19,8 @@ from .writers import default_runs_dir, utc_now
 # %% auto #0
 __all__ = ['SPEC_KEYS', 'SWEEP_OWNS', 'METRICS', 'SWEEP_FORMAT', 'MANIFEST', 'SweepSpec', 'parse_value', 'load_sweep',
            'notebook_parameters', 'sweep_dir', 'entry_key', 'read_sweep', 'bundle_status', 'entry_done', 'sweep_lock',
-           'run_entry', 'run_sweep', 'entry_rows', 'summarise', 'write_tables', 'sweep_figure', 'gather_sweep']
+           'run_entry', 'find_reusable', 'run_sweep', 'entry_rows', 'summarise', 'write_tables', 'sweep_figure',
+           'gather_sweep']
 
 # %% ../nbs/16_sweep.ipynb #46233119
 SPEC_KEYS = ("name", "description", "notebook", "base", "variants", "seeds", "paper", "metrics")
@@ -264,12 +265,35 @@ def run_entry(
     return dict(status=status, bundle=bundle, rc=rc, seconds=secs, log=log, ended=utc_now())
 
 # %% ../nbs/16_sweep.ipynb #7220a7ac
+def find_reusable(
+    d: Path,  # this sweep's folder
+    nb: Path,  # its run notebook
+    params: dict,  # the entry's parameters (the seed included)
+) -> tuple[str, str] | None:  # (bundle relative to d, "<sibling sweep>:<entry>") or None
+    "A completed entry of a sibling sweep folder (same parent) with the same notebook and parameters, if any."
+    want = json.dumps(params, sort_keys=True)
+    for m in sorted(Path(d).resolve().parent.glob(f"*/{MANIFEST}")):
+        other = m.parent
+        if other == Path(d).resolve():
+            continue
+        man = read_sweep(other)
+        if man.get("notebook") != str(nb):
+            continue
+        for key, e in man.get("entries", {}).items():
+            if e.get("reused_from") or e.get("status") != "completed":
+                continue  # only an entry that ran there, not one borrowed itself
+            if json.dumps(e.get("params"), sort_keys=True) == want and bundle_status(other, e.get("bundle")) == "completed":
+                return os.path.relpath(other / e["bundle"], Path(d).resolve()), f"{other.name}:{key}"
+    return None
+
+
 def run_sweep(
     spec: SweepSpec,  # a checked spec (`load_sweep`)
     out=None,  # the sweep folder; None: <runs>/sweeps/<name>
     only: list | None = None,  # run these variants only (the others keep their state)
     root=None,  # the checkout (default: this package's)
     echo=print,  # progress lines
+    reuse: bool = True,  # take an identical completed entry of a sibling sweep (a shared baseline) instead of rerunning
 ) -> Path:  # the sweep folder
     "Run every variant × seed not yet completed, each into its own bundle; a killed sweep resumes where it stopped."
     n = spec.check_entries(root)
@@ -287,6 +311,13 @@ def run_sweep(
                 echo(f"[{i}/{n}] {key}: {'not selected' if only and v not in only else 'completed, skipped'}")
                 continue
             tries = (e or {}).get("attempts", []) + ([e["bundle"]] if e and e.get("bundle") else [])
+            hit = find_reusable(d, nb, p) if reuse else None
+            if hit is not None:
+                man["entries"][key] = dict(variant=v, seed=s, params=p, status="completed", bundle=hit[0],
+                                           reused_from=hit[1], ended=utc_now(), attempts=tries)  # fmt: skip
+                _write(d, man)
+                echo(f"[{i}/{n}] {key}: completed in {hit[1]} with the same parameters, reused ({hit[0]})")
+                continue
             man["entries"][key] = dict(variant=v, seed=s, params=p, status="running", bundle=None,
                                        started=utc_now(), attempts=tries)  # fmt: skip
             _write(d, man)

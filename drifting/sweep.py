@@ -20,7 +20,7 @@ from .writers import default_runs_dir, utc_now
 __all__ = ['SPEC_KEYS', 'SWEEP_OWNS', 'METRICS', 'SWEEP_FORMAT', 'MANIFEST', 'SweepSpec', 'parse_value', 'load_sweep',
            'notebook_parameters', 'sweep_dir', 'entry_key', 'read_sweep', 'bundle_status', 'entry_done', 'sweep_lock',
            'run_entry', 'find_reusable', 'run_sweep', 'entry_rows', 'summarise', 'write_tables', 'sweep_figure',
-           'gather_sweep']
+           'gather_sweep', 'read_steps', 'diag_figure']
 
 # %% ../nbs/16_sweep.ipynb #46233119
 SPEC_KEYS = ("name", "description", "notebook", "base", "variants", "seeds", "paper", "metrics")
@@ -441,3 +441,58 @@ def gather_sweep(
     if rows:
         save_figure(sweep_figure(spec, rows, summary), d / "results.png")
     return summary
+
+# %% ../nbs/16_sweep.ipynb #d5a35b0d
+def read_steps(bundle: str | os.PathLike) -> list[dict]:
+    "The step records of a bundle (`logs/steps.jsonl`); a torn last line (a killed run) is skipped."
+    out = []
+    for line in (Path(bundle) / "logs" / "steps.jsonl").read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return out
+
+
+def diag_figure(
+    runs: dict,  # label -> bundle folder
+    taus: list | None = None,  # the temperatures' labels; None: read from the first bundle's config_resolved.yaml
+):
+    "Attraction/repulsion per τ, ‖V‖² per feature group, loss and quick accuracy of each run, one column per run."
+    import matplotlib.pyplot as plt
+
+    recs = {k: read_steps(b) for k, b in runs.items()}
+    if taus is None:
+        cfg = Path(next(iter(runs.values()))) / "config_resolved.yaml"
+        taus = yaml.safe_load(cfg.read_text()).get("taus") if cfg.is_file() else None
+    has_eval = any("eval" in r for rs in recs.values() for r in rs)
+    rows = ["attraction (—) / repulsion (- -) per τ", "‖V‖² per feature group", "loss"] + (["quick class accuracy"] if has_eval else [])
+    fig, axes = plt.subplots(len(rows), len(runs), figsize=(3.3 * len(runs) + 0.6, 2.2 * len(rows)), sharey="row",
+                             sharex="col", squeeze=False)  # fmt: skip
+    for j, (label, rs) in enumerate(recs.items()):
+        dg = [r for r in rs if "diag" in r]
+        if not dg:
+            raise ValueError(f"{runs[label]} has no diagnostic records: run it with diag_every (default 10)")
+        steps, groups = [r["step"] for r in dg], list(dg[0]["diag"]["groups"])
+        n_tau = len(dg[0]["diag"]["groups"][groups[0]]["attraction"])
+        for t in range(n_tau):
+            name = f"τ={taus[t]:g}" if taus and len(taus) == n_tau else f"τ#{t}"
+            for kind, ls in (("attraction", "-"), ("repulsion", "--")):
+                y = [statistics.fmean(r["diag"]["groups"][g][kind][t] for g in groups) for r in dg]
+                axes[0][j].plot(steps, y, ls, color=f"C{t}", label=name if kind == "attraction" else None)
+        for k, g in enumerate(groups):
+            axes[1][j].plot(steps, [sum(r["diag"]["groups"][g]["v2"]) for r in dg], color=f"C{k}", label=g)
+        axes[1][j].set_yscale("log")
+        axes[2][j].plot([r["step"] for r in rs], [r["loss"] for r in rs], lw=0.8, color="k")
+        if has_eval:
+            ev = [(r["step"], r["eval"].get("class_accuracy")) for r in rs if "eval" in r and "class_accuracy" in r["eval"]]
+            if ev:
+                axes[3][j].plot(*zip(*ev), "o-", ms=3, color="C3")
+        axes[0][j].set_title(label, fontsize=9)
+        axes[-1][j].set_xlabel("step", fontsize=8)
+    for i, name in enumerate(rows):
+        axes[i][0].set_ylabel(name, fontsize=7)
+    axes[0][0].legend(fontsize=6)
+    axes[1][0].legend(fontsize=6)
+    fig.tight_layout()
+    return fig

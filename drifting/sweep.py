@@ -20,7 +20,7 @@ from .writers import default_runs_dir, utc_now
 __all__ = ['SPEC_KEYS', 'SWEEP_OWNS', 'METRICS', 'SWEEP_FORMAT', 'MANIFEST', 'SweepSpec', 'parse_value', 'load_sweep',
            'notebook_parameters', 'sweep_dir', 'entry_key', 'read_sweep', 'bundle_status', 'entry_done', 'sweep_lock',
            'run_entry', 'find_reusable', 'run_sweep', 'entry_rows', 'summarise', 'write_tables', 'sweep_figure',
-           'gather_sweep', 'read_steps', 'diag_figure']
+           'spearman', 'compare_rows', 'write_compare', 'gather_sweep', 'read_steps', 'diag_figure']
 
 # %% ../nbs/16_sweep.ipynb #46233119
 SPEC_KEYS = ("name", "description", "notebook", "base", "variants", "seeds", "paper", "metrics")
@@ -424,12 +424,77 @@ def sweep_figure(spec: SweepSpec, rows: list[dict], summary: list[dict]):
     fig.tight_layout()
     return fig
 
+# %% ../nbs/16_sweep.ipynb #89a08479
+def _ranks(xs: list) -> list:
+    "Ranks 1..n (ties get their mean rank)."
+    order = sorted(range(len(xs)), key=lambda i: xs[i])
+    r = [0.0] * len(xs)
+    i = 0
+    while i < len(order):
+        j = i
+        while j + 1 < len(order) and xs[order[j + 1]] == xs[order[i]]:
+            j += 1
+        for k in range(i, j + 1):
+            r[order[k]] = (i + j) / 2 + 1
+        i = j + 1
+    return r
+
+
+def spearman(a: list, b: list) -> float | None:
+    "Spearman's rank correlation of two equally long lists (None with fewer than 3 or a constant list)."
+    if len(a) < 3:
+        return None
+    ra, rb = _ranks(a), _ranks(b)
+    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
+    num = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    den = math.sqrt(sum((x - ma) ** 2 for x in ra) * sum((y - mb) ** 2 for y in rb))
+    return None if den == 0 else num / den
+
+
+def compare_rows(
+    summary: list[dict],  # `summarise`
+    by: str = "frechet",  # the metric that picks each variant's α and ranks the variants (lower is better)
+) -> tuple[list[dict], float | None]:  # (one row per variant at its best α, in our order; Spearman vs the paper)
+    "Each variant at its best α, ranked by `by` and beside the paper's rank; neighbours not separated are flagged."
+    best = {}
+    for s in summary:
+        if s[f"{by}_mean"] is not None and (s["variant"] not in best or s[f"{by}_mean"] < best[s["variant"]][f"{by}_mean"]):
+            best[s["variant"]] = s
+    rows = sorted(best.values(), key=lambda s: s[f"{by}_mean"])
+    paper = [s["paper"] for s in rows]
+    paper_rank = dict(zip([s["variant"] for s in rows], _ranks(paper))) if None not in paper else {}
+    out = []
+    for i, s in enumerate(rows):
+        r = dict(s, rank=i + 1, paper_rank=paper_rank.get(s["variant"]), separated=None)
+        if i > 0:
+            prev, sd = rows[i - 1], max(s[f"{by}_std"] or 0.0, rows[i - 1][f"{by}_std"] or 0.0)
+            r["separated"] = (s[f"{by}_mean"] - prev[f"{by}_mean"]) >= 2 * sd if sd > 0 else None
+        out.append(r)
+    rho = spearman([s[f"{by}_mean"] for s in rows], paper) if paper_rank else None
+    return out, rho
+
+
+def write_compare(d: Path, spec: SweepSpec, summary: list[dict], by: str = "frechet") -> Path:
+    "compare.md: our rows at their best α in our order, beside the paper's number and rank."
+    rows, rho = compare_rows(summary, by)
+    head = ["ours", "variant", "paper", "paper's rank", "best α", "seeds"] + list(spec.metrics) + ["apart from the row above"]
+    lines = [f"Ranked by mean {by} at each variant's best α (lower is better); the paper column is its number "
+             f"(FID) and rank. Spearman of our order vs the paper's: {'–' if rho is None else f'{rho:+.2f}'}.", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
+    for r in rows:
+        sep = {True: "yes", False: "**no** (< 2 std)", None: "–"}[r["separated"]]
+        cells = [str(r["rank"]), f"`{r['variant']}`", "" if r["paper"] is None else f"{r['paper']}",
+                 "" if r["paper_rank"] is None else f"{r['paper_rank']:g}", f"{r['alpha']:g}", str(r["n"])]  # fmt: skip
+        cells += [_pm(r[f"{m}_mean"], r[f"{m}_std"]) for m in spec.metrics] + [sep]
+        lines.append("| " + " | ".join(cells) + " |")
+    return atomic_write_text(d / "compare.md", "\n".join(lines) + "\n")
+
 # %% ../nbs/16_sweep.ipynb #879c676d
 def gather_sweep(
     d: str | os.PathLike,  # the sweep folder
     spec: SweepSpec | None = None,  # None: the spec its manifest records
 ) -> list[dict]:  # the summary rows
-    "Write results.csv, results.md, entries.csv and results.png from the completed entries' bundles."
+    "Write results.csv, results.md, compare.md, entries.csv and results.png from the completed entries' bundles."
     d, man = Path(d), read_sweep(d)
     if spec is None:
         if "spec" not in man:
@@ -438,11 +503,12 @@ def gather_sweep(
     rows = entry_rows(d, man, spec.metrics)
     summary = summarise(rows, spec.metrics, spec.paper)
     write_tables(d, spec, rows, summary)
+    write_compare(d, spec, summary)
     if rows:
         save_figure(sweep_figure(spec, rows, summary), d / "results.png")
     return summary
 
-# %% ../nbs/16_sweep.ipynb #d5a35b0d
+# %% ../nbs/16_sweep.ipynb #15a13898
 def read_steps(bundle: str | os.PathLike) -> list[dict]:
     "The step records of a bundle (`logs/steps.jsonl`); a torn last line (a killed run) is skipped."
     out = []

@@ -424,7 +424,7 @@ def sweep_figure(spec: SweepSpec, rows: list[dict], summary: list[dict]):
     fig.tight_layout()
     return fig
 
-# %% ../nbs/16_sweep.ipynb #89a08479
+# %% ../nbs/16_sweep.ipynb #0f72c115
 def _ranks(xs: list) -> list:
     "Ranks 1..n (ties get their mean rank)."
     order = sorted(range(len(xs)), key=lambda i: xs[i])

@@ -50,7 +50,7 @@ from .streams import AUGMENTATIONS, DataStream
 from .writers import Tracker, check_tracker, flat_scalars, image_grid, write_png
 
 # %% auto #0
-__all__ = ['SPEED_SWITCHES', 'TRAIN_COUNTS', 'GRAD_SYNCS', 'TRAIN_PRESETS', 'CONVNEXT_HUB', 'RELEASE_GEN_FIELDS',
+__all__ = ['SPEED_SWITCHES', 'ADDED_LATER', 'TRAIN_COUNTS', 'GRAD_SYNCS', 'TRAIN_PRESETS', 'CONVNEXT_HUB', 'RELEASE_GEN_FIELDS',
            'RELEASE_EVAL_FIELDS', 'TRAIN_FORMAT', 'SCHEDULE', 'RESUME_MAY_CHANGE', 'TrainConfig', 'upgrade_config',
            'bf16_on', 'train_config', 'read_release_yaml', 'check_world_size', 'train_checkpoint', 'finite_clip_',
            'check_keep_checkpoints', 'check_flag', 'check_resume_params', 'ConfigMismatch', 'config_diff',
@@ -129,13 +129,16 @@ def to_dict(self: TrainConfig) -> dict:
 
 
 SPEED_SWITCHES = ("compile", "fused_adamw", "tf32")  # fields added with the speed switches (D-speed-3)
+# fields added after runs were recorded without them, each with the value that means what such a run did: the
+# method's unscaled, doubly normalised drift with style tokens (issue 26), one all-reduce after backward (D-dist-11)
+ADDED_LATER = dict(attraction=1.0, repulsion=1.0, kernel_norm="both", style=True, grad_sync="flat")
 
 
 def upgrade_config(
     d: dict,  # a recorded `to_dict()`, possibly from before the speed switches
 ) -> dict:  # a copy in today's fields, meaning what it meant when written
     "An older config in today's fields: without the speed switches, `bf16=True` meant 'on CUDA only' (today's None)."
-    d = dict(d)
+    d = dict(ADDED_LATER, **d)
     if "bf16" in d and not any(k in d for k in SPEED_SWITCHES):
         d = dict(d, bf16=None if d["bf16"] else False, **{k: False for k in SPEED_SWITCHES})
     return d

@@ -5,25 +5,29 @@
 # %% ../nbs/13c_feature_nets.ipynb #1750b323
 from __future__ import annotations
 
-import dataclasses
+import dataclasses, json, os, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
+from .core import atomic_folder, cache_root, progress_bar, sha256_arrays, sha256_json
 from .data import ImageDataset
 from .features import FeatureSpace
 from .mae import load_encoder, save_encoder
 from .mae_resume import verify_encoder
 from .mae_train import BUILTIN_MAE_RECIPE, MAETrainConfig, latent_mae_encoder
-from .official import ConvNeXtFeatures, FeatureStack, MAEFeatures, load_convnext
+from .metrics_nets import _random_shift
+from .official import ConvNeXtFeatures, FeatureStack, MAEFeatures, load_convnext, native_size
 from .train import TrainConfig
 
 # %% auto #0
-__all__ = ['RECORD_KEYS', 'FEATURE_NETS', 'NO_CONVNEXT', 'FEATURE_SPACES', 'builtin_mae_recipe', 'mae_encoder', 'hub_ref',
-           'check_convnext_spec', 'GrayAsRGB', 'convnext_features', 'FeatureNetKind', 'latent_space', 'pixel_space',
+__all__ = ['RECORD_KEYS', 'STANDIN', 'STANDIN_RECIPE', 'FEATURE_NETS', 'NO_CONVNEXT', 'FEATURE_SPACES', 'builtin_mae_recipe',
+           'mae_encoder', 'hub_ref', 'check_convnext_spec', 'GrayAsRGB', 'convnext_features', 'StandInRecipe',
+           'standin_config', 'train_standin', 'standin_convnext', 'FeatureNetKind', 'latent_space', 'pixel_space',
            'build_features', 'save_features']
 
 # %% ../nbs/13c_feature_nets.ipynb #0c41ac93
@@ -70,7 +74,7 @@ def hub_ref(spec: str) -> tuple[str, str | None]:
 
 def check_convnext_spec(spec) -> None:
     "Refuse a `convnext` that would fail later: a folder needs config.json; a hub id needs '@revision'."
-    if spec is None:
+    if spec is None or spec == "builtin":  # none, or the stand-in trained here (`STANDIN`)
         return
     p = Path(str(spec)).expanduser()
     if p.is_dir():
@@ -110,6 +114,102 @@ def convnext_features(
     name, rev = (p, None) if p.is_dir() else hub_ref(spec)
     return load_convnext(name, revision=rev, input_range="minus_one_one", device=device or "cpu")
 
+# %% ../nbs/13c_feature_nets.ipynb #df912ee1
+STANDIN = "builtin"  # `convnext="builtin"`: the stand-in trained on the run's images (ours, offline)
+
+
+@dataclass(frozen=True)
+class StandInRecipe:
+    "How the ConvNeXt-V2 stand-in is made (every field enters its cache key)."
+
+    hidden_sizes: tuple = (32, 64, 128, 256)  # stage widths (the released base: 128, 256, 512, 1024)
+    depths: tuple = (1, 1, 2, 1)  # blocks per stage (base: 3, 3, 27, 3)
+    patch_size: int = 2  # stem stride: 32² images give stages of 16², 8², 4², 2²
+    steps: int = 600  # AdamW steps of classification training
+    batch_size: int = 128
+    lr: float = 2e-3  # peak rate, after a linear warm-up
+    warmup: int = 50
+    weight_decay: float = 0.05
+    shift: int = 2  # random translation by up to this many pixels (the only augmentation)
+    heldout: int = 500  # images kept out of its training to measure its accuracy
+
+
+STANDIN_RECIPE = StandInRecipe()  # what `convnext="builtin"` trains
+
+
+def standin_config(recipe: StandInRecipe, side: int, num_labels: int):
+    "The stand-in's `ConvNextV2Config`, marked `drifting_stand_in` (it is then shown images at `side`, not 224)."
+    from transformers import ConvNextV2Config
+
+    return ConvNextV2Config(num_channels=3, patch_size=recipe.patch_size, hidden_sizes=list(recipe.hidden_sizes),
+                            depths=list(recipe.depths), image_size=side, num_labels=num_labels,
+                            drifting_stand_in=True)  # fmt: skip
+
+# %% ../nbs/13c_feature_nets.ipynb #27080b72
+def train_standin(
+    images: torch.Tensor,  # [N, C, H, W] in [-1, 1] (C = 1 or 3)
+    labels: torch.Tensor,  # [N] class ids
+    recipe: StandInRecipe = StandInRecipe(),
+    seed: int = 0,
+    progress: bool = True,
+) -> tuple[nn.Module, dict]:  # (the trained ConvNextV2ForImageClassification, its record)
+    "Train the stand-in as a classifier on all but `recipe.heldout` images; its accuracy on those is recorded."
+    from transformers import ConvNextV2ForImageClassification
+
+    if len(images) <= recipe.heldout:
+        raise ValueError(f"{len(images)} images leave none to train the ConvNeXt stand-in after {recipe.heldout} held out")
+    side, k = images.shape[-1], int(labels.max()) + 1
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.randperm(len(images), generator=g)
+    held, train = perm[: recipe.heldout], perm[recipe.heldout :]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = ConvNextV2ForImageClassification(standin_config(recipe, side, k))
+    see = ConvNeXtFeatures(model, "minus_one_one", size=side)  # the same preparation as when it gives features
+    rgb = lambda x: x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    model.train()
+    bar, t0 = progress_bar(recipe.steps, enable=progress, desc="ConvNeXt stand-in"), time.perf_counter()
+    for step in range(recipe.steps):
+        for grp in opt.param_groups:
+            grp["lr"] = recipe.lr * min(1.0, (step + 1) / max(1, recipe.warmup))
+        idx = train[torch.randint(len(train), (min(recipe.batch_size, len(train)),), generator=g)]
+        x = _random_shift(images[idx].float(), recipe.shift, g)
+        loss = F.cross_entropy(model(pixel_values=see.prepare(rgb(x))).logits, labels[idx])
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        bar.update(1)
+        bar.set_postfix(loss=f"{loss.item():.3f}", refresh=False)
+    bar.close()
+    model.eval()
+    with torch.inference_mode():
+        pred = torch.cat([model(pixel_values=see.prepare(rgb(images[i].float()))).logits.argmax(1) for i in held.split(256)])
+    acc = float((pred == labels[held]).double().mean())
+    return model, dict(steps=recipe.steps, final_loss=float(loss.detach()), heldout_accuracy=acc, n_train=len(train),
+                       n_heldout=len(held), seconds=round(time.perf_counter() - t0, 2))  # fmt: skip
+
+
+def standin_convnext(
+    data: ImageDataset,  # the run's training images (pixels)
+    recipe: StandInRecipe = StandInRecipe(),
+    seed: int = 0,
+    cache_dir: str | os.PathLike | None = None,  # default: cache_root("convnext")
+    progress: bool = True,
+) -> tuple[Path, dict]:  # (its transformers folder, its record)
+    "The stand-in's folder: from the cache, or trained on `data` now and cached (complete folders only)."
+    rec_cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(recipe).items()}
+    key = sha256_json(dict(data=sha256_arrays(data.images, data.labels), recipe=rec_cfg, seed=seed, format=1))[:16]
+    final = cache_root("convnext", cache_dir) / f"standin-{key}"
+    if not (final / "record.json").is_file():
+        model, info = train_standin(data.images, data.labels, recipe, seed, progress)
+        with atomic_folder(final, "record.json") as tmp:
+            model.save_pretrained(tmp)
+            rec = dict(key=key, what="ConvNeXt-V2 stand-in (ours), not the pretrained ImageNet network",
+                       recipe=rec_cfg, seed=seed, data=data.fingerprint, **info)  # fmt: skip
+            (tmp / "record.json").write_text(json.dumps(rec, indent=1))  # written last: marks a complete folder
+    return final, dict(json.loads((final / "record.json").read_text()), path=str(final))
+
 # %% ../nbs/13c_feature_nets.ipynb #502576d4
 @dataclass(frozen=True)
 class FeatureNetKind:
@@ -134,7 +234,18 @@ def _save_convnext(net: nn.Module, folder: Path):
 def _load_convnext(folder: Path, cfg: TrainConfig, data: ImageDataset, device) -> nn.Module:
     from transformers import ConvNextV2Model  # transformers is slow to import: only when a run names ConvNeXt
 
-    return _gray(ConvNeXtFeatures(ConvNextV2Model.from_pretrained(folder), "minus_one_one").to(device or "cpu"), data)
+    net = ConvNextV2Model.from_pretrained(folder)
+    return _gray(ConvNeXtFeatures(net, "minus_one_one", size=native_size(net.config)).to(device or "cpu"), data)
+
+
+def _make_convnext(cfg: TrainConfig, data: ImageDataset, device, progress: bool) -> tuple[nn.Module, dict]:
+    if cfg.convnext != STANDIN:
+        return _gray(convnext_features(cfg.convnext, device), data), {}
+    folder, rec = standin_convnext(data, STANDIN_RECIPE, seed=cfg.seed, progress=progress)
+    keep = ("key", "path", "what", "steps", "heldout_accuracy", "seconds")
+    return _gray(load_convnext(folder, input_range="minus_one_one", device=device or "cpu"), data), dict(
+        convnext_standin={k: rec[k] for k in keep}
+    )
 
 
 def _mae_named(cfg: TrainConfig) -> bool:
@@ -174,10 +285,12 @@ FEATURE_NETS: dict[str, FeatureNetKind] = {
     "convnext": FeatureNetKind(  # App. A.4: ConvNeXt-V2 beside the pixel MAE
         "pixels",
         lambda cfg: cfg.convnext is not None,
-        lambda cfg, data, device, progress: (_gray(convnext_features(cfg.convnext, device), data), {}),
+        _make_convnext,
         _save_convnext,
         _load_convnext,
-        lambda cfg: f"ConvNeXt-V2 from {cfg.convnext}",
+        lambda cfg: "ConvNeXt-V2 stand-in trained on these images (ours; not the pretrained ImageNet network)"
+        if cfg.convnext == STANDIN
+        else f"ConvNeXt-V2 from {cfg.convnext}",
     ),
 }
 

@@ -24,7 +24,7 @@ from .mae import ResNetEncoder, patchify
 __all__ = ['MSGPACK_MAX_OBJECTS', 'MSGPACK_MAX_NDIM', 'GENERATOR_RULES', 'MAE_RULES', 'MAE_NOT_LOADED', 'IMAGENET_MEAN',
            'IMAGENET_STD', 'CONVNEXT_ID', 'CONVNEXT_SIZE', 'CONVNEXT_NORM_EPS', 'INPUT_RANGES', 'read_flax_msgpack',
            'read_metadata', 'official_generator_config', 'generator_state_dict', 'load_official_generator',
-           'MAEFeatures', 'load_official_mae', 'ConvNeXtFeatures', 'load_convnext', 'FeatureStack']
+           'MAEFeatures', 'load_official_mae', 'ConvNeXtFeatures', 'native_size', 'load_convnext', 'FeatureStack']
 
 # %% ../nbs/13a_official.ipynb #738ab975
 MSGPACK_MAX_OBJECTS = 200_000  # maps + map entries in a parameter tree (the tiny fixture has 174; L/2 a few thousand)
@@ -437,6 +437,18 @@ class ConvNeXtFeatures(nn.Module):
     def train(self, mode: bool = True):
         return super().train(False)  # frozen: always eval
 
+    def prepare(self, x: Tensor) -> Tensor:  # [B, 3, H, W] -> [B, 3, size, size], ImageNet-normalised
+        "What the backbone sees: x brought to the ImageNet normalisation, then resized to `size` (the official step)."
+        x = x.float()
+        if self.input_range == "minus_one_one":
+            x = (x + 1) / 2  # unclipped, as the official step
+        if self.input_range != "imagenet":
+            x = (x - self.mean) / self.std
+        if tuple(x.shape[-2:]) == (self.size, self.size):
+            return x  # already the backbone's size (a stand-in at its own resolution): no resampling
+        aa = self.antialias if self.antialias is not None else max(x.shape[-2:]) > self.size
+        return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=aa)
+
     def activations(
         self,
         x: Tensor,  # [B, 3, H, W] (see `input_range`)
@@ -444,13 +456,7 @@ class ConvNeXtFeatures(nn.Module):
         "The 13 official ConvNeXt keys."
         if x.ndim != 4 or x.shape[1] != 3:
             raise ValueError(f"ConvNeXt features need RGB images [B, 3, H, W], got {tuple(x.shape)}")
-        x = x.float()
-        if self.input_range == "minus_one_one":
-            x = (x + 1) / 2  # unclipped, as the official step
-        if self.input_range != "imagenet":
-            x = (x - self.mean) / self.std
-        aa = self.antialias if self.antialias is not None else max(x.shape[-2:]) > self.size
-        x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=aa)
+        x = self.prepare(x)
         stages = self.backbone(pixel_values=x, output_hidden_states=True).hidden_states[1:5]  # 4 × [B, C_i, h_i, w_i]
         out = OrderedDict()
         for i, h in enumerate(stages):
@@ -467,11 +473,17 @@ class ConvNeXtFeatures(nn.Module):
     forward = activations
 
 # %% ../nbs/13a_official.ipynb #249bcf16
+def native_size(config) -> int:
+    "The side a ConvNeXt-V2 config's network is shown: 224 (the official resize), or a stand-in's own image size."
+    return int(config.image_size) if getattr(config, "drifting_stand_in", False) else CONVNEXT_SIZE
+
+
 def load_convnext(
     folder: str | Path = CONVNEXT_ID,  # a `save_pretrained` folder, or a hub id (needs `revision`)
     revision: str | None = None,  # hub commit for a hub id ('main' accepts whatever the hub holds)
     input_range: str = "imagenet",
     device: torch.device | str = "cpu",
+    size: int | None = None,  # resize side; None: 224 (official), or the image size of a stand-in (`drifting_stand_in`)
     **kwargs,  # to `from_pretrained` (cache_dir, local_files_only)
 ) -> ConvNeXtFeatures:
     "ConvNeXt-V2 features from a local `transformers` folder (config.json) or the hub."
@@ -489,7 +501,7 @@ def load_convnext(
                 "to accept whatever the hub holds today)"
             )
         model = Net.from_pretrained(str(folder), revision=revision, **kwargs)
-    return ConvNeXtFeatures(model, input_range).to(device)
+    return ConvNeXtFeatures(model, input_range, size=size or native_size(model.config)).to(device)
 
 # %% ../nbs/13a_official.ipynb #ab8006f9
 class FeatureStack(nn.Module):

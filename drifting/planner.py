@@ -14,6 +14,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .drift_exact import MAX_CACHE_ELEMS, MAX_CHUNK_ELEMS, _chunk_sizes, _DriftMSE
+from .feature_nets import STANDIN, STANDIN_RECIPE, standin_config
 from .features import FeatureSpace, _groups, group_by_class
 from .generator import Generator, generator_config
 from .mae import ResNetEncoder, mae_config
@@ -78,6 +79,7 @@ CONVNEXT_BASE = dict(depths=[3, 3, 27, 3], hidden_sizes=[128, 256, 512, 1024])  
 def plan_feature_space(
     cfg: TrainConfig,  # feature_encoder, mae_preset, convnext, every_k_block, patch_sizes, norm_x, raw_key, bf16
     in_channels: int,  # channels of one data item
+    side: int = 32,  # image side (the ConvNeXt stand-in, `convnext="builtin"`, is shown images at this size)
 ) -> FeatureSpace:
     "The feature space a run of `cfg` trains against, with random weights (pixel MAE presets: the pixel stack)."
     enc = None
@@ -89,7 +91,10 @@ def plan_feature_space(
     if cfg.convnext is not None:
         from transformers import ConvNextV2Config, ConvNextV2Model  # only the pixel presets with ConvNeXt need it
 
-        nets.append(ConvNeXtFeatures(ConvNextV2Model(ConvNextV2Config(**CONVNEXT_BASE)), "minus_one_one"))
+        if cfg.convnext == STANDIN:  # ours: the small stand-in at the images' own size
+            nets.append(ConvNeXtFeatures(ConvNextV2Model(standin_config(STANDIN_RECIPE, side, 10)), "minus_one_one", size=side))
+        else:
+            nets.append(ConvNeXtFeatures(ConvNextV2Model(ConvNextV2Config(**CONVNEXT_BASE)), "minus_one_one"))
     stack = FeatureStack(*nets, raw_key=cfg.raw_key)
     return FeatureSpace(stack, cfg.every_k_block, cfg.patch_sizes, norm_x=False, raw_key=False, bf16=cfg.bf16)
 
@@ -218,7 +223,7 @@ def plan(
     n = cfg.n_c // (world_size * cfg.grad_accum)
     with torch.device("meta"):
         gen = Generator(generator_config(cfg.generator, **dict(cfg.generator_overrides, **over)))
-        fs = plan_feature_space(cfg, item_shape[0])
+        fs = plan_feature_space(cfg, item_shape[0], item_shape[-1])
         queues = SampleQueues(num_classes, item_shape, cfg.queue_per_class, cfg.queue_uncond)
     P = sum(p.numel() * p.element_size() for p in gen.parameters())  # fp32 master weights
     t = OrderedDict(params=module_bytes(gen), grads=P, adamw=2 * P + 4 * len(list(gen.parameters())))
@@ -276,7 +281,7 @@ def measure_step(
     live = LiveBytes()
     with live, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        tr = Trainer(cfg, DataStream(ds, cfg.push_per_step, seed), plan_feature_space(cfg, item_shape[0]), "cpu")
+        tr = Trainer(cfg, DataStream(ds, cfg.push_per_step, seed), plan_feature_space(cfg, item_shape[0], item_shape[-1]), "cpu")
         tr.step()
         live.reset_peak()
         tr.step()

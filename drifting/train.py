@@ -102,7 +102,8 @@ class TrainConfig:
     patch_sizes: tuple = PATCH_SIZES  # patch mean/std keys (App. A.5 (c), (d))
     norm_x: bool = True  # the input-RMS key (release `norm_x`)
     raw_key: bool = True  # the raw-output "global" key: the vanilla drift loss (App. A.5)
-    # pixel models: ConvNeXt-V2 features beside the pixel MAE's (App. A.4): a transformers folder or 'hub id@revision'
+    # pixel models: ConvNeXt-V2 features beside the pixel MAE's (App. A.4): a transformers folder, 'hub id@revision',
+    # or 'builtin' (ours: a small stand-in trained on the run's images, `feature_nets.STANDIN`)
     convnext: str | None = None
     # augmentation of the pushed real pixels: 'rrc' = the release's `use_aug` (RandomResizedCrop scale 0.2–1, bicubic;
     # spec §5.1); None: none
@@ -254,7 +255,7 @@ def _check_features(self: TrainConfig):
     )
     _need(
         self.convnext is None or (isinstance(self.convnext, str) and self.convnext.strip() != ""),
-        f"convnext must be None, a transformers folder or 'hub id@revision', got {self.convnext!r}",
+        f"convnext must be None, a transformers folder, 'hub id@revision' or 'builtin', got {self.convnext!r}",
     )
     _need(
         self.feature_encoder is None or isinstance(self.feature_encoder, str),

@@ -95,3 +95,23 @@ def test_bad_spec_is_refused_before_any_run(sweep, capsys):
     assert main(["sweep", str(f), "--out", str(out)]) == 2
     assert "sweep entry broken/seed0: kernel_norm must be one of" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_a_sibling_sweep_reuses_the_shared_row(sweep, capsys):
+    "A second table whose baseline row has the same parameters borrows the first sweep's bundles and runs nothing."
+    spec = yaml.safe_load(sweep["spec"].read_text())
+    other = dict(spec, name="other", variants={"method": {}}, paper={})
+    f = sweep["root"] / "other.yaml"
+    f.write_text(yaml.safe_dump(other, sort_keys=False))
+    out = sweep["root"] / "other_out"
+    assert main(["sweep", str(f), "--out", str(out)]) == 0
+    ents = json.loads((out / "sweep.json").read_text())["entries"]
+    assert {k: e["reused_from"] for k, e in ents.items()} == {"method/seed0": "out:default/seed0",
+                                                             "method/seed1": "out:default/seed1"}  # fmt: skip
+    assert not (out / "runs").exists()  # nothing ran here
+    first = json.loads((sweep["out"] / "sweep.json").read_text())["entries"]
+    assert (out / ents["method/seed0"]["bundle"]).resolve() == (sweep["out"] / first["default/seed0"]["bundle"]).resolve()
+    assert "| `method` |  | 1 | 2 |" in (out / "results.md").read_text()  # gathered through the borrowed bundles
+    capsys.readouterr()
+    assert main(["sweep", str(f), "--out", str(out), "--status"]) == 0
+    assert "(reused from out:default/seed1)" in capsys.readouterr().out

@@ -477,9 +477,12 @@ def compare_rows(
 def write_compare(d: Path, spec: SweepSpec, summary: list[dict], by: str = "frechet") -> Path:
     "compare.md: our rows at their best α in our order, beside the paper's number and rank."
     rows, rho = compare_rows(summary, by)
+    rec = [r.get("recall_mean") for r in rows]
+    rho_r = spearman([-x for x in rec], [r["paper"] for r in rows]) if rows and None not in rec and rows[0]["paper_rank"] else None
     head = ["ours", "variant", "paper", "paper's rank", "best α", "seeds"] + list(spec.metrics) + ["apart from the row above"]
     lines = [f"Ranked by mean {by} at each variant's best α (lower is better); the paper column is its number "
-             f"(FID) and rank. Spearman of our order vs the paper's: {'–' if rho is None else f'{rho:+.2f}'}.", "",
+             f"(FID) and rank. Spearman of our order vs the paper's: {'–' if rho is None else f'{rho:+.2f}'} by {by}, "
+             f"{'–' if rho_r is None else f'{rho_r:+.2f}'} by recall (higher recall ranked first).", "",
              "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]  # fmt: skip
     for r in rows:
         sep = {True: "yes", False: "**no** (< 2 std)", None: "–"}[r["separated"]]

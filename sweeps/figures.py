@@ -6,9 +6,10 @@ For every sweep folder under SWEEPS_PARENT (one per spec in sweeps/): its gather
 which also writes compare.md), its results figure, and a figure of the quick class accuracy against steps per variant
 (mean over seeds, from each bundle's `eval_every` records). From tab1: the diagnostic records of the method's row and
 the attraction-only row side by side (`drifting.sweep.diag_figure`). Images are saved with a small palette so they
-stay small in git.
+stay small in git. With `--page FILE`, each sweep's compare.md replaces the text between `<!-- begin NAME -->` and
+`<!-- end NAME -->` in FILE, so the page's tables are the sweeps' own numbers.
 """
-import argparse, io, statistics
+import argparse, io, re, statistics
 from pathlib import Path
 
 import matplotlib
@@ -56,7 +57,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("parent", type=Path)
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parents[1] / "nbs" / "images" / "ablations")
+    ap.add_argument("--page", type=Path, default=None, help="a Markdown page whose table markers to fill")
     a = ap.parse_args()
+    page = a.page.read_text() if a.page else None
     a.out.mkdir(parents=True, exist_ok=True)
     for d in sorted(p.parent for p in a.parent.glob("*/sweep.json")):
         if not gather_sweep(d):
@@ -65,6 +68,11 @@ def main():
         with Image.open(d / "results.png") as im:
             im.convert("RGB").quantize(64).save(a.out / f"{d.name}.png", optimize=True)
         save_small(curves_figure(d), a.out / f"{d.name}_curves.png")
+        if page is not None:
+            mark = re.compile(rf"(<!-- begin {re.escape(d.name)} -->\n).*?(<!-- end {re.escape(d.name)} -->)", re.S)
+            if not mark.search(page):
+                print(f"{a.page}: no markers for {d.name}")
+            page = mark.sub(lambda m: m[1] + (d / "compare.md").read_text() + m[2], page)
     tab1 = a.parent / "tab1"
     if (tab1 / "sweep.json").is_file():
         ents = read_sweep(tab1)["entries"]
@@ -72,6 +80,9 @@ def main():
         if all(e and e.get("status") == "completed" for e in pick.values()):
             runs = {k.split("/")[0]: tab1 / e["bundle"] for k, e in pick.items()}
             save_small(diag_figure(runs), a.out / "tab1_diag.png")
+    if page is not None:
+        a.page.write_text(page)
+        print(f"{a.page}: tables filled")
 
 
 if __name__ == "__main__":

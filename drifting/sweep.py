@@ -25,7 +25,7 @@ __all__ = ['SPEC_KEYS', 'SWEEP_OWNS', 'METRICS', 'SWEEP_FORMAT', 'MANIFEST', 'Sw
 # %% ../nbs/16_sweep.ipynb #46233119
 SPEC_KEYS = ("name", "description", "notebook", "base", "variants", "seeds", "paper", "metrics")
 SWEEP_OWNS = ("seed", "runs_dir", "bundle", "resume")  # parameters the sweep sets itself (a sweep never resumes)
-METRICS = ("class_accuracy", "frechet", "recall")  # of each α row of run_latent's `artifacts/eval_alpha.json`
+METRICS = ("class_accuracy", "frechet", "precision", "recall")  # of each α row of run_latent's `artifacts/eval_alpha.json`
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")  # a sweep or variant name: a folder name, no spaces
 
 
@@ -363,7 +363,7 @@ def summarise(
     for (v, a), rs in groups.items():
         s = dict(variant=v, alpha=a, n=len(rs), paper=(paper or {}).get(v))
         for m in metrics:
-            xs = [r[m] for r in rs if isinstance(r[m], (int, float)) and math.isfinite(r[m])]
+            xs = [x for x in (r.get(m) for r in rs) if isinstance(x, (int, float)) and math.isfinite(x)]
             s[f"{m}_mean"] = statistics.fmean(xs) if xs else None
             s[f"{m}_std"] = statistics.stdev(xs) if len(xs) > 1 else None
         s["train_time_s_mean"] = statistics.fmean([r["train_time_s"] or 0.0 for r in rs])

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from PIL import Image
 
-from drifting.sweep import diag_figure, gather_sweep, read_steps, read_sweep
+from drifting.sweep import METRICS, SweepSpec, diag_figure, gather_sweep, read_steps, read_sweep
 
 
 def save_small(fig, path: Path, colours: int = 64):
@@ -62,7 +62,8 @@ def main():
     page = a.page.read_text() if a.page else None
     a.out.mkdir(parents=True, exist_ok=True)
     for d in sorted(p.parent for p in a.parent.glob("*/sweep.json")):
-        if not gather_sweep(d):
+        spec = SweepSpec(**dict(read_sweep(d)["spec"], metrics=METRICS))  # today's columns, precision included
+        if not gather_sweep(d, spec):
             print(f"{d.name}: no completed entry yet")
             continue
         with Image.open(d / "results.png") as im:

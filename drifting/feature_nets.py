@@ -157,7 +157,9 @@ def train_standin(
     from transformers import ConvNextV2ForImageClassification
 
     if len(images) <= recipe.heldout:
-        raise ValueError(f"{len(images)} images leave none to train the ConvNeXt stand-in after {recipe.heldout} held out")
+        raise ValueError(
+            f"{len(images)} images leave none to train the ConvNeXt stand-in after {recipe.heldout} held out"
+        )
     side, k = images.shape[-1], int(labels.max()) + 1
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(images), generator=g)
@@ -184,7 +186,8 @@ def train_standin(
     bar.close()
     model.eval()
     with torch.inference_mode():
-        pred = torch.cat([model(pixel_values=see.prepare(rgb(images[i].float()))).logits.argmax(1) for i in held.split(256)])
+        logits = [model(pixel_values=see.prepare(rgb(images[i].float()))).logits for i in held.split(256)]
+        pred = torch.cat([z.argmax(1) for z in logits])
     acc = float((pred == labels[held]).double().mean())
     return model, dict(steps=recipe.steps, final_loss=float(loss.detach()), heldout_accuracy=acc, n_train=len(train),
                        n_heldout=len(held), seconds=round(time.perf_counter() - t0, 2))  # fmt: skip

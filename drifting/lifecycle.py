@@ -58,7 +58,7 @@ RESERVE = "provenance/.reserve"  # 64 KiB held from the start, freed so the fail
 
 
 def short_hash(root: str | os.PathLike) -> str:
-    "The checkout's short commit hash (for the folder name), else `$DRIFTING_GIT_COMMIT`'s (an image without .git), or 'nogit'."
+    "The checkout's short commit (the folder name), else `$DRIFTING_GIT_COMMIT`'s (an image without .git), or 'nogit'."
     r = subprocess.run(["git", "-C", str(root), "rev-parse", "--short=7", "HEAD"], capture_output=True, text=True)
     if r.returncode == 0 and r.stdout.strip():
         return r.stdout.strip()

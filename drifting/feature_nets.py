@@ -309,7 +309,7 @@ def latent_space(cfg: TrainConfig, nets: dict) -> tuple[FeatureSpace, list]:  # 
     if len(nets) > 1:
         raise ValueError(f"a latent feature space holds one encoder, the config names {list(nets)}")
     enc = next(iter(nets.values()), None)
-    fs = FeatureSpace(enc, cfg.every_k_block, cfg.patch_sizes, cfg.norm_x, cfg.raw_key, cfg.bf16)
+    fs = FeatureSpace(enc, cfg.every_k_block, cfg.patch_sizes, cfg.norm_x, cfg.raw_key, cfg.bf16, cfg.raw_maps)
     return fs, ([] if nets else ["no encoder"])
 
 
@@ -318,7 +318,8 @@ def pixel_space(cfg: TrainConfig, nets: dict) -> tuple[FeatureSpace, list]:
     if not nets and not cfg.raw_key:
         raise ValueError("the pixel feature space is empty: give a feature encoder, a convnext or raw_key=True")
     stack = FeatureStack(*nets.values(), raw_key=cfg.raw_key)
-    fs = FeatureSpace(stack, cfg.every_k_block, cfg.patch_sizes, norm_x=False, raw_key=False, bf16=cfg.bf16)
+    fs = FeatureSpace(stack, cfg.every_k_block, cfg.patch_sizes, norm_x=False, raw_key=False, bf16=cfg.bf16,
+                      raw_maps=cfg.raw_maps)  # fmt: skip
     return fs, ([] if "convnext" in nets else [NO_CONVNEXT])
 
 
@@ -347,6 +348,7 @@ def build_features(
     fs, notes = FEATURE_SPACES[data.kind](cfg, nets)
     fs.nets = nets  # what `save_features` writes (a plain dict: the modules are already fs's submodules)
     parts = [FEATURE_NETS[n].describe(cfg) for n in nets] + notes + (["the raw 'global' key"] if cfg.raw_key else [])
+    parts += ["the raw output as a feature map (raw_maps; ours, not the release's)"] if cfg.raw_maps else []
     if data.kind == "latents" and not nets:
         rec["encoder"] = "none (raw drift loss only)"
     if data.kind == "pixels":

@@ -250,6 +250,7 @@ class FeatureSpace(nn.Module):
         norm_x: bool = True,
         raw_key: bool = True,
         bf16: bool = True,
+        raw_maps: bool = False,  # ours, opt-in: the raw output as one more map (its keys `raw`, `raw_mean`, ...)
     ):
         super().__init__()
         if encoder is None and not raw_key and not norm_x:
@@ -262,6 +263,7 @@ class FeatureSpace(nn.Module):
             raw_key,
             bf16,
         )
+        self.raw_maps = raw_maps
 
     def train(self, mode: bool = True):
         return super().train(False)  # the encoder stays in eval mode
@@ -279,17 +281,29 @@ class FeatureSpace(nn.Module):
                 if k in out:
                     raise ValueError(f"feature key {k!r} is produced twice (the encoder and the raw/norm_x keys)")
                 out[k] = v.float()
-            return out
+            return self._with_raw_maps(out, x)
         acts = OrderedDict()
         if self.encoder is not None:
             with autocast(x.device, self.bf16):
                 acts = self.encoder.get_activations(x, self.every_k_block)
             acts = OrderedDict((k, v.float()) for k, v in acts.items())
-        return feature_inventory(acts, x if self.norm_x else None, x if self.raw_key else None, self.patch_sizes)
+        out = feature_inventory(acts, x if self.norm_x else None, x if self.raw_key else None, self.patch_sizes)
+        return self._with_raw_maps(out, x)
+
+    def _with_raw_maps(self, out: dict, x: Tensor) -> "OrderedDict[str, Tensor]":
+        "`out`, then (with `raw_maps`) the keys of the raw output taken as one more feature map named `raw`."
+        if not self.raw_maps:
+            return out
+        for k, v in feature_inventory(OrderedDict(raw=x.float()), None, None, self.patch_sizes).items():
+            if k in out:
+                raise ValueError(f"feature key {k!r} is produced twice (the encoder and raw_maps)")
+            out[k] = v
+        return out
 
     def fingerprint(self) -> str:
         "A hash of the encoder's weights and the key options (a resume refuses another feature space)."
         if getattr(self, "_fp", None) is None:  # the encoder is frozen: hash its weights once, not at every checkpoint
             enc = module_sha256(self.encoder) if self.encoder is not None else "none"
             self._fp = f"{enc}:{self.every_k_block}:{list(self.patch_sizes)}:{int(self.norm_x)}:{int(self.raw_key)}"
+            self._fp += ":raw_maps" if self.raw_maps else ""  # only when on: earlier fingerprints are unchanged
         return self._fp

@@ -86,7 +86,7 @@ def plan_feature_space(
     if cfg.feature_encoder is not None:
         enc = ResNetEncoder.from_config(mae_config(cfg.mae_preset, in_channels=in_channels))
     if not cfg.mae_preset.startswith("pixel"):
-        return FeatureSpace(enc, cfg.every_k_block, cfg.patch_sizes, cfg.norm_x, cfg.raw_key, cfg.bf16)
+        return FeatureSpace(enc, cfg.every_k_block, cfg.patch_sizes, cfg.norm_x, cfg.raw_key, cfg.bf16, cfg.raw_maps)
     nets = [] if enc is None else [MAEFeatures(enc, cfg.every_k_block, cfg.patch_sizes)]
     if cfg.convnext is not None:
         from transformers import ConvNextV2Config, ConvNextV2Model  # only the pixel presets with ConvNeXt need it
@@ -97,7 +97,8 @@ def plan_feature_space(
         else:
             nets.append(ConvNeXtFeatures(ConvNextV2Model(ConvNextV2Config(**CONVNEXT_BASE)), "minus_one_one"))
     stack = FeatureStack(*nets, raw_key=cfg.raw_key)
-    return FeatureSpace(stack, cfg.every_k_block, cfg.patch_sizes, norm_x=False, raw_key=False, bf16=cfg.bf16)
+    return FeatureSpace(stack, cfg.every_k_block, cfg.patch_sizes, norm_x=False, raw_key=False, bf16=cfg.bf16,
+                        raw_maps=cfg.raw_maps)  # fmt: skip
 
 
 def module_bytes(m: torch.nn.Module) -> int:

@@ -102,6 +102,7 @@ class TrainConfig:
     patch_sizes: tuple = PATCH_SIZES  # patch mean/std keys (App. A.5 (c), (d))
     norm_x: bool = True  # the input-RMS key (release `norm_x`)
     raw_key: bool = True  # the raw-output "global" key: the vanilla drift loss (App. A.5)
+    raw_maps: bool = False  # ours, opt-in: the raw output as one more feature map (per-location, mean/std, patches)
     # pixel models: ConvNeXt-V2 features beside the pixel MAE's (App. A.4): a transformers folder, 'hub id@revision',
     # or 'builtin' (ours: a small stand-in trained on the run's images, `feature_nets.STANDIN`)
     convnext: str | None = None
@@ -132,7 +133,7 @@ def to_dict(self: TrainConfig) -> dict:
 SPEED_SWITCHES = ("compile", "fused_adamw", "tf32")  # fields added with the speed switches (D-speed-3)
 # fields added after runs were recorded without them, each with the value that means what such a run did: the
 # method's unscaled, doubly normalised drift with style tokens (issue 26), one all-reduce after backward (D-dist-11)
-ADDED_LATER = dict(attraction=1.0, repulsion=1.0, kernel_norm="both", style=True, grad_sync="flat")
+ADDED_LATER = dict(attraction=1.0, repulsion=1.0, kernel_norm="both", style=True, grad_sync="flat", raw_maps=False)
 
 
 def upgrade_config(

@@ -52,7 +52,8 @@ COMBOS = {  # name -> (parameters, feature keys every step's record must hold, k
     "latents": (dict(vae="VAE", mae_preset="tiny", resolution=32), {"global", "norm_x", "layer1"}, {"convenxt_stage_1"}),
     "pixels": (dict(), {"global", "norm_x", "conv1"}, {"convenxt_stage_1"}),
     "pixels-rrc": (dict(aug="rrc"), {"global", "conv1"}, set()),
-    "no-encoder": (dict(feature_encoder=None), {"global"}, {"conv1", "norm_x"}),
+    # raw_maps (ours, opt-in) must reach the workers too: they rebuild the feature space from the job folder
+    "no-encoder-raw-maps": (dict(feature_encoder=None, raw_maps=True), {"global", "raw", "raw_std_2"}, {"conv1", "norm_x"}),
     "convnext": (dict(feature_encoder=None, convnext="CNX"), {"global", "convenxt_stage_1", "global_mean"}, {"conv1"}),
 }
 
@@ -67,6 +68,7 @@ def test_two_processes(env, name):
     assert want <= keys and not keys & absent, keys
     assert state["config"]["aug"] == params.get("aug") and state["config"]["feature_encoder"] == params.get("feature_encoder", "builtin")
     assert state["config"]["convnext"] == params.get("convnext")
+    assert state["config"]["raw_maps"] == params.get("raw_maps", False)
 
 
 def test_resume_on_two_processes(env):

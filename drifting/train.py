@@ -478,8 +478,8 @@ for _k in ("B/16", "L/16"):
 # ours (D-pixel-6, D-pixel-8): the generator's patch 8 gives 16 tokens (the CPU latent generator's count); the latent
 # CPU
 # preset's N_pos / N_neg / N_unc on 5 of the 10 classes a step; a pixel MAE with the release's cls fine-tune at its end
-TRAIN_PRESETS["cpu-pixel"] = TrainConfig(
-    steps=1200,
+TRAIN_PRESETS["cpu-pixel"] = TrainConfig(  # D-pixel-6, D-pixel-8, D-pixel-9
+    steps=800,
     generator="cpu-pixel",
     generator_overrides=dict(n_register=4, patch_size=8),
     n_c=5,
@@ -493,6 +493,7 @@ TRAIN_PRESETS["cpu-pixel"] = TrainConfig(
     mae_preset="pixel-small",
     mae_steps=1000,
     mae_finetune=300,
+    convnext="builtin",  # offline: the ConvNeXt-V2 stand-in trained on the run's images (ours, labelled as such)
 )
 
 # %% ../nbs/11_train.ipynb #48d4a7e3

@@ -133,7 +133,7 @@ def test_pixel_feature_space_reproduces_the_official_activations(tmp_path, monke
     m_io = np.load(mae_dir / "io.npz")
     x = torch.from_numpy(m_io["x"]).permute(0, 3, 1, 2).contiguous()  # [B, 4, 16, 16]
     ds = ImageDataset(x, torch.zeros(len(x), dtype=torch.long), ["a"], "fix", "fp-fix")
-    fs, info = build_features(train_config("cpu-pixel", feature_encoder=str(tmp_path / "enc")), ds, "cpu", progress=False)
+    fs, info = build_features(train_config("cpu-pixel", feature_encoder=str(tmp_path / "enc"), convnext=None), ds, "cpu", progress=False)
     f = fs(x)
     want = sorted(k[6:] for k in m_io.files if k.startswith("feat__"))
     assert sorted(f) == sorted(want + ["global"]) and "no ConvNeXt-V2" in info["summary"]

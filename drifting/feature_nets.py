@@ -124,7 +124,7 @@ class StandInRecipe:
 
     hidden_sizes: tuple = (32, 64, 128, 256)  # stage widths (the released base: 128, 256, 512, 1024)
     depths: tuple = (1, 1, 2, 1)  # blocks per stage (base: 3, 3, 27, 3)
-    patch_size: int = 2  # stem stride: 32² images give stages of 16², 8², 4², 2² (stride 4: a quarter of the cost, weaker)
+    patch_size: int = 2  # stem stride: 32² images give 16², 8², 4², 2² (stride 4: a quarter of the cost, weaker)
     steps: int = 400  # AdamW steps of classification training
     batch_size: int = 128
     lr: float = 1e-2  # peak rate, after a linear warm-up (measured: 2e-3 reached 78% in 300 steps, 1e-2 84%)

@@ -475,19 +475,19 @@ def train_config(
 CONVNEXT_HUB = "facebook/convnextv2-base-22k-224@main"  # the pixel models' ConvNeXt-V2 (App. A.4, Tab. 9)
 for _k in ("B/16", "L/16"):
     TRAIN_PRESETS[_k] = dataclasses.replace(TRAIN_PRESETS[_k], convnext=CONVNEXT_HUB, aug="rrc")
-# ours (D-pixel-6, D-pixel-8): the generator's patch 8 gives 16 tokens (the CPU latent generator's count); the latent
-# CPU
-# preset's N_pos / N_neg / N_unc on 5 of the 10 classes a step; a pixel MAE with the release's cls fine-tune at its end
-TRAIN_PRESETS["cpu-pixel"] = TrainConfig(  # D-pixel-6, D-pixel-8, D-pixel-9
-    steps=800,
+# ours (D-pixel-6, D-pixel-8, D-pixel-10): the generator preset's own patch 4 (an 8×8 grid of tokens; B/16 has 16×16
+# at 256²); the latent CPU preset's N_pos / N_neg / N_unc on 5 of the 10 classes a step; a pixel MAE with the
+# release's cls fine-tune at its end
+TRAIN_PRESETS["cpu-pixel"] = TrainConfig(  # D-pixel-6, D-pixel-8, D-pixel-9, D-pixel-10
+    steps=560,
     generator="cpu-pixel",
-    generator_overrides=dict(n_register=4, patch_size=8),
+    generator_overrides=dict(n_register=4),
     n_c=5,
     n_pos=32,
     n_neg=32,
     n_unc=16,
     push_per_step=64,
-    lr=3e-3,
+    lr=5e-3,
     warmup=50,
     ema_decay=0.99,
     mae_preset="pixel-small",

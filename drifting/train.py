@@ -479,7 +479,7 @@ for _k in ("B/16", "L/16"):
 # at 256²); the latent CPU preset's N_pos / N_neg / N_unc on 5 of the 10 classes a step; a pixel MAE with the
 # release's cls fine-tune at its end
 TRAIN_PRESETS["cpu-pixel"] = TrainConfig(  # D-pixel-6, D-pixel-8, D-pixel-9, D-pixel-10
-    steps=560,
+    steps=800,
     generator="cpu-pixel",
     generator_overrides=dict(n_register=4),
     n_c=5,
@@ -487,7 +487,7 @@ TRAIN_PRESETS["cpu-pixel"] = TrainConfig(  # D-pixel-6, D-pixel-8, D-pixel-9, D-
     n_neg=32,
     n_unc=16,
     push_per_step=64,
-    lr=5e-3,
+    lr=3e-3,
     warmup=50,
     ema_decay=0.99,
     mae_preset="pixel-small",

@@ -5,7 +5,7 @@
 # %% ../nbs/03_features.ipynb #45168cd0
 from __future__ import annotations
 
-import dataclasses, re
+import dataclasses, math, re, time
 from collections import OrderedDict
 
 import torch
@@ -13,14 +13,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .core import autocast, module_sha256
+from .core import autocast, module_sha256, progress_bar
 from .drift import TAUS, DriftOptions
 from .drift_exact import drift_loss, normalized_drift
 
 
 # %% auto #0
-__all__ = ['PATCH_SIZES', 'STD_EPS', 'NORM_X_EPS', 'AGGREGATES', 'patch_stats', 'feature_inventory', 'group_by_class',
-           'feature_drift_loss', 'feature_group', 'feature_forces', 'FeatureSpace']
+__all__ = ['PATCH_SIZES', 'STD_EPS', 'NORM_X_EPS', 'AGGREGATES', 'MEMO_MAX_BYTES', 'patch_stats', 'feature_inventory',
+           'group_by_class', 'feature_drift_loss', 'feature_group', 'feature_forces', 'FeatureSpace', 'FeatureMemo']
 
 # %% ../nbs/03_features.ipynb #89843f5e
 PATCH_SIZES = (2, 4)  # release patch_mean_size = patch_std_size = [2, 4] (App. A.5 (c), (d))
@@ -307,3 +307,56 @@ class FeatureSpace(nn.Module):
             self._fp = f"{enc}:{self.every_k_block}:{list(self.patch_sizes)}:{int(self.norm_x)}:{int(self.raw_key)}"
             self._fp += ":raw_maps" if self.raw_maps else ""  # only when on: earlier fingerprints are unchanged
         return self._fp
+
+# %% ../nbs/03_features.ipynb #4a633e5a
+MEMO_MAX_BYTES = 8 * 2**30  # the largest `FeatureMemo` built without being asked for more
+
+
+class FeatureMemo:
+    "The frozen features of the items numbered 0..n-1, computed once in fixed chunks and looked up by number."
+
+    def __init__(
+        self,
+        fn,  # a frozen feature space: x [b, ...] -> {key: [b, L, D]}
+        items,  # numbers [b] int64 -> the items [b, ...] they stand for, where `fn` wants them
+        n: int,  # how many numbered items
+        chunk: int = 256,  # items per forward pass (item i is computed with the items of its chunk)
+        max_bytes: int = MEMO_MAX_BYTES,  # refuse a larger memo
+        progress: bool = False,  # a bar while it computes
+    ):
+        if not (isinstance(n, int) and n >= 1 and isinstance(chunk, int) and chunk >= 1):
+            raise ValueError(f"FeatureMemo needs n ≥ 1 items and chunk ≥ 1, got n={n!r}, chunk={chunk!r}")
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            first = fn(items(torch.arange(min(chunk, n))))
+            self.layout = [(k, tuple(v.shape[1:])) for k, v in first.items()]  # (key, (L, D)) in the space's order
+            self.width = sum(math.prod(s) for _, s in self.layout)  # F values per item
+            need = n * self.width * 4
+            if need > max_bytes:
+                raise MemoryError(
+                    f"the features of {n} items ({self.width} float32 values each) need {need / 2**30:.2f} GiB, more "
+                    f"than max_bytes={max_bytes / 2**30:.2f} GiB: turn cache_real_features off for data this large"
+                )
+            self.flat = torch.empty(n, self.width, device=next(iter(first.values())).device)  # [n, F]
+            bar = progress_bar(n, enable=progress, desc="real features")
+            for s in range(0, n, chunk):
+                b = min(chunk, n - s)
+                f = first if s == 0 else fn(items(torch.arange(s, s + b)))
+                if [(k, tuple(v.shape[1:])) for k, v in f.items()] != self.layout:
+                    raise RuntimeError(f"the feature space gave other keys or shapes for items {s}..{s + b - 1}")
+                self.flat[s : s + b] = torch.cat([v.float().reshape(b, -1) for v in f.values()], 1)
+                bar.update(b)
+            bar.close()
+        self.n, self.seconds = n, time.perf_counter() - t0
+
+    def __call__(self, codes: Tensor) -> "OrderedDict[str, Tensor]":  # key -> [m, L, D]
+        "The features of the items numbered `codes` [m], as `fn` would give them for those items."
+        rows = self.flat[codes.to(self.flat.device, torch.long)]  # [m, F]
+        parts = rows.split([math.prod(s) for _, s in self.layout], 1)
+        return OrderedDict((k, p.view(len(rows), *s)) for (k, s), p in zip(self.layout, parts))
+
+    def describe(self) -> dict:
+        "What a run records about it: items, values per item, MiB, seconds to build."
+        return dict(items=self.n, values_per_item=self.width, mib=round(self.flat.numel() * 4 / 2**20, 1),
+                    seconds=round(self.seconds, 2))
+

@@ -5,7 +5,7 @@
 # %% ../nbs/13a_official.ipynb #42af7169
 from __future__ import annotations
 
-import json, re, warnings
+import json, re, types, warnings
 from collections import OrderedDict
 from pathlib import Path
 
@@ -24,7 +24,8 @@ from .mae import ResNetEncoder, patchify
 __all__ = ['MSGPACK_MAX_OBJECTS', 'MSGPACK_MAX_NDIM', 'GENERATOR_RULES', 'MAE_RULES', 'MAE_NOT_LOADED', 'IMAGENET_MEAN',
            'IMAGENET_STD', 'CONVNEXT_ID', 'CONVNEXT_SIZE', 'CONVNEXT_NORM_EPS', 'INPUT_RANGES', 'read_flax_msgpack',
            'read_metadata', 'official_generator_config', 'generator_state_dict', 'load_official_generator',
-           'MAEFeatures', 'load_official_mae', 'ConvNeXtFeatures', 'native_size', 'load_convnext', 'FeatureStack']
+           'MAEFeatures', 'load_official_mae', 'grn_norm', 'fast_grn', 'ConvNeXtFeatures', 'native_size',
+           'load_convnext', 'FeatureStack']
 
 # %% ../nbs/13a_official.ipynb #738ab975
 MSGPACK_MAX_OBJECTS = 200_000  # maps + map entries in a parameter tree (the tiny fixture has 174; L/2 a few thousand)
@@ -414,6 +415,29 @@ CONVNEXT_SIZE = 224  # the official code resizes every input to 224×224
 CONVNEXT_NORM_EPS = 1e-3  # per-location channel standardisation: (y - mean) / (std + 1e-3)
 INPUT_RANGES = ("imagenet", "minus_one_one", "zero_one")
 
+# %% ../nbs/13a_official.ipynb #3e419a3e
+def grn_norm(
+    h: Tensor,  # [B, H, W, C] a GRN layer's input (channels last)
+) -> Tensor:  # [B, 1, 1, C] float32
+    "The 2-norm over the locations as the root of a sum of squares, with a zero gradient where it is 0."
+    s = h.float().square().sum(dim=(1, 2), keepdim=True)
+    pos = s > 0
+    return torch.where(pos, torch.where(pos, s, 1.0).sqrt(), 0.0)  # the inner where keeps sqrt' finite at 0
+
+
+def _grn_forward(self, h: Tensor) -> Tensor:  # transformers' ConvNextV2GRN.forward, its norm by `grn_norm`
+    g = grn_norm(h)
+    return self.weight * (h * (g / (g.mean(dim=-1, keepdim=True) + 1e-6))) + self.bias + h
+
+
+def fast_grn(net: nn.Module) -> int:  # how many GRN layers now use `grn_norm`
+    "Give every `transformers` ConvNeXt-V2 GRN layer of `net` the same formula with `grn_norm` (D-speed-5)."
+    layers = [m for m in net.modules() if type(m).__name__ == "ConvNextV2GRN"]
+    for m in layers:
+        m.forward = types.MethodType(_grn_forward, m)
+    return len(layers)
+
+
 # %% ../nbs/13a_official.ipynb #1ef15ba1
 class ConvNeXtFeatures(nn.Module):
     "A frozen `transformers` ConvNeXt-V2 with the official `get_activations` as `activations(x)`."
@@ -430,6 +454,7 @@ class ConvNeXtFeatures(nn.Module):
         if input_range not in INPUT_RANGES:
             raise ValueError(f"input_range must be one of {INPUT_RANGES}, got {input_range!r}")
         self.backbone = getattr(backbone, "convnextv2", backbone).requires_grad_(False).eval()
+        fast_grn(self.backbone)  # the same GRN formula, without the CPU's slow `vector_norm` (D-speed-5)
         self.input_range, self.size, self.antialias = input_range, size, antialias
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)

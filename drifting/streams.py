@@ -100,6 +100,30 @@ def read(self: DataStream, i: int) -> tuple[Tensor, Tensor]:  # x [B, *item_shap
         return self.finish(x, idx, coins, i), self.ds.labels[idx]
     return self.batch(i)
 
+# %% ../nbs/07b_streams.ipynb #8fdb338e
+@patch
+def n_items(self: DataStream) -> int:
+    "How many item numbers there are: one per row, and with `flip` one more per row for its flipped copy."
+    return len(self.ds) * (2 if self.flip else 1)
+
+
+@patch
+def codes(self: DataStream, i: int) -> Tensor:  # [B] int64 in [0, n_items())
+    "The item numbers of batch `i`: the rows, or with `flip` 2·row + coin (`items` turns them back into samples)."
+    idx, coins = self.order(i)
+    return idx * 2 + coins.long() if self.flip else idx.clone()
+
+
+@patch
+def items(self: DataStream, codes: Tensor) -> Tensor:  # [n, *item_shape] float32
+    "The samples that the item numbers `codes` stand for, as `batch` gives them."
+    codes = codes.cpu().long()
+    if codes.numel() and (codes.min() < 0 or codes.max() >= self.n_items()):
+        raise ValueError(f"item numbers must lie in [0, {self.n_items()}), got [{codes.min()}, {codes.max()}]")
+    idx, coins = (codes // 2, codes % 2 == 1) if self.flip else (codes, torch.zeros(len(codes), dtype=torch.bool))
+    return self.finish(self.ds.images[idx].float(), idx, coins, -1)
+
+
 # %% ../nbs/07b_streams.ipynb #b26ba850
 AUGMENTATIONS = (None, "rrc")  # of the real pixels pushed into the queues (`TrainConfig.aug`)
 
@@ -140,6 +164,12 @@ class AugmentedStream(DataStream):
     def finish(self, x: Tensor, idx: Tensor, coins: Tensor, i: int) -> Tensor:  # [B, *item_shape]
         x = super().finish(x, idx, coins, i)
         return random_resized_crop(x, torch.Generator().manual_seed((self.seed + 1) * 2_000_029 + i))
+
+    def codes(self, i: int) -> Tensor:
+        raise ValueError(
+            "an augmented stream crops every batch anew, so its items have no fixed numbers: "
+            "cache_real_features needs aug=None"
+        )
 
 
 def data_stream(

@@ -36,6 +36,7 @@ from .drift import KERNEL_NORMS, TAUS, DriftOptions
 from drifting.features import (
     AGGREGATES,
     PATCH_SIZES,
+    FeatureMemo,
     FeatureSpace,
     feature_drift_loss,
     feature_forces,
@@ -120,6 +121,9 @@ class TrainConfig:
     )
     fused_adamw: bool = False  # AdamW(fused=True): one kernel for all parameters (CPU and CUDA in torch ≥ 2.4)
     tf32: bool = False  # TF32 matrix products and convolutions on CUDA (torch.backends); a recorded no-op on CPU
+    # ours, a speed-up: the real items' features computed once (`features.FeatureMemo`) and the queues hold item
+    # numbers; the same loss to rounding (D-speed-4). Needs aug=None; a resume keeps the setting
+    cache_real_features: bool = False
     flip: bool = False  # random horizontal flip of pushed real samples (release latent caches store both flips)
     seed: int = 0  # initialisation, data order and every draw of the run
 
@@ -133,7 +137,8 @@ def to_dict(self: TrainConfig) -> dict:
 SPEED_SWITCHES = ("compile", "fused_adamw", "tf32")  # fields added with the speed switches (D-speed-3)
 # fields added after runs were recorded without them, each with the value that means what such a run did: the
 # method's unscaled, doubly normalised drift with style tokens (issue 26), one all-reduce after backward (D-dist-11)
-ADDED_LATER = dict(attraction=1.0, repulsion=1.0, kernel_norm="both", style=True, grad_sync="flat", raw_maps=False)
+ADDED_LATER = dict(attraction=1.0, repulsion=1.0, kernel_norm="both", style=True, grad_sync="flat", raw_maps=False,
+                   cache_real_features=False)
 
 
 def upgrade_config(
@@ -327,6 +332,15 @@ def _check_speed(self: TrainConfig):
         self.bf16 is None or isinstance(self.bf16, bool),
         f"TrainConfig.bf16 must be None (on for CUDA, off on CPU), True or False, got {self.bf16!r}",
     )
+    _need(
+        isinstance(self.cache_real_features, bool),
+        f"TrainConfig.cache_real_features must be True or False, got {self.cache_real_features!r}",
+    )
+    _need(
+        not (self.cache_real_features and self.aug is not None),
+        f"cache_real_features computes each real item's features once, but aug={self.aug!r} crops every batch "
+        "anew: turn one of them off",
+    )
 
 
 def bf16_on(
@@ -494,6 +508,7 @@ TRAIN_PRESETS["cpu-pixel"] = TrainConfig(  # D-pixel-6, D-pixel-8, D-pixel-9, D-
     mae_steps=1000,
     mae_finetune=300,
     convnext="builtin",  # offline: the ConvNeXt-V2 stand-in trained on the run's images (ours, labelled as such)
+    cache_real_features=True,  # the digits' features once, not 240 forward passes a step (D-speed-4)
 )
 
 # %% ../nbs/11_train.ipynb #48d4a7e3
@@ -857,14 +872,18 @@ class Trainer:
             eps=1e-8,
             fused=True if cfg.fused_adamw else None,  # None: torch's default (for-each on CUDA, a loop on CPU)
         )
-        self.queues = SampleQueues(
+        if cfg.cache_real_features:
+            data.codes(0)  # an augmented stream has no item numbers: say so now, not at the first step
+        self.queues = SampleQueues(  # the samples, or (cache_real_features) their item numbers
             data.num_classes,
-            data.item_shape,
+            () if cfg.cache_real_features else data.item_shape,
             cfg.queue_per_class,
             cfg.queue_uncond,
+            dtype=torch.long if cfg.cache_real_features else torch.float32,
             device=dev,
             strict=cfg.strict_queues,
         )
+        self.memo = None  # cache_real_features: the `FeatureMemo` of the real items, built when first needed
         self.rng = torch.Generator(dev).manual_seed(cfg.seed + 1)
         self.step_count = 0
         self.schedule = dict(SCHEDULE)  # the lr schedule's resume options (`lr_now`)
@@ -905,13 +924,33 @@ def prefill(self: Trainer, max_batches: int = 10_000) -> int:
         pos_ok = bool((self.queues.pos.count.cpu()[present] >= min(cfg.n_pos, cfg.queue_per_class)).all())
         if pos_ok and int(self.queues.unc.count[0]) >= min(cfg.n_unc, cfg.queue_uncond):
             return n
-        x, y = self.data.next()
-        self.queues.push(x.to(self.dev), y.to(self.dev))
+        self._push_next()
         n += 1
     raise RuntimeError(
         f"the queues were still short after {max_batches} pushed batches: a class has fewer than "
         f"n_pos={cfg.n_pos} samples in the data"
     )
+
+# %% ../nbs/11_train.ipynb #c99c8f70
+@patch
+def _push_next(self: Trainer) -> Tensor:  # the batch's labels [B], on the device
+    "Push the stream's next batch into the queues: its samples, or (cache_real_features) their item numbers."
+    codes = self.data.codes(self.data.cursor) if self.cfg.cache_real_features else None
+    x, y = self.data.next()
+    y = y.to(self.dev)
+    self.queues.push(x.to(self.dev) if codes is None else codes.to(self.dev), y)
+    return y
+
+
+@patch
+def _real_features(self: Trainer, drawn: Tensor) -> dict:  # key -> [n, L, D]
+    "Features of real samples drawn from the queues [n, *item], or (cache_real_features) of item numbers [n]."
+    if not self.cfg.cache_real_features:
+        return self.features_fn(drawn)
+    if self.memo is None:  # every item the stream can push, once (the first step's time includes it)
+        self.memo = FeatureMemo(self.features_fn, lambda c: self.data.items(c).to(self.dev), self.data.n_items())
+    return self.memo(drawn)
+
 
 # %% ../nbs/11_train.ipynb #2b14d60b
 @patch
@@ -933,8 +972,8 @@ def _micro(
         x = self.gen_fn(eps, labels.repeat_interleave(cfg.n_neg), alpha.repeat_interleave(cfg.n_neg), style)
         f_gen = group_by_class(self.features_fn(x), n)  # key -> [n, N_neg, L, D]
         with torch.no_grad():
-            f_pos = group_by_class(self.features_fn(pos.flatten(0, 1)), n)
-            f_unc = group_by_class(self.features_fn(unc.flatten(0, 1)), n) if unc is not None else None
+            f_pos = group_by_class(self._real_features(pos.flatten(0, 1)), n)
+            f_unc = group_by_class(self._real_features(unc.flatten(0, 1)), n) if unc is not None else None
     reduce = self.comm.stat_reduce if self.comm is not None else None  # global-batch statistics across ranks
     loss, losses, infos = feature_drift_loss(
         f_gen,
@@ -1019,9 +1058,7 @@ def step(
     lr = self.lr_now()
     for pg in self.opt.param_groups:
         pg["lr"] = lr
-    x, y = self.data.next()
-    y = y.to(self.dev)
-    self.queues.push(x.to(self.dev), y)
+    y = self._push_next()
     labels = y[torch.randperm(len(y), generator=g, device=self.dev)[: cfg.n_c]]  # [N_c] positions w/o replacement
     if cfg.n_unc:
         alpha = sample_alpha(cfg.n_c, cfg.cfg_k, cfg.no_cfg_frac, cfg.alpha_max, generator=g, device=self.dev)
@@ -1032,8 +1069,8 @@ def step(
     eps = torch.randn(B, *self.data.item_shape, generator=g, device=self.dev)  # [N_c*N_neg, C, H, W]
     style = self.gen.sample_style(B, g, self.dev)  # [N_c*N_neg, n_style]
     short = self._queue_shortfall(labels) if diagnostics else None  # before the draws
-    pos, _ = self.queues.sample_pos(labels, cfg.n_pos, g)  # [N_c, N_pos, C, H, W]
-    unc = self.queues.sample_unc(cfg.n_c, cfg.n_unc, g)[0] if cfg.n_unc else None  # [N_c, N_unc, C, H, W]
+    pos, _ = self.queues.sample_pos(labels, cfg.n_pos, g)  # [N_c, N_pos, C, H, W] (cached: item numbers [N_c, N_pos])
+    unc = self.queues.sample_unc(cfg.n_c, cfg.n_unc, g)[0] if cfg.n_unc else None  # [N_c, N_unc, ...]
     self.opt.zero_grad(set_to_none=True)
     rank, world = (self.comm.rank, self.comm.world_size) if self.comm is not None else (0, 1)
     m = cfg.n_c // cfg.grad_accum

@@ -50,7 +50,8 @@ def _check_two_processes(bundle):
 
 COMBOS = {  # name -> (parameters, feature keys every step's record must hold, keys it must not)
     "latents": (dict(vae="VAE", mae_preset="tiny", resolution=32), {"global", "norm_x", "layer1"}, {"convenxt_stage_1"}),
-    "pixels": (dict(), {"global", "norm_x", "conv1"}, {"convenxt_stage_1"}),
+    # the real items' features once (D-speed-4): each worker builds its memo from the job folder's config
+    "pixels": (dict(cache_real_features=True), {"global", "norm_x", "conv1"}, {"convenxt_stage_1"}),
     "pixels-rrc": (dict(aug="rrc"), {"global", "conv1"}, set()),
     # raw_maps (ours, opt-in) must reach the workers too: they rebuild the feature space from the job folder
     "no-encoder-raw-maps": (dict(feature_encoder=None, raw_maps=True), {"global", "raw", "raw_std_2"}, {"conv1", "norm_x"}),
@@ -69,6 +70,7 @@ def test_two_processes(env, name):
     assert state["config"]["aug"] == params.get("aug") and state["config"]["feature_encoder"] == params.get("feature_encoder", "builtin")
     assert state["config"]["convnext"] == params.get("convnext")
     assert state["config"]["raw_maps"] == params.get("raw_maps", False)
+    assert state["config"]["cache_real_features"] == params.get("cache_real_features", False)
 
 
 def test_resume_on_two_processes(env):

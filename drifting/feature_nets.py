@@ -172,6 +172,7 @@ def train_standin(
         torch.manual_seed(seed)
         model = ConvNextV2ForImageClassification(standin_config(recipe, side, k))
     see = ConvNeXtFeatures(model, "minus_one_one", size=side)  # the same preparation as when it gives features
+    model.requires_grad_(True)  # ConvNeXtFeatures freezes what it wraps; here the whole network trains (D-standin-2)
     rgb = lambda x: x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
     opt = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     model.train()
@@ -206,7 +207,7 @@ def standin_convnext(
 ) -> tuple[Path, dict]:  # (its transformers folder, its record)
     "The stand-in's folder: from the cache, or trained on `data` now and cached (complete folders only)."
     rec_cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(recipe).items()}
-    key = sha256_json(dict(data=sha256_arrays(data.images, data.labels), recipe=rec_cfg, seed=seed, format=1))[:16]
+    key = sha256_json(dict(data=sha256_arrays(data.images, data.labels), recipe=rec_cfg, seed=seed, format=2))[:16]
     final = cache_root("convnext", cache_dir) / f"standin-{key}"
     if not (final / "record.json").is_file():
         model, info = train_standin(data.images, data.labels, recipe, seed, progress)

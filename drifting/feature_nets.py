@@ -25,10 +25,10 @@ from .official import ConvNeXtFeatures, FeatureStack, MAEFeatures, load_convnext
 from .train import TrainConfig
 
 # %% auto #0
-__all__ = ['RECORD_KEYS', 'STANDIN', 'STANDIN_RECIPE', 'FEATURE_NETS', 'NO_CONVNEXT', 'FEATURE_SPACES', 'builtin_mae_recipe',
-           'mae_encoder', 'hub_ref', 'check_convnext_spec', 'GrayAsRGB', 'convnext_features', 'StandInRecipe',
-           'standin_config', 'train_standin', 'standin_convnext', 'FeatureNetKind', 'latent_space', 'pixel_space',
-           'build_features', 'save_features']
+__all__ = ['RECORD_KEYS', 'STANDIN', 'STANDIN_RANDOM', 'STANDIN_RECIPE', 'RANDOM_WHAT', 'FEATURE_NETS', 'NO_CONVNEXT',
+           'FEATURE_SPACES', 'builtin_mae_recipe', 'mae_encoder', 'hub_ref', 'check_convnext_spec', 'GrayAsRGB',
+           'convnext_features', 'StandInRecipe', 'standin_config', 'standin_init', 'train_standin', 'standin_convnext',
+           'FeatureNetKind', 'latent_space', 'pixel_space', 'build_features', 'save_features']
 
 # %% ../nbs/13c_feature_nets.ipynb #0c41ac93
 def builtin_mae_recipe(cfg: TrainConfig) -> MAETrainConfig | None:
@@ -74,7 +74,7 @@ def hub_ref(spec: str) -> tuple[str, str | None]:
 
 def check_convnext_spec(spec) -> None:
     "Refuse a `convnext` that would fail later: a folder needs config.json; a hub id needs '@revision'."
-    if spec is None or spec == "builtin":  # none, or the stand-in trained here (`STANDIN`)
+    if spec is None or spec in ("builtin", "random"):  # none, or a stand-in made here (`STANDIN`, `STANDIN_RANDOM`)
         return
     p = Path(str(spec)).expanduser()
     if p.is_dir():
@@ -116,6 +116,7 @@ def convnext_features(
 
 # %% ../nbs/13c_feature_nets.ipynb #df912ee1
 STANDIN = "builtin"  # `convnext="builtin"`: the stand-in trained on the run's images (ours, offline)
+STANDIN_RANDOM = "random"  # `convnext="random"`: the stand-in's architecture, seeded random weights, untrained (ours)
 
 
 @dataclass(frozen=True)
@@ -150,6 +151,20 @@ def standin_config(recipe: StandInRecipe, side: int, num_labels: int):
                             drifting_stand_in=True)  # fmt: skip
 
 # %% ../nbs/13c_feature_nets.ipynb #27080b72
+def standin_init(
+    recipe: StandInRecipe,  # its architecture
+    side: int,  # the images' side
+    num_labels: int,  # classes
+    seed: int = 0,
+) -> nn.Module:  # a ConvNextV2ForImageClassification with seeded random weights
+    "The stand-in before any training: what `train_standin` starts from and what `convnext='random'` uses as it is."
+    from transformers import ConvNextV2ForImageClassification
+
+    with torch.random.fork_rng(devices=[]):  # the weights depend on the seed only
+        torch.manual_seed(seed)
+        return ConvNextV2ForImageClassification(standin_config(recipe, side, num_labels))
+
+
 def train_standin(
     images: torch.Tensor,  # [N, C, H, W] in [-1, 1] (C = 1 or 3)
     labels: torch.Tensor,  # [N] class ids
@@ -158,8 +173,6 @@ def train_standin(
     progress: bool = True,
 ) -> tuple[nn.Module, dict]:  # (the trained ConvNextV2ForImageClassification, its record)
     "Train the stand-in as a classifier on all but `recipe.heldout` images; its accuracy on those is recorded."
-    from transformers import ConvNextV2ForImageClassification
-
     if len(images) <= recipe.heldout:
         raise ValueError(
             f"{len(images)} images leave none to train the ConvNeXt stand-in after {recipe.heldout} held out"
@@ -168,9 +181,7 @@ def train_standin(
     g = torch.Generator().manual_seed(seed)
     perm = torch.randperm(len(images), generator=g)
     held, train = perm[: recipe.heldout], perm[recipe.heldout :]
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = ConvNextV2ForImageClassification(standin_config(recipe, side, k))
+    model = standin_init(recipe, side, k, seed)
     see = ConvNeXtFeatures(model, "minus_one_one", size=side)  # the same preparation as when it gives features
     model.requires_grad_(True)  # ConvNeXtFeatures freezes what it wraps; here the whole network trains (D-standin-2)
     rgb = lambda x: x.expand(-1, 3, -1, -1) if x.shape[1] == 1 else x
@@ -231,6 +242,9 @@ class FeatureNetKind:
     describe: Callable  # describe(cfg) -> str: one phrase of the run's summary
 
 # %% ../nbs/13c_feature_nets.ipynb #bba4f51a
+RANDOM_WHAT = "ConvNeXt-V2 with random weights, the stand-in's architecture (ours; untrained, not the pretrained network)"
+
+
 def _gray(net: nn.Module, data: ImageDataset) -> nn.Module:
     return GrayAsRGB(net) if data.images.shape[1] == 1 else net
 
@@ -247,6 +261,13 @@ def _load_convnext(folder: Path, cfg: TrainConfig, data: ImageDataset, device) -
 
 
 def _make_convnext(cfg: TrainConfig, data: ImageDataset, device, progress: bool) -> tuple[nn.Module, dict]:
+    if cfg.convnext == STANDIN_RANDOM:  # no training: the seeded initialisation as it is (D-standin-2)
+        side = data.images.shape[-1]
+        net = standin_init(STANDIN_RECIPE, side, data.num_classes, cfg.seed)
+        rec = dict(what=RANDOM_WHAT, seed=cfg.seed, hidden_sizes=list(STANDIN_RECIPE.hidden_sizes))
+        return _gray(ConvNeXtFeatures(net, "minus_one_one", size=side).to(device or "cpu"), data), dict(
+            convnext_random=rec
+        )
     if cfg.convnext != STANDIN:
         return _gray(convnext_features(cfg.convnext, device), data), {}
     folder, rec = standin_convnext(data, STANDIN_RECIPE, seed=cfg.seed, progress=progress)
@@ -296,9 +317,10 @@ FEATURE_NETS: dict[str, FeatureNetKind] = {
         _make_convnext,
         _save_convnext,
         _load_convnext,
-        lambda cfg: "ConvNeXt-V2 stand-in trained on these images (ours; not the pretrained ImageNet network)"
-        if cfg.convnext == STANDIN
-        else f"ConvNeXt-V2 from {cfg.convnext}",
+        lambda cfg: {
+            STANDIN: "ConvNeXt-V2 stand-in trained on these images (ours; not the pretrained ImageNet network)",
+            STANDIN_RANDOM: RANDOM_WHAT,
+        }.get(cfg.convnext, f"ConvNeXt-V2 from {cfg.convnext}"),
     ),
 }
 

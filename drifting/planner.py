@@ -14,7 +14,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .drift_exact import MAX_CACHE_ELEMS, MAX_CHUNK_ELEMS, _chunk_sizes, _DriftMSE
-from .feature_nets import STANDIN, STANDIN_RECIPE, standin_config
+from .feature_nets import STANDIN, STANDIN_RANDOM, STANDIN_RECIPE, standin_config
 from .features import FeatureSpace, _groups, group_by_class
 from .generator import Generator, generator_config
 from .mae import ResNetEncoder, mae_config
@@ -91,7 +91,7 @@ def plan_feature_space(
     if cfg.convnext is not None:
         from transformers import ConvNextV2Config, ConvNextV2Model  # only the pixel presets with ConvNeXt need it
 
-        if cfg.convnext == STANDIN:  # ours: the small stand-in at the images' own size
+        if cfg.convnext in (STANDIN, STANDIN_RANDOM):  # ours: the small stand-in at the images' own size
             net = ConvNextV2Model(standin_config(STANDIN_RECIPE, side, 10))
             nets.append(ConvNeXtFeatures(net, "minus_one_one", size=side))
         else:

@@ -350,7 +350,7 @@ def check_train_run(
     alphas=(1.0,),  # CFG scales to sample and evaluate: a list (from `-p`, also a string '1,1.5,2')
     alpha_eval=None,  # deprecated alias of `alphas` (a FutureWarning; when given it wins)
     vae=None,  # the VAE spec; None: pixels
-    convnext=None,  # None keeps the preset's; 'none' for no ConvNeXt; a folder, 'hub id@revision' or 'builtin'
+    convnext=None,  # None: the preset's; 'none': no ConvNeXt; a folder, 'hub id@revision', 'builtin' or 'random'
     allow_config_change: bool = False,  # resume even if the configuration differs
     resolution: int | None = None,  # pixel side of images
     eval_ema: bool = True,

@@ -105,7 +105,8 @@ class TrainConfig:
     raw_key: bool = True  # the raw-output "global" key: the vanilla drift loss (App. A.5)
     raw_maps: bool = False  # ours, opt-in: the raw output as one more feature map (per-location, mean/std, patches)
     # pixel models: ConvNeXt-V2 features beside the pixel MAE's (App. A.4): a transformers folder, 'hub id@revision',
-    # or 'builtin' (ours: a small stand-in trained on the run's images, `feature_nets.STANDIN`)
+    # 'builtin' (ours: a small stand-in trained on the run's images, `feature_nets.STANDIN`) or 'random' (ours: its
+    # architecture with seeded random weights, untrained, `feature_nets.STANDIN_RANDOM`)
     convnext: str | None = None
     # augmentation of the pushed real pixels: 'rrc' = the release's `use_aug` (RandomResizedCrop scale 0.2–1, bicubic;
     # spec §5.1); None: none
@@ -261,7 +262,8 @@ def _check_features(self: TrainConfig):
     )
     _need(
         self.convnext is None or (isinstance(self.convnext, str) and self.convnext.strip() != ""),
-        f"convnext must be None, a transformers folder, 'hub id@revision' or 'builtin', got {self.convnext!r}",
+        f"convnext must be None, a transformers folder, 'hub id@revision', 'builtin' or 'random', "
+        f"got {self.convnext!r}",
     )
     _need(
         self.feature_encoder is None or isinstance(self.feature_encoder, str),
@@ -507,7 +509,7 @@ TRAIN_PRESETS["cpu-pixel"] = TrainConfig(  # D-pixel-6, D-pixel-8, D-pixel-9, D-
     mae_preset="pixel-small",
     mae_steps=1000,
     mae_finetune=300,
-    convnext="builtin",  # offline: the ConvNeXt-V2 stand-in trained on the run's images (ours, labelled as such)
+    convnext="random",  # offline: a ConvNeXt-V2 with seeded random weights (ours, labelled as such; D-standin-2)
     cache_real_features=True,  # the digits' features once, not 240 forward passes a step (D-speed-4)
 )
 

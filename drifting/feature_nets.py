@@ -242,7 +242,9 @@ class FeatureNetKind:
     describe: Callable  # describe(cfg) -> str: one phrase of the run's summary
 
 # %% ../nbs/13c_feature_nets.ipynb #bba4f51a
-RANDOM_WHAT = "ConvNeXt-V2 with random weights, the stand-in's architecture (ours; untrained, not the pretrained network)"
+RANDOM_WHAT = (  # the run summary's phrase for `convnext="random"`
+    "ConvNeXt-V2 with random weights, the stand-in's architecture (ours; untrained, not the pretrained network)"
+)
 
 
 def _gray(net: nn.Module, data: ImageDataset) -> nn.Module:

@@ -494,8 +494,8 @@ for _k in ("B/16", "L/16"):
 # ours (D-pixel-6, D-pixel-8, D-pixel-10): the generator preset's own patch 4 (an 8×8 grid of tokens; B/16 has 16×16
 # at 256²); the latent CPU preset's N_pos / N_neg / N_unc on 5 of the 10 classes a step; a pixel MAE with the
 # release's cls fine-tune at its end
-TRAIN_PRESETS["cpu-pixel"] = TrainConfig(  # D-pixel-6, D-pixel-8, D-pixel-9, D-pixel-10
-    steps=800,
+TRAIN_PRESETS["cpu-pixel"] = TrainConfig(  # D-pixel-6, D-pixel-8, D-pixel-9, D-pixel-10, D-pixel-11
+    steps=720,
     generator="cpu-pixel",
     generator_overrides=dict(n_register=4),
     n_c=5,

@@ -484,7 +484,9 @@ def train_config(
     preset: str | TrainConfig = "ablation",  # a TRAIN_PRESETS name or a config
     **overrides,  # TrainConfig fields to change
 ) -> TrainConfig:
-    "A checked preset with some fields replaced."
+    "A checked preset with some fields replaced (an `aug` turns off a preset's `cache_real_features`, D-speed-4)."
+    if overrides.get("aug") is not None and "cache_real_features" not in overrides:
+        overrides["cache_real_features"] = False  # new crops every batch: nothing to compute once
     return from_preset(TRAIN_PRESETS, preset, "training", **overrides).check()
 
 # %% ../nbs/11_train.ipynb #c633f4c2

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .core import autocast, module_sha256, progress_bar
+from .core import autocast, module_sha256
 from .drift import TAUS, DriftOptions
 from .drift_exact import drift_loss, normalized_drift
 
@@ -322,7 +322,6 @@ class FeatureMemo:
         n: int,  # how many numbered items
         chunk: int = 256,  # items per forward pass (item i is computed with the items of its chunk)
         max_bytes: int = MEMO_MAX_BYTES,  # refuse a larger memo
-        progress: bool = False,  # a bar while it computes
     ):
         if not (isinstance(n, int) and n >= 1 and isinstance(chunk, int) and chunk >= 1):
             raise ValueError(f"FeatureMemo needs n ≥ 1 items and chunk ≥ 1, got n={n!r}, chunk={chunk!r}")
@@ -338,15 +337,12 @@ class FeatureMemo:
                     f"than max_bytes={max_bytes / 2**30:.2f} GiB: turn cache_real_features off for data this large"
                 )
             self.flat = torch.empty(n, self.width, device=next(iter(first.values())).device)  # [n, F]
-            bar = progress_bar(n, enable=progress, desc="real features")
             for s in range(0, n, chunk):
                 b = min(chunk, n - s)
                 f = first if s == 0 else fn(items(torch.arange(s, s + b)))
                 if [(k, tuple(v.shape[1:])) for k, v in f.items()] != self.layout:
                     raise RuntimeError(f"the feature space gave other keys or shapes for items {s}..{s + b - 1}")
                 self.flat[s : s + b] = torch.cat([v.float().reshape(b, -1) for v in f.values()], 1)
-                bar.update(b)
-            bar.close()
         self.n, self.seconds = n, time.perf_counter() - t0
 
     def __call__(self, codes: Tensor) -> "OrderedDict[str, Tensor]":  # key -> [m, L, D]
@@ -356,7 +352,7 @@ class FeatureMemo:
         return OrderedDict((k, p.view(len(rows), *s)) for (k, s), p in zip(self.layout, parts))
 
     def describe(self) -> dict:
-        "What a run records about it: items, values per item, MiB, seconds to build."
+        "Its size and cost: items, values per item, MiB, seconds to build (`bench/real_features.py` prints them)."
         return dict(items=self.n, values_per_item=self.width, mib=round(self.flat.numel() * 4 / 2**20, 1),
                     seconds=round(self.seconds, 2))
 
